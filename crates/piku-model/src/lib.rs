@@ -1,0 +1,1 @@
+//! The piku app model (being written).

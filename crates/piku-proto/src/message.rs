@@ -1,0 +1,304 @@
+//! The messages: what the CLI may ask, and what the daemon answers.
+//!
+//! Every enum is internally tagged with `"type"` so a frame reads as
+//! `{"type":"status","app":"blog"}` on the wire.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A request from a client. The first one on a connection must be [`Request::Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Opens the conversation; the daemon refuses a different protocol version.
+    Hello { protocol: u32 },
+    /// Makes the app's processes match the desired state: the daemon diffs against what runs
+    /// and starts or stops only what differs. Used by deploy, rollback and `config:set`.
+    Apply(Box<AppSpec>),
+    /// Changes the count of some kinds (`ps:scale`); kinds not named keep their count.
+    Scale {
+        app: String,
+        formation: BTreeMap<String, u32>,
+    },
+    /// Restarts every instance of the app, or of one kind; bypasses crash back-off.
+    Restart { app: String, kind: Option<String> },
+    /// Stops every process of the app and remembers that it is stopped.
+    Stop { app: String },
+    /// Starts a stopped app again at its formation.
+    Start { app: String },
+    /// Stops the app and forgets it (`destroy`).
+    Remove { app: String },
+    /// Status of one app, or of every app.
+    Status { app: Option<String> },
+    /// The last lines of the app's process logs, then (with `follow`) new ones as they come.
+    Logs(LogsRequest),
+}
+
+/// What a `Logs` request wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsRequest {
+    pub app: String,
+    /// A kind (`web`) or one instance (`web.1`); `None` for all.
+    pub process: Option<String>,
+    /// How many past lines to send from each log file first.
+    pub lines: usize,
+    pub follow: bool,
+}
+
+/// The desired state of one app.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    pub app: String,
+    /// Release identifier shown by `ps` and `releases` (e.g. `v3`).
+    pub release: String,
+    /// Working directory of every process: the release's checkout.
+    pub workdir: PathBuf,
+    /// The whole environment of the app's processes (the daemon adds only `PORT`, `PROC_TYPE`
+    /// and `PIKU_INSTANCE` per instance). Nothing is inherited from the daemon.
+    pub env: BTreeMap<String, String>,
+    pub processes: Vec<ProcessSpec>,
+    #[serde(default)]
+    pub settings: AppSettings,
+}
+
+// Environments hold secrets: show the keys, never the values.
+impl fmt::Debug for AppSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSpec")
+            .field("app", &self.app)
+            .field("release", &self.release)
+            .field("workdir", &self.workdir)
+            .field("env_keys", &self.env.keys().collect::<Vec<_>>())
+            .field("processes", &self.processes)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// One Procfile entry as the daemon runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// The Procfile name: `web`, `worker`, `cron1`, …
+    pub kind: String,
+    /// The command line, run as is: directly when it is plain words, else via `sh -c 'exec …'`.
+    pub command: String,
+    pub role: Role,
+    /// How many instances (the formation). A cron entry with 0 is disabled.
+    pub count: u32,
+}
+
+/// How the daemon treats a process kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Role {
+    /// Serves HTTP on its `$PORT`; gets a distinct port per instance.
+    Web,
+    /// A long-running background process.
+    Worker,
+    /// Runs on a five-field cron schedule (`*/5 * * * *`); a run still going is never stacked.
+    Cron { schedule: String },
+}
+
+/// Per-app knobs, all with defaults so older requests stay valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppSettings {
+    /// Time between SIGTERM and SIGKILL when stopping an instance.
+    pub stop_grace_ms: u64,
+    /// Size at which a process log rotates (piku's `UWSGI_LOG_MAXSIZE`).
+    pub log_max_bytes: u64,
+    /// Rotated files kept (`<kind>.<n>.log.old` for the first).
+    pub log_backups: u32,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        AppSettings {
+            stop_grace_ms: 10_000,
+            log_max_bytes: 1024 * 1024,
+            log_backups: 1,
+        }
+    }
+}
+
+/// An answer from the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    /// Reply to `Hello`.
+    Welcome {
+        protocol: u32,
+        daemon_version: String,
+    },
+    /// A step of a longer request, for the user's terminal; more frames follow.
+    Progress { message: String },
+    /// One log line of a `Logs` request; more frames follow.
+    LogLine { process: String, line: String },
+    /// Final frame of a request that only needs an acknowledgement.
+    Done { message: String },
+    /// Final frame of `Apply`.
+    Applied(ApplyReport),
+    /// Final frame of `Status`.
+    Status { apps: Vec<AppStatus> },
+    /// Final frame of a request that failed; nothing was changed unless it says so.
+    Error { message: String },
+}
+
+impl Response {
+    /// Whether more frames follow this one for the same request.
+    pub fn is_interim(&self) -> bool {
+        matches!(self, Response::Progress { .. } | Response::LogLine { .. })
+    }
+}
+
+/// What an `Apply` changed, as `kind.n` names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub app: String,
+    pub release: String,
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
+    pub restarted: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+/// The state of one app as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub app: String,
+    pub release: String,
+    /// Set by `Stop`; cleared by `Start`, `Restart` and `Apply`.
+    pub stopped: bool,
+    pub formation: BTreeMap<String, u32>,
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// The state of one instance (`web.2`) or cron entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub kind: String,
+    pub index: u32,
+    pub state: InstanceState,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    /// Seconds since the current process started.
+    pub uptime_secs: Option<u64>,
+    /// Restarts after the process exited on its own (crashes), since the last apply.
+    pub restarts: u32,
+    /// `exit 1`, `signal 9`, … of the previous process.
+    pub last_exit: Option<String>,
+    pub rss_bytes: Option<u64>,
+    /// CPU time (user + system) used by the current process, in seconds.
+    pub cpu_secs: Option<f64>,
+    /// For cron entries: the next run, RFC 3339 in local time.
+    pub next_run: Option<String>,
+    /// Log lines dropped because the child wrote faster than the disk took them.
+    pub log_lines_dropped: u64,
+}
+
+impl InstanceStatus {
+    /// `web.1`, the name piku uses for the instance and its log file.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.kind, self.index)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    /// Spawned, not yet known to be up (web: port not accepting yet).
+    Starting,
+    Running,
+    /// Exited; waiting out the back-off delay before the next start.
+    Backoff,
+    /// Crashed repeatedly; still retried with the capped delay, and shown loudly.
+    CrashLooping,
+    Stopping,
+    Stopped,
+    /// A cron entry between runs.
+    Waiting,
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Backoff => "backoff",
+            InstanceState::CrashLooping => "crash-looping",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Waiting => "waiting",
+        };
+        f.write_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> AppSpec {
+        AppSpec {
+            app: "blog".into(),
+            release: "v1".into(),
+            workdir: "/tmp/blog".into(),
+            env: BTreeMap::from([("SECRET_KEY".to_string(), "hunter2".to_string())]),
+            processes: vec![ProcessSpec {
+                kind: "cron1".into(),
+                command: "python3 job.py".into(),
+                role: Role::Cron {
+                    schedule: "*/5 * * * *".into(),
+                },
+                count: 1,
+            }],
+            settings: AppSettings::default(),
+        }
+    }
+
+    #[test]
+    fn wire_shape_is_tagged() {
+        let json = serde_json::to_string(&Request::Status {
+            app: Some("blog".into()),
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"type":"status","app":"blog"}"#);
+    }
+
+    #[test]
+    fn apply_round_trips() {
+        let req = Request::Apply(Box::new(spec()));
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(json.contains(r#""role":"cron""#), "{json}");
+        let back: Request = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn settings_default_when_absent() {
+        let json = r#"{"type":"apply","app":"a","release":"v1","workdir":"/x","env":{},"processes":[]}"#;
+        let Request::Apply(spec) = serde_json::from_str(json).unwrap() else {
+            panic!("not an apply")
+        };
+        assert_eq!(spec.settings, AppSettings::default());
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_refused() {
+        assert!(serde_json::from_str::<Request>(r#"{"type":"status","app":null,"x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"type":"format_disk"}"#).is_err());
+    }
+
+    #[test]
+    fn debug_hides_env_values() {
+        let shown = format!("{:?}", spec());
+        assert!(shown.contains("SECRET_KEY"));
+        assert!(!shown.contains("hunter2"));
+    }
+}
