@@ -1,0 +1,1 @@
+//! Every `piku <command>`: the dispatch table and the shared argument helpers.
