@@ -1,1 +1,29 @@
-//! The piku app model (being written).
+//! The piku app model: everything about an app that can be known without running it.
+//!
+//! - [`paths`]: the `$PIKU_ROOT` directory layout ([`PikuRoot`]).
+//! - [`app_name`]: the one rule every app name must pass ([`AppName`]).
+//! - [`procfile`]: parsing a `Procfile` into process kinds ([`parse_procfile`]).
+//! - [`env`]: piku-compatible `ENV` files with `$VAR` expansion ([`parse_env`]).
+//! - [`scaling`]: `SCALING` files and `ps:scale` arguments ([`parse_scaling`]).
+//! - [`cron`]: cron schedules for `cron*` Procfile kinds ([`CronSchedule`]).
+//!
+//! The crate is pure: it never touches the disk except [`PikuRoot::create_layout`], and it
+//! never sanitises input silently. Every parser either returns what it was given or a one-line
+//! error naming the problem (and the line number where there is one).
+
+pub mod app_name;
+pub mod cron;
+pub mod env;
+pub mod paths;
+pub mod procfile;
+pub mod scaling;
+
+pub use app_name::{AppName, InvalidAppName};
+pub use cron::{CronError, CronSchedule, split_cron_line};
+pub use env::{EnvError, check_env_key, expand_vars, parse_env, render_env};
+pub use paths::{ModelError, PikuRoot};
+pub use procfile::{ProcessClass, Procfile, ProcfileEntry, ProcfileError, parse_procfile};
+pub use scaling::{ScalingError, parse_scale_args, parse_scaling, render_scaling};
+
+/// An app's environment: variable name to value, kept sorted so rendering is stable.
+pub type EnvMap = std::collections::BTreeMap<String, String>;

@@ -1,0 +1,358 @@
+//! Procfiles: which processes an app has, and what class of process each one is.
+//!
+//! Rules (piku's `parse_procfile`, minus its silent drops):
+//! - Blank lines and lines starting with `#` (after leading spaces) are ignored.
+//! - Each line is `kind: command`, split on the **first** `:`; both sides are trimmed.
+//! - Kind names must match `[A-Za-z0-9_-]+`: they become file names (`<kind>.<n>.log`).
+//! - Classes: `wsgi`, `web`, `static`, `release`, `preflight`; any kind starting with `cron`
+//!   is a [`ProcessClass::Cron`] whose value is `<schedule> <command>` (see [`crate::cron`]);
+//!   everything else is a worker. `jwsgi`, `rwsgi` and `php` are refused as not supported yet.
+//! - A duplicate kind is a warning and the last one wins (keeping the first one's position).
+//! - `wsgi` and `web` together: `web` is dropped with a warning, as in piku.
+//! - A line without `:`, an empty kind or command, or a Procfile without entries is an error.
+//!
+//! Warnings are plain sentences without piku's `Warning: ` prefix; the caller adds its own.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cron::{CronError, CronSchedule, split_cron_line};
+
+/// What a Procfile entry is, which decides how (and whether) it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcessClass {
+    /// A Python WSGI `module:callable`, run by the CLI through gunicorn as a web process.
+    Wsgi,
+    /// Any command that listens on `$PORT`.
+    Web,
+    /// A static-files path or `/url:path,…` mapping served by the front; no process.
+    Static,
+    /// A command run on a schedule.
+    Cron(CronSchedule),
+    /// Runs after the build, once per deploy; not a long-running process.
+    Release,
+    /// Runs before the build, once per deploy; not a long-running process.
+    Preflight,
+    /// A background process.
+    Worker,
+}
+
+/// One Procfile line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcfileEntry {
+    pub kind: String,
+    /// For `Cron` entries: the text after the schedule, verbatim.
+    pub command: String,
+    pub class: ProcessClass,
+    /// 1-based line number in the Procfile.
+    pub line: usize,
+}
+
+/// A parsed Procfile: its entries in file order, and the warnings parsing produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Procfile {
+    pub entries: Vec<ProcfileEntry>,
+    pub warnings: Vec<String>,
+}
+
+/// What is wrong with one Procfile line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProcfileProblem {
+    #[error("expected 'kind: command', found '{}'", .0.escape_debug())]
+    NoColon(String),
+    #[error("empty process kind")]
+    EmptyKind,
+    #[error("invalid process kind '{}': kinds may contain only letters, digits, '_' and '-'", .0.escape_debug())]
+    BadKind(String),
+    #[error("process kind '{0}' has an empty command")]
+    EmptyCommand(String),
+    #[error(
+        "process kind '{0}' is not supported yet; run it as a 'web:' command that listens on $PORT"
+    )]
+    Unsupported(String),
+    #[error("{0}")]
+    Cron(CronError),
+}
+
+/// Why a Procfile was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProcfileError {
+    #[error("Procfile line {line}: {problem}")]
+    Line {
+        line: usize,
+        problem: ProcfileProblem,
+    },
+    #[error("Procfile has no entries")]
+    Empty,
+}
+
+/// Kinds piku ran through uWSGI plugins that we do not run yet.
+const UNSUPPORTED_KINDS: [&str; 3] = ["jwsgi", "rwsgi", "php"];
+
+/// True if `kind` is a usable process kind name (`[A-Za-z0-9_-]+`).
+pub fn is_valid_kind(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn classify(kind: &str, command: &str) -> Result<(ProcessClass, String), ProcfileProblem> {
+    let class = match kind {
+        "wsgi" => ProcessClass::Wsgi,
+        "web" => ProcessClass::Web,
+        "static" => ProcessClass::Static,
+        "release" => ProcessClass::Release,
+        "preflight" => ProcessClass::Preflight,
+        k if UNSUPPORTED_KINDS.contains(&k) => {
+            return Err(ProcfileProblem::Unsupported(k.to_owned()));
+        }
+        k if k.starts_with("cron") => {
+            let (schedule, command) = split_cron_line(command).map_err(ProcfileProblem::Cron)?;
+            return Ok((ProcessClass::Cron(schedule), command));
+        }
+        _ => ProcessClass::Worker,
+    };
+    Ok((class, command.to_owned()))
+}
+
+/// Parses Procfile `text` (see the module docs for the rules).
+pub fn parse_procfile(text: &str) -> Result<Procfile, ProcfileError> {
+    let mut procfile = Procfile::default();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let fail = |problem| ProcfileError::Line { line, problem };
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let Some((kind, command)) = trimmed.split_once(':') else {
+            return Err(fail(ProcfileProblem::NoColon(trimmed.to_owned())));
+        };
+        let (kind, command) = (kind.trim(), command.trim());
+        if kind.is_empty() {
+            return Err(fail(ProcfileProblem::EmptyKind));
+        }
+        if !is_valid_kind(kind) {
+            return Err(fail(ProcfileProblem::BadKind(kind.to_owned())));
+        }
+        if command.is_empty() {
+            return Err(fail(ProcfileProblem::EmptyCommand(kind.to_owned())));
+        }
+        let (class, command) = classify(kind, command).map_err(fail)?;
+        let entry = ProcfileEntry {
+            kind: kind.to_owned(),
+            command,
+            class,
+            line,
+        };
+        match procfile.entries.iter_mut().find(|e| e.kind == kind) {
+            Some(earlier) => {
+                procfile.warnings.push(format!(
+                    "found multiple {kind} workers, only the last one will be used."
+                ));
+                *earlier = entry;
+            }
+            None => procfile.entries.push(entry),
+        }
+    }
+    if procfile.get("wsgi").is_some() && procfile.get("web").is_some() {
+        procfile.entries.retain(|e| e.kind != "web");
+        procfile
+            .warnings
+            .push("found both 'wsgi' and 'web' workers, disabling 'web'".to_owned());
+    }
+    if procfile.entries.is_empty() {
+        return Err(ProcfileError::Empty);
+    }
+    Ok(procfile)
+}
+
+impl Procfile {
+    /// The entry of kind `kind`, if any.
+    pub fn get(&self, kind: &str) -> Option<&ProcfileEntry> {
+        self.entries.iter().find(|e| e.kind == kind)
+    }
+
+    /// The entries that run as supervised processes: wsgi, web, cron and workers.
+    pub fn workers(&self) -> impl Iterator<Item = &ProcfileEntry> {
+        self.entries.iter().filter(|e| e.class.is_process())
+    }
+}
+
+impl ProcessClass {
+    /// True for classes that become supervised processes (not static, release or preflight).
+    pub fn is_process(&self) -> bool {
+        match self {
+            ProcessClass::Wsgi
+            | ProcessClass::Web
+            | ProcessClass::Cron(_)
+            | ProcessClass::Worker => true,
+            ProcessClass::Static | ProcessClass::Release | ProcessClass::Preflight => false,
+        }
+    }
+
+    /// True for classes that serve HTTP on `$PORT` (wsgi and web).
+    pub fn is_web(&self) -> bool {
+        matches!(self, ProcessClass::Wsgi | ProcessClass::Web)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse_procfile(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn classifies_every_kind() {
+        let p = parse_procfile(
+            "# a comment\n\
+             \n\
+             web: ./server --port $PORT\n\
+             static: public\n\
+             worker: python worker.py\n\
+             clock: ./clock\n\
+             cron1: */5 * * * * ./tick.sh\n\
+             release: ./migrate\n\
+             preflight: ./check\n",
+        )
+        .unwrap();
+        let classes: Vec<(&str, &ProcessClass, usize)> = p
+            .entries
+            .iter()
+            .map(|e| (e.kind.as_str(), &e.class, e.line))
+            .collect();
+        let cron = CronSchedule::parse("*/5 * * * *").unwrap();
+        assert_eq!(
+            classes,
+            [
+                ("web", &ProcessClass::Web, 3),
+                ("static", &ProcessClass::Static, 4),
+                ("worker", &ProcessClass::Worker, 5),
+                ("clock", &ProcessClass::Worker, 6),
+                ("cron1", &ProcessClass::Cron(cron), 7),
+                ("release", &ProcessClass::Release, 8),
+                ("preflight", &ProcessClass::Preflight, 9),
+            ]
+        );
+        assert_eq!(p.get("web").unwrap().command, "./server --port $PORT");
+        assert_eq!(p.get("cron1").unwrap().command, "./tick.sh");
+        assert!(p.warnings.is_empty());
+        let workers: Vec<&str> = p.workers().map(|e| e.kind.as_str()).collect();
+        assert_eq!(workers, ["web", "worker", "clock", "cron1"]);
+    }
+
+    #[test]
+    fn splits_on_the_first_colon_and_trims() {
+        let p = parse_procfile("  wsgi :  app:application  \r\n").unwrap();
+        let e = p.get("wsgi").unwrap();
+        assert_eq!(e.command, "app:application");
+        assert_eq!(e.class, ProcessClass::Wsgi);
+        assert!(p.workers().any(|e| e.kind == "wsgi"));
+    }
+
+    #[test]
+    fn cron_commands_are_kept_verbatim() {
+        let p = parse_procfile("cron: 0 3 * * * rm /tmp/*.log && echo '*/5'").unwrap();
+        let e = p.get("cron").unwrap();
+        assert_eq!(e.command, "rm /tmp/*.log && echo '*/5'");
+        match &e.class {
+            ProcessClass::Cron(s) => assert_eq!(s.as_str(), "0 3 * * *"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cron_errors_carry_the_line_number() {
+        assert_eq!(
+            err("web: x\ncron: 0 24 * * * ./job"),
+            "Procfile line 2: invalid cron hour field '24': 24 is out of range 0-23"
+        );
+        assert!(err("cronjob: * * * * *").starts_with("Procfile line 1: cron line"));
+        assert!(err("cron2: @reboot ./x").contains("'@reboot' is not supported"));
+    }
+
+    #[test]
+    fn duplicate_kinds_warn_and_the_last_wins() {
+        let p = parse_procfile("worker: one\nweb: w\nworker: two\n").unwrap();
+        assert_eq!(
+            p.warnings,
+            ["found multiple worker workers, only the last one will be used."]
+        );
+        assert_eq!(p.entries.len(), 2);
+        assert_eq!(p.entries[0].kind, "worker");
+        assert_eq!(p.entries[0].command, "two");
+        assert_eq!(p.entries[0].line, 3);
+    }
+
+    #[test]
+    fn wsgi_disables_web() {
+        let p = parse_procfile("web: ./server\nwsgi: app:app\nworker: w").unwrap();
+        assert!(p.get("web").is_none());
+        assert!(p.get("wsgi").is_some());
+        assert_eq!(
+            p.warnings,
+            ["found both 'wsgi' and 'web' workers, disabling 'web'"]
+        );
+    }
+
+    #[test]
+    fn unsupported_kinds_are_named() {
+        for kind in ["jwsgi", "rwsgi", "php"] {
+            assert_eq!(
+                err(&format!("web: x\n{kind}: something")),
+                format!(
+                    "Procfile line 2: process kind '{kind}' is not supported yet; run it as a 'web:' command that listens on $PORT"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_lines_are_errors_with_line_numbers() {
+        assert_eq!(
+            err("web: x\n\njust a command"),
+            "Procfile line 3: expected 'kind: command', found 'just a command'"
+        );
+        assert_eq!(
+            err("web:   "),
+            "Procfile line 1: process kind 'web' has an empty command"
+        );
+        assert_eq!(err(": cmd"), "Procfile line 1: empty process kind");
+        assert_eq!(
+            err("my worker: cmd"),
+            "Procfile line 1: invalid process kind 'my worker': kinds may contain only letters, digits, '_' and '-'"
+        );
+        assert!(err("../etc: cmd").contains("invalid process kind '../etc'"));
+        assert!(err("wörker: cmd").contains("invalid process kind"));
+    }
+
+    #[test]
+    fn empty_procfiles_are_errors() {
+        assert_eq!(err(""), "Procfile has no entries");
+        assert_eq!(err("# only\n\n   # comments\n"), "Procfile has no entries");
+    }
+
+    #[test]
+    fn kind_names_are_case_sensitive() {
+        let p = parse_procfile("WEB: ./x").unwrap();
+        assert_eq!(p.get("WEB").unwrap().class, ProcessClass::Worker);
+    }
+
+    #[test]
+    fn release_and_preflight_alone_are_entries_but_not_workers() {
+        let p = parse_procfile("release: ./migrate\npreflight: ./check").unwrap();
+        assert_eq!(p.entries.len(), 2);
+        assert_eq!(p.workers().count(), 0);
+        assert!(p.get("static").is_none());
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let p = parse_procfile("web: x\ncron: */5 * * * * y").unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Procfile>(&json).unwrap(), p);
+    }
+}
