@@ -1,0 +1,176 @@
+//! Reading a child's pipe and cutting it into lines.
+//!
+//! Lines end at '\n' (which is dropped). A line longer than [`MAX_LINE`] is cut into pieces of
+//! at most that size — preferably at a UTF-8 character boundary — so one runaway line cannot
+//! hold unbounded memory; nothing is discarded. Bytes that are not UTF-8 are replaced lossily
+//! (U+FFFD). A last line without '\n' is delivered at EOF.
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Longest line kept whole (piku/uWSGI logs have no limit; 64 KiB covers stack traces and JSON
+/// logs while bounding memory per pipe).
+pub(super) const MAX_LINE: usize = 64 * 1024;
+
+/// Bytes read from a pipe per read() call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Accumulates bytes and yields complete lines.
+#[derive(Default)]
+pub(super) struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Appends the complete lines found in `data` to `out`; keeps the rest for later.
+    pub(super) fn feed(&mut self, mut data: &[u8], out: &mut Vec<String>) {
+        while !data.is_empty() {
+            match data.iter().position(|&b| b == b'\n') {
+                Some(pos) => {
+                    self.push_capped(&data[..pos], out);
+                    out.push(decode(std::mem::take(&mut self.partial)));
+                    data = &data[pos + 1..];
+                }
+                None => {
+                    self.push_capped(data, out);
+                    data = &[];
+                }
+            }
+        }
+    }
+
+    /// Delivers the last unterminated line, if any (at EOF).
+    pub(super) fn finish(&mut self, out: &mut Vec<String>) {
+        if !self.partial.is_empty() {
+            out.push(decode(std::mem::take(&mut self.partial)));
+        }
+    }
+
+    /// Adds `data` to the partial line, emitting pieces of `MAX_LINE` bytes whenever it would
+    /// grow beyond that.
+    fn push_capped(&mut self, mut data: &[u8], out: &mut Vec<String>) {
+        while self.partial.len() + data.len() > MAX_LINE {
+            let room = MAX_LINE - self.partial.len();
+            self.partial.extend_from_slice(&data[..room]);
+            data = &data[room..];
+            let cut = char_boundary(&self.partial, data);
+            let rest = self.partial.split_off(cut);
+            out.push(decode(std::mem::replace(&mut self.partial, rest)));
+        }
+        self.partial.extend_from_slice(data);
+    }
+}
+
+/// Where to cut a full `piece` (followed by `next`) so that a UTF-8 character is not split:
+/// if `next` starts with a continuation byte, move the cut back to the start of that
+/// character (at most 3 bytes). Non-UTF-8 data is cut at the full length.
+fn char_boundary(piece: &[u8], next: &[u8]) -> usize {
+    let is_continuation = |b: u8| b & 0b1100_0000 == 0b1000_0000;
+    if !next.first().is_some_and(|&b| is_continuation(b)) {
+        return piece.len();
+    }
+    for back in 1..=3.min(piece.len()) {
+        let at = piece.len() - back;
+        if !is_continuation(piece[at]) {
+            // `at` is the lead byte of the split character; a piece of only that is pointless.
+            return if at == 0 { piece.len() } else { at };
+        }
+    }
+    piece.len()
+}
+
+fn decode(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+    }
+}
+
+/// Reads `pipe` to EOF, handing each chunk's complete lines to `deliver` (one call per read,
+/// so the receiver can take them under one lock).
+pub(super) async fn read_lines<R, F>(mut pipe: R, mut deliver: F)
+where
+    R: AsyncRead + Unpin,
+    F: FnMut(Vec<String>),
+{
+    let mut splitter = LineSplitter::default();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match pipe.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                tracing::warn!(%err, "reading a child's output failed; capture of this pipe ends");
+                break;
+            }
+        };
+        let mut lines = Vec::new();
+        splitter.feed(&chunk[..n], &mut lines);
+        if !lines.is_empty() {
+            deliver(lines);
+        }
+    }
+    let mut lines = Vec::new();
+    splitter.finish(&mut lines);
+    if !lines.is_empty() {
+        deliver(lines);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(chunks: &[&[u8]]) -> Vec<String> {
+        let mut splitter = LineSplitter::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            splitter.feed(chunk, &mut out);
+        }
+        splitter.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn lines_across_chunks_and_an_unterminated_last_line() {
+        assert_eq!(split(&[b"a\nb", b"c\n\nd"]), vec!["a", "bc", "", "d"]);
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_dropped() {
+        assert_eq!(
+            split(&[b"ok \xff\xfe end\n"]),
+            vec!["ok \u{fffd}\u{fffd} end"]
+        );
+    }
+
+    #[test]
+    fn long_lines_are_cut_into_pieces_without_losing_bytes() {
+        let long = "x".repeat(MAX_LINE * 2 + 10);
+        let input = format!("{long}\nshort\n");
+        let out = split(&[input.as_bytes()]);
+        assert_eq!(out.len(), 4);
+        assert!(out[..3].iter().all(|piece| piece.len() <= MAX_LINE));
+        assert_eq!(out[..3].concat(), long);
+        assert_eq!(out[3], "short");
+    }
+
+    #[test]
+    fn a_cut_does_not_split_a_utf8_character() {
+        // 'é' is 2 bytes; place one across the MAX_LINE boundary.
+        let mut text = "a".repeat(MAX_LINE - 1);
+        text.push('é');
+        text.push_str("tail");
+        let out = split(&[text.as_bytes(), b"\n"]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0], "a".repeat(MAX_LINE - 1));
+        assert_eq!(out[1], "étail");
+    }
+
+    #[test]
+    fn one_byte_chunks_give_the_same_lines() {
+        let input = b"first line\nsecond\n";
+        let chunks: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(split(&chunks), vec!["first line", "second"]);
+    }
+}

@@ -1,0 +1,285 @@
+//! The logs of app processes: capture, files, journald, tail and live follow.
+//!
+//! Every instance ("web.1", "cron1.1") of an app writes into `<logs_root>/<app>/<process>.log`,
+//! piku's file names, so `piku logs` and anything that tails those files keep working. The flow
+//! of one line:
+//!
+//! ```text
+//! child pipe ─▶ reader task (capture.rs) ─▶ bounded queue (sink.rs) ─▶ writer ─▶ <process>.log (rotate.rs)
+//!                 splits lines, never         drop + count when full      │    ─▶ journald (journal.rs)
+//!                 waits on the disk                                        └──▶ followers (broadcast)
+//! ```
+//!
+//! - Rotation at `max_bytes` (piku: 1 MiB, one `<process>.log.old` backup); see [`rotate`].
+//! - journald: when a journal socket exists every line is also sent there, with the app name as
+//!   `SYSLOG_IDENTIFIER`, so `journalctl -t <app>` shows an app's output (add
+//!   `PIKU_PROCESS=web.1` to the command line to pick one process); see [`journal`].
+//! - [`LogHub::tail`] prints the last lines of each file the way piku's `logs` does; see [`tail`].
+//!
+//! Submodules: `capture` (pipe → lines), `sink` (queue + writer), `rotate` (size-capped file),
+//! `journal` (journald native protocol), `tail` (last lines of files).
+
+mod capture;
+mod journal;
+mod rotate;
+mod sink;
+mod tail;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+pub use sink::LogSink;
+
+/// Where and how big a process log may grow (piku: 1 MiB, one `.old` backup).
+///
+/// `max_bytes == 0` means "never rotate". `backups == 0` means the full file is deleted at
+/// rotation; `backups == 1` keeps `<p>.log.old` (piku's name); `backups == N > 1` keeps
+/// `<p>.log.1` (newest) .. `<p>.log.N` (oldest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_bytes: u64,
+    pub backups: u32,
+}
+
+impl Rotation {
+    /// piku's defaults (uWSGI `log-maxsize = 1048576`, `log-backupname = <p>.log.old`).
+    pub const PIKU: Rotation = Rotation {
+        max_bytes: 1024 * 1024,
+        backups: 1,
+    };
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation::PIKU
+    }
+}
+
+/// One captured line, for `Logs` requests and followers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// The instance that wrote it, e.g. "web.1".
+    pub process: String,
+    pub line: String,
+}
+
+/// Tunables of a [`LogHub`]. `Default` is what the daemon uses.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// journald native socket; `None` = files only.
+    pub journal: Option<PathBuf>,
+    /// Most lines one sink may hold in memory before it drops new ones.
+    pub queue_lines: usize,
+    /// Most bytes (of line text) one sink may hold in memory before it drops new ones.
+    pub queue_bytes: usize,
+    /// A pause after each batch the writer writes: simulates a slow disk (tests, benchmarks).
+    pub writer_pause: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            journal: None,
+            // 8192 short lines, or 4 MiB of long ones: seconds of output of a chatty app, and a
+            // bounded cost (queues × 4 MiB) when the disk stalls.
+            queue_lines: 8192,
+            queue_bytes: 4 * 1024 * 1024,
+            writer_pause: Duration::ZERO,
+        }
+    }
+}
+
+/// Capacity of an app's live-line channel; a follower that lags further skips lines (it can
+/// read them from the files) instead of slowing the capture.
+const LIVE_CAPACITY: usize = 1024;
+
+/// One per daemon. Cheap to clone (Arc inside).
+#[derive(Clone)]
+pub struct LogHub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    logs_root: PathBuf,
+    config: LogConfig,
+    journal: Option<Arc<journal::Journal>>,
+    apps: Mutex<HashMap<String, AppLogs>>,
+}
+
+/// The sinks and the live channel of one app.
+struct AppLogs {
+    live: broadcast::Sender<LogLine>,
+    sinks: HashMap<String, LogSink>,
+}
+
+impl AppLogs {
+    fn new() -> AppLogs {
+        AppLogs {
+            live: broadcast::channel(LIVE_CAPACITY).0,
+            sinks: HashMap::new(),
+        }
+    }
+}
+
+impl LogHub {
+    /// `logs_root` is `$PIKU_ROOT/logs`. The journal socket is `$PIKU_JOURNAL_SOCKET` when set
+    /// (an empty value disables the journal), else `/run/systemd/journal/socket` when it exists;
+    /// none → files only.
+    pub fn new(logs_root: PathBuf) -> LogHub {
+        LogHub::with_journal(logs_root, journal::default_socket())
+    }
+
+    /// Like [`LogHub::new`] with an explicit journal socket (`None` = files only), so tests
+    /// don't depend on the process environment.
+    pub fn with_journal(logs_root: PathBuf, journal: Option<PathBuf>) -> LogHub {
+        LogHub::with_config(
+            logs_root,
+            LogConfig {
+                journal,
+                ..LogConfig::default()
+            },
+        )
+    }
+
+    /// A hub with explicit tunables.
+    pub fn with_config(logs_root: PathBuf, config: LogConfig) -> LogHub {
+        let journal = config
+            .journal
+            .as_ref()
+            .and_then(|path| match journal::Journal::connect(path.clone()) {
+                Ok(journal) => Some(Arc::new(journal)),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), %err, "journald socket unusable; logging to files only");
+                    None
+                }
+            });
+        LogHub {
+            inner: Arc::new(HubInner {
+                logs_root,
+                config,
+                journal,
+                apps: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The sink of instance `process` ("web.1", "cron1.1") of `app`: created on first use (file
+    /// `<logs_root>/<app>/<process>.log`, dirs created when the first line is written), then
+    /// reused across restarts of that instance (with `rotation` applied).
+    pub fn sink(&self, app: &str, process: &str, rotation: Rotation) -> LogSink {
+        let mut apps = lock(&self.inner.apps);
+        let app_logs = apps.entry(app.to_owned()).or_insert_with(AppLogs::new);
+        if let Some(sink) = app_logs.sinks.get(process) {
+            sink.set_rotation(rotation);
+            return sink.clone();
+        }
+        let path = self
+            .inner
+            .logs_root
+            .join(path_component(app))
+            .join(format!("{}.log", path_component(process)));
+        let sink = LogSink::new(sink::SinkSetup {
+            app: app.to_owned(),
+            process: process.to_owned(),
+            path,
+            rotation,
+            config: self.inner.config.clone(),
+            journal: self.inner.journal.clone(),
+            live: app_logs.live.clone(),
+        });
+        app_logs.sinks.insert(process.to_owned(), sink.clone());
+        sink
+    }
+
+    /// Live lines of every process of `app`, from now on (for `logs --follow`). A receiver that
+    /// falls more than ~1000 lines behind gets `RecvError::Lagged` and continues from there.
+    pub fn subscribe(&self, app: &str) -> broadcast::Receiver<LogLine> {
+        let mut apps = lock(&self.inner.apps);
+        apps.entry(app.to_owned())
+            .or_insert_with(AppLogs::new)
+            .live
+            .subscribe()
+    }
+
+    /// The last `lines` lines of each of the app's log files whose process matches `filter`
+    /// (None = all; "web" = every web.N; "web.2" = that one), file by file in name order,
+    /// as piku's `logs` prints them. Reads `.log` (and the newest backup when `.log` has fewer
+    /// lines). Lines still queued in the app's sinks are written first.
+    pub async fn tail(
+        &self,
+        app: &str,
+        filter: Option<&str>,
+        lines: usize,
+    ) -> io::Result<Vec<LogLine>> {
+        for sink in self.app_sinks(app) {
+            sink.flush().await;
+        }
+        let dir = self.inner.logs_root.join(path_component(app));
+        let filter = filter.map(str::to_owned);
+        tokio::task::spawn_blocking(move || tail::tail_dir(&dir, filter.as_deref(), lines))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Flushes and closes the app's sinks (on app removal); files stay on disk. Lines that a
+    /// still-running process writes afterwards reopen the file and are not lost.
+    pub fn forget_app(&self, app: &str) {
+        let removed = lock(&self.inner.apps).remove(app);
+        for sink in removed
+            .into_iter()
+            .flat_map(|logs| logs.sinks.into_values())
+        {
+            sink.close_when_idle();
+        }
+    }
+
+    /// Flushes everything (daemon shutdown): returns when every line queued before the call
+    /// is written.
+    pub async fn flush_all(&self) {
+        let sinks: Vec<LogSink> = lock(&self.inner.apps)
+            .values()
+            .flat_map(|logs| logs.sinks.values().cloned())
+            .collect();
+        for sink in sinks {
+            sink.flush().await;
+        }
+    }
+
+    fn app_sinks(&self, app: &str) -> Vec<LogSink> {
+        lock(&self.inner.apps)
+            .get(app)
+            .map(|logs| logs.sinks.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Keeps a name inside its directory even if a caller passes something odd: `/` and a leading
+/// `.` cannot escape `<logs_root>/<app>/`. Valid app and process names pass unchanged.
+fn path_component(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
+        .collect();
+    if out.is_empty() || out.starts_with('.') {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
+/// here is a few field updates), so poisoning is ignored rather than spread.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `<dir>/<name>` + `suffix`, e.g. `web.1.log` + `.old`.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut os = path.as_os_str().to_owned();
+    os.push(suffix);
+    PathBuf::from(os)
+}

@@ -1,0 +1,307 @@
+//! The log of one instance: a bounded in-memory queue between the pipe readers and one writer.
+//!
+//! Readers (async tasks) only lock the queue for a moment to push lines; they never touch the
+//! disk. When the queue is full (line or byte budget) new lines are dropped and counted, and
+//! once the writer has emptied the queue it writes `[piku] N lines dropped (writer could not
+//! keep up)` exactly where the gap is.
+//!
+//! The writer is a `spawn_blocking` task started when a line arrives at an idle sink and ended
+//! when the queue is empty again; it takes the whole queue per batch. Why not a dedicated
+//! thread per sink: most sinks are idle most of the time (a daemon supervises dozens of
+//! instances) and would each pin a thread; the blocking pool reuses threads across bursts and
+//! a busy sink keeps exactly one. Why not tokio::fs: it is spawn_blocking per call anyway, and
+//! a batch per hop is cheaper. Either way the async worker threads never call write().
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::process::{ChildStderr, ChildStdout};
+use tokio::sync::{Notify, broadcast};
+
+use super::journal::{Journal, JournalEntry};
+use super::rotate::RotatingFile;
+use super::{LogConfig, LogLine, Rotation, capture, lock};
+
+/// Where a line came from (its journald priority).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stream {
+    Stdout,
+    Stderr,
+    /// The supervisor's own `[piku] …` lines.
+    Note,
+}
+
+impl Stream {
+    fn priority(self) -> u8 {
+        match self {
+            Stream::Stdout => 6,
+            Stream::Stderr => 3,
+            Stream::Note => 5,
+        }
+    }
+}
+
+struct Entry {
+    stream: Stream,
+    text: String,
+}
+
+/// Everything a new sink needs from its hub.
+pub(super) struct SinkSetup {
+    pub app: String,
+    pub process: String,
+    pub path: std::path::PathBuf,
+    pub rotation: Rotation,
+    pub config: LogConfig,
+    pub journal: Option<Arc<Journal>>,
+    pub live: broadcast::Sender<LogLine>,
+}
+
+/// The log of one instance. Cheap to clone.
+#[derive(Clone)]
+pub struct LogSink {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    app: String,
+    process: String,
+    config: LogConfig,
+    journal: Option<Arc<Journal>>,
+    live: broadcast::Sender<LogLine>,
+    queue: Mutex<Queue>,
+    /// Held by the (single) running writer for the whole drain.
+    file: Mutex<RotatingFile>,
+    /// Woken after every batch written, for `flush`.
+    written_notify: Notify,
+}
+
+struct Queue {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    rotation: Rotation,
+    writer_running: bool,
+    /// Close the file when the queue is next empty (the app was forgotten).
+    close_when_idle: bool,
+    /// Entries ever accepted / ever written (or given up on): `flush` waits for the latter to
+    /// reach the former's value at call time.
+    accepted: u64,
+    written: u64,
+    dropped_total: u64,
+    /// Dropped since the last "[piku] N lines dropped" note.
+    dropped_unreported: u64,
+}
+
+impl LogSink {
+    pub(super) fn new(setup: SinkSetup) -> LogSink {
+        LogSink {
+            shared: Arc::new(Shared {
+                app: setup.app,
+                process: setup.process,
+                config: setup.config,
+                journal: setup.journal,
+                live: setup.live,
+                queue: Mutex::new(Queue {
+                    entries: VecDeque::new(),
+                    bytes: 0,
+                    rotation: setup.rotation,
+                    writer_running: false,
+                    close_when_idle: false,
+                    accepted: 0,
+                    written: 0,
+                    dropped_total: 0,
+                    dropped_unreported: 0,
+                }),
+                file: Mutex::new(RotatingFile::new(setup.path)),
+                written_notify: Notify::new(),
+            }),
+        }
+    }
+
+    /// Starts capturing a freshly spawned child's pipes (tasks end at EOF). Lines are split on
+    /// '\n' (a line longer than 64 KiB is cut into pieces); invalid UTF-8 is replaced lossily.
+    /// Must be called inside the tokio runtime (the pipes belong to it anyway).
+    pub fn attach(&self, stdout: ChildStdout, stderr: ChildStderr) {
+        self.spawn_reader(stdout, Stream::Stdout);
+        self.spawn_reader(stderr, Stream::Stderr);
+    }
+
+    pub(super) fn spawn_reader<R>(&self, pipe: R, stream: Stream) -> tokio::task::JoinHandle<()>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    {
+        let sink = self.clone();
+        tokio::spawn(async move {
+            capture::read_lines(pipe, |lines| sink.push(stream, lines)).await;
+        })
+    }
+
+    /// A line from the supervisor about this instance ("started pid 123", "exited with status
+    /// 1, restarting in 0.4 s"), written as `[piku] <msg>` into the same file and stream.
+    /// Notes are never dropped (they are few and they explain what happened).
+    pub fn note(&self, msg: &str) {
+        let lines = msg.lines().map(|line| format!("[piku] {line}")).collect();
+        self.push(Stream::Note, lines);
+    }
+
+    /// Lines dropped since the sink was created because the writer could not keep up (or the
+    /// file could not be written).
+    pub fn dropped(&self) -> u64 {
+        lock(&self.shared.queue).dropped_total
+    }
+
+    pub fn set_rotation(&self, rotation: Rotation) {
+        lock(&self.shared.queue).rotation = rotation;
+    }
+
+    /// Returns when every line accepted before the call has been written.
+    pub(super) async fn flush(&self) {
+        let target = lock(&self.shared.queue).accepted;
+        loop {
+            let notified = self.shared.written_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&self.shared.queue).written >= target {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// After the app is forgotten: close the file once the queue is empty.
+    pub(super) fn close_when_idle(&self) {
+        let start = {
+            let mut queue = lock(&self.shared.queue);
+            queue.close_when_idle = true;
+            !std::mem::replace(&mut queue.writer_running, true)
+        };
+        if start {
+            self.start_writer();
+        }
+    }
+
+    /// Queues `lines` (in order) without waiting: what does not fit is dropped and counted.
+    fn push(&self, stream: Stream, lines: Vec<String>) {
+        let shared = &self.shared;
+        let follow = shared.live.receiver_count() > 0;
+        let start = {
+            let mut queue = lock(&shared.queue);
+            for text in lines {
+                let fits = stream == Stream::Note
+                    || (queue.entries.len() < shared.config.queue_lines
+                        && queue.bytes + text.len() <= shared.config.queue_bytes);
+                if !fits {
+                    queue.dropped_total += 1;
+                    queue.dropped_unreported += 1;
+                    continue;
+                }
+                if follow {
+                    // Err only means every follower is gone.
+                    let _ = shared.live.send(LogLine {
+                        process: shared.process.clone(),
+                        line: text.clone(),
+                    });
+                }
+                queue.bytes += text.len();
+                queue.accepted += 1;
+                queue.entries.push_back(Entry { stream, text });
+            }
+            !queue.entries.is_empty() && !std::mem::replace(&mut queue.writer_running, true)
+        };
+        if start {
+            self.start_writer();
+        }
+    }
+
+    /// Runs `drain` off the async worker threads. Outside a runtime (never in the daemon) a
+    /// plain thread does the same job.
+    fn start_writer(&self) {
+        let shared = Arc::clone(&self.shared);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || shared.drain());
+            }
+            Err(_) => {
+                std::thread::spawn(move || shared.drain());
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// The writer: takes the whole queue, writes it, repeats until the queue is empty.
+    fn drain(&self) {
+        let mut file = lock(&self.file);
+        let mut batch: VecDeque<Entry> = VecDeque::new();
+        let mut scratch = Vec::new();
+        loop {
+            let (rotation, dropped) = {
+                let mut queue = lock(&self.queue);
+                if queue.entries.is_empty() {
+                    queue.writer_running = false;
+                    // A burst may have grown the queue to thousands of slots; an idle sink
+                    // should not keep them.
+                    queue.entries.shrink_to(64);
+                    if queue.close_when_idle {
+                        file.close();
+                    }
+                    break;
+                }
+                std::mem::swap(&mut queue.entries, &mut batch);
+                queue.bytes = 0;
+                (
+                    queue.rotation,
+                    std::mem::take(&mut queue.dropped_unreported),
+                )
+            };
+            // Drops happen only while the queue is full, i.e. after every line of this batch
+            // and before any later one: the note goes right where the gap is.
+            let note = (dropped > 0).then(|| Entry {
+                stream: Stream::Note,
+                text: format!("[piku] {dropped} lines dropped (writer could not keep up)"),
+            });
+            if let Some(note) = &note
+                && self.live.receiver_count() > 0
+            {
+                let _ = self.live.send(LogLine {
+                    process: self.process.clone(),
+                    line: note.text.clone(),
+                });
+            }
+            let taken = batch.len() as u64;
+            let entries = || batch.iter().chain(note.iter());
+            let lost = match file.write_lines(entries().map(|e| e.text.as_bytes()), rotation) {
+                Ok(()) => 0,
+                Err(err) => {
+                    tracing::warn!(app = %self.app, process = %self.process, %err, "log lines could not be written");
+                    taken
+                }
+            };
+            if let Some(journal) = &self.journal {
+                for entry in entries() {
+                    journal.send(
+                        &JournalEntry {
+                            app: &self.app,
+                            process: &self.process,
+                            priority: entry.stream.priority(),
+                            message: entry.text.as_bytes(),
+                        },
+                        &mut scratch,
+                    );
+                }
+            }
+            batch.clear();
+            {
+                let mut queue = lock(&self.queue);
+                queue.written += taken;
+                queue.dropped_total += lost;
+            }
+            self.written_notify.notify_waiters();
+            if !self.config.writer_pause.is_zero() {
+                std::thread::sleep(self.config.writer_pause);
+            }
+        }
+        drop(file);
+        self.written_notify.notify_waiters();
+    }
+}
