@@ -647,6 +647,24 @@ mod tests {
     }
 
     #[test]
+    fn names_are_case_insensitive_and_mix_with_numbers() {
+        let a = CronSchedule::parse("0 0 1 JAN,Jul,12 SAT-SUN").unwrap();
+        // 2026-01-03 is a Saturday; 2026-01-01 is the 1st of a selected month.
+        assert_eq!(
+            a.next_after(&utc(2025, 12, 31, 12, 0, 0)).unwrap(),
+            utc(2026, 1, 1, 0, 0, 0)
+        );
+        assert_eq!(
+            a.next_after(&utc(2026, 1, 1, 0, 0, 0)).unwrap(),
+            utc(2026, 1, 3, 0, 0, 0)
+        );
+        assert_eq!(
+            next("0 0 * * sun-sat", utc(2026, 1, 1, 0, 0, 0)),
+            utc(2026, 1, 2, 0, 0, 0)
+        );
+    }
+
+    #[test]
     fn day_of_month_or_day_of_week() {
         // Classic cron: restricted DoM and DoW fire on either. 2026-01-05 is a Monday.
         assert_eq!(
@@ -742,9 +760,11 @@ mod tests {
     }
 
     #[test]
-    fn errors_are_one_line() {
-        let e = err("0 0 * * *\nx").to_string();
-        assert!(!e.contains('\n'), "{e}");
+    fn control_characters_are_escaped_in_errors() {
+        // A terminal escape in a Procfile must not reach the deployer's terminal raw.
+        let e = err("0 0 * * \u{1b}[31m");
+        assert!(!e.contains('\u{1b}'), "{e}");
+        assert!(e.contains("\\u{1b}"), "{e}");
     }
 
     #[test]

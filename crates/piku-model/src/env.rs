@@ -10,8 +10,11 @@
 //! - A line without `=` is an error (piku printed one and silently discarded the whole file).
 //! - Keys must match `[A-Za-z_][A-Za-z0-9_]*`; anything else is an error naming the key.
 //!
+//! - A leading UTF-8 byte-order mark is ignored.
+//!
 //! [`render_env`] writes `K=V` lines sorted by key, as piku's `write_config` did (comments are
-//! not preserved).
+//! not preserved). Values are written as they are: a value holding a newline cannot round-trip,
+//! and a value holding `$NAME` is expanded again when read back (piku behaves the same).
 
 use crate::EnvMap;
 
@@ -56,6 +59,8 @@ pub fn check_env_key(key: &str) -> Result<(), EnvKeyError> {
 /// the file set, in the order they first appear. On error `env` may hold the lines before it.
 pub fn parse_env(text: &str, env: &mut EnvMap) -> Result<Vec<String>, EnvError> {
     let mut keys_set: Vec<String> = Vec::new();
+    // Editors on Windows may save a byte-order mark; it is not part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (index, raw) in text.lines().enumerate() {
         let line_no = index + 1;
         let line = raw.trim();
@@ -225,6 +230,11 @@ mod tests {
                 format!("ENV line 1: invalid key '{key}': keys must match [A-Za-z_][A-Za-z0-9_]*")
             );
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        assert_eq!(parse("\u{feff}A=1\n"), map(&[("A", "1")]));
     }
 
     #[test]

@@ -18,11 +18,14 @@ pub mod paths;
 pub mod procfile;
 pub mod scaling;
 
-pub use app_name::{AppName, InvalidAppName};
+pub use app_name::{AppName, AppNameRule, InvalidAppName, MAX_APP_NAME_LEN};
 pub use cron::{CronError, CronSchedule, split_cron_line};
-pub use env::{EnvError, check_env_key, expand_vars, parse_env, render_env};
+pub use env::{EnvError, EnvKeyError, check_env_key, expand_vars, parse_env, render_env};
 pub use paths::{ModelError, PikuRoot};
-pub use procfile::{ProcessClass, Procfile, ProcfileEntry, ProcfileError, parse_procfile};
+pub use procfile::{
+    ProcessClass, Procfile, ProcfileEntry, ProcfileError, ProcfileProblem, is_valid_kind,
+    parse_procfile,
+};
 pub use scaling::{ScalingError, parse_scale_args, parse_scaling, render_scaling};
 
 /// An app's environment: variable name to value, kept sorted so rendering is stable.

@@ -10,6 +10,7 @@
 //! - A duplicate kind is a warning and the last one wins (keeping the first one's position).
 //! - `wsgi` and `web` together: `web` is dropped with a warning, as in piku.
 //! - A line without `:`, an empty kind or command, or a Procfile without entries is an error.
+//! - A leading UTF-8 byte-order mark is ignored.
 //!
 //! Warnings are plain sentences without piku's `Warning: ` prefix; the caller adds its own.
 
@@ -118,6 +119,8 @@ fn classify(kind: &str, command: &str) -> Result<(ProcessClass, String), Procfil
 /// Parses Procfile `text` (see the module docs for the rules).
 pub fn parse_procfile(text: &str) -> Result<Procfile, ProcfileError> {
     let mut procfile = Procfile::default();
+    // Editors on Windows may save a byte-order mark; it is not part of the first kind name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let fail = |problem| ProcfileError::Line { line, problem };
@@ -333,6 +336,12 @@ mod tests {
     fn empty_procfiles_are_errors() {
         assert_eq!(err(""), "Procfile has no entries");
         assert_eq!(err("# only\n\n   # comments\n"), "Procfile has no entries");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        let p = parse_procfile("\u{feff}web: ./x").unwrap();
+        assert_eq!(p.get("web").unwrap().class, ProcessClass::Web);
     }
 
     #[test]
