@@ -3,7 +3,7 @@
 //! - [`paths`]: the `$PIKU_ROOT` directory layout ([`PikuRoot`]).
 //! - [`app_name`]: the one rule every app name must pass ([`AppName`]).
 //! - [`procfile`]: parsing a `Procfile` into process kinds ([`parse_procfile`]).
-//! - [`env`]: piku-compatible `ENV` files with `$VAR` expansion ([`parse_env`]).
+//! - [`env`](mod@env): piku-compatible `ENV` files with `$VAR` expansion ([`parse_env`]).
 //! - [`scaling`]: `SCALING` files and `ps:scale` arguments ([`parse_scaling`]).
 //! - [`cron`]: cron schedules for `cron*` Procfile kinds ([`CronSchedule`]).
 //!
