@@ -24,6 +24,8 @@ mod journal;
 mod rotate;
 mod sink;
 mod tail;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::io;
@@ -97,6 +99,9 @@ impl Default for LogConfig {
 /// Capacity of an app's live-line channel; a follower that lags further skips lines (it can
 /// read them from the files) instead of slowing the capture.
 const LIVE_CAPACITY: usize = 1024;
+
+/// How long `tail` waits for queued lines to be written before it reads the files.
+const TAIL_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// One per daemon. Cheap to clone (Arc inside).
 #[derive(Clone)]
@@ -216,9 +221,14 @@ impl LogHub {
         filter: Option<&str>,
         lines: usize,
     ) -> io::Result<Vec<LogLine>> {
-        for sink in self.app_sinks(app) {
-            sink.flush().await;
-        }
+        // Bounded: a hung disk must not hang `piku logs`; what is still queued then is simply
+        // not shown yet.
+        let flushed = async {
+            for sink in self.app_sinks(app) {
+                sink.flush().await;
+            }
+        };
+        let _ = tokio::time::timeout(TAIL_FLUSH_WAIT, flushed).await;
         let dir = self.inner.logs_root.join(path_component(app));
         let filter = filter.map(str::to_owned);
         tokio::task::spawn_blocking(move || tail::tail_dir(&dir, filter.as_deref(), lines))
@@ -239,7 +249,7 @@ impl LogHub {
     }
 
     /// Flushes everything (daemon shutdown): returns when every line queued before the call
-    /// is written.
+    /// is written. Wrap it in a timeout where a hung disk must not delay shutdown.
     pub async fn flush_all(&self) {
         let sinks: Vec<LogSink> = lock(&self.inner.apps)
             .values()

@@ -46,6 +46,10 @@ struct Entry {
     text: String,
 }
 
+fn dropped_note(dropped: u64) -> String {
+    format!("[piku] {dropped} lines dropped (writer could not keep up)")
+}
+
 /// Everything a new sink needs from its hub.
 pub(super) struct SinkSetup {
     pub app: String,
@@ -195,16 +199,14 @@ impl LogSink {
                     queue.dropped_unreported += 1;
                     continue;
                 }
-                if follow {
-                    // Err only means every follower is gone.
-                    let _ = shared.live.send(LogLine {
-                        process: shared.process.clone(),
-                        line: text.clone(),
-                    });
+                // The first line accepted after a gap carries the gap's note in front of it
+                // (notes bypass the limit, so this also places the note exactly before a
+                // `[piku]` note that arrives while the queue is full).
+                let dropped = std::mem::take(&mut queue.dropped_unreported);
+                if dropped > 0 {
+                    shared.enqueue(&mut queue, Stream::Note, dropped_note(dropped), follow);
                 }
-                queue.bytes += text.len();
-                queue.accepted += 1;
-                queue.entries.push_back(Entry { stream, text });
+                shared.enqueue(&mut queue, stream, text, follow);
             }
             !queue.entries.is_empty() && !std::mem::replace(&mut queue.writer_running, true)
         };
@@ -229,6 +231,19 @@ impl LogSink {
 }
 
 impl Shared {
+    fn enqueue(&self, queue: &mut Queue, stream: Stream, text: String, follow: bool) {
+        if follow {
+            // Err only means every follower is gone.
+            let _ = self.live.send(LogLine {
+                process: self.process.clone(),
+                line: text.clone(),
+            });
+        }
+        queue.bytes += text.len();
+        queue.accepted += 1;
+        queue.entries.push_back(Entry { stream, text });
+    }
+
     /// The writer: takes the whole queue, writes it, repeats until the queue is empty.
     fn drain(&self) {
         let mut file = lock(&self.file);
@@ -254,11 +269,11 @@ impl Shared {
                     std::mem::take(&mut queue.dropped_unreported),
                 )
             };
-            // Drops happen only while the queue is full, i.e. after every line of this batch
-            // and before any later one: the note goes right where the gap is.
+            // Lines dropped after the last accepted one (a gap followed by an accepted line is
+            // noted in `push`): the gap is right after this batch.
             let note = (dropped > 0).then(|| Entry {
                 stream: Stream::Note,
-                text: format!("[piku] {dropped} lines dropped (writer could not keep up)"),
+                text: dropped_note(dropped),
             });
             if let Some(note) = &note
                 && self.live.receiver_count() > 0

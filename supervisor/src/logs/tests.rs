@@ -1,0 +1,342 @@
+//! Tests of the whole log path with real child processes: pipes → queue → files / journal /
+//! followers, under rotation and under pressure.
+
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use super::sink::Stream;
+use super::*;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn spawn_sh(script: &str) -> Child {
+    Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sh")
+}
+
+/// Attaches `child`'s pipes to `sink`, waits for the child and for both pipes to reach EOF,
+/// then for every line to be written.
+async fn capture_to_end(sink: &LogSink, mut child: Child) {
+    let out = sink.spawn_reader(child.stdout.take().unwrap(), Stream::Stdout);
+    let err = sink.spawn_reader(child.stderr.take().unwrap(), Stream::Stderr);
+    tokio::time::timeout(DEADLINE, async {
+        child.wait().await.unwrap();
+        out.await.unwrap();
+        err.await.unwrap();
+        sink.flush().await;
+    })
+    .await
+    .expect("capture finished within the deadline");
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    match fs::read_to_string(path) {
+        Ok(text) => text.lines().map(str::to_owned).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn generous(journal: Option<PathBuf>) -> LogConfig {
+    LogConfig {
+        journal,
+        queue_lines: 1 << 22,
+        queue_bytes: 1 << 30,
+        writer_pause: Duration::ZERO,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_of_a_fast_child_lands_once_across_rotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = LogHub::with_config(dir.path().to_path_buf(), generous(None));
+    // Enough backups to keep everything, so the test sees every line.
+    let rotation = Rotation {
+        max_bytes: 64 * 1024,
+        backups: 100,
+    };
+    let sink = hub.sink("app", "worker.1", rotation);
+    let total = 300_000;
+    let started = Instant::now();
+    capture_to_end(&sink, spawn_sh(&format!("exec seq 1 {total}"))).await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "captured {total} lines in {elapsed:?}: {:.0} lines/s (debug build)",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(sink.dropped(), 0);
+
+    let current = dir.path().join("app/worker.1.log");
+    let mut all = Vec::new();
+    for n in (1..=100).rev() {
+        let backup = rotate::backup_path(&current, n, 100);
+        if let Ok(meta) = fs::metadata(&backup) {
+            assert!(meta.len() <= rotation.max_bytes, "{backup:?} too big");
+        }
+        all.extend(read_lines(&backup));
+    }
+    all.extend(read_lines(&current));
+    let expected: Vec<String> = (1..=total).map(|n| n.to_string()).collect();
+    assert!(all == expected, "lines missing, duplicated or reordered");
+    assert!(
+        rotate::backup_path(&current, 2, 100).exists(),
+        "rotated several times"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piku_rotation_keeps_a_contiguous_tail_in_old_and_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = LogHub::with_config(dir.path().to_path_buf(), generous(None));
+    let rotation = Rotation {
+        max_bytes: 64 * 1024,
+        backups: 1,
+    };
+    let sink = hub.sink("app", "web.1", rotation);
+    let total = 100_000;
+    capture_to_end(&sink, spawn_sh(&format!("exec seq 1 {total}"))).await;
+
+    let current = dir.path().join("app/web.1.log");
+    let old = with_suffix(&current, ".old");
+    assert!(fs::metadata(&old).unwrap().len() <= rotation.max_bytes);
+    assert!(fs::metadata(&current).unwrap().len() <= rotation.max_bytes);
+    let mut kept = read_lines(&old);
+    kept.extend(read_lines(&current));
+    let first: usize = kept[0].parse().unwrap();
+    let expected: Vec<String> = (first..=total).map(|n| n.to_string()).collect();
+    assert_eq!(kept, expected);
+    // The backup was full: the next line would not have fitted.
+    let old_len = fs::metadata(&old).unwrap().len();
+    let next_line = read_lines(&current)[0].len() as u64 + 1;
+    assert!(old_len + next_line > rotation.max_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_counts_and_notes_each_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        journal: None,
+        queue_lines: 16,
+        queue_bytes: 1 << 20,
+        writer_pause: Duration::from_millis(5),
+    };
+    let hub = LogHub::with_config(dir.path().to_path_buf(), config);
+    let sink = hub.sink("app", "worker.1", Rotation::PIKU);
+    let total: u64 = 20_000;
+    capture_to_end(&sink, spawn_sh(&format!("exec seq 1 {total}"))).await;
+
+    let lines = read_lines(&dir.path().join("app/worker.1.log"));
+    let mut previous = 0u64;
+    let mut noted = 0u64;
+    let mut pending_note: Option<u64> = None;
+    for line in &lines {
+        if let Some(rest) = line.strip_prefix("[piku] ") {
+            let n: u64 = rest
+                .strip_suffix(" lines dropped (writer could not keep up)")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected note {line:?}"));
+            assert!(pending_note.is_none(), "two notes for one gap");
+            pending_note = Some(n);
+            noted += n;
+        } else {
+            let number: u64 = line.parse().unwrap();
+            let gap = number - previous - 1;
+            assert_eq!(gap, pending_note.take().unwrap_or(0), "gap before {number}");
+            previous = number;
+        }
+    }
+    // Lines dropped after the last written one: the note follows them directly.
+    assert_eq!(total - previous, pending_note.unwrap_or(0));
+    assert!(
+        sink.dropped() > 0,
+        "a 16-line queue and a slow writer must drop"
+    );
+    assert_eq!(noted, sink.dropped());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lines_are_cut_not_lost_and_bad_utf8_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = LogHub::with_config(dir.path().to_path_buf(), generous(None));
+    let sink = hub.sink("app", "web.1", Rotation::PIKU);
+    let script = "head -c 150000 /dev/zero | tr '\\0' x; echo; printf 'bad \\377 byte\\n'; printf 'no newline'";
+    capture_to_end(&sink, spawn_sh(script)).await;
+
+    let lines = read_lines(&dir.path().join("app/web.1.log"));
+    let n = lines.len();
+    assert_eq!(lines[..n - 2].concat(), "x".repeat(150_000));
+    assert!(lines[..n - 2].iter().all(|l| l.len() <= capture::MAX_LINE));
+    assert_eq!(lines[n - 2], "bad \u{fffd} byte");
+    assert_eq!(lines[n - 1], "no newline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_line_is_a_journal_datagram_with_app_and_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("journal.sock");
+    let journald = UnixDatagram::bind(&socket_path).unwrap();
+    journald.set_read_timeout(Some(DEADLINE)).unwrap();
+    let hub = LogHub::with_journal(dir.path().join("logs"), Some(socket_path));
+    let sink = hub.sink("shop", "web.1", Rotation::PIKU);
+    capture_to_end(&sink, spawn_sh("echo to-stdout; echo to-stderr >&2")).await;
+    sink.note("started pid 1");
+
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..3 {
+        let n = journald.recv(&mut buf).unwrap();
+        let text = String::from_utf8(buf[..n].to_vec()).unwrap();
+        let fields: std::collections::BTreeMap<String, String> = text
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap();
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        assert_eq!(fields["SYSLOG_IDENTIFIER"], "shop");
+        assert_eq!(fields["PIKU_APP"], "shop");
+        assert_eq!(fields["PIKU_PROCESS"], "web.1");
+        received.push((fields["MESSAGE"].clone(), fields["PRIORITY"].clone()));
+    }
+    received.sort();
+    assert_eq!(
+        received,
+        vec![
+            ("[piku] started pid 1".to_owned(), "5".to_owned()),
+            ("to-stderr".to_owned(), "3".to_owned()),
+            ("to-stdout".to_owned(), "6".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_is_gone_does_not_disturb_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = LogHub::with_journal(dir.path().join("logs"), Some(dir.path().join("no.sock")));
+    let sink = hub.sink("shop", "web.1", Rotation::PIKU);
+    capture_to_end(&sink, spawn_sh("seq 1 1000")).await;
+    assert_eq!(
+        read_lines(&dir.path().join("logs/shop/web.1.log")).len(),
+        1000
+    );
+    assert_eq!(sink.dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_get_live_lines_and_notes() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = LogHub::with_journal(dir.path().to_path_buf(), None);
+    let mut follower = hub.subscribe("app");
+    let mut other_app = hub.subscribe("other");
+    let sink = hub.sink("app", "web.2", Rotation::PIKU);
+    sink.note("starting");
+    capture_to_end(&sink, spawn_sh("echo live")).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let line = tokio::time::timeout(DEADLINE, follower.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(line);
+    }
+    let line = |s: &str| LogLine {
+        process: "web.2".to_owned(),
+        line: s.to_owned(),
+    };
+    assert_eq!(got, vec![line("[piku] starting"), line("live")]);
+    assert!(other_app.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_shows_notes_and_output_filtered_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = LogHub::with_journal(dir.path().to_path_buf(), None);
+    for process in ["web.1", "web.2", "webhook.1", "worker.1"] {
+        let sink = hub.sink("app", process, Rotation::PIKU);
+        capture_to_end(&sink, spawn_sh(&format!("echo out of {process}"))).await;
+        sink.note("exited with status 0");
+    }
+    // No flush: tail writes what is queued first.
+    let web = hub.tail("app", Some("web"), 20).await.unwrap();
+    let text: Vec<String> = web
+        .iter()
+        .map(|l| format!("{} | {}", l.process, l.line))
+        .collect();
+    assert_eq!(
+        text,
+        vec![
+            "web.1 | out of web.1",
+            "web.1 | [piku] exited with status 0",
+            "web.2 | out of web.2",
+            "web.2 | [piku] exited with status 0",
+        ]
+    );
+    assert_eq!(hub.tail("app", None, 1).await.unwrap().len(), 4);
+    assert_eq!(
+        hub.tail("app", Some("worker.1"), 20).await.unwrap().len(),
+        2
+    );
+    assert!(hub.tail("nope", None, 20).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_is_reused_per_instance_and_forget_closes_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = LogHub::with_journal(dir.path().to_path_buf(), None);
+    let first = hub.sink("app", "web.1", Rotation::PIKU);
+    first.note("one");
+    let again = hub.sink("app", "web.1", Rotation::PIKU);
+    again.note("two");
+    hub.flush_all().await;
+    let path = dir.path().join("app/web.1.log");
+    assert_eq!(read_lines(&path), vec!["[piku] one", "[piku] two"]);
+
+    hub.forget_app("app");
+    let open_fd_to = |path: &Path| {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+            .any(|target| target == path)
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while open_fd_to(&path) {
+        assert!(
+            Instant::now() < deadline,
+            "file still open after forget_app"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A late line from a stopping process still lands.
+    first.note("late");
+    first.flush().await;
+    assert_eq!(read_lines(&path).last().unwrap(), "[piku] late");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_that_cannot_be_written_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    fs::write(&not_a_dir, "").unwrap();
+    let hub = LogHub::with_journal(not_a_dir, None);
+    let sink = hub.sink("app", "web.1", Rotation::PIKU);
+    capture_to_end(&sink, spawn_sh("seq 1 10")).await;
+    assert_eq!(sink.dropped(), 10);
+}
+
+#[test]
+fn odd_names_stay_inside_the_logs_directory() {
+    assert_eq!(path_component("web.1"), "web.1");
+    assert_eq!(path_component("../etc"), "_.._etc");
+    assert_eq!(path_component(".."), "_..");
+    assert_eq!(path_component(""), "_");
+}
