@@ -5,9 +5,11 @@
 
 use std::io::ErrorKind;
 
-use anyhow::anyhow;
-use piku_model::PikuRoot;
-use piku_proto::{Client, ProtoError};
+use anyhow::{anyhow, bail};
+use piku_model::{AppName, PikuRoot};
+use piku_proto::{AppStatus, Client, ProtoError, Request, Response};
+
+use crate::output;
 
 /// Connects to `$PIKU_ROOT/supervisor.sock`; the error says how to start the daemon if it is down.
 pub fn connect(root: &PikuRoot) -> anyhow::Result<Client> {
@@ -28,4 +30,45 @@ pub fn connect(root: &PikuRoot) -> anyhow::Result<Client> {
         }
         _ => anyhow!(err),
     })
+}
+
+/// Sends one request, shows the daemon's progress frames as `-----> ` steps, and returns the
+/// final answer (a refusal is an error).
+pub fn call(root: &PikuRoot, req: &Request) -> anyhow::Result<Response> {
+    let mut client = connect(root)?;
+    let answer = client.call(req, |interim| {
+        if let Response::Progress { message } = interim {
+            output::step(message);
+        }
+    })?;
+    Ok(answer)
+}
+
+/// Sends a request whose answer is [`Response::Done`] and prints its message, if any.
+pub fn call_done(root: &PikuRoot, req: &Request) -> anyhow::Result<()> {
+    match call(root, req)? {
+        Response::Done { message } => {
+            if !message.trim().is_empty() {
+                output::say(message.trim_end());
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer from the supervisor: {other:?}"),
+    }
+}
+
+/// The daemon's view of every app it knows.
+pub fn status_all(root: &PikuRoot) -> anyhow::Result<Vec<AppStatus>> {
+    match call(root, &Request::Status { app: None })? {
+        Response::Status { apps } => Ok(apps),
+        other => bail!("unexpected answer from the supervisor: {other:?}"),
+    }
+}
+
+/// The daemon's view of one app; `None` if the daemon does not know it (never deployed, or
+/// destroyed). Asks for every app so "unknown" is not confused with an error.
+pub fn status_of(root: &PikuRoot, app: &AppName) -> anyhow::Result<Option<AppStatus>> {
+    Ok(status_all(root)?
+        .into_iter()
+        .find(|s| s.app == app.as_str()))
 }
