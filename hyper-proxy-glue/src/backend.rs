@@ -22,7 +22,10 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(id: impl Into<String>, addr: SocketAddr) -> Backend {
-        Backend { id: id.into(), addr }
+        Backend {
+            id: id.into(),
+            addr,
+        }
     }
 }
 

@@ -164,7 +164,14 @@ mod tests {
             ("x-app", "kept"),
         ]);
         rewrite_request(&mut map, false, &TCP_PEER);
-        for gone in ["connection", "x-secret", "keep-alive", "te", "transfer-encoding", "upgrade"] {
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+        ] {
             assert!(!map.contains_key(gone), "{gone} should be removed");
         }
         assert_eq!(map["x-app"], "kept");
@@ -172,7 +179,10 @@ mod tests {
 
     #[test]
     fn upgrade_handshake_survives_when_asked() {
-        let mut map = headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        let mut map = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         assert!(wants_upgrade(&map));
         rewrite_request(&mut map, true, &TCP_PEER);
         assert_eq!(map["connection"], "upgrade");
@@ -187,7 +197,10 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_appended_over_split_fields() {
-        let mut map = headers(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
+        let mut map = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
         rewrite_request(&mut map, false, &TCP_PEER);
         assert_eq!(map["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
     }

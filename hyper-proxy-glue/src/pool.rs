@@ -38,8 +38,8 @@ impl Pool {
         let old = self.snapshot();
         let states: Vec<Arc<BackendState>> = backends
             .into_iter()
-            .map(|backend| {
-                match old.iter().find(|state| state.backend == backend) {
+            .map(
+                |backend| match old.iter().find(|state| state.backend == backend) {
                     Some(state) => Arc::clone(state),
                     None => {
                         let state = Arc::new(BackendState::new(backend, Arc::clone(&self.drained)));
@@ -49,8 +49,8 @@ impl Pool {
                             .push(Arc::downgrade(&state));
                         state
                     }
-                }
-            })
+                },
+            )
             .collect();
         // The write lock is what makes the switch exact: `pick` counts a request as in flight
         // under the read lock, so once this returns no request can still start on a backend
@@ -85,7 +85,9 @@ impl Pool {
             let (up, load) = (state.is_up(), state.in_flight());
             let better = match best {
                 None => true,
-                Some((_, best_up, best_load)) => (up && !best_up) || (up == best_up && load < best_load),
+                Some((_, best_up, best_load)) => {
+                    (up && !best_up) || (up == best_up && load < best_load)
+                }
             };
             if better {
                 best = Some((state, up, load));

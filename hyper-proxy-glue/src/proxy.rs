@@ -115,7 +115,12 @@ pub(crate) async fn handle(
         headers::rewrite_response(&mut parts.headers, true);
         // The backend connection now belongs to the tunnel; the sender is of no further use.
         drop(conn);
-        upgrade::spawn_tunnel(client_upgrade, backend_upgrade, guard, shared.shutdown.subscribe());
+        upgrade::spawn_tunnel(
+            client_upgrade,
+            backend_upgrade,
+            guard,
+            shared.shutdown.subscribe(),
+        );
         return Ok(Response::from_parts(parts, Either::Right(Full::default())));
     }
 
@@ -157,7 +162,11 @@ async fn forward(
         let guard = shared
             .pool
             .pick(refused_by.as_ref())
-            .ok_or(if refused_by.is_some() { Failure::Unreachable } else { Failure::NoBackend })?;
+            .ok_or(if refused_by.is_some() {
+                Failure::Unreachable
+            } else {
+                Failure::NoBackend
+            })?;
         let backend = Arc::clone(guard.backend());
 
         let (mut conn, reused) = match backend.take_idle(config.pool_idle_timeout) {
@@ -184,9 +193,11 @@ async fn forward(
         }
 
         let replay = (reused && replayable && !replayed).then(|| Replay::of(&request));
-        let sent =
-            tokio::time::timeout(config.response_header_timeout, conn.try_send_request(request))
-                .await;
+        let sent = tokio::time::timeout(
+            config.response_header_timeout,
+            conn.try_send_request(request),
+        )
+        .await;
         match sent {
             Ok(Ok(response)) => {
                 return Ok(Answer {

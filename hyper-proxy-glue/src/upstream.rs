@@ -36,7 +36,10 @@ pub(crate) enum ConnectError {
     #[error("connect to {addr} timed out after {after:?}")]
     TimedOut { addr: SocketAddr, after: Duration },
     #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
 }
 
 /// Opens a connection to `addr` and spawns the task that drives it (it ends when the
