@@ -1,1 +1,25 @@
-//! End-to-end test harness (being written).
+//! End-to-end test harness: real `sshd`, real `git`, the real `piku` and `piku-supervisor`
+//! binaries, all on 127.0.0.1 inside one temp dir per test.
+//!
+//! A test starts a [`Piku`] server, makes an app repo from `examples/` with
+//! [`make_app_repo`], pushes it with [`Piku::git_push`] and talks to it with [`Piku::ssh`]
+//! and [`http_get`]. Every process the harness starts is stopped by PID when its owner drops.
+
+pub mod apps;
+pub mod binaries;
+pub mod http;
+pub mod process;
+pub mod server;
+pub mod wait;
+
+pub use apps::{AppRepo, copy_tree, example_dir, make_app_repo};
+pub use binaries::{Binaries, binaries, repo_root};
+pub use http::{get_ok, http_get};
+pub use process::{Run, Streaming, run_with_timeout};
+pub use server::{Instance, Piku, free_port, git_command, instances_in, sweep};
+pub use wait::wait_until;
+
+use std::time::Duration;
+
+/// How long a test waits for a state change it caused (a deploy, a restart, a scale).
+pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,0 +1,74 @@
+//! The Flask example end to end: pip installs Flask from PyPI into the app's venv, the build
+//! adds a WSGI server (gunicorn by default), and the `wsgi:`, `worker:` and `cron1:` entries
+//! all run under the supervisor. This is the only e2e test that needs PyPI.
+
+use std::time::Duration;
+
+use piku_e2e::{CHANGE_TIMEOUT, Piku, get_ok, make_app_repo};
+
+#[test]
+fn flask_app_is_served_by_gunicorn_with_a_worker_and_a_cron_job() {
+    let piku = Piku::start();
+    let app = "flask";
+    let repo = make_app_repo("python-wsgi");
+    let push = piku.git_push(repo.path(), app);
+    push.assert_ok();
+    assert!(push.combined().contains("-----> "), "{push}");
+
+    let (port, body) = piku.expect_serving(app, |b| b == "hello from flask v1\n", "the Flask page");
+    assert_eq!(
+        get_ok(port, "/env/APP").as_deref(),
+        Some("flask\n"),
+        "{body}"
+    );
+
+    // The wsgi instance is a gunicorn master (the translation happens in the CLI).
+    let instances = piku.instances(app);
+    let wsgi = instances
+        .iter()
+        .find(|i| i.port == Some(port))
+        .unwrap_or_else(|| panic!("no instance on port {port}: {instances:?}"));
+    let pid = wsgi.pid.expect("wsgi pid");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default();
+    assert!(
+        cmdline.contains("gunicorn"),
+        "the wsgi instance is not gunicorn: {cmdline:?}"
+    );
+    let venv = piku.ssh(&format!("run {app} -- sh -c 'echo $VIRTUAL_ENV'"));
+    assert!(
+        !venv.stdout.trim().is_empty() && cmdline.contains(venv.stdout.trim()),
+        "gunicorn does not come from the app's venv ({}): {cmdline:?}",
+        venv.stdout.trim()
+    );
+
+    // worker and cron entries are known to the supervisor.
+    let kinds: Vec<&str> = instances.iter().map(|i| i.kind.as_str()).collect();
+    assert!(kinds.contains(&"worker"), "no worker in {instances:?}");
+    assert!(kinds.contains(&"cron1"), "no cron1 in {instances:?}");
+
+    // Their output reaches `logs`: the worker ticks every 3 s, the cron job runs every minute.
+    let mut logs = piku.ssh_streaming(&format!("logs {app}"));
+    let tick = logs.wait_for_line(CHANGE_TIMEOUT, |l| {
+        l.starts_with("worker.1") && l.contains("| worker tick")
+    });
+    assert!(tick.is_some(), "no worker tick in logs: {:#?}", logs.seen());
+    let cron = logs.wait_for_line(Duration::from_secs(130), |l| {
+        l.starts_with("cron1") && l.contains("cron job ran") && l.contains("app=flask")
+    });
+    assert!(
+        cron.is_some(),
+        "the cron job never ran (or never logged): {:#?}",
+        logs.seen()
+    );
+
+    // A redeploy reuses what pip installed and serves the new version.
+    repo.set_version("v2");
+    piku.git_push(repo.path(), app).assert_ok();
+    piku.expect_serving(
+        app,
+        |b| b == "hello from flask v2\n",
+        "the Flask page after a redeploy",
+    );
+}
