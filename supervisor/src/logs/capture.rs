@@ -14,6 +14,22 @@ pub(super) const MAX_LINE: usize = 64 * 1024;
 /// Bytes read from a pipe per read() call.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Complete lines, each ending in '\n', in one buffer: one allocation per pipe read instead
+/// of one per line.
+#[derive(Default)]
+pub(super) struct Lines {
+    pub text: Vec<u8>,
+    pub count: usize,
+}
+
+impl Lines {
+    fn push_line(&mut self, line: &[u8]) {
+        self.text.extend_from_slice(line);
+        self.text.push(b'\n');
+        self.count += 1;
+    }
+}
+
 /// Accumulates bytes and yields complete lines.
 #[derive(Default)]
 pub(super) struct LineSplitter {
@@ -22,12 +38,27 @@ pub(super) struct LineSplitter {
 
 impl LineSplitter {
     /// Appends the complete lines found in `data` to `out`; keeps the rest for later.
-    pub(super) fn feed(&mut self, mut data: &[u8], out: &mut Vec<String>) {
+    pub(super) fn feed(&mut self, mut data: &[u8], out: &mut Lines) {
         while !data.is_empty() {
+            if self.partial.is_empty() {
+                // Fast path: the run of complete lines of acceptable length is copied as is.
+                let mut run = 0;
+                for line in data.split_inclusive(|&b| b == b'\n') {
+                    if line.last() != Some(&b'\n') || line.len() > MAX_LINE + 1 {
+                        break;
+                    }
+                    run += line.len();
+                    out.count += 1;
+                }
+                out.text.extend_from_slice(&data[..run]);
+                data = &data[run..];
+            }
+            // An over-long line, or the start/end of a line that spans reads.
             match data.iter().position(|&b| b == b'\n') {
                 Some(pos) => {
                     self.push_capped(&data[..pos], out);
-                    out.push(decode(std::mem::take(&mut self.partial)));
+                    out.push_line(&self.partial);
+                    self.partial.clear();
                     data = &data[pos + 1..];
                 }
                 None => {
@@ -39,22 +70,23 @@ impl LineSplitter {
     }
 
     /// Delivers the last unterminated line, if any (at EOF).
-    pub(super) fn finish(&mut self, out: &mut Vec<String>) {
+    pub(super) fn finish(&mut self, out: &mut Lines) {
         if !self.partial.is_empty() {
-            out.push(decode(std::mem::take(&mut self.partial)));
+            out.push_line(&self.partial);
+            self.partial.clear();
         }
     }
 
     /// Adds `data` to the partial line, emitting pieces of `MAX_LINE` bytes whenever it would
     /// grow beyond that.
-    fn push_capped(&mut self, mut data: &[u8], out: &mut Vec<String>) {
+    fn push_capped(&mut self, mut data: &[u8], out: &mut Lines) {
         while self.partial.len() + data.len() > MAX_LINE {
             let room = MAX_LINE - self.partial.len();
             self.partial.extend_from_slice(&data[..room]);
             data = &data[room..];
             let cut = char_boundary(&self.partial, data);
-            let rest = self.partial.split_off(cut);
-            out.push(decode(std::mem::replace(&mut self.partial, rest)));
+            out.push_line(&self.partial[..cut]);
+            self.partial.drain(..cut);
         }
         self.partial.extend_from_slice(data);
     }
@@ -78,19 +110,21 @@ fn char_boundary(piece: &[u8], next: &[u8]) -> usize {
     piece.len()
 }
 
-fn decode(bytes: Vec<u8>) -> String {
+/// The text of `bytes`, with anything that is not UTF-8 replaced by U+FFFD. Checked once per
+/// read, not per line; a replacement never swallows a '\n', so the lines stay as they were.
+pub(super) fn decode(bytes: Vec<u8>) -> String {
     match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
     }
 }
 
-/// Reads `pipe` to EOF, handing each chunk's complete lines to `deliver` (one call per read,
-/// so the receiver can take them under one lock).
+/// Reads `pipe` to EOF, handing the complete lines of each read to `deliver` as one text
+/// (lines ending in '\n') and its line count.
 pub(super) async fn read_lines<R, F>(mut pipe: R, mut deliver: F)
 where
     R: AsyncRead + Unpin,
-    F: FnMut(Vec<String>),
+    F: FnMut(String, usize),
 {
     let mut splitter = LineSplitter::default();
     let mut chunk = vec![0u8; READ_CHUNK];
@@ -104,16 +138,16 @@ where
                 break;
             }
         };
-        let mut lines = Vec::new();
+        let mut lines = Lines::default();
         splitter.feed(&chunk[..n], &mut lines);
-        if !lines.is_empty() {
-            deliver(lines);
+        if lines.count > 0 {
+            deliver(decode(lines.text), lines.count);
         }
     }
-    let mut lines = Vec::new();
+    let mut lines = Lines::default();
     splitter.finish(&mut lines);
-    if !lines.is_empty() {
-        deliver(lines);
+    if lines.count > 0 {
+        deliver(decode(lines.text), lines.count);
     }
 }
 
@@ -123,12 +157,19 @@ mod tests {
 
     fn split(chunks: &[&[u8]]) -> Vec<String> {
         let mut splitter = LineSplitter::default();
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         for chunk in chunks {
             splitter.feed(chunk, &mut out);
         }
         splitter.finish(&mut out);
-        out
+        let text = decode(out.text);
+        let lines: Vec<String> = text.split_terminator('\n').map(str::to_owned).collect();
+        assert_eq!(
+            lines.len(),
+            out.count,
+            "count matches the lines in {text:?}"
+        );
+        lines
     }
 
     #[test]

@@ -75,9 +75,8 @@ pub struct LogLine {
 pub struct LogConfig {
     /// journald native socket; `None` = files only.
     pub journal: Option<PathBuf>,
-    /// Most lines one sink may hold in memory before it drops new ones.
-    pub queue_lines: usize,
-    /// Most bytes (of line text) one sink may hold in memory before it drops new ones.
+    /// Most bytes one sink may hold in memory (line text plus a few dozen bytes per pipe
+    /// read) before it drops new output.
     pub queue_bytes: usize,
     /// A pause after each batch the writer writes: simulates a slow disk (tests, benchmarks).
     pub writer_pause: Duration,
@@ -87,9 +86,8 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             journal: None,
-            // 8192 short lines, or 4 MiB of long ones: seconds of output of a chatty app, and a
-            // bounded cost (queues × 4 MiB) when the disk stalls.
-            queue_lines: 8192,
+            // Seconds of output of a chatty app (≈ 500 000 short lines), and a bounded cost
+            // (sinks × 4 MiB) when the disk stalls.
             queue_bytes: 4 * 1024 * 1024,
             writer_pause: Duration::ZERO,
         }

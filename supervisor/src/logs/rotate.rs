@@ -48,16 +48,19 @@ impl RotatingFile {
         }
     }
 
-    /// Appends each of `lines` plus '\n', rotating between lines as `rotation` says.
-    /// On error the lines not yet written are discarded; the caller counts them.
-    pub(super) fn write_lines<'a>(
+    /// Appends `chunks` (each made of whole lines ending in '\n'), rotating between lines as
+    /// `rotation` says. On error the rest of the batch is discarded; the caller counts it.
+    pub(super) fn write_chunks<'a>(
         &mut self,
-        lines: impl IntoIterator<Item = &'a [u8]>,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
         rotation: Rotation,
     ) -> io::Result<()> {
         self.reopen_if_moved();
         self.pending.clear();
-        let result = self.append_all(lines, rotation);
+        let result = chunks
+            .into_iter()
+            .try_for_each(|chunk| self.append(chunk, rotation))
+            .and_then(|()| self.write_pending());
         self.pending.clear();
         if self.pending.capacity() > MAX_KEPT_BUFFER {
             self.pending = Vec::new();
@@ -65,25 +68,48 @@ impl RotatingFile {
         result
     }
 
-    fn append_all<'a>(
-        &mut self,
-        lines: impl IntoIterator<Item = &'a [u8]>,
-        rotation: Rotation,
-    ) -> io::Result<()> {
-        for line in lines {
-            let needed = line.len() as u64 + 1;
+    /// Appends whole lines to the pending buffer, rotating before the first line that would
+    /// take the file past `max_bytes`.
+    fn append(&mut self, mut rest: &[u8], rotation: Rotation) -> io::Result<()> {
+        let max = rotation.max_bytes;
+        while !rest.is_empty() {
             let used = self.current_size()? + self.pending.len() as u64;
-            if rotation.max_bytes > 0 && used > 0 && used + needed > rotation.max_bytes {
-                self.write_pending()?;
-                self.rotate(rotation.backups);
+            if max == 0 || used + rest.len() as u64 <= max {
+                self.pending.extend_from_slice(rest);
+                break;
             }
-            self.pending.extend_from_slice(line);
-            self.pending.push(b'\n');
+            // The whole lines that still fit, then the file is full.
+            let room = (max.saturating_sub(used) as usize).min(rest.len());
+            let fit = rest[..room]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            self.pending.extend_from_slice(&rest[..fit]);
+            rest = &rest[fit..];
+            if used + fit as u64 > 0 {
+                self.write_pending()?;
+                if !self.rotate(rotation.backups) {
+                    // Keep every line rather than the cap; the next batch tries again.
+                    self.pending.extend_from_slice(rest);
+                    break;
+                }
+            } else {
+                // An empty file and a line longer than the cap: it gets the file to itself.
+                let end = rest
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(rest.len(), |i| i + 1);
+                self.pending.extend_from_slice(&rest[..end]);
+                rest = &rest[end..];
+            }
             if self.pending.len() >= WRITE_CHUNK {
                 self.write_pending()?;
             }
         }
-        self.write_pending()
+        if self.pending.len() >= WRITE_CHUNK {
+            self.write_pending()?;
+        }
+        Ok(())
     }
 
     /// Closes the file (the next write reopens it).
@@ -145,14 +171,16 @@ impl RotatingFile {
         }
     }
 
-    /// Moves the full file to its backup name. A failure is logged and the file simply keeps
-    /// growing (a line is worth more than the size cap); it is retried after another
-    /// `max_bytes`.
-    fn rotate(&mut self, backups: u32) {
+    /// Moves the full file to its backup name; the next write creates a new one. On failure
+    /// (logged) the file stays and keeps growing: a line is worth more than the size cap.
+    fn rotate(&mut self, backups: u32) -> bool {
         self.file = None;
-        self.size = 0;
-        if let Err(err) = shift_backups(&self.path, backups) {
-            tracing::warn!(path = %self.path.display(), %err, "log rotation failed; appending to the current file");
+        match shift_backups(&self.path, backups) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), %err, "log rotation failed; appending to the current file");
+                false
+            }
         }
     }
 }
@@ -191,8 +219,10 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// Writes each of `lines` as its own chunk.
     fn write(file: &mut RotatingFile, lines: &[&str], rotation: Rotation) {
-        file.write_lines(lines.iter().map(|l| l.as_bytes()), rotation)
+        let texts: Vec<String> = lines.iter().map(|l| format!("{l}\n")).collect();
+        file.write_chunks(texts.iter().map(|t| t.as_bytes()), rotation)
             .unwrap();
     }
 
@@ -214,6 +244,45 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "cc\n");
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
+    }
+
+    #[test]
+    fn a_chunk_of_many_lines_rotates_between_its_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.log");
+        let mut file = RotatingFile::new(path.clone());
+        let rotation = Rotation {
+            max_bytes: 4,
+            backups: 3,
+        };
+        file.write_chunks([b"1\n2\n3\n".as_slice(), b"4\n5\n"], rotation)
+            .unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "5\n");
+        assert_eq!(
+            fs::read_to_string(with_suffix(&path, ".1")).unwrap(),
+            "3\n4\n"
+        );
+        assert_eq!(
+            fs::read_to_string(with_suffix(&path, ".2")).unwrap(),
+            "1\n2\n"
+        );
+    }
+
+    #[test]
+    fn a_failed_rotation_keeps_the_lines_in_the_current_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.log");
+        // A directory where the backup should go makes the rename fail.
+        fs::create_dir(with_suffix(&path, ".old")).unwrap();
+        fs::write(with_suffix(&path, ".old").join("x"), "").unwrap();
+        let mut file = RotatingFile::new(path.clone());
+        let rotation = Rotation {
+            max_bytes: 4,
+            backups: 1,
+        };
+        write(&mut file, &["1", "2", "3", "4"], rotation);
+        write(&mut file, &["5"], rotation);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "1\n2\n3\n4\n5\n");
     }
 
     #[test]

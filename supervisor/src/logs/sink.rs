@@ -1,16 +1,18 @@
 //! The log of one instance: a bounded in-memory queue between the pipe readers and one writer.
 //!
-//! Readers (async tasks) only lock the queue for a moment to push lines; they never touch the
-//! disk. When the queue is full (line or byte budget) new lines are dropped and counted, and
-//! once the writer has emptied the queue it writes `[piku] N lines dropped (writer could not
-//! keep up)` exactly where the gap is.
+//! Readers (async tasks) only lock the queue for a moment to push what one pipe read gave
+//! (a chunk of whole lines); they never touch the disk. When the queue's byte budget is
+//! spent, new chunks are dropped and their lines counted, and a `[piku] N lines dropped
+//! (writer could not keep up)` line is written exactly where the gap is, once the writer has
+//! caught up.
 //!
-//! The writer is a `spawn_blocking` task started when a line arrives at an idle sink and ended
-//! when the queue is empty again; it takes the whole queue per batch. Why not a dedicated
-//! thread per sink: most sinks are idle most of the time (a daemon supervises dozens of
-//! instances) and would each pin a thread; the blocking pool reuses threads across bursts and
-//! a busy sink keeps exactly one. Why not tokio::fs: it is spawn_blocking per call anyway, and
-//! a batch per hop is cheaper. Either way the async worker threads never call write().
+//! The writer is a `spawn_blocking` task started when a chunk arrives at an idle sink and
+//! ended when the queue is empty again; it takes the whole queue per batch. Why not a
+//! dedicated thread per sink: most sinks are idle most of the time (a daemon supervises
+//! dozens of instances) and would each pin a thread; the blocking pool reuses threads across
+//! bursts and a busy sink keeps exactly one. Why not tokio::fs: it is spawn_blocking per call
+//! anyway, and a batch per hop is cheaper. Either way the async worker threads never call
+//! write().
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -41,13 +43,30 @@ impl Stream {
     }
 }
 
-struct Entry {
+/// Whole lines from one stream, each ending in '\n'.
+struct Chunk {
     stream: Stream,
     text: String,
+    lines: u64,
 }
 
-fn dropped_note(dropped: u64) -> String {
-    format!("[piku] {dropped} lines dropped (writer could not keep up)")
+impl Chunk {
+    /// What the chunk costs against the queue's byte budget: its text plus bookkeeping.
+    fn cost(&self) -> usize {
+        self.text.len() + std::mem::size_of::<Chunk>() + 16
+    }
+
+    fn lines(&self) -> impl Iterator<Item = &str> {
+        self.text.split_terminator('\n')
+    }
+}
+
+fn dropped_note(dropped: u64) -> Chunk {
+    Chunk {
+        stream: Stream::Note,
+        text: format!("[piku] {dropped} lines dropped (writer could not keep up)\n"),
+        lines: 1,
+    }
 }
 
 /// Everything a new sink needs from its hub.
@@ -81,18 +100,20 @@ struct Shared {
 }
 
 struct Queue {
-    entries: VecDeque<Entry>,
-    bytes: usize,
+    chunks: VecDeque<Chunk>,
+    /// Sum of the queued chunks' `cost()`.
+    cost: usize,
     rotation: Rotation,
     writer_running: bool,
     /// Close the file when the queue is next empty (the app was forgotten).
     close_when_idle: bool,
-    /// Entries ever accepted / ever written (or given up on): `flush` waits for the latter to
+    /// Chunks ever accepted / ever written (or given up on): `flush` waits for the latter to
     /// reach the former's value at call time.
     accepted: u64,
     written: u64,
+    /// Lines, not chunks.
     dropped_total: u64,
-    /// Dropped since the last "[piku] N lines dropped" note.
+    /// Lines dropped since the last "[piku] N lines dropped" note.
     dropped_unreported: u64,
 }
 
@@ -106,8 +127,8 @@ impl LogSink {
                 journal: setup.journal,
                 live: setup.live,
                 queue: Mutex::new(Queue {
-                    entries: VecDeque::new(),
-                    bytes: 0,
+                    chunks: VecDeque::new(),
+                    cost: 0,
                     rotation: setup.rotation,
                     writer_running: false,
                     close_when_idle: false,
@@ -136,7 +157,14 @@ impl LogSink {
     {
         let sink = self.clone();
         tokio::spawn(async move {
-            capture::read_lines(pipe, |lines| sink.push(stream, lines)).await;
+            capture::read_lines(pipe, |text, lines| {
+                sink.push(Chunk {
+                    stream,
+                    text,
+                    lines: lines as u64,
+                });
+            })
+            .await;
         })
     }
 
@@ -144,8 +172,21 @@ impl LogSink {
     /// 1, restarting in 0.4 s"), written as `[piku] <msg>` into the same file and stream.
     /// Notes are never dropped (they are few and they explain what happened).
     pub fn note(&self, msg: &str) {
-        let lines = msg.lines().map(|line| format!("[piku] {line}")).collect();
-        self.push(Stream::Note, lines);
+        let mut text = String::new();
+        let mut lines = 0;
+        for line in msg.lines() {
+            text.push_str("[piku] ");
+            text.push_str(line);
+            text.push('\n');
+            lines += 1;
+        }
+        if lines > 0 {
+            self.push(Chunk {
+                stream: Stream::Note,
+                text,
+                lines,
+            });
+        }
     }
 
     /// Lines dropped since the sink was created because the writer could not keep up (or the
@@ -172,6 +213,12 @@ impl LogSink {
         }
     }
 
+    /// Blocks the writer while the guard lives: a disk that does not answer.
+    #[cfg(test)]
+    pub(super) fn hold_writer(&self) -> std::sync::MutexGuard<'_, RotatingFile> {
+        lock(&self.shared.file)
+    }
+
     /// After the app is forgotten: close the file once the queue is empty.
     pub(super) fn close_when_idle(&self) {
         let start = {
@@ -184,31 +231,30 @@ impl LogSink {
         }
     }
 
-    /// Queues `lines` (in order) without waiting: what does not fit is dropped and counted.
-    fn push(&self, stream: Stream, lines: Vec<String>) {
+    /// Queues `chunk` without waiting, or drops and counts it when the budget is spent (an
+    /// empty queue always takes a chunk, so a single big read is never refused).
+    fn push(&self, chunk: Chunk) {
         let shared = &self.shared;
         let follow = shared.live.receiver_count() > 0;
         let start = {
             let mut queue = lock(&shared.queue);
-            for text in lines {
-                let fits = stream == Stream::Note
-                    || (queue.entries.len() < shared.config.queue_lines
-                        && queue.bytes + text.len() <= shared.config.queue_bytes);
-                if !fits {
-                    queue.dropped_total += 1;
-                    queue.dropped_unreported += 1;
-                    continue;
-                }
-                // The first line accepted after a gap carries the gap's note in front of it
-                // (notes bypass the limit, so this also places the note exactly before a
+            let fits = chunk.stream == Stream::Note
+                || queue.chunks.is_empty()
+                || queue.cost + chunk.cost() <= shared.config.queue_bytes;
+            if fits {
+                // The first chunk accepted after a gap carries the gap's note in front of it
+                // (notes bypass the budget, so this also places the note exactly before a
                 // `[piku]` note that arrives while the queue is full).
                 let dropped = std::mem::take(&mut queue.dropped_unreported);
                 if dropped > 0 {
-                    shared.enqueue(&mut queue, Stream::Note, dropped_note(dropped), follow);
+                    shared.enqueue(&mut queue, dropped_note(dropped), follow);
                 }
-                shared.enqueue(&mut queue, stream, text, follow);
+                shared.enqueue(&mut queue, chunk, follow);
+            } else {
+                queue.dropped_total += chunk.lines;
+                queue.dropped_unreported += chunk.lines;
             }
-            !queue.entries.is_empty() && !std::mem::replace(&mut queue.writer_running, true)
+            fits && !std::mem::replace(&mut queue.writer_running, true)
         };
         if start {
             self.start_writer();
@@ -231,78 +277,79 @@ impl LogSink {
 }
 
 impl Shared {
-    fn enqueue(&self, queue: &mut Queue, stream: Stream, text: String, follow: bool) {
+    fn enqueue(&self, queue: &mut Queue, chunk: Chunk, follow: bool) {
         if follow {
+            self.broadcast(&chunk);
+        }
+        queue.cost += chunk.cost();
+        queue.accepted += 1;
+        queue.chunks.push_back(chunk);
+    }
+
+    fn broadcast(&self, chunk: &Chunk) {
+        for line in chunk.lines() {
             // Err only means every follower is gone.
             let _ = self.live.send(LogLine {
                 process: self.process.clone(),
-                line: text.clone(),
+                line: line.to_owned(),
             });
         }
-        queue.bytes += text.len();
-        queue.accepted += 1;
-        queue.entries.push_back(Entry { stream, text });
     }
 
     /// The writer: takes the whole queue, writes it, repeats until the queue is empty.
     fn drain(&self) {
         let mut file = lock(&self.file);
-        let mut batch: VecDeque<Entry> = VecDeque::new();
+        let mut batch: VecDeque<Chunk> = VecDeque::new();
         let mut scratch = Vec::new();
         loop {
             let (rotation, dropped) = {
                 let mut queue = lock(&self.queue);
-                if queue.entries.is_empty() {
+                if queue.chunks.is_empty() {
                     queue.writer_running = false;
                     // A burst may have grown the queue to thousands of slots; an idle sink
                     // should not keep them.
-                    queue.entries.shrink_to(64);
+                    queue.chunks.shrink_to(16);
                     if queue.close_when_idle {
                         file.close();
                     }
                     break;
                 }
-                std::mem::swap(&mut queue.entries, &mut batch);
-                queue.bytes = 0;
+                std::mem::swap(&mut queue.chunks, &mut batch);
+                queue.cost = 0;
                 (
                     queue.rotation,
                     std::mem::take(&mut queue.dropped_unreported),
                 )
             };
-            // Lines dropped after the last accepted one (a gap followed by an accepted line is
-            // noted in `push`): the gap is right after this batch.
-            let note = (dropped > 0).then(|| Entry {
-                stream: Stream::Note,
-                text: dropped_note(dropped),
-            });
-            if let Some(note) = &note
-                && self.live.receiver_count() > 0
-            {
-                let _ = self.live.send(LogLine {
-                    process: self.process.clone(),
-                    line: note.text.clone(),
-                });
-            }
             let taken = batch.len() as u64;
-            let entries = || batch.iter().chain(note.iter());
-            let lost = match file.write_lines(entries().map(|e| e.text.as_bytes()), rotation) {
+            // Lines dropped after the last accepted chunk (a gap followed by an accepted chunk
+            // is noted in `push`): the gap is right after this batch.
+            if dropped > 0 {
+                let note = dropped_note(dropped);
+                if self.live.receiver_count() > 0 {
+                    self.broadcast(&note);
+                }
+                batch.push_back(note);
+            }
+            let texts = batch.iter().map(|chunk| chunk.text.as_bytes());
+            let lost = match file.write_chunks(texts, rotation) {
                 Ok(()) => 0,
                 Err(err) => {
                     tracing::warn!(app = %self.app, process = %self.process, %err, "log lines could not be written");
-                    taken
+                    batch.iter().map(|chunk| chunk.lines).sum()
                 }
             };
             if let Some(journal) = &self.journal {
-                for entry in entries() {
-                    journal.send(
-                        &JournalEntry {
+                for chunk in &batch {
+                    for line in chunk.lines() {
+                        let entry = JournalEntry {
                             app: &self.app,
                             process: &self.process,
-                            priority: entry.stream.priority(),
-                            message: entry.text.as_bytes(),
-                        },
-                        &mut scratch,
-                    );
+                            priority: chunk.stream.priority(),
+                            message: line.as_bytes(),
+                        };
+                        journal.send(&entry, &mut scratch);
+                    }
                 }
             }
             batch.clear();

@@ -25,19 +25,25 @@ fn spawn_sh(script: &str) -> Child {
         .expect("spawn sh")
 }
 
-/// Attaches `child`'s pipes to `sink`, waits for the child and for both pipes to reach EOF,
-/// then for every line to be written.
-async fn capture_to_end(sink: &LogSink, mut child: Child) {
+/// Attaches `child`'s pipes to `sink`, waits for the child and for both pipes to reach EOF.
+async fn capture_until_eof(sink: &LogSink, mut child: Child) {
     let out = sink.spawn_reader(child.stdout.take().unwrap(), Stream::Stdout);
     let err = sink.spawn_reader(child.stderr.take().unwrap(), Stream::Stderr);
     tokio::time::timeout(DEADLINE, async {
         child.wait().await.unwrap();
         out.await.unwrap();
         err.await.unwrap();
-        sink.flush().await;
     })
     .await
-    .expect("capture finished within the deadline");
+    .expect("child output read within the deadline");
+}
+
+/// Like `capture_until_eof`, then waits for every line to be written.
+async fn capture_to_end(sink: &LogSink, child: Child) {
+    capture_until_eof(sink, child).await;
+    tokio::time::timeout(DEADLINE, sink.flush())
+        .await
+        .expect("lines written within the deadline");
 }
 
 fn read_lines(path: &Path) -> Vec<String> {
@@ -50,7 +56,6 @@ fn read_lines(path: &Path) -> Vec<String> {
 fn generous(journal: Option<PathBuf>) -> LogConfig {
     LogConfig {
         journal,
-        queue_lines: 1 << 22,
         queue_bytes: 1 << 30,
         writer_pause: Duration::ZERO,
     }
@@ -122,18 +127,36 @@ async fn piku_rotation_keeps_a_contiguous_tail_in_old_and_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard is held across awaits on purpose: it stands for a disk that does not answer.
+#[allow(clippy::await_holding_lock)]
 async fn a_full_queue_drops_counts_and_notes_each_gap() {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
         journal: None,
-        queue_lines: 16,
-        queue_bytes: 1 << 20,
-        writer_pause: Duration::from_millis(5),
+        queue_bytes: 1024,
+        writer_pause: Duration::ZERO,
     };
     let hub = LogHub::with_config(dir.path().to_path_buf(), config);
     let sink = hub.sink("app", "worker.1", Rotation::PIKU);
-    let total: u64 = 20_000;
-    capture_to_end(&sink, spawn_sh(&format!("exec seq 1 {total}"))).await;
+    // Each phase writes far more than a pipe holds (64 KiB), so it takes several reads.
+    let phase = |from: u64| format!("exec seq {from} {}", from + 99_999);
+
+    // 1. A stalled writer: after the first read, everything is dropped.
+    let stalled = sink.hold_writer();
+    capture_until_eof(&sink, spawn_sh(&phase(1))).await;
+    let dropped_while_stalled = sink.dropped();
+    assert!(
+        dropped_while_stalled > 0,
+        "a stalled writer with a 1 KiB queue must drop"
+    );
+    drop(stalled);
+    // 2. A running writer (a few drops are possible, and noted like the others).
+    capture_until_eof(&sink, spawn_sh(&phase(100_001))).await;
+    // 3. Stalled again at the end: the note must still come once the writer catches up.
+    let stalled = sink.hold_writer();
+    capture_until_eof(&sink, spawn_sh(&phase(200_001))).await;
+    drop(stalled);
+    tokio::time::timeout(DEADLINE, sink.flush()).await.unwrap();
 
     let lines = read_lines(&dir.path().join("app/worker.1.log"));
     let mut previous = 0u64;
@@ -156,11 +179,8 @@ async fn a_full_queue_drops_counts_and_notes_each_gap() {
         }
     }
     // Lines dropped after the last written one: the note follows them directly.
-    assert_eq!(total - previous, pending_note.unwrap_or(0));
-    assert!(
-        sink.dropped() > 0,
-        "a 16-line queue and a slow writer must drop"
-    );
+    assert!(lines.last().unwrap().starts_with("[piku] "));
+    assert_eq!(300_000 - previous, pending_note.unwrap_or(0));
     assert_eq!(noted, sink.dropped());
 }
 
