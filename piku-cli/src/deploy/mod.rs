@@ -1,11 +1,30 @@
-//! Deploying apps: git receive/upload and the pre-receive hook, the release store, the build
-//! pipeline (checkout → preflight → runtime build → release → activation), rollback and
-//! re-applying the live release after a config change.
+//! Deploying apps: git receive/upload and the hook that turns a push into a deploy, the
+//! release store, the build pipeline (checkout → preflight → runtime build → `release` →
+//! activation), rollback, and re-applying the live release after a config change.
 //!
-//! Everything here is reached through the functions below; `main.rs` dispatches to them.
+//! Layout (see [`store`] for the release directories):
+//! `repos/<app>` bare repo with `hooks/pre-receive`; `releases/<app>/v<N>/` one release each;
+//! `apps/<app>` symlink to the live release's `src`; `envs/<app>/deps/` dependency
+//! environments; `envs/<app>/{LIVE_ENV,SCALING}` written at activation.
 
+mod activate;
+mod appenv;
+mod build;
+mod buildlog;
+mod checkout;
+mod git;
+mod lock;
+mod pipeline;
+mod runtime;
+mod store;
+mod wsgi;
+
+use anyhow::{Context, bail};
 use piku_model::{AppName, PikuRoot};
 use serde::Serialize;
+
+use buildlog::BuildLog;
+use store::{Status, Store, release_number};
 
 /// One release of an app as `piku releases` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -21,47 +40,161 @@ pub struct ReleaseInfo {
 }
 
 /// Serves `git push` for the app (creating its bare repo on first use); returns git's exit code.
-pub fn git_receive_pack(_root: &PikuRoot, _app: &AppName) -> anyhow::Result<i32> {
-    anyhow::bail!("not implemented yet")
+pub fn git_receive_pack(root: &PikuRoot, app: &AppName) -> anyhow::Result<i32> {
+    let repo = git::prepare_repo(root, app)?;
+    git::serve("receive-pack", &repo)
 }
 
 /// Serves `git clone`/`git fetch` of the app's repo; returns git's exit code.
-pub fn git_upload_pack(_root: &PikuRoot, _app: &AppName) -> anyhow::Result<i32> {
-    anyhow::bail!("not implemented yet")
+pub fn git_upload_pack(root: &PikuRoot, app: &AppName) -> anyhow::Result<i32> {
+    let repo = root.repo_dir(app);
+    if !repo.join("HEAD").is_file() {
+        bail!("app '{app}' not found");
+    }
+    git::serve("upload-pack", &repo)
 }
 
-/// The git hook: reads `old new ref` lines and deploys the pushed branch once.
+/// The git hook: reads `old new ref` lines and deploys the pushed branch once. An error
+/// makes the hook exit non-zero, which refuses the push.
 pub fn git_hook(
-    _root: &PikuRoot,
-    _app: &AppName,
-    _stdin: &mut dyn std::io::BufRead,
+    root: &PikuRoot,
+    app: &AppName,
+    stdin: &mut dyn std::io::BufRead,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+    let updates = git::read_updates(stdin)?;
+    let Some(update) = git::choose(&updates) else {
+        if !updates.is_empty() {
+            crate::output::step("No branch pushed (only tags or deletions): nothing to deploy");
+        }
+        return Ok(());
+    };
+    let repo = root.repo_dir(app);
+    git::adopt_head(&repo, &update.name);
+    pipeline::deploy(
+        root,
+        app,
+        &pipeline::Target {
+            rev: update.new.clone(),
+            expect: Some((update.name.clone(), git::old_value(update))),
+        },
+    )
 }
 
-/// `piku deploy <app>`: rebuilds the live commit as a new release.
-pub fn deploy(_root: &PikuRoot, _app: &AppName) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+/// `piku deploy <app>`: rebuilds the live commit (or, before any release, the repo's main
+/// branch) as a new release.
+pub fn deploy(root: &PikuRoot, app: &AppName) -> anyhow::Result<()> {
+    let store = Store::new(root, app);
+    let rev = match store.live_id() {
+        Some(id) => store.load(&id)?.commit,
+        None => default_branch(root, app)?,
+    };
+    pipeline::deploy(root, app, &pipeline::Target { rev, expect: None })
 }
 
-/// `piku rollback <app> [release]`: re-activates an older release (default: the one before the
-/// live one) with the current config, without rebuilding.
-pub fn rollback(_root: &PikuRoot, _app: &AppName, _release: Option<&str>) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+/// The branch to deploy when nothing is live yet: HEAD if it exists, else main, else master.
+fn default_branch(root: &PikuRoot, app: &AppName) -> anyhow::Result<String> {
+    let repo = root.repo_dir(app);
+    if !repo.join("HEAD").is_file() {
+        bail!("app '{app}' not found");
+    }
+    ["HEAD", "refs/heads/main", "refs/heads/master"]
+        .into_iter()
+        .find_map(|r| checkout::ref_value(&repo, r))
+        .with_context(|| format!("app '{app}' has nothing pushed yet"))
+}
+
+/// `piku rollback <app> [release]`: re-activates an older release (default: the newest
+/// successful one before the live one) with the current config, without rebuilding.
+pub fn rollback(root: &PikuRoot, app: &AppName, release: Option<&str>) -> anyhow::Result<()> {
+    let mut log = BuildLog::terminal_only();
+    let store = Store::new(root, app);
+    let _lock = lock::acquire(store.dir(), app, &mut log)?;
+    let live = store.live_id();
+    let records = store.list()?;
+    let live_number = live.as_deref().and_then(release_number).unwrap_or(u64::MAX);
+    let target = match release {
+        Some(id) => records.iter().find(|r| r.id == id).with_context(|| {
+            format!("app '{app}' has no release '{id}' (see `piku releases {app}`)")
+        })?,
+        None => records
+            .iter()
+            .find(|r| r.status == Status::Ok && release_number(&r.id) < Some(live_number))
+            .with_context(|| format!("app '{app}' has no earlier release to roll back to"))?,
+    };
+    if target.status != Status::Ok {
+        bail!(
+            "release {} of '{app}' did not build; it cannot be rolled back to",
+            target.id
+        );
+    }
+    if live.as_deref() == Some(target.id.as_str()) {
+        bail!("release {} of '{app}' is already live", target.id);
+    }
+    log.step(format!(
+        "Rolling back '{app}' to {} (commit {})",
+        target.id,
+        checkout::short(&target.commit)
+    ));
+    pipeline::activate_existing(root, app, &store, target, &mut log)?;
+    log.step(format!("Release {} of '{app}' is live", target.id));
+    Ok(())
 }
 
 /// The app's releases, newest first.
-pub fn releases(_root: &PikuRoot, _app: &AppName) -> anyhow::Result<Vec<ReleaseInfo>> {
-    anyhow::bail!("not implemented yet")
+pub fn releases(root: &PikuRoot, app: &AppName) -> anyhow::Result<Vec<ReleaseInfo>> {
+    let store = Store::new(root, app);
+    let live = store.live_id();
+    Ok(store
+        .list()?
+        .into_iter()
+        .map(|r| {
+            let is_live = live.as_deref() == Some(r.id.as_str());
+            let status = match (is_live, r.status) {
+                (true, _) => "live",
+                (false, Status::Ok) => "ok",
+                (false, Status::Failed) => "failed",
+                (false, Status::Building) => "building",
+            };
+            ReleaseInfo {
+                id: r.id,
+                commit: r.commit,
+                created: r.created,
+                live: is_live,
+                status: status.to_owned(),
+                message: r.message,
+            }
+        })
+        .collect())
 }
 
 /// Re-sends the live release to the supervisor with the current `envs/<app>/ENV` overrides and
 /// `SCALING` (no rebuild); rewrites `LIVE_ENV`.
-pub fn reapply(_root: &PikuRoot, _app: &AppName) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn reapply(root: &PikuRoot, app: &AppName) -> anyhow::Result<()> {
+    let mut log = BuildLog::terminal_only();
+    let store = Store::new(root, app);
+    let _lock = lock::acquire(store.dir(), app, &mut log)?;
+    let id = store
+        .live_id()
+        .with_context(|| format!("app '{app}' has no live release yet; push to deploy it"))?;
+    let record = store.load(&id)?;
+    log.step(format!("Applying the new config to '{app}' ({id})"));
+    pipeline::activate_existing(root, app, &store, &record, &mut log)
 }
 
-/// Removes `releases/<app>` and any deploy state (`destroy` removes the rest).
-pub fn forget(_root: &PikuRoot, _app: &AppName) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+/// Removes `releases/<app>` and the app's dependency environments (`destroy` removes the rest).
+pub fn forget(root: &PikuRoot, app: &AppName) -> anyhow::Result<()> {
+    let store = Store::new(root, app);
+    if !store.dir().exists() {
+        return Ok(());
+    }
+    // Wait out a running deploy rather than deleting the directory under it.
+    let _lock = lock::acquire(store.dir(), app, &mut BuildLog::terminal_only())?;
+    for dir in [store::deps_root(root, app), store.dir().to_path_buf()] {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove '{}'", dir.display())),
+        }
+    }
+    Ok(())
 }

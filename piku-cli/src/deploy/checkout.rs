@@ -1,0 +1,225 @@
+//! Getting a commit's files out of the app's bare repo into a release directory.
+//!
+//! The checkout runs inside the pre-receive hook, where the pushed objects are still in git's
+//! quarantine directory: our git commands inherit the hook's `GIT_OBJECT_DIRECTORY` /
+//! `GIT_ALTERNATE_OBJECT_DIRECTORIES` so they can read them. Commands that must not see
+//! those variables (submodule clones, builds) get [`clean_git_env`].
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use super::buildlog::BuildLog;
+
+/// Variables git sets for hooks that would redirect any other git command (a build's
+/// `git clone`, a submodule) at the app's repo or its quarantine.
+pub fn clean_git_env(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("GIT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// `git --git-dir=<repo> <args>`, keeping the hook's object-directory variables.
+fn git(repo: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.arg("--git-dir").arg(repo).args(args);
+    // GIT_DIR=. (set for hooks) is overridden by --git-dir; GIT_WORK_TREE/INDEX must not leak.
+    cmd.env_remove("GIT_WORK_TREE").env_remove("GIT_INDEX_FILE");
+    cmd
+}
+
+/// Runs `cmd` and returns its trimmed stdout, or an error with its stderr.
+fn output(mut cmd: Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: cannot run git"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!("{what}: {}", err.trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The full commit id `rev` names in `repo`.
+pub fn resolve_commit(repo: &Path, rev: &str) -> anyhow::Result<String> {
+    let spec = format!("{rev}^{{commit}}");
+    output(
+        git(repo, &["rev-parse", "--verify", "--quiet", &spec]),
+        &format!("'{rev}' is not a commit"),
+    )
+}
+
+/// The commit's subject line, for `piku releases`.
+pub fn commit_subject(repo: &Path, commit: &str) -> Option<String> {
+    output(git(repo, &["log", "-1", "--format=%s", commit]), "git log")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// The commit a ref points at now, if it exists.
+pub fn ref_value(repo: &Path, reference: &str) -> Option<String> {
+    output(
+        git(repo, &["rev-parse", "--verify", "--quiet", reference]),
+        "rev-parse",
+    )
+    .ok()
+}
+
+/// Writes `commit`'s tree into `dest` (created, must be empty), then its submodules.
+pub fn checkout(repo: &Path, commit: &str, dest: &Path, log: &mut BuildLog) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create '{}'", dest.display()))?;
+    let parent = dest.parent().context("checkout directory has no parent")?;
+    let index = parent.join(".checkout-index");
+    // A throwaway index: read-tree -u writes the files without touching the repo's HEAD.
+    let mut cmd = git(repo, &["read-tree", "-u", "--reset", commit]);
+    cmd.env("GIT_INDEX_FILE", &index).env("GIT_WORK_TREE", dest);
+    let result = output(cmd, "checkout failed");
+    let _ = std::fs::remove_file(&index);
+    result?;
+    if dest.join(".gitmodules").is_file() {
+        checkout_submodules(repo, commit, dest, log)?;
+    }
+    Ok(())
+}
+
+/// Clones each submodule listed in `.gitmodules` at the commit the superproject records.
+fn checkout_submodules(
+    repo: &Path,
+    commit: &str,
+    dest: &Path,
+    log: &mut BuildLog,
+) -> anyhow::Result<()> {
+    let modules = dest.join(".gitmodules");
+    let mut list = Command::new("git");
+    clean_git_env(&mut list)
+        .arg("config")
+        .arg("--file")
+        .arg(&modules)
+        .args(["--get-regexp", r"^submodule\..*\.path$"]);
+    // No match is exit 1 with no output: a .gitmodules without entries.
+    let listed = list.output().context("cannot read .gitmodules")?;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    for line in listed.lines() {
+        let Some((key, path)) = line.split_once(' ') else {
+            continue;
+        };
+        let name = key
+            .strip_prefix("submodule.")
+            .and_then(|k| k.strip_suffix(".path"))
+            .context("unexpected .gitmodules key")?;
+        let url_key = format!("submodule.{name}.url");
+        let mut get_url = Command::new("git");
+        clean_git_env(&mut get_url)
+            .arg("config")
+            .arg("--file")
+            .arg(&modules)
+            .args(["--get", &url_key]);
+        let url = output(get_url, &format!("submodule '{name}' has no url"))?;
+        if url.starts_with("./") || url.starts_with("../") {
+            bail!("submodule '{name}' has a relative url '{url}'; use an absolute one");
+        }
+        let tree = output(
+            git(repo, &["ls-tree", commit, "--", path]),
+            &format!("submodule '{name}'"),
+        )?;
+        // "160000 commit <sha>\t<path>"
+        let sha = tree
+            .split_whitespace()
+            .nth(2)
+            .filter(|_| tree.split_whitespace().nth(1) == Some("commit"))
+            .with_context(|| format!("submodule '{name}' has no commit recorded at '{path}'"))?
+            .to_owned();
+        let target = dest.join(path);
+        log.step(format!(
+            "Cloning submodule '{name}' ({url}) at {}",
+            short(&sha)
+        ));
+        let mut clone = Command::new("git");
+        clean_git_env(&mut clone)
+            .args(["clone", "--quiet", "--no-checkout", &url])
+            .arg(&target);
+        log.run(clone, &format!("cloning submodule '{name}'"))?;
+        let mut co = Command::new("git");
+        clean_git_env(&mut co)
+            .arg("-C")
+            .arg(&target)
+            .args(["checkout", "--quiet", &sha]);
+        log.run(co, &format!("checking out submodule '{name}'"))?;
+        let mut nested = Command::new("git");
+        clean_git_env(&mut nested).arg("-C").arg(&target).args([
+            "submodule",
+            "update",
+            "--init",
+            "--recursive",
+            "--quiet",
+        ]);
+        log.run(nested, &format!("submodules of '{name}'"))?;
+    }
+    Ok(())
+}
+
+/// The first 7 characters of a commit id, as git shows them.
+pub fn short(commit: &str) -> &str {
+    commit.get(..7).unwrap_or(commit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(dir: &Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    #[test]
+    fn checkout_writes_the_commit_tree_with_modes_and_leaves_no_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(work.join("bin")).unwrap();
+        std::fs::write(work.join("Procfile"), "web: bin/run\n").unwrap();
+        std::fs::write(work.join("bin/run"), "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(work.join("bin/run"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        run(&work, &["init", "--quiet"]);
+        run(&work, &["add", "."]);
+        run(&work, &["commit", "--quiet", "-m", "first one"]);
+        let repo = dir.path().join("repo.git");
+        run(
+            dir.path(),
+            &["clone", "--quiet", "--bare", "work", "repo.git"],
+        );
+
+        let commit = resolve_commit(&repo, "HEAD").unwrap();
+        assert_eq!(commit.len(), 40);
+        assert_eq!(commit_subject(&repo, &commit).as_deref(), Some("first one"));
+        let dest = dir.path().join("v1/src");
+        checkout(&repo, &commit, &dest, &mut BuildLog::terminal_only()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dest.join("Procfile")).unwrap(),
+            "web: bin/run\n"
+        );
+        let mode = std::fs::metadata(dest.join("bin/run"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111);
+        assert!(!dir.path().join("v1/.checkout-index").exists());
+        assert!(!dest.join(".git").exists());
+        assert!(resolve_commit(&repo, "no-such-branch").is_err());
+    }
+}
