@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::backend::{BackendState, InFlightGuard};
@@ -23,29 +24,40 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct BodyStalled(Duration);
 
 pin_project! {
-    /// Passes `B` through, failing it when no frame arrives for `limit`.
+    /// Passes `B` through, failing it when `B` keeps the reader waiting for `limit` (a producer
+    /// stall; a slow consumer that simply polls late is not counted). Optionally reports when
+    /// `B` has ended, or was dropped unfinished.
     ///
     /// The timer is not re-armed on every frame (that would touch the timer wheel per chunk):
-    /// frames only record the time, and when the timer fires it is pushed to the real deadline.
+    /// a wait only records when it began, and when the timer fires it is pushed to the real
+    /// deadline if needed.
     pub(crate) struct IdleTimeout<B> {
         #[pin]
         inner: B,
         #[pin]
         timer: Sleep,
-        last_data: Instant,
+        waiting_since: Option<Instant>,
         limit: Duration,
+        on_end: Option<oneshot::Sender<()>>,
     }
 }
 
 impl<B> IdleTimeout<B> {
     pub(crate) fn new(inner: B, limit: Duration) -> IdleTimeout<B> {
-        let now = Instant::now();
         IdleTimeout {
             inner,
-            timer: tokio::time::sleep_until(now + limit),
-            last_data: now,
+            timer: tokio::time::sleep(limit),
+            waiting_since: None,
             limit,
+            on_end: None,
         }
+    }
+
+    /// Fires `done` when the body has been read to its end (dropping it unfinished drops
+    /// `done`, which its receiver sees as well).
+    pub(crate) fn with_end_signal(mut self, done: oneshot::Sender<()>) -> IdleTimeout<B> {
+        self.on_end = Some(done);
+        self
     }
 }
 
@@ -62,24 +74,32 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                *this.last_data = Instant::now();
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => loop {
-                ready!(this.timer.as_mut().poll(cx));
-                let deadline = *this.last_data + *this.limit;
-                if Instant::now() >= deadline {
-                    return Poll::Ready(Some(Err(BodyStalled(*this.limit).into())));
+        let polled = match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(polled) => polled,
+            Poll::Pending => {
+                let since = *this.waiting_since.get_or_insert_with(Instant::now);
+                let deadline = since + *this.limit;
+                loop {
+                    ready!(this.timer.as_mut().poll(cx));
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(Some(Err(BodyStalled(*this.limit).into())));
+                    }
+                    // Armed for an earlier wait: re-arm for this one (and poll again so the
+                    // timer registers this task's waker).
+                    this.timer.as_mut().reset(deadline);
                 }
-                // Data came since the timer was armed: wait for the real deadline (and poll
-                // once more so the timer registers this task's waker).
-                this.timer.as_mut().reset(deadline);
-            },
+            }
+        };
+        *this.waiting_since = None;
+        let ended = match &polled {
+            Some(Ok(_)) => this.inner.is_end_stream(),
+            Some(Err(_)) => false,
+            None => true,
+        };
+        if ended && let Some(done) = this.on_end.take() {
+            let _ = done.send(());
         }
+        Poll::Ready(polled.map(|frame| frame.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

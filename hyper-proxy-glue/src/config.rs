@@ -7,10 +7,10 @@ use std::time::Duration;
 pub struct FrontConfig {
     /// How long a TCP connect plus HTTP handshake to a backend may take before it counts as failed.
     pub connect_timeout: Duration,
-    /// How long to wait for a backend's response headers once the request is handed to it
-    /// (like nginx's `proxy_read_timeout` for the first byte). Exceeding it answers 504.
+    /// How long to wait for a backend's response headers once the request (with its body) has
+    /// been sent (like nginx's `proxy_read_timeout` for the first byte). Exceeding it answers 504.
     pub response_header_timeout: Duration,
-    /// How long a body (either direction) may go without data, and how long a client
+    /// How long a body (either direction) may keep its reader waiting for data, and how long a client
     /// keep-alive connection may sit without a new request, before it is closed.
     pub idle_timeout: Duration,
     /// How long an unused keep-alive connection to a backend is kept for reuse.

@@ -37,8 +37,10 @@ pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Readies a client request for the backend.
 pub(crate) fn rewrite_request(headers: &mut HeaderMap, upgrade: bool, peer: &Peer) {
     remove_hop_by_hop(headers, upgrade);
-    // The TE field is hop-by-hop as well; only requests carry it.
+    // TE is hop-by-hop as well; only requests carry it. `Expect: 100-continue` is answered by
+    // this hop (hyper sends the 100 when the body is first read), so the app must not see it.
     headers.remove(header::TE);
+    headers.remove(header::EXPECT);
 
     if let Some(ip) = peer.ip {
         let appended = match joined(headers, &X_FORWARDED_FOR) {
@@ -159,6 +161,7 @@ mod tests {
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
+            ("expect", "100-continue"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
             ("x-app", "kept"),

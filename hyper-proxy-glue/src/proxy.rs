@@ -10,6 +10,7 @@ use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use tokio::sync::oneshot;
 
 use crate::backend::{BackendState, InFlightGuard};
 use crate::body::{IdleTimeout, Release, ResponseBody};
@@ -94,10 +95,17 @@ pub(crate) async fn handle(
     let replayable = body.is_end_stream()
         && !wants_upgrade
         && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let body = Either::Left(IdleTimeout::new(body, shared.config.idle_timeout));
-    let request = Request::from_parts(parts, body);
+    let mut body = IdleTimeout::new(body, shared.config.idle_timeout);
+    let body_done = if body.is_end_stream() {
+        None
+    } else {
+        let (done, body_done) = oneshot::channel();
+        body = body.with_end_signal(done);
+        Some(body_done)
+    };
+    let request = Request::from_parts(parts, Either::Left(body));
 
-    let answer = match forward(&shared, request, replayable).await {
+    let answer = match forward(&shared, request, replayable, body_done).await {
         Ok(answer) => answer,
         Err(failure) => return Ok(failure_response(&failure)),
     };
@@ -148,10 +156,14 @@ pub(crate) async fn handle(
 /// marked down and the request goes to one other backend — nothing was sent, so this is safe for
 /// any request; a reused connection that closed before the request was written is replaced; a
 /// bodiless GET/HEAD/OPTIONS that met a reused connection closing under it is sent once more.
+///
+/// The response-head timeout runs from when the request body has been sent (`body_done`), so a
+/// long upload is bounded by the idle timeout instead.
 async fn forward(
     shared: &Shared,
     mut request: Request<UpstreamBody>,
     replayable: bool,
+    mut body_done: Option<oneshot::Receiver<()>>,
 ) -> Result<Answer, Failure> {
     let config = &shared.config;
     let mut refused_by: Option<Arc<BackendState>> = None;
@@ -193,11 +205,13 @@ async fn forward(
         }
 
         let replay = (reused && replayable && !replayed).then(|| Replay::of(&request));
-        let sent = tokio::time::timeout(
-            config.response_header_timeout,
-            conn.try_send_request(request),
-        )
-        .await;
+        let sent = tokio::select! {
+            sent = conn.try_send_request(request) => Ok(sent),
+            () = async {
+                body_sent(&mut body_done).await;
+                tokio::time::sleep(config.response_header_timeout).await;
+            } => Err(()),
+        };
         match sent {
             Ok(Ok(response)) => {
                 return Ok(Answer {
@@ -220,13 +234,22 @@ async fn forward(
                 tracing::warn!(backend = %backend.backend.id, err = %err.into_error(), "request to backend failed");
                 return Err(Failure::Broken);
             }
-            Err(_elapsed) => {
+            Err(()) => {
                 tracing::warn!(backend = %backend.backend.id, "no response head within {:?}", config.response_header_timeout);
                 return Err(Failure::TimedOut);
             }
         }
     }
     Err(Failure::Broken)
+}
+
+/// Resolves once the request body has been read to its end or dropped (at once if there is none).
+async fn body_sent(body_done: &mut Option<oneshot::Receiver<()>>) {
+    if let Some(done) = body_done {
+        let _ = done.await;
+    }
+    // A finished receiver must not be polled again.
+    *body_done = None;
 }
 
 /// Backends get `/path?query`; a client may have sent the absolute form `http://host/path`.

@@ -346,3 +346,72 @@ async fn serves_a_unix_socket_and_keeps_nginx_forwarded_headers() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn stalled_response_body_is_cut_after_the_idle_timeout() {
+    let app = TestBackend::start("web.1@v1").await;
+    let config = FrontConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..FrontConfig::default()
+    };
+    let front = RunningFront::start(config, vec![app.backend()]).await;
+    let mut client = Client::connect(front.addr).await;
+    let request = Request::get("/stall")
+        .header("host", "app.test")
+        .body(Either::Left(Empty::new()))
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await;
+    assert!(
+        matches!(read, Ok(Err(_))),
+        "the truncated body must fail, not hang: {read:?}"
+    );
+    assert!(
+        front
+            .front
+            .drained(&["web.1@v1"], Duration::from_secs(5))
+            .await
+    );
+    front.stop().await;
+}
+
+#[tokio::test]
+async fn slow_upload_is_not_cut_by_the_response_head_timeout() {
+    let app = TestBackend::start("web.1@v1").await;
+    let config = FrontConfig {
+        response_header_timeout: Duration::from_millis(300),
+        ..FrontConfig::default()
+    };
+    let front = RunningFront::start(config, vec![app.backend()]).await;
+    let mut client = Client::connect(front.addr).await;
+    // 8 chunks, one every 100 ms: the upload takes longer than the response-head timeout.
+    let total = 8 * common::CHUNK as u64;
+    let request = Request::post("/upload")
+        .header("host", "app.test")
+        .body(Either::Right(Generated::paced(
+            total,
+            Duration::from_millis(100),
+        )))
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, total.to_string());
+    front.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_request_in_progress_finish() {
+    let app = TestBackend::start("web.1@v1").await;
+    let front = RunningFront::start(FrontConfig::default(), vec![app.backend()]).await;
+    let addr = front.addr;
+    let slow = tokio::spawn(async move { get(addr, "/slow?ms=400").await });
+    while front.front.in_flight("web.1@v1") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    front.stop().await;
+    assert_eq!(slow.await.unwrap(), (StatusCode::OK, "slow done".into()));
+    // The listener is closed now.
+    assert!(TcpStream::connect(addr).await.is_err());
+}

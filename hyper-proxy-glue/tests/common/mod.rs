@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -51,11 +52,15 @@ impl Flow {
     }
 }
 
-/// A body of `remaining` zero bytes made on the fly in 64 KiB chunks (one shared buffer).
+/// A body of `remaining` bytes made on the fly in 64 KiB chunks (one shared buffer),
+/// optionally one chunk per `pace`, or stalling for ever after the first chunk.
 pub struct Generated {
     remaining: u64,
     chunk: Bytes,
     flow: Arc<Flow>,
+    pace: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    stall_after_first: bool,
+    sent_any: bool,
 }
 
 impl Generated {
@@ -64,6 +69,23 @@ impl Generated {
             remaining: total,
             chunk: Bytes::from(vec![7u8; CHUNK]),
             flow,
+            pace: None,
+            stall_after_first: false,
+            sent_any: false,
+        }
+    }
+
+    pub fn paced(total: u64, every: Duration) -> Generated {
+        Generated {
+            pace: Some((every, Box::pin(tokio::time::sleep(every)))),
+            ..Generated::new(total, Flow::new())
+        }
+    }
+
+    pub fn stalling(total: u64) -> Generated {
+        Generated {
+            stall_after_first: true,
+            ..Generated::new(total, Flow::new())
         }
     }
 }
@@ -74,11 +96,23 @@ impl Body for Generated {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
+        if self.stall_after_first && self.sent_any {
+            // Never woken: the other side must give up on its own.
+            return Poll::Pending;
+        }
+        if let Some((every, timer)) = &mut self.pace {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let next = tokio::time::Instant::now() + *every;
+            timer.as_mut().reset(next);
+        }
+        self.sent_any = true;
         let take = self.remaining.min(CHUNK as u64);
         self.remaining -= take;
         self.flow.produced.fetch_add(take, Ordering::SeqCst);
@@ -117,7 +151,7 @@ fn query_number(request: &Request<Incoming>, key: &str) -> u64 {
 /// The app every test talks to. Routes:
 /// `/name` its name · `/headers` the request fields, one `name: value` a line · `/upload` reads
 /// the body chunk by chunk and answers the byte count · `/download?bytes=N` streams N bytes ·
-/// `/slow?ms=N` answers after N ms · `/status?code=N` answers N · `/upgrade` switches to an
+/// `/stall` sends one chunk of a longer body, then nothing · `/slow?ms=N` answers after N ms · `/status?code=N` answers N · `/upgrade` switches to an
 /// echo protocol on `Upgrade: echo` · anything else 200 "ok".
 async fn app(
     name: Arc<str>,
@@ -153,6 +187,7 @@ async fn app(
             let bytes = query_number(&request, "bytes");
             Response::new(Either::Right(Generated::new(bytes, Arc::clone(&flow))))
         }
+        "/stall" => Response::new(Either::Right(Generated::stalling(10 * CHUNK as u64))),
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_number(&request, "ms"))).await;
             text(StatusCode::OK, "slow done")
