@@ -69,7 +69,7 @@ impl Pool {
 
     /// Chooses a backend for one request and counts the request on it. Backends marked down are
     /// used only when no other is left (a recovered one should not wait out its mark).
-    pub(crate) fn pick(&self, exclude: Option<&Arc<BackendState>>) -> Option<InFlightGuard> {
+    pub(crate) fn pick(&self, exclude: &[Arc<BackendState>]) -> Option<InFlightGuard> {
         let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
         let count = current.len();
         if count == 0 {
@@ -79,7 +79,7 @@ impl Pool {
         let mut best: Option<(&Arc<BackendState>, bool, usize)> = None;
         for offset in 0..count {
             let state = &current[(start + offset) % count];
-            if exclude.is_some_and(|excluded| Arc::ptr_eq(excluded, state)) {
+            if exclude.iter().any(|excluded| Arc::ptr_eq(excluded, state)) {
                 continue;
             }
             let (up, load) = (state.is_up(), state.in_flight());

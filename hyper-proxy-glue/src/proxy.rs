@@ -153,9 +153,11 @@ pub(crate) async fn handle(
 /// Sends `request` to a backend and waits for the response head.
 ///
 /// Retries, all bounded: a backend refusing the connection (or not connecting in time) is
-/// marked down and the request goes to one other backend — nothing was sent, so this is safe for
-/// any request; a reused connection that closed before the request was written is replaced; a
-/// bodiless GET/HEAD/OPTIONS that met a reused connection closing under it is sent once more.
+/// marked down and the request goes to another backend, each tried at most once — nothing was
+/// sent, so this is safe for any request, and two instances crashing together still cost no
+/// request while a third is up; a reused connection that closed before the request was written
+/// is replaced; a bodiless GET/HEAD/OPTIONS that met a reused connection closing under it is
+/// sent once more.
 ///
 /// The response-head timeout runs from when the request body has been sent (`body_done`), so a
 /// long upload is bounded by the idle timeout instead.
@@ -166,18 +168,19 @@ async fn forward(
     mut body_done: Option<oneshot::Receiver<()>>,
 ) -> Result<Answer, Failure> {
     let config = &shared.config;
-    let mut refused_by: Option<Arc<BackendState>> = None;
+    // Backends that failed to connect for this request (allocates only on that path).
+    let mut unreachable: Vec<Arc<BackendState>> = Vec::new();
     let mut replayed = false;
-    // Each round either takes a pooled connection out of circulation or opens a new one, so
-    // this only bounds pathological churn.
-    for _ in 0..(config.max_idle_per_backend + 4) {
+    // Each round takes a pooled connection out of circulation or tries a backend not tried
+    // yet, so the loop ends anyway; the bound only caps pathological churn.
+    for _ in 0..(config.max_idle_per_backend + 8) {
         let guard = shared
             .pool
-            .pick(refused_by.as_ref())
-            .ok_or(if refused_by.is_some() {
-                Failure::Unreachable
-            } else {
+            .pick(&unreachable)
+            .ok_or(if unreachable.is_empty() {
                 Failure::NoBackend
+            } else {
+                Failure::Unreachable
             })?;
         let backend = Arc::clone(guard.backend());
 
@@ -188,10 +191,7 @@ async fn forward(
                 Err(err) => {
                     tracing::warn!(backend = %backend.backend.id, %err, "backend unreachable");
                     backend.mark_down(config.down_after_refusal);
-                    if refused_by.is_some() {
-                        return Err(Failure::Unreachable);
-                    }
-                    refused_by = Some(backend);
+                    unreachable.push(backend);
                     continue;
                 }
             },

@@ -228,6 +228,24 @@ async fn dead_backend_never_shows_when_another_is_up() {
 }
 
 #[tokio::test]
+async fn two_dead_of_three_still_no_502() {
+    let app = TestBackend::start("web.3@v1").await;
+    let backends = vec![
+        Backend::new("web.1@v1", dead_addr().await),
+        Backend::new("web.2@v1", dead_addr().await),
+        app.backend(),
+    ];
+    let front = RunningFront::start(FrontConfig::default(), backends).await;
+    for _ in 0..20 {
+        assert_eq!(
+            get(front.addr, "/name").await,
+            (StatusCode::OK, "web.3@v1".into())
+        );
+    }
+    front.stop().await;
+}
+
+#[tokio::test]
 async fn backend_crash_between_requests_is_not_seen() {
     let first = TestBackend::start("web.1@v1").await;
     let second = TestBackend::start("web.2@v1").await;
