@@ -89,7 +89,8 @@ impl Front {
         self.shared.pool.drained(ids, timeout).await
     }
 
-    /// Stops every `serve_*` of this front (and its open tunnels). Idempotent.
+    /// Stops every `serve_*` of this front (and its open tunnels). Idempotent and final: a
+    /// `serve_*` called afterwards returns at once.
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
     }

@@ -7,6 +7,34 @@
 //! which instances exist with [`Front::set_backends`], asks [`wait_healthy`] before adding one,
 //! and [`Front::drained`] before stopping one.
 //!
+//! ```no_run
+//! use std::time::Duration;
+//! use hyper_proxy_glue::{Backend, Front, FrontConfig, HealthCheck, wait_healthy};
+//!
+//! # async fn demo(nginx: tokio::net::UnixListener, old: Vec<Backend>, new: Vec<Backend>)
+//! # -> Result<(), hyper_proxy_glue::HealthError> {
+//! let front = Front::new(FrontConfig::default());
+//! front.set_backends(old.clone());
+//! let serving = front.clone();
+//! let listener = tokio::spawn(async move { serving.serve_unix(nginx).await });
+//!
+//! // A zero-downtime switch: health first, then swap, drain, and only then stop the old ones.
+//! let check = HealthCheck::Http { path: "/up".into() };
+//! for backend in &new {
+//!     wait_healthy(backend.addr, &check, Duration::from_secs(30)).await?;
+//! }
+//! front.set_backends(new);
+//! let old_ids: Vec<String> = old.into_iter().map(|backend| backend.id).collect();
+//! let drained = front.drained(&old_ids, Duration::from_secs(30)).await;
+//! // ... stop the old instances (now, or after the bound if `drained` is false) ...
+//!
+//! front.shutdown();
+//! let _ = listener.await;
+//! # let _ = drained;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Modules: `front` (listeners, shutdown, public handle), `proxy` (one request), `pool`
 //! (backend set and choice), `backend` (one instance's state), `upstream` (connections to
 //! instances), `body` (streaming bodies with idle limits), `headers` (rewriting), `upgrade`
