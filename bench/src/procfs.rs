@@ -1,0 +1,247 @@
+//! Reading `/proc`: process trees, memory (RSS/PSS), CPU time and context switches, and the
+//! identity of a process (its fixture tags in the environment, its executable).
+//!
+//! Every figure in the suite comes from here, so all three supervisors are measured with the
+//! same code.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
+
+/// A process id as the kernel and `/proc` spell it.
+pub type Pid = i32;
+
+/// A process, identified so that a recycled pid is never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProcId {
+    pub pid: Pid,
+    /// Field 22 of `/proc/<pid>/stat`, in clock ticks since boot.
+    pub start_time: u64,
+}
+
+impl ProcId {
+    pub fn of(pid: Pid) -> Option<ProcId> {
+        let stat = Stat::read(pid)?;
+        Some(ProcId {
+            pid,
+            start_time: stat.start_time,
+        })
+    }
+
+    /// Whether this very process still exists (a zombie counts as gone: it runs nothing).
+    pub fn alive(&self) -> bool {
+        matches!(Stat::read(self.pid), Some(s) if s.start_time == self.start_time && s.state != 'Z')
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` the suite uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    pub state: char,
+    pub ppid: Pid,
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+    pub start_time: u64,
+}
+
+impl Stat {
+    pub fn read(pid: Pid) -> Option<Stat> {
+        let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        let rest = &text[text.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+        // `rest` starts at field 3 (state), so field N is f[N - 3].
+        Some(Stat {
+            state: f.first()?.chars().next()?,
+            ppid: f.get(1)?.parse().ok()?,
+            cpu_ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+            start_time: f.get(19)?.parse().ok()?,
+        })
+    }
+}
+
+/// Clock ticks per second (for `cpu_ticks`).
+pub fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a constant of the C library; no memory is shared.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// The direct children of `pid`, from every thread's `children` file (a multi-threaded parent
+/// forks from any thread, and each thread lists only its own children).
+pub fn children(pid: Pid) -> Vec<Pid> {
+    let mut out = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let mut p = task.path();
+        p.push("children");
+        if let Ok(text) = fs::read_to_string(p) {
+            out.extend(
+                text.split_ascii_whitespace()
+                    .filter_map(|s| s.parse::<Pid>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// `root` and every process below it.
+pub fn tree(root: Pid) -> Vec<Pid> {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        if seen.insert(p) {
+            stack.extend(children(p));
+        }
+    }
+    seen.into_iter().collect()
+}
+
+/// The executable of a process (`/usr/bin/python3.11`), if it can be read.
+pub fn exe(pid: Pid) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// The kernel's short command name (`python3`, `uwsgi`, …).
+pub fn comm(pid: Pid) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// One variable of the environment a process was started with.
+pub fn env_var(pid: Pid, key: &str) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    raw.split(|b| *b == 0).find_map(|kv| {
+        let kv = std::str::from_utf8(kv).ok()?;
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.to_string())
+    })
+}
+
+/// Resident and proportional set size of a process, in KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mem {
+    pub rss_kib: u64,
+    pub pss_kib: u64,
+}
+
+impl std::ops::Add for Mem {
+    type Output = Mem;
+    fn add(self, o: Mem) -> Mem {
+        Mem {
+            rss_kib: self.rss_kib + o.rss_kib,
+            pss_kib: self.pss_kib + o.pss_kib,
+        }
+    }
+}
+
+pub fn mem(pid: Pid) -> Option<Mem> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let mut m = Mem::default();
+    for line in text.lines() {
+        let mut it = line.split_ascii_whitespace();
+        match (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) {
+            (Some("Rss:"), Some(v)) => m.rss_kib = v,
+            (Some("Pss:"), Some(v)) => m.pss_kib = v,
+            _ => {}
+        }
+    }
+    Some(m)
+}
+
+/// Memory summed over `pids` (processes that vanished count as zero).
+pub fn mem_sum(pids: &[Pid]) -> Mem {
+    pids.iter()
+        .filter_map(|p| mem(*p))
+        .fold(Mem::default(), |a, b| a + b)
+}
+
+/// Voluntary + involuntary context switches of every thread of `pid` (the process's own
+/// `status` file counts only its main thread).
+pub fn ctxt_switches(pid: Pid) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut sum = 0;
+    for task in tasks.flatten() {
+        let Ok(text) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in text.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                sum += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    sum
+}
+
+/// CPU ticks and context switches of a set of processes at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct Activity {
+    pub cpu_ticks: u64,
+    pub ctxt: u64,
+}
+
+impl Activity {
+    pub fn sample(pids: &[Pid]) -> Activity {
+        let mut a = Activity::default();
+        for p in pids {
+            // CPU of exited children is folded into cutime, which we leave out on purpose:
+            // the question is what the supervisor itself burns.
+            if let Some(s) = Stat::read(*p) {
+                a.cpu_ticks += s.cpu_ticks;
+            }
+            a.ctxt += ctxt_switches(*p);
+        }
+        a
+    }
+
+    /// CPU seconds and context switches between `earlier` and `self`.
+    pub fn since(&self, earlier: &Activity) -> (f64, u64) {
+        (
+            self.cpu_ticks.saturating_sub(earlier.cpu_ticks) as f64 / ticks_per_sec(),
+            self.ctxt.saturating_sub(earlier.ctxt),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id() as Pid;
+        let stat = Stat::read(me).unwrap();
+        assert!(stat.ppid > 0);
+        assert!(mem(me).unwrap().rss_kib > 0);
+        assert!(ctxt_switches(me) > 0);
+        assert!(ProcId::of(me).unwrap().alive());
+        assert!(tree(me).contains(&me));
+    }
+
+    #[test]
+    fn finds_a_child_and_its_environment() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .env("BENCH_PROBE", "yes")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as Pid;
+        let me = std::process::id() as Pid;
+        assert!(tree(me).contains(&pid));
+        assert_eq!(env_var(pid, "BENCH_PROBE").as_deref(), Some("yes"));
+        assert_eq!(comm(pid).as_deref(), Some("sleep"));
+        let id = ProcId::of(pid).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!id.alive());
+    }
+}

@@ -1,0 +1,285 @@
+//! Results: one row per figure with a cell per supervisor, the printed table, the JSON file
+//! that keeps a run, and `BENCHMARKS.md` generated from it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::driver::Kind;
+
+/// Which direction is good for a figure (decides how the ratio is taken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Better {
+    Lower,
+    Higher,
+    /// Descriptive figures (e.g. restarts made): no ratio.
+    Neither,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Cell {
+    Num(f64),
+    Text(String),
+    /// Not measured, and why.
+    Missing(String),
+}
+
+impl Cell {
+    fn show(&self) -> String {
+        match self {
+            Cell::Num(v) => fmt_num(*v),
+            Cell::Text(t) => t.clone(),
+            Cell::Missing(why) => format!("n/a ({why})"),
+        }
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 0.1 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    /// `1`, `3b`, … (the issue's row number and a letter).
+    pub id: String,
+    pub metric: String,
+    pub unit: String,
+    pub better: Better,
+    pub cells: BTreeMap<Kind, Cell>,
+}
+
+impl Row {
+    pub fn new(id: &str, metric: &str, unit: &str, better: Better) -> Row {
+        Row {
+            id: id.into(),
+            metric: metric.into(),
+            unit: unit.into(),
+            better,
+            cells: BTreeMap::new(),
+        }
+    }
+
+    /// How many times better ours is than `other` (> 1: ours wins), when both are numbers.
+    pub fn ratio(&self, other: Kind) -> Option<f64> {
+        let (Some(Cell::Num(ours)), Some(Cell::Num(theirs))) =
+            (self.cells.get(&Kind::Ours), self.cells.get(&other))
+        else {
+            return None;
+        };
+        let r = match self.better {
+            Better::Lower => theirs / ours,
+            Better::Higher => ours / theirs,
+            Better::Neither => return None,
+        };
+        r.is_finite().then_some(r)
+    }
+}
+
+/// A whole run: machine, rows, notes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub machine: BTreeMap<String, String>,
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+}
+
+impl Results {
+    pub fn load(path: &Path) -> Result<Results> {
+        if !path.exists() {
+            return Ok(Results::default());
+        }
+        let text = std::fs::read_to_string(path)?;
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, serde_json::to_string_pretty(self)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Sets one cell, creating the row if needed (a re-run replaces the old figure).
+    pub fn set(&mut self, template: &Row, kind: Kind, cell: Cell) {
+        let row = match self.rows.iter_mut().position(|r| r.id == template.id) {
+            Some(i) => &mut self.rows[i],
+            None => {
+                self.rows.push(Row {
+                    cells: BTreeMap::new(),
+                    ..template.clone()
+                });
+                self.rows
+                    .sort_by(|a, b| row_key(&a.id).cmp(&row_key(&b.id)));
+                let i = self
+                    .rows
+                    .iter()
+                    .position(|r| r.id == template.id)
+                    .unwrap_or(0);
+                &mut self.rows[i]
+            }
+        };
+        row.metric = template.metric.clone();
+        row.cells.insert(kind, cell);
+    }
+
+    /// Takes every cell and note of `other` (a row group run on its own thread).
+    pub fn merge(&mut self, other: Results) {
+        for row in other.rows {
+            for (k, c) in &row.cells {
+                self.set(&row, *k, c.clone());
+            }
+        }
+        for n in other.notes {
+            self.note(n);
+        }
+    }
+
+    pub fn note(&mut self, text: String) {
+        if !self.notes.contains(&text) {
+            self.notes.push(text);
+        }
+    }
+
+    /// The table, as Markdown (also what is printed).
+    pub fn table(&self) -> String {
+        let mut t = String::from(
+            "| row | figure | piku-supervisor | uWSGI emperor | supervisord | ours vs uWSGI | ours vs supervisord |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for r in &self.rows {
+            let cell = |k: Kind| r.cells.get(&k).map_or_else(|| "–".to_string(), Cell::show);
+            let ratio = |k: Kind| {
+                r.ratio(k)
+                    .map_or_else(|| "–".to_string(), |x| format!("{}×", fmt_num(x)))
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} ({}) | {} | {} | {} | {} | {} |",
+                r.id,
+                r.metric,
+                r.unit,
+                cell(Kind::Ours),
+                cell(Kind::Uwsgi),
+                cell(Kind::Supervisord),
+                ratio(Kind::Uwsgi),
+                ratio(Kind::Supervisord)
+            );
+        }
+        t
+    }
+}
+
+/// Sorts `3b` after `3a` and `10` after `9`.
+fn row_key(id: &str) -> (u32, String) {
+    let digits: String = id.chars().take_while(char::is_ascii_digit).collect();
+    (
+        digits.parse().unwrap_or(u32::MAX),
+        id[digits.len()..].to_string(),
+    )
+}
+
+/// `nproc`, memory, kernel, tool versions and load: what the figures were measured on.
+pub fn describe_machine() -> BTreeMap<String, String> {
+    let sh = |cmd: &str| -> String {
+        Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .map(|o| {
+                let s = String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr);
+                s.lines().next().unwrap_or("").trim().to_string()
+            })
+            .unwrap_or_default()
+    };
+    BTreeMap::from([
+        ("nproc".into(), sh("nproc")),
+        ("memory".into(), sh("grep MemTotal /proc/meminfo")),
+        ("kernel".into(), sh("uname -srm")),
+        (
+            "os".into(),
+            sh(". /etc/os-release && echo \"$PRETTY_NAME\""),
+        ),
+        ("uwsgi".into(), sh("uwsgi --version")),
+        ("supervisord".into(), sh("supervisord --version")),
+        ("python3".into(), sh("/usr/bin/python3 --version")),
+        ("loadavg at start".into(), sh("cat /proc/loadavg")),
+        ("date".into(), sh("date -u +%Y-%m-%dT%H:%MZ")),
+    ])
+}
+
+/// `BENCHMARKS.md`: the machine, the table, how to run, and the notes of the run.
+pub fn markdown(res: &Results, intro: &str) -> String {
+    let mut m =
+        String::from("# Benchmarks: piku-supervisor vs the uWSGI emperor vs supervisord\n\n");
+    m.push_str(intro);
+    m.push_str("\n## Machine of this run\n\n");
+    for (k, v) in &res.machine {
+        let _ = writeln!(m, "- {k}: `{v}`");
+    }
+    m.push_str("\n## Results\n\nRatios say how many times better ours is (> 1×: ours wins; < 1×: ours is behind): \
+                theirs ÷ ours for costs and latencies, ours ÷ theirs for throughput.\n\n");
+    m.push_str(&res.table());
+    if !res.notes.is_empty() {
+        m.push_str("\n## Notes of this run\n\n");
+        for n in &res.notes {
+            let _ = writeln!(m, "- {n}");
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_follows_direction() {
+        let mut r = Row::new("1", "rss", "MiB", Better::Lower);
+        r.cells.insert(Kind::Ours, Cell::Num(2.0));
+        r.cells.insert(Kind::Uwsgi, Cell::Num(20.0));
+        assert_eq!(r.ratio(Kind::Uwsgi), Some(10.0));
+        r.better = Better::Higher;
+        assert_eq!(r.ratio(Kind::Uwsgi), Some(0.1));
+        assert_eq!(r.ratio(Kind::Supervisord), None);
+    }
+
+    #[test]
+    fn rows_sort_numerically_and_rerun_replaces() {
+        let mut res = Results::default();
+        res.set(
+            &Row::new("10", "b", "s", Better::Lower),
+            Kind::Ours,
+            Cell::Num(1.0),
+        );
+        res.set(
+            &Row::new("3a", "a", "s", Better::Lower),
+            Kind::Ours,
+            Cell::Num(1.0),
+        );
+        res.set(
+            &Row::new("3a", "a", "s", Better::Lower),
+            Kind::Ours,
+            Cell::Num(2.0),
+        );
+        assert_eq!(
+            res.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["3a", "10"]
+        );
+        assert_eq!(res.rows[0].cells[&Kind::Ours], Cell::Num(2.0));
+        assert!(res.table().contains("| 3a | a (s) | 2.00 |"));
+    }
+}
