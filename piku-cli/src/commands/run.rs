@@ -33,11 +33,14 @@ pub fn run(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
         bail!("app '{app}' is not deployed yet (no live release to run in)");
     }
     let env = read_env(&ctx.root.live_env_file(&app))?.unwrap_or_default();
+    let workdir = ctx.root.app_dir(&app);
     // `exec` only returns on failure.
     let err = Command::new(program)
         .args(program_args)
         .envs(&env)
-        .current_dir(ctx.root.app_dir(&app))
+        // The logical path, as after `cd apps/<app>`, rather than the release it links to.
+        .env("PWD", &workdir)
+        .current_dir(&workdir)
         .exec();
     let status = if err.kind() == std::io::ErrorKind::NotFound {
         127
