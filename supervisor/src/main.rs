@@ -1,1 +1,56 @@
-fn main() {}
+//! `piku-supervisor`: the one long-running process of piku. It starts, watches, restarts,
+//! scales and logs every app process, and answers the `piku` CLI on a Unix socket.
+//! Runs in the foreground (under systemd, or by hand).
+
+mod app;
+mod backoff;
+mod cron;
+mod daemon;
+mod instance;
+mod leftovers;
+mod logs;
+mod ports;
+mod procinfo;
+mod reaper;
+mod server;
+mod snapshot;
+mod spawn;
+mod state;
+mod stop;
+mod supervisor;
+mod validate;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use piku_model::PikuRoot;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// The piku root (default: $PIKU_ROOT, else ~/.piku).
+    #[arg(long, value_name = "PATH")]
+    root: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("PIKU_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let root = match args.root {
+        Some(path) => PikuRoot::new(path),
+        None => PikuRoot::from_env().context("cannot find the piku root")?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(daemon::run(root))
+}

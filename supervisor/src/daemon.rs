@@ -1,0 +1,133 @@
+//! The daemon's life: take the lock, clean up after a killed predecessor, bring every app
+//! back, listen, tell systemd we are ready, and stop everything cleanly on SIGTERM.
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::stat::{Mode, umask};
+use piku_model::PikuRoot;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::app::Ctx;
+use crate::leftovers::{self, Running};
+use crate::logs::LogHub;
+use crate::supervisor::Supervisor;
+use crate::{reaper, server, state};
+
+/// Added to the longest grace period to bound a shutdown (SIGKILLed processes still need
+/// a moment to be reaped).
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+/// The longest a predecessor's leftovers get between SIGTERM and SIGKILL.
+const LEFTOVER_GRACE_CAP: Duration = Duration::from_secs(10);
+
+pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
+    let sup_dir = root.supervisor_dir();
+    for dir in [root.path().to_path_buf(), root.logs(), sup_dir.clone()] {
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // One daemon per PIKU_ROOT: the lock is held for the whole life of the process.
+    let lock_path = sup_dir.join("daemon.lock");
+    let lock_file =
+        File::create(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another piku-supervisor is running for {} ({e})",
+            root.path().display()
+        )
+    })?;
+    let socket = root.socket();
+    remove_stale_socket(&socket)?;
+
+    reaper::become_subreaper();
+    let state_path = root.state_file();
+    let saved = state::load(&state_path)?;
+    let running_path = sup_dir.join("running.json");
+    let leftover_grace = saved
+        .apps
+        .values()
+        .map(|a| Duration::from_millis(a.spec.settings.stop_grace_ms))
+        .max()
+        .unwrap_or(Duration::ZERO)
+        .min(LEFTOVER_GRACE_CAP);
+    let killed = leftovers::kill_leftovers(&running_path, leftover_grace).await;
+    if !killed.is_empty() {
+        tracing::warn!(instances = ?killed, "stopped processes left by a previous daemon");
+    }
+
+    let running = Running::new(running_path);
+    running.write_now();
+    tokio::spawn(running.clone().run_writer());
+    tokio::spawn(reaper::run());
+    let logs = LogHub::new(root.logs());
+    let sup = Supervisor::new(
+        Ctx {
+            logs: logs.clone(),
+            running: running.clone(),
+        },
+        state_path,
+    );
+    sup.restore(saved);
+    sup.save().await?;
+
+    let listener = bind(&socket)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, sup.clone(), stop_rx));
+    tracing::info!(socket = %socket.display(), "piku-supervisor ready");
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => sup.reload().await,
+        }
+    }
+
+    tracing::info!("stopping every app");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let bound = sup.max_grace() + SHUTDOWN_MARGIN;
+    if tokio::time::timeout(bound, sup.shutdown()).await.is_err() {
+        tracing::error!("some processes did not stop within {bound:?}");
+    }
+    logs.flush_all().await;
+    running.write_now();
+    let _ = fs::remove_file(&socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A socket file nobody answers on is left over from a daemon that died; one that answers
+/// belongs to a live daemon (possibly of another PIKU_ROOT lock holder) and is never taken.
+fn remove_stale_socket(socket: &Path) -> anyhow::Result<()> {
+    if !socket.exists() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        bail!("{} is served by another process", socket.display());
+    }
+    fs::remove_file(socket).with_context(|| format!("cannot remove stale {}", socket.display()))
+}
+
+/// Binds the control socket, mode 0600 from the first instant (umask), not after a chmod.
+fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    let old = umask(Mode::from_bits_truncate(0o077));
+    let bound = UnixListener::bind(socket);
+    umask(old);
+    let listener = bound.with_context(|| format!("cannot listen on {}", socket.display()))?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot chmod {}", socket.display()))?;
+    Ok(listener)
+}

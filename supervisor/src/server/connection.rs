@@ -1,0 +1,132 @@
+//! One client connection: peer check, handshake, then requests until the client hangs up.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use piku_proto::{MAX_FRAME_BYTES, PROTOCOL_VERSION, Request, Response};
+use tokio::net::UnixStream;
+use tokio::time::timeout;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use super::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, handlers};
+use crate::supervisor::Supervisor;
+
+pub type Conn = Framed<UnixStream, LengthDelimitedCodec>;
+
+/// Sends one frame; false if the client is gone.
+pub async fn send(conn: &mut Conn, resp: &Response) -> bool {
+    match serde_json::to_vec(resp) {
+        Ok(body) => conn.send(Bytes::from(body)).await.is_ok(),
+        Err(e) => {
+            tracing::error!("cannot serialise a response: {e}");
+            false
+        }
+    }
+}
+
+async fn refuse(conn: &mut Conn, message: String) {
+    tracing::debug!("refusing a client: {message}");
+    let _ = send(conn, &Response::Error { message }).await;
+}
+
+/// The next request; `Err` carries the message to refuse the client with, `Ok(None)` is a
+/// clean hang-up.
+async fn next_request(conn: &mut Conn) -> Result<Option<Request>, String> {
+    match conn.next().await {
+        None => Ok(None),
+        Some(Err(e)) => Err(format!("bad frame: {e} (at most {MAX_FRAME_BYTES} bytes)")),
+        Some(Ok(bytes)) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("malformed request: {e}")),
+    }
+}
+
+pub async fn serve(stream: UnixStream, sup: Arc<Supervisor>, own_uid: u32) {
+    let peer = stream.peer_cred();
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec();
+    let mut conn = Framed::new(stream, codec);
+
+    // Only our own user and root may drive the daemon (the socket is 0600 as well; this
+    // holds even if someone loosens its mode).
+    match peer {
+        Ok(cred) if cred.uid() == own_uid || cred.uid() == 0 => {}
+        Ok(cred) => {
+            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a client of another user");
+            refuse(
+                &mut conn,
+                format!("uid {} may not control this supervisor", cred.uid()),
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            refuse(&mut conn, format!("cannot identify the caller: {e}")).await;
+            return;
+        }
+    }
+
+    match timeout(HANDSHAKE_TIMEOUT, next_request(&mut conn)).await {
+        Err(_) => return refuse(&mut conn, "no handshake in time".into()).await,
+        Ok(Err(message)) => return refuse(&mut conn, message).await,
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(Request::Hello { protocol }))) if protocol == PROTOCOL_VERSION => {
+            let welcome = Response::Welcome {
+                protocol: PROTOCOL_VERSION,
+                daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            if !send(&mut conn, &welcome).await {
+                return;
+            }
+        }
+        Ok(Ok(Some(Request::Hello { protocol }))) => {
+            return refuse(
+                &mut conn,
+                format!(
+                    "protocol version mismatch: the client speaks {protocol}, this supervisor \
+                     {PROTOCOL_VERSION}; restart piku-supervisor after an upgrade"
+                ),
+            )
+            .await;
+        }
+        Ok(Ok(Some(_))) => {
+            return refuse(&mut conn, "the first request must be hello".into()).await;
+        }
+    }
+
+    loop {
+        let request = match timeout(IDLE_TIMEOUT, next_request(&mut conn)).await {
+            Err(_) | Ok(Ok(None)) => return,
+            Ok(Err(message)) => return refuse(&mut conn, message).await,
+            Ok(Ok(Some(request))) => request,
+        };
+        let response = match request {
+            Request::Hello { .. } => Some(Response::Error {
+                message: "already greeted".into(),
+            }),
+            Request::Apply(spec) => Some(handlers::apply::handle(&sup, *spec).await),
+            Request::Scale { app, formation } => {
+                Some(handlers::scale::handle(&sup, &app, &formation).await)
+            }
+            Request::Restart { app, kind } => {
+                Some(handlers::restart::handle(&sup, &app, kind.as_deref()).await)
+            }
+            Request::Stop { app } => Some(handlers::stop::handle(&sup, &app).await),
+            Request::Start { app } => Some(handlers::start::handle(&sup, &app).await),
+            Request::Remove { app } => Some(handlers::remove::handle(&sup, &app).await),
+            Request::Status { app } => Some(handlers::status::handle(&sup, app.as_deref())),
+            // Streams its own frames; a following request ends when the client hangs up.
+            Request::Logs(req) => handlers::logs::handle(&sup, req, &mut conn).await,
+        };
+        match response {
+            Some(resp) => {
+                if !send(&mut conn, &resp).await {
+                    return;
+                }
+            }
+            None => return,
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `Logs`: the last lines of an app's process logs, then (with `follow`) live lines until
+//! the client hangs up.
+
+use futures_util::StreamExt;
+use piku_proto::{LogsRequest, Response};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::server::connection::{Conn, send};
+use crate::supervisor::Supervisor;
+
+/// Sends the lines itself. Returns the final frame to send, or `None` when the connection
+/// is finished (a follow ended because the client hung up).
+pub async fn handle(sup: &Supervisor, req: LogsRequest, conn: &mut Conn) -> Option<Response> {
+    if let Err(refused) = super::check_app(&req.app) {
+        return Some(refused);
+    }
+    // Subscribe before reading the files so that no line falls between the two.
+    let mut live = req.follow.then(|| sup.ctx.logs.subscribe(&req.app));
+    let past = match sup
+        .ctx
+        .logs
+        .tail(&req.app, req.process.as_deref(), req.lines)
+        .await
+    {
+        Ok(lines) => lines,
+        Err(e) => {
+            return Some(Response::Error {
+                message: format!("cannot read the logs of {}: {e}", req.app),
+            });
+        }
+    };
+    if past.is_empty() && !sup.knows(&req.app) {
+        return Some(Response::Error {
+            message: format!("no app named {} and no logs for it", req.app),
+        });
+    }
+    for line in past {
+        let frame = Response::LogLine {
+            process: line.process,
+            line: line.line,
+        };
+        if !send(conn, &frame).await {
+            return None;
+        }
+    }
+    let Some(live) = live.as_mut() else {
+        return Some(Response::Done {
+            message: String::new(),
+        });
+    };
+    loop {
+        tokio::select! {
+            line = live.recv() => {
+                let frame = match line {
+                    Ok(line) if matches_filter(&line.process, req.process.as_deref()) => Response::LogLine {
+                        process: line.process,
+                        line: line.line,
+                    },
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => Response::LogLine {
+                        process: "piku".into(),
+                        line: format!("[piku] {n} lines not shown: this client read too slowly"),
+                    },
+                    Err(RecvError::Closed) => return None,
+                };
+                if !send(conn, &frame).await {
+                    return None;
+                }
+            }
+            // Anything from the client (or EOF) ends the follow: it only hangs up.
+            _ = conn.next() => return None,
+        }
+    }
+}
+
+/// `web` matches every `web.N`; `web.2` only itself; `None` everything.
+fn matches_filter(process: &str, filter: Option<&str>) -> bool {
+    match filter {
+        None => true,
+        Some(f) if f.contains('.') => process == f,
+        Some(f) => process.split_once('.').is_some_and(|(kind, _)| kind == f),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches_filter;
+
+    #[test]
+    fn filters_by_kind_or_instance() {
+        assert!(matches_filter("web.1", None));
+        assert!(matches_filter("web.1", Some("web")));
+        assert!(!matches_filter("webhook.1", Some("web")));
+        assert!(matches_filter("web.2", Some("web.2")));
+        assert!(!matches_filter("web.1", Some("web.2")));
+    }
+}

@@ -1,0 +1,20 @@
+//! `Start`: run a stopped app again at its formation.
+
+use piku_proto::Response;
+
+use crate::supervisor::Supervisor;
+
+pub async fn handle(sup: &Supervisor, app: &str) -> Response {
+    if let Err(refused) = super::check_app(app) {
+        return refused;
+    }
+    match sup.start(app).await {
+        Ok(report) => Response::Done {
+            message: format!(
+                "started {app} ({} processes)",
+                report.started.len() + report.unchanged.len()
+            ),
+        },
+        Err(e) => super::error(e),
+    }
+}

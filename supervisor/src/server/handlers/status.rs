@@ -1,0 +1,17 @@
+//! `Status`: every instance of one app, or of all apps, with live figures.
+
+use piku_proto::Response;
+
+use crate::supervisor::Supervisor;
+
+pub fn handle(sup: &Supervisor, app: Option<&str>) -> Response {
+    if let Some(app) = app
+        && let Err(refused) = super::check_app(app)
+    {
+        return refused;
+    }
+    match sup.status(app) {
+        Ok(apps) => Response::Status { apps },
+        Err(e) => super::error(e),
+    }
+}

@@ -1,0 +1,17 @@
+//! `Stop`: stop every process of an app and remember that it is stopped.
+
+use piku_proto::Response;
+
+use crate::supervisor::Supervisor;
+
+pub async fn handle(sup: &Supervisor, app: &str) -> Response {
+    if let Err(refused) = super::check_app(app) {
+        return refused;
+    }
+    match sup.stop(app).await {
+        Ok(()) => Response::Done {
+            message: format!("stopped {app}"),
+        },
+        Err(e) => super::error(e),
+    }
+}

@@ -1,0 +1,65 @@
+//! The control socket: accepts connections, checks who is calling, runs the handshake and
+//! hands each request to its handler (`handlers/<request>.rs`).
+//!
+//! Each connection is its own task and everything it does is bounded (frame size, handshake
+//! time, idle time, number of connections), so a misbehaving client can neither crash nor
+//! stall the daemon: at worst it gets an `Error` frame and is closed.
+
+mod connection;
+mod handlers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::supervisor::Supervisor;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to complete the handshake after connecting.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection may stay silent between requests.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    listener: UnixListener,
+    sup: Arc<Supervisor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let own_uid = nix::unistd::geteuid().as_raw();
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return, // the semaphore is never closed
+            },
+            () = stopped(&mut shutdown) => return,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off a little instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut shutdown) => return,
+        };
+        let sup = sup.clone();
+        tokio::spawn(async move {
+            connection::serve(stream, sup, own_uid).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here, inside.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}

@@ -1,0 +1,102 @@
+//! How an instance's process is started: argv, environment, cwd, process group, pipes.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
+
+/// Everything that decides what an instance runs. Two equal `Launch`es run the same process,
+/// which is how `Apply` knows that an instance can be left alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub command: String,
+    /// The app's whole environment (nothing is inherited from the daemon).
+    pub env: BTreeMap<String, String>,
+    pub workdir: PathBuf,
+    /// `Some` for web instances: exported as `PORT`.
+    pub port: Option<u16>,
+}
+
+/// A started process, the leader of its own process group (pgid == pid).
+pub struct Spawned {
+    pub child: Child,
+    pub pid: u32,
+}
+
+/// Characters that only a shell understands. Quotes and backslashes are not here: shell-words
+/// removes them exactly as sh would.
+const SHELL_CHARS: &[char] = &[
+    '$', '`', '|', '&', ';', '<', '>', '(', ')', '*', '?', '[', ']', '~', '{', '}', '\n', '#', '!',
+];
+
+/// The argv for `command`: its own words when it is plain, else `sh -c 'exec <command>'` so
+/// that the shell replaces itself with the app and the pid we track is the app's.
+pub fn argv(command: &str) -> Vec<String> {
+    let plain = !command.contains(SHELL_CHARS);
+    if plain
+        && let Ok(words) = shell_words::split(command)
+        // `FOO=1 app` is an assignment only a shell performs.
+        && words.first().is_some_and(|w| !w.contains('='))
+    {
+        return words;
+    }
+    vec!["sh".into(), "-c".into(), format!("exec {command}")]
+}
+
+/// Starts `launch` as instance `index` of `kind`, in its own process group, with stdin from
+/// /dev/null and stdout/stderr piped (the caller hands them to the log sink).
+pub fn spawn(launch: &Launch, kind: &str, index: u32) -> io::Result<Spawned> {
+    let argv = argv(&launch.command);
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(&launch.env)
+        .env("PROC_TYPE", kind)
+        .env("PIKU_INSTANCE", index.to_string())
+        .current_dir(&launch.workdir)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Stopping is explicit (SIGTERM, grace, SIGKILL to the group); a dropped handle must
+        // not kill an app behind our back.
+        .kill_on_drop(false);
+    if let Some(port) = launch.port {
+        cmd.env("PORT", port.to_string());
+    }
+    let (child, pid) = crate::reaper::spawn_owned(&mut cmd)?;
+    Ok(Spawned { child, pid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_words_run_directly() {
+        assert_eq!(
+            argv("python3 app.py --port 5"),
+            ["python3", "app.py", "--port", "5"]
+        );
+        assert_eq!(argv("echo 'two words'"), ["echo", "two words"]);
+    }
+
+    #[test]
+    fn shell_syntax_goes_through_exec() {
+        for cmd in [
+            "gunicorn -b 0.0.0.0:$PORT app:app",
+            "a && b",
+            "run > out.log",
+            "ls *.py",
+            "FOO=1 app",
+            "echo 'unbalanced",
+        ] {
+            assert_eq!(argv(cmd), ["sh", "-c", &format!("exec {cmd}")], "{cmd}");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The desired state of every app, persisted at `$PIKU_ROOT/supervisor/state.json`.
+//!
+//! It holds what was asked (each app's last `AppSpec`, whether it is stopped) and what the
+//! daemon decided for it (the port of each web instance), so that after a restart or a
+//! reboot every app comes back at its formation, on the same ports, with no redeploy.
+//! Writes are atomic: a temporary file in the same directory, fsync, rename, fsync of the dir.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use piku_proto::AppSpec;
+use serde::{Deserialize, Serialize};
+
+/// Bumped if the file's meaning changes; older files are still read when possible.
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SavedState {
+    pub version: u32,
+    #[serde(default)]
+    pub apps: BTreeMap<String, SavedApp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedApp {
+    pub spec: AppSpec,
+    #[serde(default)]
+    pub stopped: bool,
+    /// `web.1` → port.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} is not a valid state file: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// Reads the state file; a missing file is an empty state (first start).
+pub fn load(path: &Path) -> Result<SavedState, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SavedState {
+            version: STATE_VERSION,
+            apps: BTreeMap::new(),
+        }),
+        Err(source) => Err(StateError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+pub fn save(path: &Path, state: &SavedState) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write {
+        path: path.to_owned(),
+        source: io::Error::other(e),
+    })?;
+    write_atomic(path, &bytes).map_err(|source| StateError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Replaces `path` with `bytes` so that a reader (or a crash) sees either the old or the new
+/// content, never a mix: write a temp file beside it, fsync it, rename over, fsync the dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use piku_proto::{AppSettings, ProcessSpec, Role};
+
+    #[test]
+    fn missing_file_is_empty_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = load(&dir.path().join("state.json")).unwrap();
+        assert!(state.apps.is_empty());
+    }
+
+    #[test]
+    fn round_trip_keeps_specs_and_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let spec = AppSpec {
+            app: "blog".into(),
+            release: "v2".into(),
+            workdir: "/srv/blog".into(),
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            processes: vec![ProcessSpec {
+                kind: "web".into(),
+                command: "app".into(),
+                role: Role::Web,
+                count: 2,
+            }],
+            settings: AppSettings::default(),
+        };
+        let state = SavedState {
+            version: STATE_VERSION,
+            apps: BTreeMap::from([(
+                "blog".into(),
+                SavedApp {
+                    spec,
+                    stopped: true,
+                    ports: BTreeMap::from([("web.1".into(), 4001), ("web.2".into(), 4002)]),
+                },
+            )]),
+        };
+        save(&path, &state).unwrap();
+        assert_eq!(load(&path).unwrap(), state);
+        // No temporary file is left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["state.json"]);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, b"{not json").unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("state.json"), "{err}");
+    }
+}

@@ -1,0 +1,113 @@
+//! Stopping a process group: SIGTERM to all, a grace period, SIGKILL to all, and nothing left.
+//!
+//! Every instance leads its own process group (spawned with `process_group(0)`), so the
+//! group id is the leader's pid and one `killpg` reaches the app and every child it forked
+//! that did not leave the group. We wait for the whole group, not just the leader: a
+//! grandchild that ignores SIGTERM must still be gone (SIGKILL) when the stop returns.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Child;
+use tokio::time::{Instant, sleep, timeout_at};
+
+/// How often the group is polled while waiting for it to empty.
+const GROUP_POLL: Duration = Duration::from_millis(10);
+/// How long SIGKILLed processes get to disappear before we stop waiting (they cannot
+/// refuse; only an uninterruptible sleep in the kernel delays them).
+const AFTER_KILL: Duration = Duration::from_secs(5);
+
+/// Signals the group; a group that is already gone is not an error.
+pub fn signal_group(pgid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pgid) else { return };
+    match killpg(Pid::from_raw(raw), signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => tracing::warn!("killpg({pgid}, {signal}) failed: {e}"),
+    }
+}
+
+/// Whether any process (zombies included) still belongs to the group. Orphans re-parented
+/// to us are reaped first, so a dead one does not count as alive.
+pub fn group_alive(pgid: u32) -> bool {
+    crate::reaper::reap_orphans();
+    let Ok(raw) = i32::try_from(pgid) else {
+        return false;
+    };
+    // Signal 0 checks existence without sending anything.
+    !matches!(killpg(Pid::from_raw(raw), None), Err(Errno::ESRCH))
+}
+
+/// Stops the instance led by `child` (pid `pgid`): SIGTERM (and SIGCONT, so a stopped
+/// process can act on it) to the group, up to `grace` for the whole group to exit, then
+/// SIGKILL to the group. Returns the leader's exit status.
+pub async fn stop_group(child: &mut Child, pgid: u32, grace: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + grace;
+    signal_group(pgid, Signal::SIGTERM);
+    signal_group(pgid, Signal::SIGCONT);
+    let status = match timeout_at(deadline, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => None,
+    };
+    // The leader may be gone while members that ignore SIGTERM live on: give them the rest
+    // of the grace period.
+    wait_group_empty(pgid, deadline).await;
+    let status = match status {
+        Some(status) => Some(status),
+        None => {
+            signal_group(pgid, Signal::SIGKILL);
+            child.wait().await.ok()
+        }
+    };
+    crate::reaper::disown(pgid);
+    finish_group(pgid).await;
+    status
+}
+
+/// After a leader exited on its own: members it left behind get the same treatment as in a
+/// stop (SIGTERM, grace, SIGKILL), so a crashed instance leaves no orphans.
+pub async fn clear_group(pgid: u32, grace: Duration) {
+    if !group_alive(pgid) {
+        return;
+    }
+    signal_group(pgid, Signal::SIGTERM);
+    signal_group(pgid, Signal::SIGCONT);
+    wait_group_empty(pgid, Instant::now() + grace).await;
+    finish_group(pgid).await;
+}
+
+/// SIGKILL to whatever is left of the group, then wait (bounded) until it is empty.
+async fn finish_group(pgid: u32) {
+    if !group_alive(pgid) {
+        return;
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    if !wait_group_empty(pgid, Instant::now() + AFTER_KILL).await {
+        tracing::warn!("process group {pgid} still has members after SIGKILL");
+    }
+}
+
+/// Polls until the group is empty (true) or `deadline` passes (false).
+async fn wait_group_empty(pgid: u32, deadline: Instant) -> bool {
+    loop {
+        if !group_alive(pgid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(GROUP_POLL).await;
+    }
+}
+
+/// `exit 1`, `signal 9`: how status and logs name an exit.
+pub fn describe_exit(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        (None, None) => "unknown exit".to_string(),
+    }
+}

@@ -1,0 +1,329 @@
+//! The daemon's table of apps and the operations requests perform on it.
+//!
+//! One short-held lock guards the table: an operation changes the desired state, lets the
+//! app's manager send stop/start requests to its actors, persists the new state, and only
+//! then (lock released) waits for the processes. `status` therefore never waits for a stop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use piku_proto::{AppSpec, AppStatus, ApplyReport, Role};
+
+use crate::app::{App, Ctx, Pending};
+use crate::state::{self, STATE_VERSION, SavedState, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("no app named {0}")]
+    UnknownApp(String),
+    #[error("app {app} has no process kind {kind} (its kinds: {known})")]
+    UnknownKind {
+        app: String,
+        kind: String,
+        known: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot assign ports: {0}")]
+    Ports(std::io::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+pub struct Supervisor {
+    pub ctx: Ctx,
+    apps: Mutex<BTreeMap<String, App>>,
+    state_path: PathBuf,
+    /// Serialises writes of the state file, so an older snapshot never overwrites a newer one.
+    save_lock: tokio::sync::Mutex<()>,
+}
+
+impl Supervisor {
+    pub fn new(ctx: Ctx, state_path: PathBuf) -> Arc<Supervisor> {
+        Arc::new(Supervisor {
+            ctx,
+            apps: Mutex::new(BTreeMap::new()),
+            state_path,
+            save_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn apps(&self) -> MutexGuard<'_, BTreeMap<String, App>> {
+        // Every mutation under this lock is completed before it is released; a panic in
+        // one request must not take the whole daemon down.
+        self.apps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Brings back every saved app at its formation (those not stopped start now).
+    pub fn restore(&self, saved: SavedState) {
+        let mut apps = self.apps();
+        let mut taken: BTreeSet<u16> = saved
+            .apps
+            .values()
+            .flat_map(|a| a.ports.values().copied())
+            .collect();
+        for (name, saved_app) in saved.apps {
+            if let Err(e) = crate::validate::spec(&saved_app.spec) {
+                tracing::error!(app = %name, "not restoring an invalid saved app: {e}");
+                continue;
+            }
+            let mut app = App::new(saved_app.spec, saved_app.stopped, saved_app.ports);
+            if let Err(e) = app.assign_ports(&mut taken) {
+                tracing::error!(app = %name, "cannot assign ports: {e}");
+            }
+            let (report, _started) = app.reconcile(&self.ctx);
+            tracing::info!(
+                app = %name,
+                stopped = app.stopped,
+                started = report.started.len(),
+                "restored"
+            );
+            apps.insert(name, app);
+        }
+    }
+
+    fn taken_ports(apps: &BTreeMap<String, App>) -> BTreeSet<u16> {
+        apps.values()
+            .flat_map(|a| a.ports.values().copied())
+            .collect()
+    }
+
+    /// `Apply`: the app's desired state becomes `spec`; only what differs is touched.
+    /// Clears the stopped flag. Returns once stopped/replaced processes are gone and new
+    /// ones are spawned.
+    pub async fn apply(&self, spec: AppSpec) -> Result<ApplyReport, SupervisorError> {
+        crate::validate::spec(&spec).map_err(SupervisorError::Invalid)?;
+        let (report, pending) = {
+            let mut apps = self.apps();
+            let mut taken = Self::taken_ports(&apps);
+            let name = spec.app.clone();
+            let app = apps
+                .entry(name)
+                .or_insert_with(|| App::new(spec.clone(), false, BTreeMap::new()));
+            let previous = (app.spec.clone(), app.ports.clone());
+            app.spec = spec;
+            if let Err(e) = app.assign_ports(&mut taken) {
+                (app.spec, app.ports) = previous;
+                return Err(SupervisorError::Ports(e));
+            }
+            app.stopped = false;
+            app.reconcile(&self.ctx)
+        };
+        self.save().await?;
+        pending.wait().await;
+        tracing::info!(
+            app = %report.app,
+            release = %report.release,
+            started = ?report.started,
+            stopped = ?report.stopped,
+            restarted = ?report.restarted,
+            "applied"
+        );
+        Ok(report)
+    }
+
+    /// `Scale`: new counts for the named kinds; other kinds keep theirs. Answers like an
+    /// apply (which instances started and stopped). Does not change the stopped flag: a
+    /// stopped app records its new formation and starts at it on `Start`.
+    pub async fn scale(
+        &self,
+        app_name: &str,
+        formation: &BTreeMap<String, u32>,
+    ) -> Result<ApplyReport, SupervisorError> {
+        let (report, pending) = {
+            let mut apps = self.apps();
+            let mut taken = Self::taken_ports(&apps);
+            let app = apps
+                .get_mut(app_name)
+                .ok_or_else(|| SupervisorError::UnknownApp(app_name.to_string()))?;
+            let mut spec = app.spec.clone();
+            for (kind, count) in formation {
+                let known = app.kinds().join(", ");
+                let p = spec
+                    .processes
+                    .iter_mut()
+                    .find(|p| &p.kind == kind)
+                    .ok_or_else(|| SupervisorError::UnknownKind {
+                        app: app_name.to_string(),
+                        kind: kind.clone(),
+                        known,
+                    })?;
+                if matches!(p.role, Role::Cron { .. }) && *count > 1 {
+                    return Err(SupervisorError::Invalid(format!(
+                        "cron entry {kind} can run at most 1 instance, not {count}"
+                    )));
+                }
+                p.count = *count;
+            }
+            let previous = (app.spec.clone(), app.ports.clone());
+            app.spec = spec;
+            if let Err(e) = app.assign_ports(&mut taken) {
+                (app.spec, app.ports) = previous;
+                return Err(SupervisorError::Ports(e));
+            }
+            app.reconcile(&self.ctx)
+        };
+        self.save().await?;
+        pending.wait().await;
+        Ok(report)
+    }
+
+    /// `Restart`: every instance of the app (or of `kind`), bypassing the back-off; a
+    /// stopped app is started.
+    pub async fn restart(&self, app_name: &str, kind: Option<&str>) -> Result<(), SupervisorError> {
+        let pending = {
+            let mut apps = self.apps();
+            let app = apps
+                .get_mut(app_name)
+                .ok_or_else(|| SupervisorError::UnknownApp(app_name.to_string()))?;
+            if let Some(kind) = kind
+                && !app.kinds().iter().any(|k| k == kind)
+            {
+                return Err(SupervisorError::UnknownKind {
+                    app: app_name.to_string(),
+                    kind: kind.to_string(),
+                    known: app.kinds().join(", "),
+                });
+            }
+            app.restart(&self.ctx, kind)
+        };
+        self.save().await?;
+        pending.wait().await;
+        Ok(())
+    }
+
+    /// `Stop`: stops every process and remembers it (a daemon restart keeps it stopped).
+    pub async fn stop(&self, app_name: &str) -> Result<(), SupervisorError> {
+        let pending = {
+            let mut apps = self.apps();
+            let app = apps
+                .get_mut(app_name)
+                .ok_or_else(|| SupervisorError::UnknownApp(app_name.to_string()))?;
+            app.stopped = true;
+            app.stop_all()
+        };
+        self.save().await?;
+        pending.wait().await;
+        Ok(())
+    }
+
+    /// `Start`: a stopped app runs again at its formation.
+    pub async fn start(&self, app_name: &str) -> Result<ApplyReport, SupervisorError> {
+        let (report, pending) = {
+            let mut apps = self.apps();
+            let app = apps
+                .get_mut(app_name)
+                .ok_or_else(|| SupervisorError::UnknownApp(app_name.to_string()))?;
+            app.stopped = false;
+            app.reconcile(&self.ctx)
+        };
+        self.save().await?;
+        pending.wait().await;
+        Ok(report)
+    }
+
+    /// `Remove`: stops the app and forgets it; its log files stay.
+    pub async fn remove(&self, app_name: &str) -> Result<(), SupervisorError> {
+        let pending = {
+            let mut apps = self.apps();
+            let mut app = apps
+                .remove(app_name)
+                .ok_or_else(|| SupervisorError::UnknownApp(app_name.to_string()))?;
+            app.stop_all()
+        };
+        self.save().await?;
+        pending.wait().await;
+        self.ctx.logs.forget_app(app_name);
+        Ok(())
+    }
+
+    pub fn status(&self, app_name: Option<&str>) -> Result<Vec<AppStatus>, SupervisorError> {
+        let apps = self.apps();
+        match app_name {
+            Some(name) => apps
+                .get(name)
+                .map(|a| vec![a.status()])
+                .ok_or_else(|| SupervisorError::UnknownApp(name.to_string())),
+            None => Ok(apps.values().map(App::status).collect()),
+        }
+    }
+
+    pub fn knows(&self, app_name: &str) -> bool {
+        self.apps().contains_key(app_name)
+    }
+
+    /// The longest stop grace of any app: bounds a shutdown.
+    pub fn max_grace(&self) -> Duration {
+        self.apps()
+            .values()
+            .map(|a| Duration::from_millis(a.spec.settings.stop_grace_ms))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Stops every process of every app (daemon shutdown); the desired state is kept, so
+    /// the apps come back when the daemon starts again.
+    pub async fn shutdown(&self) {
+        let pendings: Vec<Pending> = self.apps().values_mut().map(App::stop_all).collect();
+        for pending in pendings {
+            pending.wait().await;
+        }
+    }
+
+    /// The desired state as saved on disk.
+    pub fn saved(&self) -> SavedState {
+        SavedState {
+            version: STATE_VERSION,
+            apps: self
+                .apps()
+                .iter()
+                .map(|(name, app)| (name.clone(), app.saved()))
+                .collect(),
+        }
+    }
+
+    /// Writes the state file (atomically, off the async threads).
+    pub async fn save(&self) -> Result<(), StateError> {
+        let _guard = self.save_lock.lock().await;
+        let snapshot = self.saved();
+        let path = self.state_path.clone();
+        tokio::task::spawn_blocking(move || state::save(&path, &snapshot))
+            .await
+            .map_err(|e| StateError::Write {
+                path: self.state_path.clone(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    /// SIGHUP: re-reads the state file and reports how it compares with what runs, without
+    /// touching any process; the file is rewritten from memory if it is missing or differs.
+    pub async fn reload(&self) {
+        let on_disk = match state::load(&self.state_path) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("SIGHUP: {e}; rewriting it from memory");
+                if let Err(e) = self.save().await {
+                    tracing::error!("SIGHUP: {e}");
+                }
+                return;
+            }
+        };
+        let in_memory = self.saved();
+        if on_disk == in_memory {
+            tracing::info!(
+                apps = in_memory.apps.len(),
+                "SIGHUP: state file re-read, matches what runs; nothing touched"
+            );
+        } else {
+            tracing::warn!(
+                "SIGHUP: state file differs from what runs (edited by hand?); running apps are \
+                 left alone and the file is rewritten from memory: use `piku` to change apps"
+            );
+            if let Err(e) = self.save().await {
+                tracing::error!("SIGHUP: {e}");
+            }
+        }
+    }
+}

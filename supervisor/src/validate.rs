@@ -1,0 +1,158 @@
+//! What the daemon accepts in a request: app names, kind names, specs. Checked before
+//! anything changes, and every problem is reported at once.
+
+use std::collections::BTreeSet;
+
+use piku_model::{AppName, CronSchedule};
+use piku_proto::{AppSpec, Role};
+
+/// Longest kind name; it becomes part of a log file name.
+const MAX_KIND_LEN: usize = 64;
+
+/// An app name by piku-model's rule (it becomes a directory name under logs/).
+pub fn app_name(name: &str) -> Result<AppName, String> {
+    name.parse::<AppName>().map_err(|e| e.to_string())
+}
+
+/// A Procfile kind as the daemon uses it in file names (`<kind>.<n>.log`).
+pub fn kind_name(kind: &str) -> Result<(), String> {
+    let ok = !kind.is_empty()
+        && kind.len() <= MAX_KIND_LEN
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid process kind {kind:?}: use 1 to {MAX_KIND_LEN} characters from A-Z a-z 0-9 _ -"
+        ))
+    }
+}
+
+/// Checks a whole spec; the error lists every problem found.
+pub fn spec(spec: &AppSpec) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if let Err(e) = app_name(&spec.app) {
+        problems.push(e);
+    }
+    if !spec.workdir.is_absolute() {
+        problems.push(format!(
+            "workdir {} is not an absolute path",
+            spec.workdir.display()
+        ));
+    }
+    for key in spec.env.keys() {
+        if key.is_empty() || key.contains(['=', '\0']) {
+            problems.push(format!("invalid environment variable name {key:?}"));
+        }
+    }
+    for (key, value) in &spec.env {
+        if value.contains('\0') {
+            problems.push(format!("environment variable {key} contains a NUL byte"));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for p in &spec.processes {
+        if let Err(e) = kind_name(&p.kind) {
+            problems.push(e);
+        }
+        if !seen.insert(p.kind.as_str()) {
+            problems.push(format!("process kind {} appears twice", p.kind));
+        }
+        if p.command.trim().is_empty() {
+            problems.push(format!("process kind {} has an empty command", p.kind));
+        }
+        if p.command.contains('\0') {
+            problems.push(format!("the command of {} contains a NUL byte", p.kind));
+        }
+        if let Role::Cron { schedule } = &p.role {
+            if let Err(e) = CronSchedule::parse(schedule) {
+                problems.push(format!("cron entry {}: {e}", p.kind));
+            }
+            if p.count > 1 {
+                problems.push(format!(
+                    "cron entry {} can run at most 1 instance, not {}",
+                    p.kind, p.count
+                ));
+            }
+        }
+    }
+    if spec.settings.log_max_bytes == 0 {
+        problems.push("log_max_bytes must be above 0".to_string());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use piku_proto::{AppSettings, ProcessSpec};
+
+    fn good() -> AppSpec {
+        AppSpec {
+            app: "blog".into(),
+            release: "v1".into(),
+            workdir: "/srv/blog".into(),
+            env: Default::default(),
+            processes: vec![
+                ProcessSpec {
+                    kind: "web".into(),
+                    command: "app".into(),
+                    role: Role::Web,
+                    count: 2,
+                },
+                ProcessSpec {
+                    kind: "cron1".into(),
+                    command: "job".into(),
+                    role: Role::Cron {
+                        schedule: "*/5 * * * *".into(),
+                    },
+                    count: 1,
+                },
+            ],
+            settings: AppSettings::default(),
+        }
+    }
+
+    #[test]
+    fn a_good_spec_passes() {
+        spec(&good()).unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut s = good();
+        s.app = "../etc".into();
+        s.workdir = "relative".into();
+        s.processes[0].kind = "web/1".into();
+        s.processes[1].role = Role::Cron {
+            schedule: "61 * * * *".into(),
+        };
+        s.processes.push(s.processes[1].clone());
+        let err = spec(&s).unwrap_err();
+        for needle in [
+            "../etc",
+            "relative",
+            "web/1",
+            "cron1 appears twice",
+            "cron entry cron1",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn kind_names_are_file_name_safe() {
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65)] {
+            assert!(kind_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["web", "cron1", "my_worker-2"] {
+            kind_name(good).unwrap();
+        }
+    }
+}
