@@ -189,6 +189,7 @@ enum Next {
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Control>) {
         self.launch();
+        self.publish();
         loop {
             let event = self.next_event(&mut rx).await;
             let next = self.handle(event).await;
@@ -276,7 +277,6 @@ impl Actor {
                     pid,
                     started: Instant::now(),
                 });
-                self.publish();
                 self.running.insert(self.key(), pid);
                 if self.config.launch.port.is_some() {
                     self.state = InstanceState::Starting;
@@ -284,6 +284,7 @@ impl Actor {
                 } else {
                     self.state = InstanceState::Running;
                 }
+                self.publish();
                 self.sink.note(&format!("started pid {pid}"));
             }
             Err(e) => {

@@ -1,0 +1,310 @@
+//! Test harness: the real `piku-supervisor` binary in a temporary PIKU_ROOT, spoken to
+//! through `piku_proto::Client`, and small helpers to build specs and wait for things.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use piku_proto::{
+    AppSettings, AppSpec, AppStatus, ApplyReport, Client, InstanceState, InstanceStatus,
+    ProcessSpec, Request, Response, Role,
+};
+
+/// A temporary PIKU_ROOT that outlives daemons started in it (for restart tests).
+pub struct TestRoot {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRoot {
+    pub fn new() -> TestRoot {
+        TestRoot {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("piku")
+    }
+
+    /// A scratch directory for the test's own files (outputs of fixtures).
+    pub fn scratch(&self) -> PathBuf {
+        let p = self.dir.path().join("scratch");
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.root().join("supervisor.sock")
+    }
+
+    pub fn log_file(&self, app: &str, process: &str) -> PathBuf {
+        self.root().join("logs").join(app).join(format!("{process}.log"))
+    }
+
+    pub fn start(&self) -> Daemon {
+        Daemon::start(self)
+    }
+}
+
+/// A running daemon, stopped (SIGTERM, then waited for) when dropped.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(root: &TestRoot) -> Daemon {
+        let log = fs::File::create(root.dir.path().join(format!(
+            "daemon-{}.log",
+            Instant::now().elapsed().as_nanos() + u128::from(std::process::id())
+        )))
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_piku-supervisor"))
+            .arg("--root")
+            .arg(root.root())
+            .env("PIKU_LOG", "debug")
+            // Set only in the daemon's environment: apps must never see it.
+            .env("PIKU_TEST_DAEMON_ONLY", "leaked")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start piku-supervisor");
+        let daemon = Daemon {
+            child: Some(child),
+            socket: root.socket(),
+        };
+        wait_for("the daemon to answer", Duration::from_secs(10), || {
+            Client::connect(&daemon.socket).ok().map(|_| ())
+        });
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).expect("connect")
+    }
+
+    /// Sends one request; returns the final frame (an error frame as `Err(message)`).
+    pub fn call(&self, req: &Request) -> Result<Response, String> {
+        self.client().call(req, |_| {}).map_err(|e| e.to_string())
+    }
+
+    pub fn apply(&self, spec: &AppSpec) -> ApplyReport {
+        match self.call(&Request::Apply(Box::new(spec.clone()))) {
+            Ok(Response::Applied(report)) => report,
+            other => panic!("apply failed: {other:?}"),
+        }
+    }
+
+    pub fn scale(&self, app: &str, formation: &[(&str, u32)]) -> ApplyReport {
+        let formation = formation.iter().map(|(k, c)| (k.to_string(), *c)).collect();
+        match self.call(&Request::Scale {
+            app: app.into(),
+            formation,
+        }) {
+            Ok(Response::Applied(report)) => report,
+            other => panic!("scale failed: {other:?}"),
+        }
+    }
+
+    pub fn status(&self, app: &str) -> AppStatus {
+        match self.call(&Request::Status {
+            app: Some(app.into()),
+        }) {
+            Ok(Response::Status { mut apps }) => apps.remove(0),
+            other => panic!("status failed: {other:?}"),
+        }
+    }
+
+    pub fn instance(&self, app: &str, name: &str) -> InstanceStatus {
+        self.status(app)
+            .instances
+            .into_iter()
+            .find(|i| i.name() == name)
+            .unwrap_or_else(|| panic!("no instance {name}"))
+    }
+
+    /// Waits until `name` is in `state` with a pid, and returns its status.
+    pub fn wait_state(&self, app: &str, name: &str, state: InstanceState) -> InstanceStatus {
+        wait_for(&format!("{name} to be {state}"), Duration::from_secs(10), || {
+            let i = self.instance(app, name);
+            let needs_pid = matches!(state, InstanceState::Running | InstanceState::Starting);
+            (i.state == state && (i.pid.is_some() || !needs_pid)).then_some(i)
+        })
+    }
+
+    /// SIGTERM, then wait for the exit (graceful stop of every app).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        signal(child.id(), Signal::SIGTERM);
+        wait_exit(&mut child, Duration::from_secs(30))
+    }
+
+    /// SIGKILL: the daemon dies without stopping anything.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        signal(child.id(), Signal::SIGKILL);
+        wait_exit(&mut child, Duration::from_secs(10));
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            panic!("daemon did not exit within {limit:?} (killed: {:?})", status.signal());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn signal(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
+}
+
+/// Polls `f` every 5 ms until it gives a value; panics after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether `pid` is a live process (a zombie counts as dead).
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("");
+            state != "Z"
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether `/proc/<pid>` exists at all (a zombie still does).
+pub fn exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Every process whose process group is `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some((_, rest)) = stat.rsplit_once(')')
+            && rest.split_whitespace().nth(2) == Some(&pgid.to_string())
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// The real python interpreter (not a version-manager shim, whose wrapper would be the
+/// process we track).
+pub fn python() -> String {
+    static PY: OnceLock<String> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed by the supervisor tests");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+    .clone()
+}
+
+pub fn process(kind: &str, command: String, role: Role, count: u32) -> ProcessSpec {
+    ProcessSpec {
+        kind: kind.into(),
+        command,
+        role,
+        count,
+    }
+}
+
+/// A spec with a PATH (the env is all an app gets) and a short grace.
+pub fn spec(app: &str, workdir: &Path, processes: Vec<ProcessSpec>) -> AppSpec {
+    AppSpec {
+        app: app.into(),
+        release: "v1".into(),
+        workdir: workdir.to_path_buf(),
+        env: BTreeMap::from([
+            ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),
+            ("APP_SETTING".to_string(), "from-spec".to_string()),
+        ]),
+        processes,
+        settings: AppSettings {
+            stop_grace_ms: 2000,
+            ..AppSettings::default()
+        },
+    }
+}
+
+pub fn web_process(count: u32) -> ProcessSpec {
+    process("web", format!("{} {}", python(), fixture("web.py")), Role::Web, count)
+}
+
+pub fn sleeper(kind: &str, count: u32) -> ProcessSpec {
+    process(kind, "sleep 1000".into(), Role::Worker, count)
+}
+
+/// Connects to `port` and reads the instance's self-description (`web.2 <pid>`).
+pub fn ask_port(port: u16) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to instance");
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.trim().to_string()
+}

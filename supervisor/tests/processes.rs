@@ -1,0 +1,305 @@
+//! Real processes under the real daemon: respawn, back-off, scaling, stopping trees,
+//! apply diffing, environment and ports, cron.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use piku_proto::{InstanceState, Request, Response, Role};
+
+#[test]
+fn kill_9_respawns_at_once() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    daemon.apply(&spec("app", &root.scratch(), vec![sleeper("worker", 1)]));
+    let first = daemon.wait_state("app", "worker.1", InstanceState::Running);
+    let old = first.pid.unwrap();
+
+    let killed_at = Instant::now();
+    signal(old, Signal::SIGKILL);
+    let new = wait_for("a new pid", Duration::from_secs(5), || {
+        let i = daemon.instance("app", "worker.1");
+        i.pid.filter(|&p| p != old && alive(p))
+    });
+    let latency = killed_at.elapsed();
+    println!("respawn: kill -9 -> new pid visible in status after {latency:?}");
+    assert!(alive(new));
+    let after = daemon.instance("app", "worker.1");
+    assert_eq!(after.restarts, 1);
+    assert_eq!(after.last_exit.as_deref(), Some("signal 9"));
+    let log = fs::read_to_string(root.log_file("app", "worker.1")).unwrap();
+    assert!(log.contains("exited with signal 9, restarted at once"), "{log}");
+}
+
+#[test]
+fn crash_loop_backs_off_is_shown_and_recovers_when_fixed() {
+    let root = TestRoot::new();
+    let scratch = root.scratch();
+    let starts = scratch.join("starts");
+    let fixed = scratch.join("fixed");
+    let daemon = root.start();
+    let cmd = format!("sh {} {} {}", fixture("crashy.sh"), starts.display(), fixed.display());
+    daemon.apply(&spec(
+        "loop",
+        &scratch,
+        vec![process("worker", cmd, Role::Worker, 1)],
+    ));
+
+    // Crashes 1..5 come after delays 0, 0.1, 0.2, 0.4 (s), then 0.8 before the 6th start.
+    let looping = daemon.wait_state("loop", "worker.1", InstanceState::CrashLooping);
+    assert_eq!(looping.last_exit.as_deref(), Some("exit 3"));
+    let times: Vec<u128> = wait_for("six starts", Duration::from_secs(10), || {
+        let t: Vec<u128> = fs::read_to_string(&starts)
+            .ok()?
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        (t.len() >= 6).then_some(t)
+    });
+    let gaps_ms: Vec<u128> = times.windows(2).map(|w| (w[1] - w[0]) / 1_000_000).collect();
+    println!("gaps between starts (ms): {gaps_ms:?}");
+    // Each wait is the back-off delay plus the script's short life: they must grow.
+    assert!(gaps_ms[0] < 100, "first restart must be immediate: {gaps_ms:?}");
+    for w in gaps_ms[1..5].windows(2) {
+        assert!(w[1] > w[0], "back-off does not grow: {gaps_ms:?}");
+    }
+    assert!(gaps_ms[4] >= 750, "fifth gap should be ~0.8 s: {gaps_ms:?}");
+
+    fs::write(&fixed, "").unwrap();
+    let recovered = wait_for("recovery", Duration::from_secs(10), || {
+        let i = daemon.instance("loop", "worker.1");
+        (i.state == InstanceState::Running && i.pid.is_some_and(alive) && fixed.exists()).then_some(i)
+    });
+    assert!(recovered.restarts >= 5);
+    let log = fs::read_to_string(root.log_file("loop", "worker.1")).unwrap();
+    assert!(log.contains("restarting in"), "{log}");
+}
+
+#[test]
+fn manual_restart_bypasses_the_back_off() {
+    let root = TestRoot::new();
+    let scratch = root.scratch();
+    let starts = scratch.join("starts");
+    let fixed = scratch.join("fixed");
+    let daemon = root.start();
+    let cmd = format!("sh {} {} {}", fixture("crashy.sh"), starts.display(), fixed.display());
+    daemon.apply(&spec("rs", &scratch, vec![process("worker", cmd, Role::Worker, 1)]));
+    daemon.wait_state("rs", "worker.1", InstanceState::CrashLooping);
+    // Now in a back-off of ≥ 0.8 s; a restart must start it right away.
+    fs::write(&fixed, "").unwrap();
+    let asked = Instant::now();
+    let resp = daemon.call(&Request::Restart {
+        app: "rs".into(),
+        kind: None,
+    });
+    assert!(matches!(resp, Ok(Response::Done { .. })), "{resp:?}");
+    let i = daemon.wait_state("rs", "worker.1", InstanceState::Running);
+    assert!(asked.elapsed() < Duration::from_millis(700), "{:?}", asked.elapsed());
+    assert!(alive(i.pid.unwrap()));
+}
+
+#[test]
+fn scale_up_and_down_touches_only_what_changes() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let report = daemon.apply(&spec("sc", &root.scratch(), vec![web_process(1)]));
+    assert_eq!(report.started, ["web.1"]);
+    let one = daemon.wait_state("sc", "web.1", InstanceState::Running);
+
+    let report = daemon.scale("sc", &[("web", 3)]);
+    assert_eq!(report.started, ["web.2", "web.3"]);
+    assert_eq!(report.unchanged, ["web.1"]);
+    assert!(report.stopped.is_empty() && report.restarted.is_empty());
+    let mut ports = BTreeSet::new();
+    let mut pids = Vec::new();
+    for n in 1..=3 {
+        let i = daemon.wait_state("sc", &format!("web.{n}"), InstanceState::Running);
+        let (port, pid) = (i.port.unwrap(), i.pid.unwrap());
+        assert!(ports.insert(port), "port {port} given twice");
+        // The instance on that port is the one status names.
+        assert_eq!(ask_port(port), format!("web.{n} {pid}"));
+        pids.push(pid);
+    }
+    assert_eq!(pids[0], one.pid.unwrap(), "web.1 was restarted by a scale-up");
+    assert_eq!(daemon.instance("sc", "web.1").port, one.port);
+
+    let report = daemon.scale("sc", &[("web", 0)]);
+    assert_eq!(report.stopped, ["web.1", "web.2", "web.3"]);
+    for pid in pids {
+        assert!(!exists(pid), "pid {pid} survived the scale-down");
+    }
+    let status = daemon.status("sc");
+    assert!(status.instances.is_empty(), "{:?}", status.instances);
+    assert_eq!(status.formation["web"], 0);
+}
+
+#[test]
+fn stopping_a_tree_with_a_term_ignoring_grandchild_leaves_nothing() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut s = spec(
+        "tree",
+        &root.scratch(),
+        vec![process("worker", format!("sh {} {}", fixture("tree.sh"), python()), Role::Worker, 1)],
+    );
+    s.settings.stop_grace_ms = 500;
+    daemon.apply(&s);
+    let leader = daemon.wait_state("tree", "worker.1", InstanceState::Running).pid.unwrap();
+    let log = root.log_file("tree", "worker.1");
+    wait_for("the grandchild", Duration::from_secs(10), || {
+        fs::read_to_string(&log).ok()?.contains("grandchild up").then_some(())
+    });
+    let members = group_members(leader);
+    assert!(members.len() >= 3, "expected sh + python + sleep, got {members:?}");
+
+    let resp = daemon.call(&Request::Stop { app: "tree".into() });
+    assert!(matches!(resp, Ok(Response::Done { .. })), "{resp:?}");
+    for pid in &members {
+        assert!(!exists(*pid), "pid {pid} of the group is still there (zombie or alive)");
+    }
+    assert!(group_members(leader).is_empty());
+    let status = daemon.status("tree");
+    assert!(status.stopped);
+    assert!(status.instances.iter().all(|i| i.state == InstanceState::Stopped));
+    // Start brings it back.
+    let resp = daemon.call(&Request::Start { app: "tree".into() });
+    assert!(matches!(resp, Ok(Response::Done { .. })), "{resp:?}");
+    let again = daemon.wait_state("tree", "worker.1", InstanceState::Running);
+    assert_ne!(again.pid, Some(leader));
+}
+
+#[test]
+fn apply_restarts_only_the_kinds_that_changed() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut s = spec("diff", &root.scratch(), vec![web_process(1), sleeper("worker", 1), sleeper("other", 1)]);
+    daemon.apply(&s);
+    let web = daemon.wait_state("diff", "web.1", InstanceState::Running);
+    let worker = daemon.wait_state("diff", "worker.1", InstanceState::Running);
+    let other = daemon.wait_state("diff", "other.1", InstanceState::Running);
+
+    let report = daemon.apply(&s);
+    assert_eq!(report.unchanged, ["other.1", "web.1", "worker.1"]);
+    assert!(report.started.is_empty() && report.stopped.is_empty() && report.restarted.is_empty());
+
+    s.processes[1].command = "sleep 1001".into();
+    s.release = "v2".into();
+    let report = daemon.apply(&s);
+    assert_eq!(report.restarted, ["worker.1"]);
+    assert_eq!(report.release, "v2");
+    assert!(!exists(worker.pid.unwrap()), "old worker still there");
+    let new_worker = daemon.wait_state("diff", "worker.1", InstanceState::Running);
+    assert_ne!(new_worker.pid, worker.pid);
+    assert_eq!(daemon.instance("diff", "web.1").pid, web.pid);
+    assert_eq!(daemon.instance("diff", "other.1").pid, other.pid);
+
+    // A kind removed from the Procfile stops.
+    s.processes.remove(2);
+    let report = daemon.apply(&s);
+    assert_eq!(report.stopped, ["other.1"]);
+    assert!(!exists(other.pid.unwrap()));
+
+    // An env change restarts everything that runs.
+    s.env.insert("NEW".into(), "1".into());
+    let report = daemon.apply(&s);
+    assert_eq!(report.restarted, ["web.1", "worker.1"]);
+    assert_eq!(daemon.instance("diff", "web.1").port, web.port, "port kept across restarts");
+}
+
+#[test]
+fn env_is_cleared_and_port_is_per_web_instance() {
+    let root = TestRoot::new();
+    let scratch = root.scratch();
+    let daemon = root.start();
+    let dump = |name: &str| format!("sh {} {}", fixture("envdump.sh"), scratch.join(name).display());
+    daemon.apply(&spec(
+        "env",
+        &scratch,
+        vec![
+            process("worker", dump("worker"), Role::Worker, 1),
+            process("web", dump("web"), Role::Web, 2),
+        ],
+    ));
+    let read = |name: &str| {
+        let path = scratch.join(name);
+        wait_for(&format!("{name} env dump"), Duration::from_secs(10), || {
+            fs::read_to_string(&path).ok()
+        })
+    };
+    let worker = read("worker");
+    assert!(!worker.contains("PIKU_TEST_DAEMON_ONLY"), "{worker}");
+    assert!(worker.contains("APP_SETTING=from-spec"), "{worker}");
+    assert!(worker.contains("PROC_TYPE=worker"), "{worker}");
+    assert!(worker.contains("PIKU_INSTANCE=1"), "{worker}");
+    assert!(!worker.contains("PORT="), "a worker got a PORT: {worker}");
+    // Both web instances wrote to the same file name; the status tells their ports apart.
+    let web = read("web");
+    assert!(web.contains("PROC_TYPE=web"), "{web}");
+    assert!(web.lines().any(|l| l.starts_with("PORT=")), "{web}");
+    let status = daemon.status("env");
+    let ports: BTreeSet<u16> = status
+        .instances
+        .iter()
+        .filter(|i| i.kind == "web")
+        .map(|i| i.port.expect("web has a port"))
+        .collect();
+    assert_eq!(ports.len(), 2);
+    // The workdir is the cwd.
+    assert_eq!(
+        fs::read_link(format!("/proc/{}/cwd", daemon.instance("env", "worker.1").pid.unwrap())).unwrap(),
+        scratch
+    );
+}
+
+#[test]
+fn cron_fires_for_real_and_is_not_stacked() {
+    let root = TestRoot::new();
+    let scratch = root.scratch();
+    let out = scratch.join("runs");
+    let daemon = root.start();
+    daemon.apply(&spec(
+        "cr",
+        &scratch,
+        vec![process(
+            "cron1",
+            format!("sh {} {}", fixture("cron.sh"), out.display()),
+            Role::Cron {
+                schedule: "*/2 * * * * *".into(),
+            },
+            1,
+        )],
+    ));
+    let status = daemon.instance("cr", "cron1.1");
+    assert!(status.next_run.is_some(), "{status:?}");
+    wait_for("two cron runs", Duration::from_secs(10), || {
+        (fs::read_to_string(&out).ok()?.lines().count() >= 2).then_some(())
+    });
+    let log = fs::read_to_string(root.log_file("cr", "cron1.1")).unwrap();
+    assert!(log.contains("cron ran"), "{log}");
+    assert_eq!(daemon.instance("cr", "cron1.1").last_exit.as_deref(), Some("exit 0"));
+}
+
+#[test]
+fn requests_for_unknown_apps_and_kinds_are_errors() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    daemon.apply(&spec("known", &root.scratch(), vec![sleeper("worker", 1)]));
+    let err = daemon.call(&Request::Status { app: Some("nope".into()) }).unwrap_err();
+    assert!(err.contains("no app named nope"), "{err}");
+    let err = daemon
+        .call(&Request::Scale {
+            app: "known".into(),
+            formation: [("web".to_string(), 2)].into(),
+        })
+        .unwrap_err();
+    assert!(err.contains("no process kind web"), "{err}");
+    let err = daemon.call(&Request::Stop { app: "../etc".into() }).unwrap_err();
+    assert!(err.contains("../etc") || err.contains(".."), "{err}");
+    let resp = daemon.call(&Request::Remove { app: "known".into() });
+    assert!(matches!(resp, Ok(Response::Done { .. })), "{resp:?}");
+    assert!(daemon.call(&Request::Status { app: Some("known".into()) }).is_err());
+}
