@@ -44,12 +44,25 @@ pub fn call(root: &PikuRoot, req: &Request) -> anyhow::Result<Response> {
     Ok(answer)
 }
 
-/// Sends a request whose answer is [`Response::Done`] and prints its message, if any.
+/// Sends a request that changes processes and prints what the daemon says it did: the
+/// message of a [`Response::Done`], or the instances an [`Response::Applied`] touched.
 pub fn call_done(root: &PikuRoot, req: &Request) -> anyhow::Result<()> {
     match call(root, req)? {
         Response::Done { message } => {
             if !message.trim().is_empty() {
                 output::say(message.trim_end());
+            }
+            Ok(())
+        }
+        Response::Applied(report) => {
+            for (what, names) in [
+                ("started", &report.started),
+                ("stopped", &report.stopped),
+                ("restarted", &report.restarted),
+            ] {
+                if !names.is_empty() {
+                    output::step(format_args!("{what} {}", names.join(", ")));
+                }
             }
             Ok(())
         }
