@@ -182,10 +182,25 @@ pub fn ctxt_switches(pid: Pid) -> u64 {
     sum
 }
 
-/// CPU ticks and context switches of a set of processes at one instant.
+/// Nanoseconds on CPU of every live thread of `pid` (`/proc/<pid>/task/*/schedstat`, field 1).
+pub fn sched_ns(pid: Pid) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_ascii_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU time and context switches of a set of processes at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct Activity {
+    /// utime + stime (includes threads that have exited; 10 ms resolution).
     pub cpu_ticks: u64,
+    /// Scheduler run time of the live threads (ns resolution; misses exited threads).
+    pub sched_ns: u64,
     pub ctxt: u64,
 }
 
@@ -198,17 +213,18 @@ impl Activity {
             if let Some(s) = Stat::read(*p) {
                 a.cpu_ticks += s.cpu_ticks;
             }
+            a.sched_ns += sched_ns(*p);
             a.ctxt += ctxt_switches(*p);
         }
         a
     }
 
-    /// CPU seconds and context switches between `earlier` and `self`.
+    /// CPU seconds and context switches between `earlier` and `self`. The CPU figure is the
+    /// larger of the two clocks: ticks are coarse, schedstat loses threads that exited.
     pub fn since(&self, earlier: &Activity) -> (f64, u64) {
-        (
-            self.cpu_ticks.saturating_sub(earlier.cpu_ticks) as f64 / ticks_per_sec(),
-            self.ctxt.saturating_sub(earlier.ctxt),
-        )
+        let ticks = self.cpu_ticks.saturating_sub(earlier.cpu_ticks) as f64 / ticks_per_sec();
+        let sched = self.sched_ns.saturating_sub(earlier.sched_ns) as f64 / 1e9;
+        (ticks.max(sched), self.ctxt.saturating_sub(earlier.ctxt))
     }
 }
 

@@ -121,8 +121,7 @@ impl Results {
                     cells: BTreeMap::new(),
                     ..template.clone()
                 });
-                self.rows
-                    .sort_by(|a, b| row_key(&a.id).cmp(&row_key(&b.id)));
+                self.rows.sort_by_key(|r| row_key(&r.id));
                 let i = self
                     .rows
                     .iter()

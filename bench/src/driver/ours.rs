@@ -31,8 +31,9 @@ impl Ours {
         std::fs::create_dir_all(&root)?;
         let mut cmd = Command::new(bin);
         cmd.arg("--root").arg(&root).env("PIKU_ROOT", &root);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "warn");
+        // Its own log at info level would cost it CPU on every spawn; warnings still show.
+        if std::env::var_os("PIKU_LOG").is_none() {
+            cmd.env("PIKU_LOG", "warn");
         }
         let daemon = Daemon::spawn(cmd, &base.join("piku-supervisor.log"))?;
         let me = Ours { daemon, root };
