@@ -117,10 +117,10 @@ impl App {
             keep
         });
         for name in wanted {
-            if !self.ports.contains_key(&name) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.ports.entry(name) {
                 let port = ports::allocate(taken)?;
                 taken.insert(port);
-                self.ports.insert(name, port);
+                slot.insert(port);
             }
         }
         Ok(())

@@ -32,7 +32,10 @@ fn kill_9_respawns_at_once() {
     assert_eq!(after.restarts, 1);
     assert_eq!(after.last_exit.as_deref(), Some("signal 9"));
     let log = fs::read_to_string(root.log_file("app", "worker.1")).unwrap();
-    assert!(log.contains("exited with signal 9, restarted at once"), "{log}");
+    assert!(
+        log.contains("exited with signal 9, restarted at once"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -42,7 +45,12 @@ fn crash_loop_backs_off_is_shown_and_recovers_when_fixed() {
     let starts = scratch.join("starts");
     let fixed = scratch.join("fixed");
     let daemon = root.start();
-    let cmd = format!("sh {} {} {}", fixture("crashy.sh"), starts.display(), fixed.display());
+    let cmd = format!(
+        "sh {} {} {}",
+        fixture("crashy.sh"),
+        starts.display(),
+        fixed.display()
+    );
     daemon.apply(&spec(
         "loop",
         &scratch,
@@ -60,10 +68,16 @@ fn crash_loop_backs_off_is_shown_and_recovers_when_fixed() {
             .collect();
         (t.len() >= 6).then_some(t)
     });
-    let gaps_ms: Vec<u128> = times.windows(2).map(|w| (w[1] - w[0]) / 1_000_000).collect();
+    let gaps_ms: Vec<u128> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / 1_000_000)
+        .collect();
     println!("gaps between starts (ms): {gaps_ms:?}");
     // Each wait is the back-off delay plus the script's short life: they must grow.
-    assert!(gaps_ms[0] < 100, "first restart must be immediate: {gaps_ms:?}");
+    assert!(
+        gaps_ms[0] < 100,
+        "first restart must be immediate: {gaps_ms:?}"
+    );
     for w in gaps_ms[1..5].windows(2) {
         assert!(w[1] > w[0], "back-off does not grow: {gaps_ms:?}");
     }
@@ -72,7 +86,8 @@ fn crash_loop_backs_off_is_shown_and_recovers_when_fixed() {
     fs::write(&fixed, "").unwrap();
     let recovered = wait_for("recovery", Duration::from_secs(10), || {
         let i = daemon.instance("loop", "worker.1");
-        (i.state == InstanceState::Running && i.pid.is_some_and(alive) && fixed.exists()).then_some(i)
+        (i.state == InstanceState::Running && i.pid.is_some_and(alive) && fixed.exists())
+            .then_some(i)
     });
     assert!(recovered.restarts >= 5);
     let log = fs::read_to_string(root.log_file("loop", "worker.1")).unwrap();
@@ -86,8 +101,17 @@ fn manual_restart_bypasses_the_back_off() {
     let starts = scratch.join("starts");
     let fixed = scratch.join("fixed");
     let daemon = root.start();
-    let cmd = format!("sh {} {} {}", fixture("crashy.sh"), starts.display(), fixed.display());
-    daemon.apply(&spec("rs", &scratch, vec![process("worker", cmd, Role::Worker, 1)]));
+    let cmd = format!(
+        "sh {} {} {}",
+        fixture("crashy.sh"),
+        starts.display(),
+        fixed.display()
+    );
+    daemon.apply(&spec(
+        "rs",
+        &scratch,
+        vec![process("worker", cmd, Role::Worker, 1)],
+    ));
     daemon.wait_state("rs", "worker.1", InstanceState::CrashLooping);
     // Now in a back-off of ≥ 0.8 s; a restart must start it right away.
     fs::write(&fixed, "").unwrap();
@@ -98,7 +122,11 @@ fn manual_restart_bypasses_the_back_off() {
     });
     assert!(matches!(resp, Ok(Response::Done { .. })), "{resp:?}");
     let i = daemon.wait_state("rs", "worker.1", InstanceState::Running);
-    assert!(asked.elapsed() < Duration::from_millis(700), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        asked.elapsed()
+    );
     assert!(alive(i.pid.unwrap()));
 }
 
@@ -124,7 +152,11 @@ fn scale_up_and_down_touches_only_what_changes() {
         assert_eq!(ask_port(port), format!("web.{n} {pid}"));
         pids.push(pid);
     }
-    assert_eq!(pids[0], one.pid.unwrap(), "web.1 was restarted by a scale-up");
+    assert_eq!(
+        pids[0],
+        one.pid.unwrap(),
+        "web.1 was restarted by a scale-up"
+    );
     assert_eq!(daemon.instance("sc", "web.1").port, one.port);
 
     let report = daemon.scale("sc", &[("web", 0)]);
@@ -144,27 +176,49 @@ fn stopping_a_tree_with_a_term_ignoring_grandchild_leaves_nothing() {
     let mut s = spec(
         "tree",
         &root.scratch(),
-        vec![process("worker", format!("sh {} {}", fixture("tree.sh"), python()), Role::Worker, 1)],
+        vec![process(
+            "worker",
+            format!("sh {} {}", fixture("tree.sh"), python()),
+            Role::Worker,
+            1,
+        )],
     );
     s.settings.stop_grace_ms = 500;
     daemon.apply(&s);
-    let leader = daemon.wait_state("tree", "worker.1", InstanceState::Running).pid.unwrap();
+    let leader = daemon
+        .wait_state("tree", "worker.1", InstanceState::Running)
+        .pid
+        .unwrap();
     let log = root.log_file("tree", "worker.1");
     wait_for("the grandchild", Duration::from_secs(10), || {
-        fs::read_to_string(&log).ok()?.contains("grandchild up").then_some(())
+        fs::read_to_string(&log)
+            .ok()?
+            .contains("grandchild up")
+            .then_some(())
     });
     let members = group_members(leader);
-    assert!(members.len() >= 3, "expected sh + python + sleep, got {members:?}");
+    assert!(
+        members.len() >= 3,
+        "expected sh + python + sleep, got {members:?}"
+    );
 
     let resp = daemon.call(&Request::Stop { app: "tree".into() });
     assert!(matches!(resp, Ok(Response::Done { .. })), "{resp:?}");
     for pid in &members {
-        assert!(!exists(*pid), "pid {pid} of the group is still there (zombie or alive)");
+        assert!(
+            !exists(*pid),
+            "pid {pid} of the group is still there (zombie or alive)"
+        );
     }
     assert!(group_members(leader).is_empty());
     let status = daemon.status("tree");
     assert!(status.stopped);
-    assert!(status.instances.iter().all(|i| i.state == InstanceState::Stopped));
+    assert!(
+        status
+            .instances
+            .iter()
+            .all(|i| i.state == InstanceState::Stopped)
+    );
     // Start brings it back.
     let resp = daemon.call(&Request::Start { app: "tree".into() });
     assert!(matches!(resp, Ok(Response::Done { .. })), "{resp:?}");
@@ -176,7 +230,11 @@ fn stopping_a_tree_with_a_term_ignoring_grandchild_leaves_nothing() {
 fn apply_restarts_only_the_kinds_that_changed() {
     let root = TestRoot::new();
     let daemon = root.start();
-    let mut s = spec("diff", &root.scratch(), vec![web_process(1), sleeper("worker", 1), sleeper("other", 1)]);
+    let mut s = spec(
+        "diff",
+        &root.scratch(),
+        vec![web_process(1), sleeper("worker", 1), sleeper("other", 1)],
+    );
     daemon.apply(&s);
     let web = daemon.wait_state("diff", "web.1", InstanceState::Running);
     let worker = daemon.wait_state("diff", "worker.1", InstanceState::Running);
@@ -207,7 +265,11 @@ fn apply_restarts_only_the_kinds_that_changed() {
     s.env.insert("NEW".into(), "1".into());
     let report = daemon.apply(&s);
     assert_eq!(report.restarted, ["web.1", "worker.1"]);
-    assert_eq!(daemon.instance("diff", "web.1").port, web.port, "port kept across restarts");
+    assert_eq!(
+        daemon.instance("diff", "web.1").port,
+        web.port,
+        "port kept across restarts"
+    );
 }
 
 #[test]
@@ -215,7 +277,13 @@ fn env_is_cleared_and_port_is_per_web_instance() {
     let root = TestRoot::new();
     let scratch = root.scratch();
     let daemon = root.start();
-    let dump = |name: &str| format!("sh {} {}", fixture("envdump.sh"), scratch.join(name).display());
+    let dump = |name: &str| {
+        format!(
+            "sh {} {}",
+            fixture("envdump.sh"),
+            scratch.join(name).display()
+        )
+    };
     daemon.apply(&spec(
         "env",
         &scratch,
@@ -250,7 +318,11 @@ fn env_is_cleared_and_port_is_per_web_instance() {
     assert_eq!(ports.len(), 2);
     // The workdir is the cwd.
     assert_eq!(
-        fs::read_link(format!("/proc/{}/cwd", daemon.instance("env", "worker.1").pid.unwrap())).unwrap(),
+        fs::read_link(format!(
+            "/proc/{}/cwd",
+            daemon.instance("env", "worker.1").pid.unwrap()
+        ))
+        .unwrap(),
         scratch
     );
 }
@@ -280,7 +352,10 @@ fn cron_fires_for_real_and_is_not_stacked() {
     });
     let log = fs::read_to_string(root.log_file("cr", "cron1.1")).unwrap();
     assert!(log.contains("cron ran"), "{log}");
-    assert_eq!(daemon.instance("cr", "cron1.1").last_exit.as_deref(), Some("exit 0"));
+    assert_eq!(
+        daemon.instance("cr", "cron1.1").last_exit.as_deref(),
+        Some("exit 0")
+    );
 }
 
 #[test]
@@ -288,7 +363,11 @@ fn requests_for_unknown_apps_and_kinds_are_errors() {
     let root = TestRoot::new();
     let daemon = root.start();
     daemon.apply(&spec("known", &root.scratch(), vec![sleeper("worker", 1)]));
-    let err = daemon.call(&Request::Status { app: Some("nope".into()) }).unwrap_err();
+    let err = daemon
+        .call(&Request::Status {
+            app: Some("nope".into()),
+        })
+        .unwrap_err();
     assert!(err.contains("no app named nope"), "{err}");
     let err = daemon
         .call(&Request::Scale {
@@ -297,9 +376,21 @@ fn requests_for_unknown_apps_and_kinds_are_errors() {
         })
         .unwrap_err();
     assert!(err.contains("no process kind web"), "{err}");
-    let err = daemon.call(&Request::Stop { app: "../etc".into() }).unwrap_err();
+    let err = daemon
+        .call(&Request::Stop {
+            app: "../etc".into(),
+        })
+        .unwrap_err();
     assert!(err.contains("../etc") || err.contains(".."), "{err}");
-    let resp = daemon.call(&Request::Remove { app: "known".into() });
+    let resp = daemon.call(&Request::Remove {
+        app: "known".into(),
+    });
     assert!(matches!(resp, Ok(Response::Done { .. })), "{resp:?}");
-    assert!(daemon.call(&Request::Status { app: Some("known".into()) }).is_err());
+    assert!(
+        daemon
+            .call(&Request::Status {
+                app: Some("known".into())
+            })
+            .is_err()
+    );
 }

@@ -45,7 +45,10 @@ impl TestRoot {
     }
 
     pub fn log_file(&self, app: &str, process: &str) -> PathBuf {
-        self.root().join("logs").join(app).join(format!("{process}.log"))
+        self.root()
+            .join("logs")
+            .join(app)
+            .join(format!("{process}.log"))
     }
 
     pub fn start(&self) -> Daemon {
@@ -137,11 +140,15 @@ impl Daemon {
 
     /// Waits until `name` is in `state` with a pid, and returns its status.
     pub fn wait_state(&self, app: &str, name: &str, state: InstanceState) -> InstanceStatus {
-        wait_for(&format!("{name} to be {state}"), Duration::from_secs(10), || {
-            let i = self.instance(app, name);
-            let needs_pid = matches!(state, InstanceState::Running | InstanceState::Starting);
-            (i.state == state && (i.pid.is_some() || !needs_pid)).then_some(i)
-        })
+        wait_for(
+            &format!("{name} to be {state}"),
+            Duration::from_secs(10),
+            || {
+                let i = self.instance(app, name);
+                let needs_pid = matches!(state, InstanceState::Running | InstanceState::Starting);
+                (i.state == state && (i.pid.is_some() || !needs_pid)).then_some(i)
+            },
+        )
     }
 
     /// SIGTERM, then wait for the exit (graceful stop of every app).
@@ -185,7 +192,10 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         if Instant::now() > deadline {
             let _ = child.kill();
             let status = child.wait().expect("wait");
-            panic!("daemon did not exit within {limit:?} (killed: {:?})", status.signal());
+            panic!(
+                "daemon did not exit within {limit:?} (killed: {:?})",
+                status.signal()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -281,7 +291,10 @@ pub fn spec(app: &str, workdir: &Path, processes: Vec<ProcessSpec>) -> AppSpec {
         release: "v1".into(),
         workdir: workdir.to_path_buf(),
         env: BTreeMap::from([
-            ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),
+            (
+                "PATH".to_string(),
+                "/usr/local/bin:/usr/bin:/bin".to_string(),
+            ),
             ("APP_SETTING".to_string(), "from-spec".to_string()),
         ]),
         processes,
@@ -293,7 +306,12 @@ pub fn spec(app: &str, workdir: &Path, processes: Vec<ProcessSpec>) -> AppSpec {
 }
 
 pub fn web_process(count: u32) -> ProcessSpec {
-    process("web", format!("{} {}", python(), fixture("web.py")), Role::Web, count)
+    process(
+        "web",
+        format!("{} {}", python(), fixture("web.py")),
+        Role::Web,
+        count,
+    )
 }
 
 pub fn sleeper(kind: &str, count: u32) -> ProcessSpec {

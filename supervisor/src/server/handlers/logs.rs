@@ -11,7 +11,7 @@ use crate::supervisor::Supervisor;
 /// Sends the lines itself. Returns the final frame to send, or `None` when the connection
 /// is finished (a follow ended because the client hung up).
 pub async fn handle(sup: &Supervisor, req: LogsRequest, conn: &mut Conn) -> Option<Response> {
-    if let Err(refused) = super::check_app(&req.app) {
+    if let Some(refused) = super::refuse_bad_name(&req.app) {
         return Some(refused);
     }
     // Subscribe before reading the files so that no line falls between the two.

@@ -20,8 +20,8 @@ pub fn error(e: SupervisorError) -> Response {
 }
 
 /// Refuses a request naming an app that could not exist (it would become a path).
-pub fn check_app(app: &str) -> Result<(), Response> {
+pub fn refuse_bad_name(app: &str) -> Option<Response> {
     crate::validate::app_name(app)
-        .map(|_| ())
-        .map_err(|message| Response::Error { message })
+        .err()
+        .map(|message| Response::Error { message })
 }

@@ -8,7 +8,7 @@ use crate::supervisor::Supervisor;
 
 /// Answers `Applied`, like an apply: which instances started and stopped.
 pub async fn handle(sup: &Supervisor, app: &str, formation: &BTreeMap<String, u32>) -> Response {
-    if let Err(refused) = super::check_app(app) {
+    if let Some(refused) = super::refuse_bad_name(app) {
         return refused;
     }
     match sup.scale(app, formation).await {

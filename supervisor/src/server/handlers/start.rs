@@ -5,7 +5,7 @@ use piku_proto::Response;
 use crate::supervisor::Supervisor;
 
 pub async fn handle(sup: &Supervisor, app: &str) -> Response {
-    if let Err(refused) = super::check_app(app) {
+    if let Some(refused) = super::refuse_bad_name(app) {
         return refused;
     }
     match sup.start(app).await {

@@ -6,7 +6,7 @@ use crate::supervisor::Supervisor;
 
 pub fn handle(sup: &Supervisor, app: Option<&str>) -> Response {
     if let Some(app) = app
-        && let Err(refused) = super::check_app(app)
+        && let Some(refused) = super::refuse_bad_name(app)
     {
         return refused;
     }
