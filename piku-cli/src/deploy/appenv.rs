@@ -73,8 +73,13 @@ impl Bootstrap<'_> {
             path.push(home.join(".local/bin"));
         }
         let inherited = std::env::var_os("PATH").unwrap_or_else(|| OsString::from(SYSTEM_PATH));
+        // git puts its exec-path first in a hook's PATH; the app has no use for it.
+        let git_exec = std::env::var_os("GIT_EXEC_PATH").map(PathBuf::from);
         for dir in std::env::split_paths(&inherited).chain(std::env::split_paths(SYSTEM_PATH)) {
-            if !dir.as_os_str().is_empty() && !path.contains(&dir) {
+            if !dir.as_os_str().is_empty()
+                && !path.contains(&dir)
+                && Some(&dir) != git_exec.as_ref()
+            {
                 path.push(dir);
             }
         }

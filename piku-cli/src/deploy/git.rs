@@ -151,7 +151,9 @@ pub fn adopt_head(repo: &Path, branch: &str) {
     let Ok(head) = head else { return };
     let current = String::from_utf8_lossy(&head.stdout).trim().to_owned();
     if super::checkout::ref_value(repo, &current).is_none() {
-        let _ = Command::new("git")
+        let mut cmd = Command::new("git");
+        // Inside the hook git forbids ref updates while the quarantine variables are set.
+        let _ = super::checkout::clean_git_env(&mut cmd)
             .arg("--git-dir")
             .arg(repo)
             .args(["symbolic-ref", "HEAD", branch])

@@ -1,0 +1,523 @@
+//! The deploy pipeline end to end on one machine: real `git push` into our `piku
+//! git-receive-pack` (through a stand-in for ssh that sets `SSH_ORIGINAL_COMMAND` like sshd's
+//! forced command does), the pre-receive hook, the build, and a real `piku-supervisor`
+//! running the app in a temporary `PIKU_ROOT`; the app is then asked over HTTP on 127.0.0.1.
+//!
+//! Needs `cargo build -p piku-supervisor` first (the binary is looked up next to `piku`), plus
+//! `git` and `python3` with `venv`. No network: Python dependencies come from a local wheel
+//! directory (`PIP_NO_INDEX`/`PIP_FIND_LINKS`) holding a stand-in `gunicorn` built here.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A temporary PIKU_ROOT with a supervisor running on it.
+struct Server {
+    _dir: TempDir,
+    base: PathBuf,
+    root: PathBuf,
+    supervisor: Child,
+    ssh: PathBuf,
+    wheels: PathBuf,
+}
+
+fn piku_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_piku"))
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_path_buf();
+        let root = base.join("piku");
+        std::fs::create_dir_all(&root).unwrap();
+        let supervisor_exe = piku_exe().with_file_name("piku-supervisor");
+        assert!(
+            supervisor_exe.is_file(),
+            "{} is missing: run `cargo build -p piku-supervisor` with the same target dir first",
+            supervisor_exe.display()
+        );
+        let log = std::fs::File::create(base.join("supervisor.log")).unwrap();
+        let supervisor = Command::new(&supervisor_exe)
+            .arg("--root")
+            .arg(&root)
+            .env("PIKU_ROOT", &root)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // ssh stand-in: git calls it as `<ssh> [options] host "git-receive-pack 'app'"`.
+        let ssh = base.join("ssh");
+        std::fs::write(
+            &ssh,
+            format!(
+                "#!/bin/sh\nfor last; do :; done\nSSH_ORIGINAL_COMMAND=\"$last\" exec '{}'\n",
+                piku_exe().display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let wheels = base.join("wheels");
+        std::fs::create_dir_all(&wheels).unwrap();
+        let server = Server {
+            _dir: dir,
+            base,
+            root,
+            supervisor,
+            ssh,
+            wheels,
+        };
+        let socket = server.root.join("supervisor.sock");
+        wait_for(|| socket.exists().then_some(()), "the supervisor socket");
+        server
+    }
+
+    /// Environment every piku invocation gets (through git and the hook too).
+    fn env(&self, cmd: &mut Command) {
+        cmd.env("PIKU_ROOT", &self.root)
+            .env("GIT_SSH_COMMAND", &self.ssh)
+            .env("PIP_NO_INDEX", "1")
+            .env("PIP_FIND_LINKS", &self.wheels)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com");
+    }
+
+    /// `git push piku@host:<app> HEAD:main` from `work`; (success, everything git printed).
+    fn push(&self, work: &Path, app: &str) -> (bool, String) {
+        let mut cmd = Command::new("git");
+        cmd.current_dir(work)
+            .args(["push", &format!("piku@host:{app}"), "HEAD:main"]);
+        self.env(&mut cmd);
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// `piku <args>` as an ssh command would run it.
+    fn piku(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(piku_exe());
+        cmd.args(args).stdin(Stdio::null());
+        self.env(&mut cmd);
+        cmd.output().unwrap()
+    }
+
+    fn releases(&self, app: &str) -> Vec<serde_json::Value> {
+        let out = self.piku(&["releases", "--json", app]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Builds the stand-in `gunicorn` wheel: it serves `module:app` with wsgiref on the
+    /// `--bind` address and records its arguments in `$DATA_ROOT/gunicorn-args`.
+    fn build_fake_gunicorn(&self) {
+        let script = r#"
+import base64, hashlib, sys, zipfile
+out, name, ver = sys.argv[1], 'gunicorn', '99.0'
+server = '''
+import os, sys
+from wsgiref.simple_server import make_server, WSGIRequestHandler
+def main():
+    args = sys.argv[1:]
+    with open(os.path.join(os.environ['DATA_ROOT'], 'gunicorn-args'), 'w') as f:
+        f.write(' '.join(args))
+    host, port = args[args.index('--bind') + 1].rsplit(':', 1)
+    sys.path.insert(0, os.getcwd())
+    module, attr = args[-1].split(':')
+    app = getattr(__import__(module), attr)
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *a): pass
+    make_server(host, int(port), app, handler_class=Quiet).serve_forever()
+'''
+info = f'{name}-{ver}.dist-info'
+files = {
+    'fake_gunicorn.py': server,
+    f'{info}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: {ver}\n',
+    f'{info}/WHEEL': 'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+    f'{info}/entry_points.txt': '[console_scripts]\ngunicorn = fake_gunicorn:main\n',
+}
+record = []
+with zipfile.ZipFile(f'{out}/{name}-{ver}-py3-none-any.whl', 'w') as z:
+    for path, text in files.items():
+        data = text.encode()
+        z.writestr(path, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+        record.append(f'{path},sha256={digest},{len(data)}')
+    record.append(f'{info}/RECORD,,')
+    z.writestr(f'{info}/RECORD', '\n'.join(record) + '\n')
+"#;
+        let ok = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&self.wheels)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "building the stand-in gunicorn wheel failed");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: the supervisor stops every app process it started, then exits.
+        let pid = nix::unistd::Pid::from_raw(self.supervisor.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.supervisor.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.supervisor.kill();
+        let _ = self.supervisor.wait();
+        eprintln!(
+            "supervisor log:\n{}",
+            std::fs::read_to_string(self.base.join("supervisor.log")).unwrap_or_default()
+        );
+    }
+}
+
+fn wait_for<T>(mut probe: impl FnMut() -> Option<T>, what: &str) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The body of `GET /` on 127.0.0.1:`port`, if it answers 200.
+fn get(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_owned())
+}
+
+/// Waits until the app on `port` answers exactly `body`.
+fn wait_for_body(port: u16, body: &str) {
+    wait_for(
+        || (get(port).as_deref() == Some(body)).then_some(()),
+        &format!("port {port} to answer {body:?}"),
+    );
+}
+
+/// The port of the last `'app:web.1' listening on 127.0.0.1:N` line.
+fn web_port(output: &str) -> u16 {
+    output
+        .lines()
+        .filter_map(|l| l.split("listening on 127.0.0.1:").nth(1))
+        .filter_map(|p| p.trim().parse().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no web port in:\n{output}"))
+}
+
+/// A git work tree for a fixture app.
+struct App {
+    dir: PathBuf,
+}
+
+impl App {
+    fn new(server: &Server, name: &str) -> App {
+        let dir = server.base.join("work").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let app = App { dir };
+        app.git(server, &["init", "--quiet", "-b", "main"]);
+        app
+    }
+
+    fn write(&self, path: &str, text: &str) -> &App {
+        std::fs::write(self.dir.join(path), text).unwrap();
+        self
+    }
+
+    fn commit(&self, server: &Server, message: &str) {
+        self.git(server, &["add", "-A"]);
+        self.git(server, &["commit", "--quiet", "-m", message]);
+    }
+
+    fn git(&self, server: &Server, args: &[&str]) {
+        let mut cmd = Command::new("git");
+        cmd.current_dir(&self.dir).args(args);
+        server.env(&mut cmd);
+        assert!(cmd.status().unwrap().success(), "git {args:?}");
+    }
+}
+
+/// A plain `web:` app (no runtime to build) that answers `<VERSION> <GREETING>`.
+const WEB_APP: &str = r#"import http.server, os
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        version = open('VERSION').read().strip()
+        body = f"{version} {os.environ.get('GREETING', '-')}".encode()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer((os.environ['BIND_ADDRESS'], int(os.environ['PORT'])), Handler).serve_forever()
+"#;
+
+fn web_app(server: &Server, name: &str, version: &str) -> App {
+    let app = App::new(server, name);
+    app.write("server.py", WEB_APP)
+        .write("Procfile", "web: python3 -u server.py\n")
+        .write("ENV", "GREETING=from-repo\n")
+        .write("VERSION", version);
+    app.commit(server, &format!("version {version}"));
+    app
+}
+
+#[test]
+fn deploy_redeploy_releases_rollback_and_config_reapply() {
+    let server = Server::start();
+    let app = web_app(&server, "hello", "v1");
+    let (ok, out) = server.push(&app.dir, "hello");
+    assert!(ok, "{out}");
+    assert!(out.contains("-----> Deploying app 'hello'"), "{out}");
+    assert!(out.contains("-----> Generic app detected."), "{out}");
+    assert!(out.contains("spawning 'hello:web.1'"), "{out}");
+    let port = web_port(&out);
+    wait_for_body(port, "v1 from-repo");
+    let link = std::fs::read_link(server.root.join("apps/hello")).unwrap();
+    assert_eq!(link, server.root.join("releases/hello/v1/src"));
+    let build_log =
+        std::fs::read_to_string(server.root.join("releases/hello/v1/build.log")).unwrap();
+    assert!(
+        build_log.starts_with("-----> Deploying app 'hello'\n"),
+        "{build_log}"
+    );
+    assert!(
+        build_log.contains("Release v1 of 'hello' is live"),
+        "{build_log}"
+    );
+
+    app.write("VERSION", "v2");
+    app.commit(&server, "version v2");
+    let (ok, out) = server.push(&app.dir, "hello");
+    assert!(ok, "{out}");
+    let port = web_port(&out);
+    wait_for_body(port, "v2 from-repo");
+
+    let releases = server.releases("hello");
+    let summary: Vec<(String, String)> = releases
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().into(),
+                r["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("v2".into(), "live".into()), ("v1".into(), "ok".into())]
+    );
+    assert_eq!(releases[0]["message"], "version v2");
+
+    let out = server.piku(&["rollback", "hello"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("Rolling back 'hello' to v1"), "{text}");
+    wait_for_body(web_port(&text), "v1 from-repo");
+    assert_eq!(server.releases("hello")[1]["status"], "live");
+
+    // config:set re-applies the live release (v1) with the override; nothing is rebuilt.
+    let out = server.piku(&["config:set", "hello", "GREETING=from-config"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !text.contains("detected"),
+        "config:set must not rebuild: {text}"
+    );
+    let live_env = std::fs::read_to_string(server.root.join("envs/hello/LIVE_ENV")).unwrap();
+    assert!(live_env.contains("GREETING=from-config\n"), "{live_env}");
+    wait_for_body(port_of(&server, "hello"), "v1 from-config");
+
+    let out = server.piku(&["rollback", "hello", "v2"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for_body(port_of(&server, "hello"), "v2 from-config");
+    let out = server.piku(&["rollback", "hello", "v2"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already live"),
+        "{out:?}"
+    );
+}
+
+/// The port of `web.1` as the supervisor reports it.
+fn port_of(server: &Server, app: &str) -> u16 {
+    let out = server.piku(&["ps", "--json", app]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    find_port(&value).unwrap_or_else(|| panic!("no port in ps --json: {text}"))
+}
+
+fn find_port(value: &serde_json::Value) -> Option<u16> {
+    match value {
+        serde_json::Value::Object(map) => map
+            .get("port")
+            .and_then(|p| p.as_u64())
+            .map(|p| p as u16)
+            .or_else(|| map.values().find_map(find_port)),
+        serde_json::Value::Array(items) => items.iter().find_map(find_port),
+        _ => None,
+    }
+}
+
+#[test]
+fn failed_preflight_or_release_refuses_the_push_and_the_live_release_keeps_serving() {
+    let server = Server::start();
+    let app = web_app(&server, "steady", "good");
+    let (ok, out) = server.push(&app.dir, "steady");
+    assert!(ok, "{out}");
+    let port = web_port(&out);
+    wait_for_body(port, "good from-repo");
+
+    app.write("VERSION", "broken-preflight")
+        .write("Procfile", "preflight: exit 1\nweb: python3 -u server.py\n");
+    app.commit(&server, "preflight fails");
+    let (ok, out) = server.push(&app.dir, "steady");
+    assert!(!ok, "the push must fail:\n{out}");
+    assert!(
+        out.contains("preflight command failed (exit status 1)"),
+        "{out}"
+    );
+    assert!(out.contains("pre-receive hook declined"), "{out}");
+
+    app.write("VERSION", "broken-release").write(
+        "Procfile",
+        "release: echo migrating; exit 7\nweb: python3 -u server.py\n",
+    );
+    app.commit(&server, "release fails");
+    let (ok, out) = server.push(&app.dir, "steady");
+    assert!(!ok, "the push must fail:\n{out}");
+    assert!(out.contains("migrating"), "{out}");
+    assert!(
+        out.contains("release command failed (exit status 7)"),
+        "{out}"
+    );
+
+    assert_eq!(get(port).as_deref(), Some("good from-repo"));
+    let releases = server.releases("steady");
+    let statuses: Vec<&str> = releases
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["failed", "failed", "live"]);
+    assert!(
+        releases[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("release command failed")
+    );
+    let log = std::fs::read_to_string(server.root.join("releases/steady/v3/build.log")).unwrap();
+    assert!(log.contains("migrating"), "{log}");
+    assert!(!server.root.join("releases/steady/v3/src").exists());
+    assert_eq!(
+        std::fs::read_link(server.root.join("apps/steady")).unwrap(),
+        server.root.join("releases/steady/v1/src")
+    );
+    // The refused pushes did not move the branch: it still names the live commit.
+    let repo_head = Command::new("git")
+        .arg("--git-dir")
+        .arg(server.root.join("repos/steady"))
+        .args(["log", "-1", "--format=%s", "main"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&repo_head.stdout).trim(),
+        "version good"
+    );
+
+    // A broken Procfile is one line naming the line.
+    app.write(
+        "Procfile",
+        "web: python3 -u server.py\nthis line has no colon\n",
+    );
+    app.commit(&server, "bad procfile");
+    let (ok, out) = server.push(&app.dir, "steady");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("Procfile line 2: expected 'kind: command'"),
+        "{out}"
+    );
+}
+
+#[test]
+fn python_wsgi_app_runs_under_gunicorn_from_its_venv_which_redeploys_reuse() {
+    let server = Server::start();
+    server.build_fake_gunicorn();
+    let app = App::new(&server, "pyapp");
+    app.write("requirements.txt", "# no dependencies\n")
+        .write(
+            "wsgi_app.py",
+            "def app(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [open('VERSION').read().strip().encode()]\n",
+        )
+        .write("Procfile", "wsgi: wsgi_app:app\n")
+        .write("ENV", "UWSGI_PROCESSES=3\n")
+        .write("VERSION", "w1");
+    app.commit(&server, "wsgi app");
+    let (ok, out) = server.push(&app.dir, "pyapp");
+    assert!(ok, "{out}");
+    assert!(out.contains("-----> Python app detected."), "{out}");
+    assert!(out.contains("-----> Running pip for 'pyapp'"), "{out}");
+    assert!(out.contains("Installing gunicorn"), "{out}");
+    let port = web_port(&out);
+    wait_for_body(port, "w1");
+    let args = std::fs::read_to_string(server.root.join("data/pyapp/gunicorn-args")).unwrap();
+    assert!(args.contains("--workers 3 --threads 4"), "{args}");
+    assert!(args.contains("--max-requests 1024"), "{args}");
+
+    // Code-only change: the venv is reused, nothing is installed.
+    app.write("VERSION", "w2");
+    app.commit(&server, "w2");
+    let (ok, out) = server.push(&app.dir, "pyapp");
+    assert!(ok, "{out}");
+    assert!(out.contains("Reusing the virtualenv"), "{out}");
+    assert!(!out.contains("Running pip"), "{out}");
+    wait_for_body(web_port(&out), "w2");
+
+    // A dependency that cannot be installed fails the push; w2 keeps serving.
+    app.write("requirements.txt", "no-such-package-for-piku-tests==1.0\n")
+        .write("VERSION", "w3");
+    app.commit(&server, "bad dependency");
+    let (ok, out) = server.push(&app.dir, "pyapp");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("pip install -r requirements.txt failed"),
+        "{out}"
+    );
+    assert_eq!(get(port_of(&server, "pyapp")).as_deref(), Some("w2"));
+
+    // Back to the first requirements: the old venv is still there and is reused.
+    app.write("requirements.txt", "# no dependencies\n");
+    app.commit(&server, "fixed");
+    let (ok, out) = server.push(&app.dir, "pyapp");
+    assert!(ok, "{out}");
+    assert!(out.contains("Reusing the virtualenv"), "{out}");
+    wait_for_body(web_port(&out), "w3");
+}
