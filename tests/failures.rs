@@ -124,15 +124,22 @@ fn malicious_app_names_are_refused() {
         let quoted = format!("'{name}'");
         let push = piku.git_push(repo.path(), name);
         assert!(!push.success(), "a push to {name:?} was accepted: {push}");
-        for command in [
+        let mut commands = vec![
             format!("git-receive-pack {quoted}"),
-            format!("git-upload-pack {quoted}"),
-            format!("config:set {quoted} A=1"),
             format!("destroy {quoted}"),
-            format!("deploy {quoted}"),
-            format!("run {quoted} -- true"),
-            format!("logs {quoted}"),
-        ] {
+        ];
+        // Every other command that takes an app, for the two classic escapes.
+        if name == "../x" || name == "-rf" {
+            commands.extend([
+                format!("git-upload-pack {quoted}"),
+                format!("config:set {quoted} A=1"),
+                format!("deploy {quoted}"),
+                format!("rollback {quoted}"),
+                format!("run {quoted} -- true"),
+                format!("logs {quoted}"),
+            ]);
+        }
+        for command in commands {
             let run = piku.ssh_timeout(&command, std::time::Duration::from_secs(30));
             assert!(
                 !run.success() && !run.timed_out,

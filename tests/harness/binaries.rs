@@ -2,9 +2,11 @@
 //! under test.
 //!
 //! The test executable lives in `<target>/<profile>/deps/`, so the binaries of the same build
-//! are two directories up. Before the first use we run `cargo build -p piku-cli -p
-//! piku-supervisor` into that same target dir, so `cargo test -p piku-e2e` alone never tests
-//! stale binaries. `PIKU_E2E_BIN_DIR` points at prebuilt binaries instead (no build).
+//! are two directories up. Before the first use we run `cargo build --workspace --bins` into
+//! that same target dir, so `cargo test -p piku-e2e` alone never tests stale binaries. It is
+//! the very command `scripts/test-all` runs before `cargo test`, so there it is a no-op (a
+//! narrower `-p` build would unify features differently and rebuild the shared deps).
+//! `PIKU_E2E_BIN_DIR` points at prebuilt binaries instead (no build).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,7 +60,7 @@ fn locate() -> Result<Binaries, String> {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo_root())
         .env("CARGO_TARGET_DIR", target_dir)
-        .args(["build", "-p", "piku-cli", "-p", "piku-supervisor"]);
+        .args(["build", "--workspace", "--bins"]);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
