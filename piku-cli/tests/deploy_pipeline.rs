@@ -521,3 +521,52 @@ fn python_wsgi_app_runs_under_gunicorn_from_its_venv_which_redeploys_reuse() {
     assert!(out.contains("Reusing the virtualenv"), "{out}");
     wait_for_body(web_port(&out), "w3");
 }
+
+#[test]
+fn concurrent_pushes_of_one_app_deploy_one_winner_and_other_apps_deploy_in_parallel() {
+    let server = Server::start();
+    let first = web_app(&server, "race", "base");
+    let (ok, out) = server.push(&first.dir, "race");
+    assert!(ok, "{out}");
+    let second_dir = server.base.join("work/race-clone");
+    let status = Command::new("git")
+        .arg("clone")
+        .arg("--quiet")
+        .arg(&first.dir)
+        .arg(&second_dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let second = App { dir: second_dir };
+    first.write("VERSION", "first");
+    first.commit(&server, "first");
+    second.write("VERSION", "second");
+    second.commit(&server, "second");
+    let other = web_app(&server, "bystander", "other");
+
+    let (a, b, c) = std::thread::scope(|s| {
+        let a = s.spawn(|| server.push(&first.dir, "race"));
+        let b = s.spawn(|| server.push(&second.dir, "race"));
+        let c = s.spawn(|| server.push(&other.dir, "bystander"));
+        (a.join().unwrap(), b.join().unwrap(), c.join().unwrap())
+    });
+    assert!(c.0, "{}", c.1);
+    assert!(
+        a.0 != b.0,
+        "exactly one push must win:\n{}\n---\n{}",
+        a.1,
+        b.1
+    );
+    let (winner, loser) = if a.0 {
+        ("first", &b.1)
+    } else {
+        ("second", &a.1)
+    };
+    assert!(
+        loser.contains("changed by another push") || loser.contains("fetch first"),
+        "{loser}"
+    );
+    eprintln!("losing push:\n{loser}");
+    wait_for_body(port_of(&server, "race"), &format!("{winner} from-repo"));
+    wait_for_body(port_of(&server, "bystander"), "other from-repo");
+}

@@ -15,6 +15,7 @@ mod checkout;
 mod git;
 mod lock;
 mod pipeline;
+mod pushed;
 mod runtime;
 mod store;
 mod wsgi;

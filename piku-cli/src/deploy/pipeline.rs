@@ -21,6 +21,7 @@ use super::build::{self, BuildCtx};
 use super::buildlog::BuildLog;
 use super::checkout::{self, short};
 use super::lock;
+use super::pushed;
 use super::runtime::{detect, missing_toolchain};
 use super::store::{ReleaseRecord, Status, Store, deps_root};
 use super::wsgi::Server;
@@ -42,7 +43,8 @@ pub fn deploy(root: &PikuRoot, app: &AppName, target: &Target) -> anyhow::Result
     let _lock = lock::acquire(store.dir(), app, &mut log)?;
     let repo = root.repo_dir(app);
     if let Some((reference, old)) = &target.expect
-        && checkout::ref_value(&repo, reference) != *old
+        && (checkout::ref_value(&repo, reference) != *old
+            || pushed::moved_by_recent_push(&store, reference, old.as_deref()))
     {
         bail!(
             "'{reference}' was changed by another push while this one waited; \
@@ -78,7 +80,12 @@ pub fn deploy(root: &PikuRoot, app: &AppName, target: &Target) -> anyhow::Result
 
     let mut keep = 5;
     match build_and_activate(root, app, &store, &mut record, &mut keep, &mut log) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if let Some((reference, _)) = &target.expect {
+                pushed::record(&store, reference, &commit);
+            }
+            Ok(())
+        }
         Err(err) => {
             log.note(&format!("Error: {err:#}"));
             log.step(format!(
