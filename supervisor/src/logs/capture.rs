@@ -11,8 +11,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// logs while bounding memory per pipe).
 pub(super) const MAX_LINE: usize = 64 * 1024;
 
-/// Bytes read from a pipe per read() call.
-const READ_CHUNK: usize = 64 * 1024;
+/// The read buffer of a pipe grows from `SMALL_READ` (a quiet process: most are) to
+/// `BIG_READ` while reads fill it, and shrinks back when they stop doing so, so dozens of
+/// idle instances don't each hold 128 KiB of buffers.
+const SMALL_READ: usize = 4 * 1024;
+const BIG_READ: usize = 64 * 1024;
 
 /// Complete lines, each ending in '\n', in one buffer: one allocation per pipe read instead
 /// of one per line.
@@ -58,7 +61,7 @@ impl LineSplitter {
                 Some(pos) => {
                     self.push_capped(&data[..pos], out);
                     out.push_line(&self.partial);
-                    self.partial.clear();
+                    self.clear_partial();
                     data = &data[pos + 1..];
                 }
                 None => {
@@ -73,7 +76,15 @@ impl LineSplitter {
     pub(super) fn finish(&mut self, out: &mut Lines) {
         if !self.partial.is_empty() {
             out.push_line(&self.partial);
-            self.partial.clear();
+            self.clear_partial();
+        }
+    }
+
+    /// Forgets the partial line, and the memory a very long one needed.
+    fn clear_partial(&mut self) {
+        self.partial.clear();
+        if self.partial.capacity() > SMALL_READ {
+            self.partial = Vec::new();
         }
     }
 
@@ -127,9 +138,9 @@ where
     F: FnMut(String, usize),
 {
     let mut splitter = LineSplitter::default();
-    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut buf = vec![0u8; SMALL_READ];
     loop {
-        let n = match pipe.read(&mut chunk).await {
+        let n = match pipe.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => n,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -138,10 +149,18 @@ where
                 break;
             }
         };
-        let mut lines = Lines::default();
-        splitter.feed(&chunk[..n], &mut lines);
+        let mut lines = Lines {
+            text: Vec::with_capacity(n + n / 8),
+            count: 0,
+        };
+        splitter.feed(&buf[..n], &mut lines);
         if lines.count > 0 {
             deliver(decode(lines.text), lines.count);
+        }
+        if n == buf.len() && buf.len() < BIG_READ {
+            buf.resize(BIG_READ, 0);
+        } else if n < SMALL_READ && buf.len() > SMALL_READ {
+            buf = vec![0u8; SMALL_READ];
         }
     }
     let mut lines = Lines::default();

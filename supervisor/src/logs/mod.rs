@@ -1,23 +1,26 @@
 //! The logs of app processes: capture, files, journald, tail and live follow.
 //!
 //! Every instance ("web.1", "cron1.1") of an app writes into `<logs_root>/<app>/<process>.log`,
-//! piku's file names, so `piku logs` and anything that tails those files keep working. The flow
-//! of one line:
+//! piku's file names, so `piku logs` and anything that tails those files keep working. The path
+//! of a line:
 //!
 //! ```text
-//! child pipe ─▶ reader task (capture.rs) ─▶ bounded queue (sink.rs) ─▶ writer ─▶ <process>.log (rotate.rs)
-//!                 splits lines, never         drop + count when full      │    ─▶ journald (journal.rs)
-//!                 waits on the disk                                        └──▶ followers (broadcast)
+//! child pipe ─▶ reader task ─▶ bounded queue ─▶ writer ─┬─▶ <process>.log (rotate.rs)
+//!               (capture.rs)   (sink.rs)   │             └─▶ journald       (journal.rs)
+//!                                          └─▶ followers (broadcast)
 //! ```
 //!
-//! - Rotation at `max_bytes` (piku: 1 MiB, one `<process>.log.old` backup); see [`rotate`].
+//! The reader never waits on the disk: when the queue's budget is spent it drops and counts,
+//! and the file says so. The writer runs on tokio's blocking pool, never on the async workers.
+//!
+//! - Rotation at `max_bytes` (piku: 1 MiB, one `<process>.log.old` backup); see `rotate`.
 //! - journald: when a journal socket exists every line is also sent there, with the app name as
 //!   `SYSLOG_IDENTIFIER`, so `journalctl -t <app>` shows an app's output (add
-//!   `PIKU_PROCESS=web.1` to the command line to pick one process); see [`journal`].
-//! - [`LogHub::tail`] prints the last lines of each file the way piku's `logs` does; see [`tail`].
-//!
-//! Submodules: `capture` (pipe → lines), `sink` (queue + writer), `rotate` (size-capped file),
-//! `journal` (journald native protocol), `tail` (last lines of files).
+//!   `PIKU_PROCESS=web.1` to pick one process); see `journal`.
+//! - [`LogHub::tail`] returns the last lines of each file the way piku's `logs` prints them;
+//!   see `tail`.
+//! - Lines are written as the program wrote them, without timestamps (like piku's uWSGI
+//!   `logto`); the supervisor's own lines start with `[piku] `.
 
 mod capture;
 mod journal;

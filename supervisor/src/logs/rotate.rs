@@ -62,10 +62,12 @@ impl RotatingFile {
             .try_for_each(|chunk| self.append(chunk, rotation))
             .and_then(|()| self.write_pending());
         self.pending.clear();
-        if self.pending.capacity() > MAX_KEPT_BUFFER {
-            self.pending = Vec::new();
-        }
         result
+    }
+
+    /// Frees the write buffer (the sink went idle: the next burst can allocate it again).
+    pub(super) fn release_buffer(&mut self) {
+        self.pending = Vec::new();
     }
 
     /// Appends whole lines to the pending buffer, rotating before the first line that would
@@ -188,8 +190,6 @@ impl RotatingFile {
 /// Chunk size of writes within one batch: large enough to amortise the syscall, small enough
 /// to keep the buffer modest.
 const WRITE_CHUNK: usize = 256 * 1024;
-/// After a huge batch, don't keep a huge buffer around for an idle sink.
-const MAX_KEPT_BUFFER: usize = 1024 * 1024;
 
 fn shift_backups(path: &Path, backups: u32) -> io::Result<()> {
     match backups {

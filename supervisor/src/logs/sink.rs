@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::{Notify, broadcast};
@@ -97,6 +98,16 @@ struct Shared {
     file: Mutex<RotatingFile>,
     /// Woken after every batch written, for `flush`.
     written_notify: Notify,
+    drop_warning: Mutex<DropWarning>,
+}
+
+const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct DropWarning {
+    last: Option<Instant>,
+    /// Dropped lines not yet in a warning.
+    unreported: u64,
 }
 
 struct Queue {
@@ -113,7 +124,7 @@ struct Queue {
     written: u64,
     /// Lines, not chunks.
     dropped_total: u64,
-    /// Lines dropped since the last "[piku] N lines dropped" note.
+    /// Lines dropped since the last `[piku] N lines dropped` note.
     dropped_unreported: u64,
 }
 
@@ -139,6 +150,7 @@ impl LogSink {
                 }),
                 file: Mutex::new(RotatingFile::new(setup.path)),
                 written_notify: Notify::new(),
+                drop_warning: Mutex::default(),
             }),
         }
     }
@@ -236,6 +248,7 @@ impl LogSink {
     fn push(&self, chunk: Chunk) {
         let shared = &self.shared;
         let follow = shared.live.receiver_count() > 0;
+        let mut noted_gap = 0;
         let start = {
             let mut queue = lock(&shared.queue);
             let fits = chunk.stream == Stream::Note
@@ -248,6 +261,7 @@ impl LogSink {
                 let dropped = std::mem::take(&mut queue.dropped_unreported);
                 if dropped > 0 {
                     shared.enqueue(&mut queue, dropped_note(dropped), follow);
+                    noted_gap = dropped;
                 }
                 shared.enqueue(&mut queue, chunk, follow);
             } else {
@@ -256,6 +270,9 @@ impl LogSink {
             }
             fits && !std::mem::replace(&mut queue.writer_running, true)
         };
+        if noted_gap > 0 {
+            shared.warn_dropped(noted_gap);
+        }
         if start {
             self.start_writer();
         }
@@ -286,6 +303,21 @@ impl Shared {
         queue.chunks.push_back(chunk);
     }
 
+    /// The daemon's own log says it too, at most every `DROP_WARNING_EVERY` per sink (a
+    /// child that outruns the disk for minutes would otherwise flood it).
+    fn warn_dropped(&self, dropped: u64) {
+        let mut warning = lock(&self.drop_warning);
+        warning.unreported += dropped;
+        if warning
+            .last
+            .is_none_or(|last| last.elapsed() >= DROP_WARNING_EVERY)
+        {
+            tracing::warn!(app = %self.app, process = %self.process, dropped = warning.unreported, "log lines dropped: the writer could not keep up");
+            warning.unreported = 0;
+            warning.last = Some(Instant::now());
+        }
+    }
+
     fn broadcast(&self, chunk: &Chunk) {
         for line in chunk.lines() {
             // Err only means every follower is gone.
@@ -309,6 +341,7 @@ impl Shared {
                     // A burst may have grown the queue to thousands of slots; an idle sink
                     // should not keep them.
                     queue.chunks.shrink_to(16);
+                    file.release_buffer();
                     if queue.close_when_idle {
                         file.close();
                     }
@@ -325,6 +358,7 @@ impl Shared {
             // Lines dropped after the last accepted chunk (a gap followed by an accepted chunk
             // is noted in `push`): the gap is right after this batch.
             if dropped > 0 {
+                self.warn_dropped(dropped);
                 let note = dropped_note(dropped);
                 if self.live.receiver_count() > 0 {
                     self.broadcast(&note);

@@ -2,7 +2,7 @@
 //!
 //! piku globs `logs/<app>/<process>.*.log` and prints the last 20 lines of each file, file by
 //! file. Here: every `<process>.log` in the app's directory whose process matches the filter
-//! (none = all; a kind like "web" = every "web.<n>"; a full name like "web.2" = that file only;
+//! (none = all; a kind like "web" = every `web.<n>`; a full name like "web.2" = that file only;
 //! never a prefix of another kind such as "webhook"), in name order with instance numbers
 //! compared as numbers (web.2 before web.10). When `.log` holds fewer lines than asked (it was
 //! just rotated), the rest comes from the end of its newest backup (`.log.old` or `.log.1`).
