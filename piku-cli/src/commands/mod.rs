@@ -206,7 +206,8 @@ pub fn dispatch(words: Vec<String>) -> anyhow::Result<i32> {
         help::print();
         return Ok(0);
     };
-    if matches!(name.as_str(), "--help" | "-h") {
+    // Help needs no PIKU_ROOT: it must work on a half-configured account.
+    if matches!(name.as_str(), "--help" | "-h" | "help") {
         help::print();
         return Ok(0);
     }
