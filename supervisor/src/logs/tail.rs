@@ -206,6 +206,8 @@ mod tests {
         fs::write(d.join("worker.1.log"), "k\n").unwrap();
         fs::write(d.join("worker.1.log.old"), "o1\no2\no3\n").unwrap();
         fs::write(d.join("notes.txt"), "not a log\n").unwrap();
+        fs::write(d.join("cron1.1.log"), "").unwrap();
+        fs::write(d.join("cron1.1.log.1"), "c1\nc2\n").unwrap();
 
         let pairs = |lines: Vec<LogLine>| -> Vec<(String, String)> {
             lines.into_iter().map(|l| (l.process, l.line)).collect()
@@ -215,6 +217,8 @@ mod tests {
         assert_eq!(
             pairs(tail_dir(d, None, 2).unwrap()),
             vec![
+                p("cron1.1", "c1"),
+                p("cron1.1", "c2"),
                 p("web.2", "w2b"),
                 p("web.2", "w2c"),
                 p("web.10", "w10"),

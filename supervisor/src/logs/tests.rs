@@ -260,21 +260,44 @@ async fn followers_get_live_lines_and_notes() {
     let mut other_app = hub.subscribe("other");
     let sink = hub.sink("app", "web.2", Rotation::PIKU);
     sink.note("starting");
-    capture_to_end(&sink, spawn_sh("echo live")).await;
+    let mut child = spawn_sh("echo live; echo also live >&2");
+    sink.attach(child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let mut got = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let line = tokio::time::timeout(DEADLINE, follower.recv())
             .await
             .unwrap()
             .unwrap();
         got.push(line);
     }
+    tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     let line = |s: &str| LogLine {
         process: "web.2".to_owned(),
         line: s.to_owned(),
     };
-    assert_eq!(got, vec![line("[piku] starting"), line("live")]);
+    assert_eq!(got[0], line("[piku] starting"));
+    got[1..].sort_by(|a, b| a.line.cmp(&b.line));
+    assert_eq!(got[1..], [line("also live"), line("live")]);
     assert!(other_app.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_does_not_read_never_blocks_the_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("journal.sock");
+    // Bound but never read: its buffer fills and sends fail with EAGAIN.
+    let _journald = UnixDatagram::bind(&socket_path).unwrap();
+    let hub = LogHub::with_config(dir.path().join("logs"), generous(Some(socket_path)));
+    let sink = hub.sink("shop", "web.1", Rotation::PIKU);
+    capture_to_end(&sink, spawn_sh("seq 1 20000")).await;
+    assert_eq!(
+        read_lines(&dir.path().join("logs/shop/web.1.log")).len(),
+        20_000
+    );
+    assert_eq!(sink.dropped(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
