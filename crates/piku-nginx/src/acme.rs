@@ -60,7 +60,11 @@ impl AcmeConfig {
     }
 
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> AcmeConfig {
-        let var = |k: &str| var(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let var = |k: &str| {
+            var(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         AcmeConfig {
             directory_url: var("PIKU_ACME_DIRECTORY")
                 .unwrap_or_else(|| LETS_ENCRYPT_DIRECTORY.into()),
@@ -91,7 +95,10 @@ struct StoredAccount {
 /// The names HTTP-01 can prove, and those it cannot.
 pub fn acme_names(server_names: &[String]) -> (Vec<String>, Vec<String>) {
     server_names.iter().cloned().partition(|n| {
-        !(n == "_" || n.starts_with("*.") || n.starts_with('.') || n.parse::<std::net::IpAddr>().is_ok())
+        !(n == "_"
+            || n.starts_with("*.")
+            || n.starts_with('.')
+            || n.parse::<std::net::IpAddr>().is_ok())
     })
 }
 
@@ -109,7 +116,11 @@ pub async fn issue_certificate(
             settings.server_names
         )));
     }
-    let webroot = settings.root.acme().join(".well-known").join("acme-challenge");
+    let webroot = settings
+        .root
+        .acme()
+        .join(".well-known")
+        .join("acme-challenge");
     std::fs::create_dir_all(&webroot).map_err(NginxError::io(&webroot))?;
     let account = account(&settings.root.acme(), config).await?;
     let mut files = ChallengeFiles(Vec::new());
@@ -141,7 +152,9 @@ pub async fn issue_certificate(
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(NginxError::Acme(format!("unsafe challenge token {token:?}")));
+            return Err(NginxError::Acme(format!(
+                "unsafe challenge token {token:?}"
+            )));
         }
         let key_auth = challenge.key_authorization().as_str().to_owned();
         let path = webroot.join(&token);
@@ -177,7 +190,12 @@ pub async fn issue_certificate(
         .poll_certificate(&retry)
         .await
         .map_err(acme_error("certificate"))?;
-    write_key_and_chain(&settings.key_path(), &settings.crt_path(), &key_pem, &chain_pem)?;
+    write_key_and_chain(
+        &settings.key_path(),
+        &settings.crt_path(),
+        &key_pem,
+        &chain_pem,
+    )?;
     let info = certificate_info(&settings.crt_path())?;
     Ok(Issued {
         names,
@@ -264,7 +282,8 @@ fn write_private(path: &Path, text: &str) -> Result<(), NginxError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(NginxError::io(&tmp))?;
-    file.write_all(text.as_bytes()).map_err(NginxError::io(&tmp))?;
+    file.write_all(text.as_bytes())
+        .map_err(NginxError::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(NginxError::io(path))
 }
 
@@ -331,9 +350,16 @@ mod tests {
 
     #[test]
     fn only_plain_names_go_to_http01() {
-        let names: Vec<String> = ["a.example", "*.b.example", "_", ".c.example", "10.0.0.1", "d"]
-            .map(String::from)
-            .to_vec();
+        let names: Vec<String> = [
+            "a.example",
+            "*.b.example",
+            "_",
+            ".c.example",
+            "10.0.0.1",
+            "d",
+        ]
+        .map(String::from)
+        .to_vec();
         let (ok, skipped) = acme_names(&names);
         assert_eq!(ok, ["a.example", "d"]);
         assert_eq!(skipped, ["*.b.example", "_", ".c.example", "10.0.0.1"]);

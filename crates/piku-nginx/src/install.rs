@@ -145,7 +145,12 @@ impl NginxCommand {
         );
         std::fs::write(&main, text).map_err(NginxError::io(&main))?;
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("-t").arg("-q").arg("-p").arg(&dir.path).arg("-c").arg(&main);
+        cmd.arg("-t")
+            .arg("-q")
+            .arg("-p")
+            .arg(&dir.path)
+            .arg("-c")
+            .arg(&main);
         if features.has_error_log_flag() {
             cmd.arg("-e").arg(dir.path.join("error.log"));
         }
@@ -272,7 +277,9 @@ pub fn nginx_problem(stderr: &str) -> String {
             return line
                 .trim()
                 .trim_start_matches("nginx: ")
-                .trim_start_matches(|c: char| c.is_ascii_digit() || c == '/' || c == ':' || c == ' ')
+                .trim_start_matches(|c: char| {
+                    c.is_ascii_digit() || c == '/' || c == ':' || c == ' '
+                })
                 .to_owned();
         }
     }
@@ -297,10 +304,8 @@ impl CheckDir {
     fn create() -> Result<CheckDir, NginxError> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "piku-nginx-check-{}-{n}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("piku-nginx-check-{}-{n}", std::process::id()));
         // A leftover from a crashed run with a recycled pid is ours to replace.
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir(&path).map_err(NginxError::io(&path))?;

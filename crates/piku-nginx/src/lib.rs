@@ -28,7 +28,9 @@ pub use acme::{
     issue_certificate_blocking,
 };
 pub use error::NginxError;
-pub use install::{InstallOutcome, NginxCommand, Reload, ReloadMode, install, nginx_problem, remove};
+pub use install::{
+    InstallOutcome, NginxCommand, Reload, ReloadMode, install, nginx_problem, remove,
+};
 pub use render::{conf_id, render};
 pub use settings::{
     CacheSettings, Listen, NginxSettings, StaticPath, conf_path, crt_path, key_path, socket_path,

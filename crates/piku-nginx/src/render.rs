@@ -92,7 +92,11 @@ pub fn render(settings: &NginxSettings) -> String {
     }
     listen_https(&mut out, settings);
     let _ = writeln!(out, "  ssl_certificate {};", settings.crt_path().display());
-    let _ = writeln!(out, "  ssl_certificate_key {};", settings.key_path().display());
+    let _ = writeln!(
+        out,
+        "  ssl_certificate_key {};",
+        settings.key_path().display()
+    );
     let _ = writeln!(out, "  server_name {names};");
     if !settings.https_only {
         acme_location(&mut out, settings);
@@ -121,8 +125,16 @@ pub fn render(settings: &NginxSettings) -> String {
         let _ = writeln!(out, "    proxy_cache {id};");
         out.push_str("    proxy_cache_min_uses 1;\n");
         out.push_str("    proxy_cache_key $host$request_uri;\n");
-        let _ = writeln!(out, "    proxy_cache_valid 200 304 {}s;", cache.time_content);
-        let _ = writeln!(out, "    proxy_cache_valid 301 307 {}s;", cache.time_redirects);
+        let _ = writeln!(
+            out,
+            "    proxy_cache_valid 200 304 {}s;",
+            cache.time_content
+        );
+        let _ = writeln!(
+            out,
+            "    proxy_cache_valid 301 307 {}s;",
+            cache.time_redirects
+        );
         out.push_str("    proxy_cache_valid 500 502 503 504 0s;\n");
         let _ = writeln!(out, "    proxy_cache_valid any {}s;", cache.time_any);
         out.push_str("    proxy_hide_header Cache-Control;\n");
@@ -193,7 +205,9 @@ fn acme_location(out: &mut String, s: &NginxSettings) {
 fn static_locations(out: &mut String, s: &NginxSettings) {
     for path in &s.static_paths {
         let _ = writeln!(out, "  location {} {{", path.url);
-        out.push_str("    sendfile on;\n    sendfile_max_chunk 1m;\n    tcp_nopush on;\n    directio 8m;\n");
+        out.push_str(
+            "    sendfile on;\n    sendfile_max_chunk 1m;\n    tcp_nopush on;\n    directio 8m;\n",
+        );
         if s.features.threads {
             out.push_str("    aio threads;\n");
         }
@@ -306,7 +320,11 @@ mod tests {
     #[test]
     fn http2_follows_the_nginx_version() {
         let mut s = settings(&[]);
-        s.features = NginxFeatures { version: Some((1, 22, 1)), http2_module: true, threads: true };
+        s.features = NginxFeatures {
+            version: Some((1, 22, 1)),
+            http2_module: true,
+            threads: true,
+        };
         let conf = render(&s);
         assert!(has(&conf, "listen 0.0.0.0:443 ssl http2;"));
         assert!(!conf.contains("http2 on;"));
@@ -324,13 +342,20 @@ mod tests {
         let (redirect, tls) = conf.rsplit_once("}\nserver {").unwrap();
         assert!(redirect.contains("listen 0.0.0.0:80;") && redirect.contains("acme-challenge"));
         assert!(!tls.contains(":80;") && !tls.contains("acme-challenge"));
-        let conf = render(&settings(&[("NGINX_HTTPS_ONLY", "1"), ("NGINX_HTTPS_PORT", "8443")]));
+        let conf = render(&settings(&[
+            ("NGINX_HTTPS_ONLY", "1"),
+            ("NGINX_HTTPS_PORT", "8443"),
+        ]));
         assert!(has(&conf, "return 301 https://$host:8443$request_uri;"));
     }
 
     #[test]
     fn ipv6_can_be_disabled_and_addresses_set() {
-        let conf = render(&settings(&[("DISABLE_IPV6", "1"), ("NGINX_IPV4_ADDRESS", "127.0.0.1"), ("NGINX_HTTP_PORT", "8080")]));
+        let conf = render(&settings(&[
+            ("DISABLE_IPV6", "1"),
+            ("NGINX_IPV4_ADDRESS", "127.0.0.1"),
+            ("NGINX_HTTP_PORT", "8080"),
+        ]));
         assert!(!conf.contains("[::]"));
         assert!(has(&conf, "listen 127.0.0.1:8080;"));
         assert!(has(&conf, "listen 127.0.0.1:443 ssl;"));
@@ -338,11 +363,17 @@ mod tests {
 
     #[test]
     fn static_locations_with_catch_all() {
-        let mut s = settings(&[("NGINX_STATIC_PATHS", "/static/:public"), ("NGINX_CATCH_ALL", "/index.html")]);
+        let mut s = settings(&[
+            ("NGINX_STATIC_PATHS", "/static/:public"),
+            ("NGINX_CATCH_ALL", "/index.html"),
+        ]);
         let conf = render(&s);
         assert!(has(&conf, "location /static/ {"));
         assert!(has(&conf, "alias /r/apps/blog/public/;"));
-        assert!(has(&conf, "try_files $uri $uri.html $uri/ /index.html =404;"));
+        assert!(has(
+            &conf,
+            "try_files $uri $uri.html $uri/ /index.html =404;"
+        ));
         assert!(!conf.contains("aio threads"));
         s.features.threads = true;
         assert!(has(&render(&s), "aio threads;"));
@@ -356,7 +387,11 @@ mod tests {
         let mut s = settings(&[("NGINX_STATIC_PATHS", "/static/:public")]);
         s.proxy = false;
         let conf = render(&s);
-        assert!(!conf.contains("upstream") && !conf.contains("proxy_pass") && !conf.contains("map $http_upgrade"));
+        assert!(
+            !conf.contains("upstream")
+                && !conf.contains("proxy_pass")
+                && !conf.contains("map $http_upgrade")
+        );
         assert!(!has(&conf, "location / {"));
     }
 
@@ -411,15 +446,24 @@ mod tests {
 
     #[test]
     fn cloudflare_acl_allows_both_families_then_denies() {
-        let conf = render(&settings(&[("NGINX_CLOUDFLARE_ACL", "true"), ("SSH_CLIENT", "198.51.100.7 1 22")]));
+        let conf = render(&settings(&[
+            ("NGINX_CLOUDFLARE_ACL", "true"),
+            ("SSH_CLIENT", "198.51.100.7 1 22"),
+        ]));
         assert!(has(&conf, "allow 173.245.48.0/20;"));
         assert!(has(&conf, "allow 2606:4700::/32;"));
         assert!(has(&conf, "allow 127.0.0.1;"));
         assert!(has(&conf, "allow 198.51.100.7;"));
         assert!(conf.find("allow 198.51.100.7;").unwrap() < conf.find("deny all;\n").unwrap());
-        assert!(has(&conf, "proxy_set_header X-Remote-Address $http_cf_connecting_ip;"));
+        assert!(has(
+            &conf,
+            "proxy_set_header X-Remote-Address $http_cf_connecting_ip;"
+        ));
         // With IPv6 disabled the v6 ranges are still allowed (piku had this inverted).
-        let conf = render(&settings(&[("NGINX_CLOUDFLARE_ACL", "true"), ("DISABLE_IPV6", "true")]));
+        let conf = render(&settings(&[
+            ("NGINX_CLOUDFLARE_ACL", "true"),
+            ("DISABLE_IPV6", "true"),
+        ]));
         assert!(has(&conf, "allow 2400:cb00::/32;"));
     }
 }

@@ -395,10 +395,7 @@ fn parse_static_paths(spec: &str, app_dir: &Path) -> Result<Vec<StaticPath>, Ngi
     let mut out = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let Some((url, path)) = item.split_once(':') else {
-            return Err(NginxError::setting(
-                S,
-                format!("'{item}' is not /url:path"),
-            ));
+            return Err(NginxError::setting(S, format!("'{item}' is not /url:path")));
         };
         check_token(S, url)?;
         check_token(S, path)?;
@@ -409,10 +406,7 @@ fn parse_static_paths(spec: &str, app_dir: &Path) -> Result<Vec<StaticPath>, Ngi
             ));
         }
         if path.is_empty() || path.contains(':') {
-            return Err(NginxError::setting(
-                S,
-                format!("'{item}' is not /url:path"),
-            ));
+            return Err(NginxError::setting(S, format!("'{item}' is not /url:path")));
         }
         let slash = url.ends_with('/');
         let dir = if path.starts_with('/') {
@@ -644,13 +638,34 @@ mod tests {
 
     #[test]
     fn server_names_split_on_commas_and_spaces() {
-        let s = ok(&[("NGINX_SERVER_NAME", "a.example,www.a.example b.example *.c.example _ a.example")]);
-        assert_eq!(s.server_names, ["a.example", "www.a.example", "b.example", "*.c.example", "_"]);
+        let s = ok(&[(
+            "NGINX_SERVER_NAME",
+            "a.example,www.a.example b.example *.c.example _ a.example",
+        )]);
+        assert_eq!(
+            s.server_names,
+            [
+                "a.example",
+                "www.a.example",
+                "b.example",
+                "*.c.example",
+                "_"
+            ]
+        );
     }
 
     #[test]
     fn bad_server_names_are_refused() {
-        for bad in ["a;b", "exa mple{", "a..b", "-a.example", "a.example/x", "$host", "*.", "ä.example"] {
+        for bad in [
+            "a;b",
+            "exa mple{",
+            "a..b",
+            "-a.example",
+            "a.example/x",
+            "$host",
+            "*.",
+            "ä.example",
+        ] {
             let e = err(&[("NGINX_SERVER_NAME", bad)]);
             assert!(e.starts_with("NGINX_SERVER_NAME: "), "{bad}: {e}");
         }
@@ -676,12 +691,21 @@ mod tests {
 
     #[test]
     fn static_paths_resolve_inside_the_app() {
-        let s = ok(&[NAME, ("NGINX_STATIC_PATHS", "/static/:public,/media:./media/up/")]);
+        let s = ok(&[
+            NAME,
+            ("NGINX_STATIC_PATHS", "/static/:public,/media:./media/up/"),
+        ]);
         assert_eq!(
             s.static_paths,
             [
-                StaticPath { url: "/static/".into(), dir: "/r/apps/blog/public/".into() },
-                StaticPath { url: "/media".into(), dir: "/r/apps/blog/media/up".into() },
+                StaticPath {
+                    url: "/static/".into(),
+                    dir: "/r/apps/blog/public/".into()
+                },
+                StaticPath {
+                    url: "/media".into(),
+                    dir: "/r/apps/blog/media/up".into()
+                },
             ]
         );
     }
@@ -689,10 +713,15 @@ mod tests {
     #[test]
     fn static_paths_refuse_escapes_and_junk() {
         let e = err(&[NAME, ("NGINX_STATIC_PATHS", "/s:../secret")]);
-        assert_eq!(e, "NGINX_STATIC_PATHS: '../secret' leaves the app directory ('..')");
+        assert_eq!(
+            e,
+            "NGINX_STATIC_PATHS: '../secret' leaves the app directory ('..')"
+        );
         let e = err(&[NAME, ("NGINX_STATIC_PATHS", "/s:/definitely/not/here")]);
         assert!(e.contains("not an existing directory"), "{e}");
-        assert!(err(&[NAME, ("NGINX_STATIC_PATHS", "static:public")]).contains("must start with '/'"));
+        assert!(
+            err(&[NAME, ("NGINX_STATIC_PATHS", "static:public")]).contains("must start with '/'")
+        );
         assert!(err(&[NAME, ("NGINX_STATIC_PATHS", "/s")]).contains("is not /url:path"));
         assert!(err(&[NAME, ("NGINX_STATIC_PATHS", "/s:a:b")]).contains("is not /url:path"));
         assert!(err(&[NAME, ("NGINX_STATIC_PATHS", "/s:pub;lic")]).contains("';'"));
@@ -719,21 +748,44 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(s.static_paths[0], StaticPath { url: "/".into(), dir: "/r/apps/blog/public/".into() });
+        assert_eq!(
+            s.static_paths[0],
+            StaticPath {
+                url: "/".into(),
+                dir: "/r/apps/blog/public/".into()
+            }
+        );
         assert_eq!(s.static_paths[1].url, "/docs/");
-        let s = NginxSettings::from_env(&app(), &PikuRoot::new("/r"), &env(&[NAME]), false, Some(""))
-            .unwrap()
-            .unwrap();
+        let s =
+            NginxSettings::from_env(&app(), &PikuRoot::new("/r"), &env(&[NAME]), false, Some(""))
+                .unwrap()
+                .unwrap();
         assert_eq!(s.static_paths[0].dir, "/r/apps/blog/");
-        let e = NginxSettings::from_env(&app(), &PikuRoot::new("/r"), &env(&[NAME]), false, Some("../x"))
-            .unwrap_err();
+        let e = NginxSettings::from_env(
+            &app(),
+            &PikuRoot::new("/r"),
+            &env(&[NAME]),
+            false,
+            Some("../x"),
+        )
+        .unwrap_err();
         assert!(e.to_string().starts_with("static: "), "{e}");
     }
 
     #[test]
     fn catch_all_is_a_uri_or_named_location() {
-        assert_eq!(ok(&[NAME, ("NGINX_CATCH_ALL", "/index.html")]).catch_all.as_deref(), Some("/index.html"));
-        assert_eq!(ok(&[NAME, ("NGINX_CATCH_ALL", "@app")]).catch_all.as_deref(), Some("@app"));
+        assert_eq!(
+            ok(&[NAME, ("NGINX_CATCH_ALL", "/index.html")])
+                .catch_all
+                .as_deref(),
+            Some("/index.html")
+        );
+        assert_eq!(
+            ok(&[NAME, ("NGINX_CATCH_ALL", "@app")])
+                .catch_all
+                .as_deref(),
+            Some("@app")
+        );
         assert!(err(&[NAME, ("NGINX_CATCH_ALL", "index.html")]).starts_with("NGINX_CATCH_ALL:"));
         assert!(err(&[NAME, ("NGINX_CATCH_ALL", "/a =200;")]).starts_with("NGINX_CATCH_ALL:"));
     }
@@ -748,37 +800,73 @@ mod tests {
             "client_max_body_size $MAX_BODY;\nset $x 1;\n",
         )
         .unwrap();
-        let e = env(&[NAME, ("NGINX_INCLUDE_FILE", "extra.conf"), ("MAX_BODY", "20m")]);
-        let s = NginxSettings::from_env(&app(), &root, &e, true, None).unwrap().unwrap();
-        assert_eq!(s.include.as_deref(), Some("client_max_body_size 20m;\nset $x 1;\n"));
+        let e = env(&[
+            NAME,
+            ("NGINX_INCLUDE_FILE", "extra.conf"),
+            ("MAX_BODY", "20m"),
+        ]);
+        let s = NginxSettings::from_env(&app(), &root, &e, true, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.include.as_deref(),
+            Some("client_max_body_size 20m;\nset $x 1;\n")
+        );
 
         let e = env(&[NAME, ("NGINX_INCLUDE_FILE", "missing.conf")]);
-        let err = NginxSettings::from_env(&app(), &root, &e, true, None).unwrap_err().to_string();
+        let err = NginxSettings::from_env(&app(), &root, &e, true, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("NGINX_INCLUDE_FILE: cannot read"), "{err}");
         assert!(!err.contains('\n'));
         let e = env(&[NAME, ("NGINX_INCLUDE_FILE", "/etc/passwd")]);
-        let err = NginxSettings::from_env(&app(), &root, &e, true, None).unwrap_err().to_string();
-        assert_eq!(err, "NGINX_INCLUDE_FILE: '/etc/passwd' must be relative to the app directory");
+        let err = NginxSettings::from_env(&app(), &root, &e, true, None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "NGINX_INCLUDE_FILE: '/etc/passwd' must be relative to the app directory"
+        );
     }
 
     #[test]
     fn cache_settings_and_their_errors() {
         let tmp = tempfile::tempdir().unwrap();
         let root = PikuRoot::new(tmp.path());
-        let parse = |pairs: &[(&str, &str)]| NginxSettings::from_env(&app(), &root, &env(pairs), true, None);
-        let s = parse(&[NAME, ("NGINX_CACHE_PREFIXES", "/api,/img.v2"), ("NGINX_CACHE_TIME", "60")])
-            .unwrap()
-            .unwrap();
+        let parse = |pairs: &[(&str, &str)]| {
+            NginxSettings::from_env(&app(), &root, &env(pairs), true, None)
+        };
+        let s = parse(&[
+            NAME,
+            ("NGINX_CACHE_PREFIXES", "/api,/img.v2"),
+            ("NGINX_CACHE_TIME", "60"),
+        ])
+        .unwrap()
+        .unwrap();
         let c = s.cache.unwrap();
         assert_eq!(c.prefixes, ["api", "img\\.v2"]);
-        assert_eq!((c.size_gb, c.time_content, c.time_redirects, c.time_any, c.time_control, c.time_expiry), (1, 60, 3600, 3600, 3600, 86400));
+        assert_eq!(
+            (
+                c.size_gb,
+                c.time_content,
+                c.time_redirects,
+                c.time_any,
+                c.time_control,
+                c.time_expiry
+            ),
+            (1, 60, 3600, 3600, 3600, 86400)
+        );
         assert_eq!(c.path, root.cache_dir(&app()));
         assert!(c.path.is_dir(), "default cache dir is created");
 
         // piku's fallback bug: a missing path now falls back to cache/<app>, with a warning.
-        let s = parse(&[NAME, ("NGINX_CACHE_PREFIXES", "/api"), ("NGINX_CACHE_PATH", "/no/such/dir")])
-            .unwrap()
-            .unwrap();
+        let s = parse(&[
+            NAME,
+            ("NGINX_CACHE_PREFIXES", "/api"),
+            ("NGINX_CACHE_PATH", "/no/such/dir"),
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(s.cache.unwrap().path, root.cache_dir(&app()));
         assert!(s.warnings[0].contains("/no/such/dir"));
 
@@ -794,44 +882,86 @@ mod tests {
             let e = parse(&[NAME, (key, value)]).unwrap_err().to_string();
             assert!(e.starts_with(&format!("{key}: '{value}'")), "{e}");
         }
-        let e = parse(&[NAME, ("NGINX_CACHE_PREFIXES", "/a|b")]).unwrap_err().to_string();
+        let e = parse(&[NAME, ("NGINX_CACHE_PREFIXES", "/a|b")])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("NGINX_CACHE_PREFIXES:"), "{e}");
-        let e = parse(&[NAME, ("NGINX_CACHE_PREFIXES", "/a"), ("NGINX_CACHE_PATH", "rel")]).unwrap_err().to_string();
+        let e = parse(&[
+            NAME,
+            ("NGINX_CACHE_PREFIXES", "/a"),
+            ("NGINX_CACHE_PATH", "rel"),
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("NGINX_CACHE_PATH:"), "{e}");
     }
 
     #[test]
     fn cache_needs_a_web_process() {
-        let s = NginxSettings::from_env(&app(), &PikuRoot::new("/r"), &env(&[NAME, ("NGINX_CACHE_PREFIXES", "/a")]), false, None)
-            .unwrap()
-            .unwrap();
+        let s = NginxSettings::from_env(
+            &app(),
+            &PikuRoot::new("/r"),
+            &env(&[NAME, ("NGINX_CACHE_PREFIXES", "/a")]),
+            false,
+            None,
+        )
+        .unwrap()
+        .unwrap();
         assert!(s.cache.is_none());
         assert!(s.warnings[0].contains("no web process"));
     }
 
     #[test]
     fn cloudflare_acl_adds_loopback_and_the_deployer() {
-        let s = ok(&[NAME, ("NGINX_CLOUDFLARE_ACL", "true"), ("SSH_CLIENT", "203.0.113.9 51234 22")]);
+        let s = ok(&[
+            NAME,
+            ("NGINX_CLOUDFLARE_ACL", "true"),
+            ("SSH_CLIENT", "203.0.113.9 51234 22"),
+        ]);
         assert_eq!(
             s.cloudflare_acl.unwrap(),
-            ["127.0.0.1".parse::<IpAddr>().unwrap(), "203.0.113.9".parse().unwrap()]
+            [
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "203.0.113.9".parse().unwrap()
+            ]
         );
-        let s = ok(&[NAME, ("NGINX_CLOUDFLARE_ACL", "true"), ("SSH_CLIENT", "garbage")]);
+        let s = ok(&[
+            NAME,
+            ("NGINX_CLOUDFLARE_ACL", "true"),
+            ("SSH_CLIENT", "garbage"),
+        ]);
         assert_eq!(s.cloudflare_acl.unwrap().len(), 1);
         assert!(s.warnings[0].contains("SSH_CLIENT"));
     }
 
     #[test]
     fn listen_addresses_and_ports() {
-        let s = ok(&[NAME, ("NGINX_IPV4_ADDRESS", "127.0.0.1"), ("NGINX_IPV6_ADDRESS", "::1"), ("NGINX_HTTP_PORT", "8080"), ("NGINX_HTTPS_PORT", "8443")]);
+        let s = ok(&[
+            NAME,
+            ("NGINX_IPV4_ADDRESS", "127.0.0.1"),
+            ("NGINX_IPV6_ADDRESS", "::1"),
+            ("NGINX_HTTP_PORT", "8080"),
+            ("NGINX_HTTPS_PORT", "8443"),
+        ]);
         assert_eq!(
             s.listen,
-            Listen { ipv4: "127.0.0.1".into(), ipv6: Some("[::1]".into()), http_port: 8080, https_port: 8443 }
+            Listen {
+                ipv4: "127.0.0.1".into(),
+                ipv6: Some("[::1]".into()),
+                http_port: 8080,
+                https_port: 8443
+            }
         );
         assert_eq!(ok(&[NAME, ("DISABLE_IPV6", "true")]).listen.ipv6, None);
-        assert_eq!(err(&[NAME, ("NGINX_IPV4_ADDRESS", "localhost")]), "NGINX_IPV4_ADDRESS: 'localhost' is not an IPv4 address");
+        assert_eq!(
+            err(&[NAME, ("NGINX_IPV4_ADDRESS", "localhost")]),
+            "NGINX_IPV4_ADDRESS: 'localhost' is not an IPv4 address"
+        );
         assert!(err(&[NAME, ("NGINX_IPV6_ADDRESS", "[::1")]).starts_with("NGINX_IPV6_ADDRESS:"));
-        assert_eq!(err(&[NAME, ("NGINX_HTTP_PORT", "0")]), "NGINX_HTTP_PORT: '0' is not a port (1-65535)");
+        assert_eq!(
+            err(&[NAME, ("NGINX_HTTP_PORT", "0")]),
+            "NGINX_HTTP_PORT: '0' is not a port (1-65535)"
+        );
         assert!(err(&[NAME, ("NGINX_HTTPS_PORT", "70000")]).starts_with("NGINX_HTTPS_PORT:"));
         assert!(err(&[NAME, ("NGINX_HTTPS_PORT", "80")]).contains("also NGINX_HTTP_PORT"));
     }

@@ -120,8 +120,8 @@ pub fn ensure_self_signed(settings: &NginxSettings) -> Result<CertStatus, NginxE
     if key.exists()
         && let Ok(info) = certificate_info(&crt)
     {
-        let same_names = names.len() == info.names.len()
-            && names.iter().all(|n| info.names.contains(n));
+        let same_names =
+            names.len() == info.names.len() && names.iter().all(|n| info.names.contains(n));
         if !info.self_signed || same_names {
             return Ok(CertStatus::Kept);
         }
