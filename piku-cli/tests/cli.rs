@@ -382,3 +382,77 @@ fn run_refuses_an_app_without_a_live_release() {
     s.ssh("run app true").fails_with("not deployed yet");
     s.ssh("run ghost true").fails_with("app 'ghost' not found.");
 }
+
+/// What sshd does with an authorized_keys `command="…"`: the login shell runs it with
+/// `SSH_ORIGINAL_COMMAND` in the environment.
+fn forced(s: &Sandbox, command: &str, original: &str) -> common::Run {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("PIKU_ROOT", &s.root)
+        .env("HOME", &s.home)
+        .env("SSH_ORIGINAL_COMMAND", original)
+        .output()
+        .unwrap();
+    common::Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn our_forced_command_line_and_pikus_old_one_both_work() {
+    let s = Sandbox::new();
+    s.pushed_app("app");
+    let (public, _) = keygen(&s, "id");
+    s.local(&["setup:ssh", public.to_str().unwrap()]).ok();
+    let line = fs::read_to_string(s.home.join(".ssh/authorized_keys")).unwrap();
+    let command = line
+        .strip_prefix("command=\"")
+        .and_then(|rest| rest.split_once("\","))
+        .map(|(command, _)| command.to_owned())
+        .unwrap();
+    forced(&s, &command, r#"config:set app A="x  y""#).ok();
+    // piku's line expands $SSH_ORIGINAL_COMMAND unquoted: the shell splits it naively, the
+    // variable is still there, and we parse it properly.
+    let old = format!(
+        "FINGERPRINT=SHA256:x NAME=default {} $SSH_ORIGINAL_COMMAND",
+        piku_bin().display()
+    );
+    forced(&s, &old, r#"config:set app B='p  q' C="it's""#).ok();
+    assert_eq!(
+        fs::read_to_string(s.root.join("envs/app/ENV")).unwrap(),
+        "A=x  y\nB=p  q\nC=it's\n"
+    );
+}
+
+#[test]
+fn run_gets_the_terminal_it_was_given() {
+    let s = Sandbox::new();
+    s.deployed_app("app", "", "web:1\n");
+    // `script` gives the command a pty, as sshd does for `ssh -t`.
+    let out = Command::new("script")
+        .args(["-qec", "piku run app tty", "/dev/null"])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                piku_bin().parent().unwrap().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("PIKU_ROOT", &s.root)
+        .env("HOME", &s.home)
+        .env_remove("SSH_ORIGINAL_COMMAND")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) is needed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("/dev/pts/"), "{stdout:?}");
+    // Without one, `tty` says so (and fails), as with a plain `ssh host run app tty`.
+    let plain = s.ssh("run app tty");
+    assert_eq!(plain.code, Some(1), "{plain:?}");
+    assert!(plain.stdout.contains("not a tty"), "{plain:?}");
+}
