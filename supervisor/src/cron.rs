@@ -166,8 +166,14 @@ pub struct ProcessRunner {
 
 impl Runner for ProcessRunner {
     fn start(&mut self) -> Result<Run, String> {
-        let spawned = spawn::spawn(&self.config.launch, &self.config.kind, self.config.index)
-            .map_err(|e| format!("cannot start `{}`: {e}", self.config.launch.command))?;
+        let cgroup = crate::cgroup::instance_dir(&self.config.app, &self.config.name());
+        let spawned = spawn::spawn(
+            &self.config.launch,
+            &self.config.kind,
+            self.config.index,
+            cgroup.as_deref(),
+        )
+        .map_err(|e| format!("cannot start `{}`: {e}", self.config.launch.command))?;
         let mut child = spawned.child;
         let pid = spawned.pid;
         if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
@@ -190,6 +196,10 @@ impl Runner for ProcessRunner {
                     stop::stop_group(&mut child, pid, grace).await
                 }
             };
+            // A run leaves nothing behind, not even processes that left its group.
+            if let Some(dir) = &cgroup {
+                crate::cgroup::kill(dir).await;
+            }
             running.remove(&key, pid);
             let out =
                 status.map_or_else(|| "unknown exit".to_string(), |s| stop::describe_exit(&s));
@@ -237,12 +247,17 @@ impl CronHandle {
             running,
         };
         let schedule_text = schedule.as_str().to_string();
+        let (config_app, config_name) = (config.app.clone(), config.name());
         let shared = snapshot.clone();
         tokio::spawn(async move {
             if let Some(after) = after {
                 after.wait().await;
             }
+            let (app, name) = (config_app, config_name);
             run_schedule(SystemClock, schedule, runner, shared, rx, grace).await;
+            if let Some(dir) = crate::cgroup::existing_dir(&app, &name) {
+                crate::cgroup::remove(&dir);
+            }
             let _ = done_tx.send(true);
         });
         CronHandle {

@@ -18,7 +18,7 @@ use crate::app::Ctx;
 use crate::leftovers::{self, Running};
 use crate::logs::LogHub;
 use crate::supervisor::Supervisor;
-use crate::{reaper, server, state};
+use crate::{cgroup, reaper, server, state};
 
 /// Added to the longest grace period to bound a shutdown (SIGKILLed processes still need
 /// a moment to be reaped).
@@ -58,6 +58,15 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     let killed = leftovers::kill_leftovers(&running_path, leftover_grace).await;
     if !killed.is_empty() {
         tracing::warn!(instances = ?killed, "stopped processes left by a previous daemon");
+    }
+    // Then whatever they left outside their process groups.
+    cgroup::init(root.path());
+    let escaped = cgroup::kill_leftovers().await;
+    if escaped > 0 {
+        tracing::warn!(
+            instances = escaped,
+            "killed leftovers found in the cgroup tree"
+        );
     }
 
     let running = Running::new(running_path);
@@ -104,6 +113,7 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     }
     logs.flush_all().await;
     running.write_now();
+    cgroup::remove_tree();
     let _ = fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())

@@ -103,11 +103,15 @@ impl InstanceHandle {
             restarts: 0,
             timer: None,
             next_probe: None,
+            cgroup: None,
         };
         tokio::spawn(async move {
+            let mut actor = actor;
             if let Some(after) = after {
                 after.wait().await;
             }
+            // Only now: the instance this one replaces removes the cgroup when it ends.
+            actor.cgroup = crate::cgroup::instance_dir(&actor.config.app, &actor.config.name());
             actor.run(rx).await;
             let _ = done_tx.send(true);
         });
@@ -178,6 +182,8 @@ struct Actor {
     timer: Option<Instant>,
     /// When to try the web port next.
     next_probe: Option<Instant>,
+    /// The instance's own cgroup, when cgroups are available.
+    cgroup: Option<std::path::PathBuf>,
 }
 
 /// What the actor does after an event.
@@ -258,6 +264,9 @@ impl Actor {
                 self.stop_process().await;
                 self.timer = None;
                 self.state = Stopped;
+                if let Some(dir) = &self.cgroup {
+                    crate::cgroup::remove(dir);
+                }
                 self.sink.note("stopped");
                 return Next::End;
             }
@@ -267,7 +276,13 @@ impl Actor {
 
     /// Starts the process; a spawn failure is handled like a crash at once.
     fn launch(&mut self) {
-        match spawn::spawn(&self.config.launch, &self.config.kind, self.config.index) {
+        let spawned = spawn::spawn(
+            &self.config.launch,
+            &self.config.kind,
+            self.config.index,
+            self.cgroup.as_deref(),
+        );
+        match spawned {
             Ok(Spawned { mut child, pid }) => {
                 if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
                     self.sink.attach(out, err);
@@ -361,6 +376,10 @@ impl Actor {
         self.state = InstanceState::Stopping;
         self.publish();
         let status = stop::stop_group(&mut process.child, process.pid, self.grace).await;
+        // What left the process group (setsid) is still in the cgroup.
+        if let Some(dir) = &self.cgroup {
+            crate::cgroup::kill(dir).await;
+        }
         self.running.remove(&self.key(), process.pid);
         let what = status.map_or_else(|| "unknown exit".to_string(), |s| stop::describe_exit(&s));
         self.snapshot.update(|s| s.last_exit = Some(what));

@@ -4,6 +4,7 @@
 
 mod app;
 mod backoff;
+mod cgroup;
 mod cron;
 mod daemon;
 mod instance;

@@ -1,8 +1,9 @@
 //! How an instance's process is started: argv, environment, cwd, process group, pipes.
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::process::{Child, Command};
@@ -46,8 +47,14 @@ pub fn argv(command: &str) -> Vec<String> {
 }
 
 /// Starts `launch` as instance `index` of `kind`, in its own process group, with stdin from
-/// /dev/null and stdout/stderr piped (the caller hands them to the log sink).
-pub fn spawn(launch: &Launch, kind: &str, index: u32) -> io::Result<Spawned> {
+/// /dev/null and stdout/stderr piped (the caller hands them to the log sink). With a
+/// `cgroup` (its `cgroup.procs` file) the child joins it before exec.
+pub fn spawn(
+    launch: &Launch,
+    kind: &str,
+    index: u32,
+    cgroup: Option<&Path>,
+) -> io::Result<Spawned> {
     let argv = argv(&launch.command);
     let (program, args) = argv
         .split_first()
@@ -69,8 +76,30 @@ pub fn spawn(launch: &Launch, kind: &str, index: u32) -> io::Result<Spawned> {
     if let Some(port) = launch.port {
         cmd.env("PORT", port.to_string());
     }
+    if let Some(procs) = cgroup.and_then(crate::cgroup::procs_file) {
+        join_cgroup_before_exec(&mut cmd, procs);
+    }
     let (child, pid) = crate::reaper::spawn_owned(&mut cmd)?;
     Ok(Spawned { child, pid })
+}
+
+/// Makes the child write itself ("0") into `procs` between fork and exec, so that it is in
+/// its cgroup before it can fork anything. Failure leaves it where the daemon is (the
+/// process group still confines it), never fails the spawn.
+fn join_cgroup_before_exec(cmd: &mut Command, procs: CString) {
+    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
+    // allowed; it calls open, write and close on a C string allocated before the fork, and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
 }
 
 #[cfg(test)]
