@@ -278,17 +278,20 @@ impl LogSink {
         }
     }
 
-    /// Runs `drain` off the async worker threads. Outside a runtime (never in the daemon) a
-    /// plain thread does the same job.
+    /// Runs `drain` off the async worker threads. Outside a runtime (a caller on a plain
+    /// thread) a short-lived thread does the same job, or the caller itself if none can be had.
     fn start_writer(&self) {
         let shared = Arc::clone(&self.shared);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn_blocking(move || shared.drain());
-            }
-            Err(_) => {
-                std::thread::spawn(move || shared.drain());
-            }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || shared.drain());
+            return;
+        }
+        let for_thread = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("piku-log-writer".into())
+            .spawn(move || for_thread.drain());
+        if spawned.is_err() {
+            shared.drain();
         }
     }
 }

@@ -383,3 +383,17 @@ fn odd_names_stay_inside_the_logs_directory() {
     assert_eq!(path_component(".."), "_..");
     assert_eq!(path_component(""), "_");
 }
+
+#[test]
+fn notes_from_a_thread_outside_the_runtime_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = LogHub::with_journal(dir.path().to_path_buf(), None);
+    let sink = hub.sink("app", "worker.1", Rotation::PIKU);
+    sink.note("from a plain thread");
+    let path = dir.path().join("app/worker.1.log");
+    let deadline = Instant::now() + DEADLINE;
+    while read_lines(&path) != ["[piku] from a plain thread"] {
+        assert!(Instant::now() < deadline, "note not written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
