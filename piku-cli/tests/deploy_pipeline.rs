@@ -212,7 +212,8 @@ fn get(port: u16) -> Option<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200").then(|| body.to_owned())
+    let status = head.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_owned())
 }
 
 /// Waits until the app on `port` answers exactly `body`.
@@ -365,6 +366,15 @@ fn deploy_redeploy_releases_rollback_and_config_reapply() {
         String::from_utf8_lossy(&out.stderr).contains("already live"),
         "{out:?}"
     );
+
+    // `piku deploy` rebuilds the live commit as a new release.
+    let out = server.piku(&["deploy", "hello"]);
+    assert!(out.status.success(), "{out:?}");
+    let releases = server.releases("hello");
+    assert_eq!(releases[0]["id"], "v3");
+    assert_eq!(releases[0]["status"], "live");
+    assert_eq!(releases[0]["commit"], releases[1]["commit"]);
+    wait_for_body(port_of(&server, "hello"), "v2 from-config");
 }
 
 /// The port of `web.1` as the supervisor reports it.
@@ -482,6 +492,7 @@ fn python_wsgi_app_runs_under_gunicorn_from_its_venv_which_redeploys_reuse() {
         .write("VERSION", "w1");
     app.commit(&server, "wsgi app");
     let (ok, out) = server.push(&app.dir, "pyapp");
+    eprintln!("first push of the wsgi app:\n{out}");
     assert!(ok, "{out}");
     assert!(out.contains("-----> Python app detected."), "{out}");
     assert!(out.contains("-----> Running pip for 'pyapp'"), "{out}");
@@ -569,4 +580,27 @@ fn concurrent_pushes_of_one_app_deploy_one_winner_and_other_apps_deploy_in_paral
     eprintln!("losing push:\n{loser}");
     wait_for_body(port_of(&server, "race"), &format!("{winner} from-repo"));
     wait_for_body(port_of(&server, "bystander"), "other from-repo");
+}
+
+#[test]
+fn node_app_gets_its_dependencies_built_outside_the_release() {
+    let server = Server::start();
+    let app = App::new(&server, "nodeapp");
+    app.write(
+        "package.json",
+        r#"{"name": "nodeapp", "version": "1.0.0", "private": true}"#,
+    )
+    .write(
+        "server.js",
+        "require('http').createServer((q, r) => r.end(process.env.APP + ' ' + \
+         (process.env.PATH.split(':')[0].includes('/deps/node-') ? 'deps-on-path' : 'no-deps'))) \
+         .listen(process.env.PORT, process.env.BIND_ADDRESS);\n",
+    )
+    .write("Procfile", "web: node server.js\n");
+    app.commit(&server, "node app");
+    let (ok, out) = server.push(&app.dir, "nodeapp");
+    assert!(ok, "{out}");
+    assert!(out.contains("-----> Node app detected."), "{out}");
+    assert!(out.contains("Installing Node dependencies"), "{out}");
+    wait_for_body(web_port(&out), "nodeapp deps-on-path");
 }

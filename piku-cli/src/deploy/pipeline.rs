@@ -121,7 +121,7 @@ fn build_and_activate(
     if let Some(preflight) = procfile.get("preflight") {
         log.step("Running preflight command");
         // piku runs preflight with an empty environment.
-        let mut cmd = Command::new("sh");
+        let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(&preflight.command)
             .env_clear()
@@ -174,7 +174,7 @@ fn build_and_activate(
     *keep = appenv::keep_releases(&activation.spec.env, &mut Vec::new());
     if let Some(release) = procfile.get("release") {
         log.step("Running release command");
-        let mut cmd = Command::new("sh");
+        let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(&release.command)
             .env_clear()
