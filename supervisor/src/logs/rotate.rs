@@ -14,10 +14,11 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::{Rotation, with_suffix};
 
-/// The name of backup number `n` (1 = newest) under `rotation`.
+/// The name of backup number `n` (1 = newest) when `backups` are kept.
 pub(super) fn backup_path(path: &Path, n: u32, backups: u32) -> PathBuf {
     if backups <= 1 {
         with_suffix(path, ".old")
@@ -35,7 +36,12 @@ pub(super) struct RotatingFile {
     size: u64,
     /// Batched bytes not yet written.
     pending: Vec<u8>,
+    /// After a failed rotation, no new attempt (and warning) before this time.
+    rotation_blocked_until: Option<Instant>,
 }
+
+/// How long a failed rotation waits before it is tried again.
+const ROTATION_RETRY: Duration = Duration::from_secs(10);
 
 impl RotatingFile {
     pub(super) fn new(path: PathBuf) -> RotatingFile {
@@ -45,6 +51,7 @@ impl RotatingFile {
             identity: (0, 0),
             size: 0,
             pending: Vec::new(),
+            rotation_blocked_until: None,
         }
     }
 
@@ -73,7 +80,10 @@ impl RotatingFile {
     /// Appends whole lines to the pending buffer, rotating before the first line that would
     /// take the file past `max_bytes`.
     fn append(&mut self, mut rest: &[u8], rotation: Rotation) -> io::Result<()> {
-        let max = rotation.max_bytes;
+        let blocked = self
+            .rotation_blocked_until
+            .is_some_and(|until| Instant::now() < until);
+        let max = if blocked { 0 } else { rotation.max_bytes };
         while !rest.is_empty() {
             let used = self.current_size()? + self.pending.len() as u64;
             if max == 0 || used + rest.len() as u64 <= max {
@@ -91,7 +101,8 @@ impl RotatingFile {
             if used + fit as u64 > 0 {
                 self.write_pending()?;
                 if !self.rotate(rotation.backups) {
-                    // Keep every line rather than the cap; the next batch tries again.
+                    // Keep every line rather than the cap; try again later.
+                    self.rotation_blocked_until = Some(Instant::now() + ROTATION_RETRY);
                     self.pending.extend_from_slice(rest);
                     break;
                 }
@@ -174,7 +185,8 @@ impl RotatingFile {
     }
 
     /// Moves the full file to its backup name; the next write creates a new one. On failure
-    /// (logged) the file stays and keeps growing: a line is worth more than the size cap.
+    /// (logged) the file stays and keeps growing for `ROTATION_RETRY`: a line is worth more
+    /// than the size cap.
     fn rotate(&mut self, backups: u32) -> bool {
         self.file = None;
         match shift_backups(&self.path, backups) {
@@ -283,6 +295,17 @@ mod tests {
         write(&mut file, &["1", "2", "3", "4"], rotation);
         write(&mut file, &["5"], rotation);
         assert_eq!(fs::read_to_string(&path).unwrap(), "1\n2\n3\n4\n5\n");
+        assert!(file.rotation_blocked_until.is_some());
+
+        // Once the obstacle is gone and the pause is over, rotation resumes.
+        fs::remove_dir_all(with_suffix(&path, ".old")).unwrap();
+        file.rotation_blocked_until = Some(Instant::now());
+        write(&mut file, &["6"], rotation);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "6\n");
+        assert_eq!(
+            fs::read_to_string(with_suffix(&path, ".old")).unwrap(),
+            "1\n2\n3\n4\n5\n"
+        );
     }
 
     #[test]
