@@ -604,3 +604,21 @@ fn node_app_gets_its_dependencies_built_outside_the_release() {
     assert!(out.contains("Installing Node dependencies"), "{out}");
     wait_for_body(web_port(&out), "nodeapp deps-on-path");
 }
+
+#[test]
+fn static_only_app_is_activated_without_processes() {
+    let server = Server::start();
+    let app = App::new(&server, "site");
+    std::fs::create_dir_all(app.dir.join("public")).unwrap();
+    app.write("public/index.html", "<h1>hi</h1>\n")
+        .write("Procfile", "static: public\n");
+    app.commit(&server, "static site");
+    let (ok, out) = server.push(&app.dir, "site");
+    assert!(ok, "{out}");
+    assert!(out.contains("-----> Static app detected."), "{out}");
+    assert!(!out.contains("spawning"), "{out}");
+    assert_eq!(server.releases("site")[0]["status"], "live");
+    assert!(server.root.join("apps/site/public/index.html").is_file());
+    let scaling = std::fs::read_to_string(server.root.join("envs/site/SCALING")).unwrap();
+    assert_eq!(scaling, "");
+}

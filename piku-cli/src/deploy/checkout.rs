@@ -222,4 +222,50 @@ mod tests {
         assert!(!dest.join(".git").exists());
         assert!(resolve_commit(&repo, "no-such-branch").is_err());
     }
+
+    #[test]
+    fn submodules_are_cloned_at_the_recorded_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("lib.txt"), "old\n").unwrap();
+        run(&sub, &["init", "--quiet"]);
+        run(&sub, &["add", "."]);
+        run(&sub, &["commit", "--quiet", "-m", "old"]);
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(work.join("Procfile"), "web: x\n").unwrap();
+        run(&work, &["init", "--quiet"]);
+        let sub_url = sub.to_string_lossy().into_owned();
+        run(
+            &work,
+            &[
+                "-c",
+                "protocol.file.allow=always",
+                "submodule",
+                "add",
+                "--quiet",
+                &sub_url,
+                "vendor/lib",
+            ],
+        );
+        run(&work, &["add", "."]);
+        run(&work, &["commit", "--quiet", "-m", "with submodule"]);
+        // A later commit in the submodule must not be what the release gets.
+        std::fs::write(sub.join("lib.txt"), "new\n").unwrap();
+        run(&sub, &["commit", "--quiet", "-am", "new"]);
+        let repo = dir.path().join("repo.git");
+        run(
+            dir.path(),
+            &["clone", "--quiet", "--bare", "work", "repo.git"],
+        );
+
+        let commit = resolve_commit(&repo, "HEAD").unwrap();
+        let dest = dir.path().join("v1/src");
+        checkout(&repo, &commit, &dest, &mut BuildLog::terminal_only()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dest.join("vendor/lib/lib.txt")).unwrap(),
+            "old\n"
+        );
+    }
 }
