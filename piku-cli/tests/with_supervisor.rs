@@ -266,6 +266,11 @@ fn destroy_stops_the_app_and_keeps_data() {
     fs::create_dir_all(&data).unwrap();
     fs::write(data.join("db.sqlite"), "precious").unwrap();
     fs::create_dir_all(s.root.join("cache/app")).unwrap();
+    // Vassals left by a piku install this one was migrated from.
+    let vassals = s.root.join("uwsgi-enabled");
+    fs::create_dir_all(&vassals).unwrap();
+    fs::write(vassals.join("app_web.1.ini"), "").unwrap();
+    fs::write(vassals.join("app-staging_web.1.ini"), "").unwrap();
 
     let run = s.ssh("destroy app");
     run.ok();
@@ -285,6 +290,8 @@ fn destroy_stops_the_app_and_keeps_data() {
         "precious"
     );
     assert!(s.root.join("cache/app").is_dir());
+    assert!(!vassals.join("app_web.1.ini").exists());
+    assert!(vassals.join("app-staging_web.1.ini").exists());
     // The supervisor forgot it; the similarly named app is untouched.
     s.ssh("ps app").fails_with("app 'app' not found.");
     assert!(s.root.join("apps/app-staging").symlink_metadata().is_ok());

@@ -6,12 +6,20 @@
 //! releases go, plus the app's own files in `nginx/` and its `acme/` link. `data/<app>` and
 //! `cache/<app>` are kept. Every path is the exact app name joined to a top-level directory;
 //! nothing is globbed (piku removed `<app>*`, which also hit `<app>-staging`).
+//!
+//! An install migrated from piku may still hold uWSGI vassals of the app in
+//! `uwsgi-available/` and `uwsgi-enabled/` (`<app>_<kind>.<n>.ini`); they are removed too, so
+//! a leftover uWSGI emperor stops running the destroyed app. Because `_` may appear in app names
+//! and kinds alike, a file is only taken as ours when no other app's name is a longer match.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use piku_model::procfile::is_valid_kind;
+use piku_model::{AppName, PikuRoot};
 use piku_proto::Request;
 
 use super::Ctx;
@@ -53,6 +61,11 @@ pub fn destroy(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
         remove(&root.nginx().join(format!("{app}.{ext}")))?;
     }
     remove(&root.acme().join(app.as_str()))?;
+    for dir in ["uwsgi-available", "uwsgi-enabled"] {
+        for file in legacy_vassals(&root.path().join(dir), &app, &other_apps(root, &app))? {
+            remove(&file)?;
+        }
+    }
 
     for kept in [root.data_dir(&app), root.cache_dir(&app)] {
         if present(&kept) {
@@ -60,6 +73,64 @@ pub fn destroy(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The names of every other app this installation knows (from `apps/`, `repos/`, `envs/`).
+fn other_apps(root: &PikuRoot, app: &AppName) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for dir in [root.apps(), root.repos(), root.envs()] {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if let Some(name) = entry.file_name().to_str()
+                    && name != app.as_str()
+                {
+                    names.insert(name.to_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// piku's uWSGI vassal files of `app` in `dir`: `<app>_<kind>.<n>.ini`, unless another app's
+/// name explains the file better (`blog_x_web.1.ini` belongs to `blog_x`, not to `blog`).
+fn legacy_vassals(
+    dir: &Path,
+    app: &AppName,
+    others: &BTreeSet<String>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list '{}'", dir.display())),
+    };
+    let prefix = format!("{app}_");
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Some(rest) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".ini"))
+        else {
+            continue;
+        };
+        let Some((kind, ordinal)) = rest.rsplit_once('.') else {
+            continue;
+        };
+        let is_vassal = is_valid_kind(kind)
+            && !ordinal.is_empty()
+            && ordinal.bytes().all(|b| b.is_ascii_digit());
+        let claimed_by_other = others.iter().any(|other| {
+            other.len() > app.as_str().len() && name.starts_with(&format!("{other}_"))
+        });
+        if is_vassal && !claimed_by_other {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// Removes a directory tree, a file or a symlink (never following it), saying so as piku did.
@@ -77,4 +148,38 @@ fn remove(path: &Path) -> anyhow::Result<()> {
         fs::remove_file(path)
     }
     .with_context(|| format!("cannot remove '{}'", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_vassals_match_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in [
+            "blog_web.1.ini",
+            "blog_worker_2.3.ini",
+            "blog_x_web.1.ini",
+            "blog-staging_web.1.ini",
+            "blog.ini",
+            "blog_web.ini",
+            "blogger_web.1.ini",
+        ] {
+            fs::write(tmp.path().join(name), "").unwrap();
+        }
+        let app: AppName = "blog".parse().unwrap();
+        let others = BTreeSet::from(["blog_x".to_string(), "blog-staging".to_string()]);
+        let found: Vec<String> = legacy_vassals(tmp.path(), &app, &others)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(found, ["blog_web.1.ini", "blog_worker_2.3.ini"]);
+        assert!(
+            legacy_vassals(&tmp.path().join("missing"), &app, &others)
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
