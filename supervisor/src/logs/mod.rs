@@ -33,7 +33,7 @@ mod tests;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -117,16 +117,21 @@ struct HubInner {
     apps: Mutex<HashMap<String, AppLogs>>,
 }
 
+/// The live-line channel of one app, shared by its sinks. Created by the first `subscribe`: a
+/// broadcast channel allocates all its slots up front (~80 KiB), which apps nobody follows
+/// should not pay.
+pub(super) type LiveLines = Arc<OnceLock<broadcast::Sender<LogLine>>>;
+
 /// The sinks and the live channel of one app.
 struct AppLogs {
-    live: broadcast::Sender<LogLine>,
+    live: LiveLines,
     sinks: HashMap<String, LogSink>,
 }
 
 impl AppLogs {
     fn new() -> AppLogs {
         AppLogs {
-            live: broadcast::channel(LIVE_CAPACITY).0,
+            live: LiveLines::default(),
             sinks: HashMap::new(),
         }
     }
@@ -209,6 +214,7 @@ impl LogHub {
         apps.entry(app.to_owned())
             .or_insert_with(AppLogs::new)
             .live
+            .get_or_init(|| broadcast::channel(LIVE_CAPACITY).0)
             .subscribe()
     }
 

@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::process::{ChildStderr, ChildStdout};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 
 use super::journal::{Journal, JournalEntry};
 use super::rotate::RotatingFile;
-use super::{LogConfig, LogLine, Rotation, capture, lock};
+use super::{LiveLines, LogConfig, LogLine, Rotation, capture, lock};
 
 /// Where a line came from (its journald priority).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub(super) struct SinkSetup {
     pub rotation: Rotation,
     pub config: LogConfig,
     pub journal: Option<Arc<Journal>>,
-    pub live: broadcast::Sender<LogLine>,
+    pub live: LiveLines,
 }
 
 /// The log of one instance. Cheap to clone.
@@ -92,7 +92,7 @@ struct Shared {
     process: String,
     config: LogConfig,
     journal: Option<Arc<Journal>>,
-    live: broadcast::Sender<LogLine>,
+    live: LiveLines,
     queue: Mutex<Queue>,
     /// Held by the (single) running writer for the whole drain.
     file: Mutex<RotatingFile>,
@@ -247,7 +247,7 @@ impl LogSink {
     /// empty queue always takes a chunk, so a single big read is never refused).
     fn push(&self, chunk: Chunk) {
         let shared = &self.shared;
-        let follow = shared.live.receiver_count() > 0;
+        let follow = shared.followed();
         let mut noted_gap = 0;
         let start = {
             let mut queue = lock(&shared.queue);
@@ -321,10 +321,18 @@ impl Shared {
         }
     }
 
+    /// Whether anyone follows the app (else lines are not even copied for them).
+    fn followed(&self) -> bool {
+        self.live
+            .get()
+            .is_some_and(|live| live.receiver_count() > 0)
+    }
+
     fn broadcast(&self, chunk: &Chunk) {
+        let Some(live) = self.live.get() else { return };
         for line in chunk.lines() {
             // Err only means every follower is gone.
-            let _ = self.live.send(LogLine {
+            let _ = live.send(LogLine {
                 process: self.process.clone(),
                 line: line.to_owned(),
             });
@@ -363,7 +371,7 @@ impl Shared {
             if dropped > 0 {
                 self.warn_dropped(dropped);
                 let note = dropped_note(dropped);
-                if self.live.receiver_count() > 0 {
+                if self.followed() {
                     self.broadcast(&note);
                 }
                 batch.push_back(note);

@@ -397,3 +397,18 @@ fn notes_from_a_thread_outside_the_runtime_are_written() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_subscribes_after_the_sink_exists_gets_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = LogHub::with_journal(dir.path().to_path_buf(), None);
+    let sink = hub.sink("app", "worker.1", Rotation::PIKU);
+    sink.note("before anyone follows");
+    let mut follower = hub.subscribe("app");
+    sink.note("after");
+    let line = tokio::time::timeout(DEADLINE, follower.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line.line, "[piku] after");
+}
