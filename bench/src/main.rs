@@ -163,10 +163,10 @@ fn main() -> Result<()> {
             &mut res,
             &cli.common.results,
         )?;
-        res.machine.insert(
-            "loadavg at end".into(),
-            report::describe_machine()["loadavg at start"].clone(),
-        );
+        let end = report::describe_machine();
+        res.machine
+            .insert("loadavg at end".into(), end["loadavg at start"].clone());
+        busy_note(&mut res);
         res.save(&cli.common.results)?;
         if cli.common.keep {
             println!("kept {}", tmp.keep().display());
@@ -313,6 +313,28 @@ fn run(
         res.save(save)?;
     }
     Ok(())
+}
+
+/// Says so when other work shared the CPUs (1-minute load above the core count at either end).
+fn busy_note(res: &mut Results) {
+    let load = |k: &str| -> f64 {
+        res.machine
+            .get(k)
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let cores: f64 = res
+        .machine
+        .get("nproc")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let worst = load("loadavg at start").max(load("loadavg at end"));
+    if worst > cores {
+        res.note(format!(
+            "The machine was busy with other work during this run (1-minute load up to {worst:.1} on {cores:.0} cores): \
+             latencies and CPU figures are noisier and higher than on an idle machine, for all three alike."
+        ));
+    }
 }
 
 /// A row group that failed for one supervisor: its unset cells say so, and a note says why.
