@@ -496,7 +496,7 @@ fn python_wsgi_app_runs_under_gunicorn_from_its_venv_which_redeploys_reuse() {
     assert!(ok, "{out}");
     assert!(out.contains("-----> Python app detected."), "{out}");
     assert!(out.contains("-----> Running pip for 'pyapp'"), "{out}");
-    assert!(out.contains("Installing gunicorn"), "{out}");
+    assert!(out.contains("Adding gunicorn to serve the 'wsgi:' entry"), "{out}");
     let port = web_port(&out);
     wait_for_body(port, "w1");
     let args = std::fs::read_to_string(server.root.join("data/pyapp/gunicorn-args")).unwrap();

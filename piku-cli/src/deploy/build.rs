@@ -278,6 +278,15 @@ fn python(tool: PythonTool, ctx: &BuildCtx, log: &mut BuildLog) -> anyhow::Resul
                 log.step(format!("Running pip for '{}'", ctx.app));
                 let mut cmd = pip(ctx, &deps.dir);
                 cmd.args(["-r", "requirements.txt"]);
+                // One pip run for both: each pip start costs a second or two. If the
+                // requirements pin the server, pip merges the two requirements.
+                if let Some(server) = ctx.wsgi {
+                    log.step(format!(
+                        "Adding {} to serve the 'wsgi:' entry",
+                        server.name()
+                    ));
+                    cmd.arg(server.name());
+                }
                 log.run(cmd, "pip install -r requirements.txt")?;
             }
             deps
@@ -369,6 +378,13 @@ fn create_venv(
         "Creating a virtualenv for '{}' ({version})",
         ctx.app
     ));
+    // virtualenv (what piku uses) seeds pip from a cache in well under a second; the
+    // standard library's venv runs ensurepip, which takes several.
+    if find_program("virtualenv", path_of(ctx.env)).is_some() {
+        let mut cmd = ctx.command("virtualenv", ctx.src);
+        cmd.args(["--quiet", "--python", python]).arg(dir);
+        return log.run(cmd, "virtualenv");
+    }
     let mut cmd = ctx.command(python, ctx.src);
     cmd.args(["-m", "venv"]).arg(dir);
     log.run(cmd, "creating the virtualenv")
