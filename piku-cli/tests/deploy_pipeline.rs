@@ -496,7 +496,10 @@ fn python_wsgi_app_runs_under_gunicorn_from_its_venv_which_redeploys_reuse() {
     assert!(ok, "{out}");
     assert!(out.contains("-----> Python app detected."), "{out}");
     assert!(out.contains("-----> Running pip for 'pyapp'"), "{out}");
-    assert!(out.contains("Adding gunicorn to serve the 'wsgi:' entry"), "{out}");
+    assert!(
+        out.contains("Adding gunicorn to serve the 'wsgi:' entry"),
+        "{out}"
+    );
     let port = web_port(&out);
     wait_for_body(port, "w1");
     let args = std::fs::read_to_string(server.root.join("data/pyapp/gunicorn-args")).unwrap();
@@ -621,4 +624,37 @@ fn static_only_app_is_activated_without_processes() {
     assert!(server.root.join("apps/site/public/index.html").is_file());
     let scaling = std::fs::read_to_string(server.root.join("envs/site/SCALING")).unwrap();
     assert_eq!(scaling, "");
+}
+
+#[test]
+fn rust_app_is_built_with_cargo_release_in_its_checkout() {
+    let server = Server::start();
+    let app = App::new(&server, "rusty");
+    std::fs::create_dir_all(app.dir.join("src")).unwrap();
+    app.write(
+        "Cargo.toml",
+        "[package]\nname = \"rusty\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .write(
+        "src/main.rs",
+        r#"use std::io::{Read, Write};
+fn main() {
+    let addr = format!("{}:{}", std::env::var("BIND_ADDRESS").unwrap(), std::env::var("PORT").unwrap());
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    for stream in listener.incoming() {
+        let mut stream = stream.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf);
+        let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nrust");
+    }
+}
+"#,
+    )
+    .write(".gitignore", "target/\n")
+    .write("Procfile", "web: ./target/release/rusty\n");
+    app.commit(&server, "rust app");
+    let (ok, out) = server.push(&app.dir, "rusty");
+    assert!(ok, "{out}");
+    assert!(out.contains("-----> Rust app detected."), "{out}");
+    wait_for_body(web_port(&out), "rust");
 }
