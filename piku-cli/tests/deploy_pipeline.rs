@@ -170,6 +170,15 @@ with zipfile.ZipFile(f'{out}/{name}-{ver}-py3-none-any.whl', 'w') as z:
     }
 }
 
+impl Server {
+    /// Stops the supervisor (and with it every app process) and waits for it to exit.
+    fn stop_supervisor(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.supervisor.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        self.supervisor.wait().unwrap();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // SIGTERM: the supervisor stops every app process it started, then exits.
@@ -657,4 +666,28 @@ fn main() {
     assert!(ok, "{out}");
     assert!(out.contains("-----> Rust app detected."), "{out}");
     wait_for_body(web_port(&out), "rust");
+}
+
+#[test]
+fn a_push_the_supervisor_cannot_take_fails_and_leaves_the_live_release_alone() {
+    let mut server = Server::start();
+    let app = web_app(&server, "orphan", "one");
+    let (ok, out) = server.push(&app.dir, "orphan");
+    assert!(ok, "{out}");
+    server.stop_supervisor();
+    app.write("VERSION", "two");
+    app.commit(&server, "two");
+    let (ok, out) = server.push(&app.dir, "orphan");
+    assert!(!ok, "{out}");
+    assert!(out.contains("supervisor is not running"), "{out}");
+    assert_eq!(
+        std::fs::read_link(server.root.join("apps/orphan")).unwrap(),
+        server.root.join("releases/orphan/v1/src")
+    );
+    let statuses: Vec<String> = server
+        .releases("orphan")
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, ["failed", "live"]);
 }
