@@ -324,6 +324,20 @@ fn deploy_redeploy_releases_rollback_and_config_reapply() {
         "{build_log}"
     );
 
+    // git-upload-pack serves clones; the first push made `main` the repo's HEAD.
+    let clone = server.base.join("clone");
+    let mut cmd = Command::new("git");
+    cmd.arg("clone")
+        .arg("--quiet")
+        .arg("piku@host:hello")
+        .arg(&clone);
+    server.env(&mut cmd);
+    assert!(cmd.status().unwrap().success());
+    assert_eq!(
+        std::fs::read_to_string(clone.join("VERSION")).unwrap(),
+        "v1"
+    );
+
     app.write("VERSION", "v2");
     app.commit(&server, "version v2");
     let (ok, out) = server.push(&app.dir, "hello");
