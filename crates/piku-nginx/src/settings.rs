@@ -114,6 +114,8 @@ impl NginxSettings {
         let Some(server_names) = parse_server_names(env.get("NGINX_SERVER_NAME"))? else {
             return Ok(None);
         };
+        // The root appears unquoted in paths of the config (certificates, socket, webroot).
+        check_token("PIKU_ROOT", &root.path().to_string_lossy())?;
         let app_dir = root.app_dir(app);
         let mut warnings = Vec::new();
 
@@ -623,6 +625,19 @@ mod tests {
     fn no_server_name_no_config() {
         assert_eq!(parse(&[]).unwrap(), None);
         assert_eq!(parse(&[("NGINX_SERVER_NAME", " , ")]).unwrap(), None);
+    }
+
+    #[test]
+    fn a_root_nginx_cannot_take_unquoted_is_refused() {
+        let e = NginxSettings::from_env(
+            &app(),
+            &PikuRoot::new("/home/my user/.piku"),
+            &env(&[NAME]),
+            true,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("PIKU_ROOT: "), "{e}");
     }
 
     #[test]

@@ -191,3 +191,110 @@ fn write_temp(path: &Path, text: &str, mode: u32) -> Result<PathBuf, NginxError>
         .map_err(NginxError::io(&tmp))?;
     Ok(tmp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use piku_model::{AppName, EnvMap, PikuRoot};
+
+    fn settings(root: &Path, names: &str) -> NginxSettings {
+        let env: EnvMap = [("NGINX_SERVER_NAME".to_owned(), names.to_owned())].into();
+        let app: AppName = "blog".parse().unwrap();
+        NginxSettings::from_env(&app, &PikuRoot::new(root), &env, true, None)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn names_for_the_certificate() {
+        let names: Vec<String> = ["a.example", "_", ".b.example", "*.c.example", "a.example"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            certificate_names(&names),
+            ["a.example", "b.example", "*.b.example", "*.c.example"]
+        );
+    }
+
+    #[test]
+    fn self_signed_is_created_kept_and_renewed_for_new_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = settings(tmp.path(), "blog.example www.blog.example");
+        assert_eq!(ensure_self_signed(&s).unwrap(), CertStatus::Created);
+        let info = certificate_info(&s.crt_path()).unwrap();
+        assert!(info.self_signed);
+        assert_eq!(info.names, ["blog.example", "www.blog.example"]);
+        let key_mode = std::fs::metadata(s.key_path()).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777,
+            0o600
+        );
+        let year = Duration::from_secs(365 * 86_400);
+        let expires = info.expires().duration_since(SystemTime::now()).unwrap();
+        assert!(expires <= year && expires > year - Duration::from_secs(86_400));
+
+        assert_eq!(ensure_self_signed(&s).unwrap(), CertStatus::Kept);
+        let s2 = settings(tmp.path(), "blog.example shop.example");
+        assert_eq!(ensure_self_signed(&s2).unwrap(), CertStatus::Created);
+        assert_eq!(
+            certificate_info(&s2.crt_path()).unwrap().names,
+            ["blog.example", "shop.example"]
+        );
+        // A missing key means the pair is unusable.
+        std::fs::remove_file(s2.key_path()).unwrap();
+        assert_eq!(ensure_self_signed(&s2).unwrap(), CertStatus::Created);
+        assert!(!s2.crt_path().with_extension("crt.tmp").exists());
+    }
+
+    #[test]
+    fn a_ca_issued_certificate_is_never_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = settings(tmp.path(), "blog.example");
+        // A leaf signed by a separate CA: issuer != subject.
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "Test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["other.example".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        write_key_and_chain(
+            &s.key_path(),
+            &s.crt_path(),
+            &leaf_key.serialize_pem(),
+            &leaf.pem(),
+        )
+        .unwrap();
+        assert!(!certificate_info(&s.crt_path()).unwrap().self_signed);
+        assert_eq!(ensure_self_signed(&s).unwrap(), CertStatus::Kept);
+    }
+
+    #[test]
+    fn renewal_is_due_within_the_margin() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = settings(tmp.path(), "blog.example");
+        assert!(
+            needs_renewal(&s.crt_path(), 30),
+            "a missing certificate needs one"
+        );
+        ensure_self_signed(&s).unwrap();
+        let now = SystemTime::now();
+        assert!(!needs_renewal_at(&s.crt_path(), 30, now));
+        assert!(needs_renewal_at(&s.crt_path(), 366, now));
+        assert!(needs_renewal_at(
+            &s.crt_path(),
+            30,
+            now + Duration::from_secs(340 * 86_400)
+        ));
+        std::fs::write(s.crt_path(), "not a certificate").unwrap();
+        assert!(needs_renewal(&s.crt_path(), 30));
+        let e = certificate_info(&s.crt_path()).unwrap_err().to_string();
+        assert!(
+            e.contains("not a PEM certificate") && !e.contains('\n'),
+            "{e}"
+        );
+    }
+}
