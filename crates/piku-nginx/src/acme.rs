@@ -40,6 +40,8 @@ pub struct AcmeConfig {
     pub directory_ca: Option<PathBuf>,
     /// How long to wait for the CA to validate and issue.
     pub timeout: Duration,
+    /// How long to retry fetching our own challenge through nginx before giving up.
+    pub self_check_timeout: Duration,
 }
 
 impl Default for AcmeConfig {
@@ -49,6 +51,7 @@ impl Default for AcmeConfig {
             email: None,
             directory_ca: None,
             timeout: Duration::from_secs(90),
+            self_check_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -161,7 +164,14 @@ pub async fn issue_certificate(
         std::fs::write(&path, &key_auth).map_err(NginxError::io(&path))?;
         files.0.push(path);
         let host = challenge.identifier().to_string();
-        self_check(settings, &host, &token, &key_auth).await?;
+        self_check(
+            settings,
+            &host,
+            &token,
+            &key_auth,
+            config.self_check_timeout,
+        )
+        .await?;
         challenge
             .set_ready()
             .await
@@ -287,13 +297,14 @@ fn write_private(path: &Path, text: &str) -> Result<(), NginxError> {
     std::fs::rename(&tmp, path).map_err(NginxError::io(path))
 }
 
-/// Fetches the challenge through nginx on the app's HTTP listener, retrying for up to 10 s
+/// Fetches the challenge through nginx on the app's HTTP listener, retrying until `timeout`
 /// (a reload may still be on its way).
 async fn self_check(
     settings: &NginxSettings,
     host: &str,
     token: &str,
     expected: &str,
+    timeout: Duration,
 ) -> Result<(), NginxError> {
     let ip = match settings.listen.ipv4.as_str() {
         "0.0.0.0" | "*" => "127.0.0.1",
@@ -303,7 +314,7 @@ async fn self_check(
     let request = format!(
         "GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut last: String;
     loop {
         match fetch(&addr, &request).await {

@@ -134,8 +134,13 @@ impl NginxSettings {
                 ));
             }
             if has_web && path.url == "/" {
+                let setting = if i == 0 && static_paths_from_procfile.is_some() {
+                    "static"
+                } else {
+                    "NGINX_STATIC_PATHS"
+                };
                 return Err(NginxError::setting(
-                    "NGINX_STATIC_PATHS",
+                    setting,
                     "'/' is served by the web process; map static files under a prefix",
                 ));
             }
@@ -785,6 +790,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("static: "), "{e}");
+        // A web process owns `/`: the Procfile's static mapping cannot take it too.
+        let e = NginxSettings::from_env(
+            &app(),
+            &PikuRoot::new("/r"),
+            &env(&[NAME]),
+            true,
+            Some("public"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "static: '/' is served by the web process; map static files under a prefix"
+        );
     }
 
     #[test]

@@ -131,6 +131,19 @@ fn pebble_issues_a_certificate_and_nginx_serves_it() {
         directory_ca: Some(ca.clone()),
         ..AcmeConfig::default()
     };
+    // An app whose config is not live is caught by our own check, before the CA is asked to
+    // validate (piku#242: acme.sh raced the asynchronous reload).
+    let not_live = site.settings(&site.app("draft"), &site.env("draft.example.com", &[]));
+    let quick = AcmeConfig {
+        self_check_timeout: Duration::from_millis(500),
+        ..acme.clone()
+    };
+    let err = issue_certificate_blocking(&not_live, &quick)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not served by nginx"), "{err}");
+    assert!(!not_live.crt_path().exists());
+
     let issued = issue_certificate_blocking(&settings, &acme).unwrap_or_else(|e| {
         panic!(
             "{e}\npebble log:\n{}",
