@@ -128,15 +128,25 @@ fn sighup_rereads_state_without_touching_running_apps() {
     let daemon = root.start();
     daemon.apply(&spec("hup", &root.scratch(), vec![sleeper("worker", 2)]));
     let before: Vec<_> = (1..=2)
-        .map(|n| daemon.wait_state("hup", &format!("worker.{n}"), InstanceState::Running).pid)
+        .map(|n| {
+            daemon
+                .wait_state("hup", &format!("worker.{n}"), InstanceState::Running)
+                .pid
+        })
         .collect();
     // A lost state file is written again from what runs.
     let state = root.root().join("supervisor/state.json");
     std::fs::remove_file(&state).unwrap();
     signal(daemon.pid(), nix::sys::signal::Signal::SIGHUP);
-    wait_for("state.json to be rewritten", Duration::from_secs(10), || {
-        std::fs::read_to_string(&state).ok().filter(|s| s.contains("\"hup\""))
-    });
+    wait_for(
+        "state.json to be rewritten",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&state)
+                .ok()
+                .filter(|s| s.contains("\"hup\""))
+        },
+    );
     still_serves(&daemon);
     let after: Vec<_> = (1..=2)
         .map(|n| daemon.instance("hup", &format!("worker.{n}")).pid)
