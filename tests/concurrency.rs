@@ -96,6 +96,20 @@ fn concurrent_pushes_to_one_app_wait_on_the_lock() {
         "the two deploys of one app overlapped:\n{probe}"
     );
     let last = if ia.1 > ib.1 { "va" } else { "vb" };
+    // What runs is what the repo's branch says: a deploy that went live must not have its
+    // ref update rejected afterwards (or the next push would start from the wrong commit).
+    let head = piku
+        .remote_ref(app, "main")
+        .expect("main in the app's repo");
+    let expected = if last == "va" {
+        repo.head()
+    } else {
+        other.head()
+    };
+    assert_eq!(
+        head, expected,
+        "the repo's main is not the commit that went live last"
+    );
     piku.expect_serving(
         app,
         |body| body.contains(&format!("version={last}")),

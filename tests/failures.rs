@@ -39,6 +39,13 @@ fn failing_push_keeps_previous_release(app: &str, example: &str, expected_output
         "the push output does not show why it failed ({expected_output:?}): {push}"
     );
 
+    // The failed attempt's build log is kept on the server, with the reason in it.
+    let logs = piku.build_logs(app);
+    assert!(
+        logs.iter().any(|(_, text)| text.contains(expected_output)),
+        "no build.log under releases/{app}/ shows {expected_output:?}: {logs:?}"
+    );
+
     // Still v1, same port, same process: the running release was not touched.
     let (port_after, body_after) = piku.expect_serving(
         app,

@@ -258,6 +258,17 @@ fn config_set_logs_and_run() {
     );
     let exit = piku.ssh(&format!("run {app} -- sh -c 'exit 3'"));
     assert_eq!(exit.code, Some(3), "exit status not passed through: {exit}");
+    // With `ssh -t` the command gets a real terminal; without it, none.
+    let tty = piku.ssh_flags(&["-tt"], &format!("run {app} -- tty"));
+    assert!(
+        tty.stdout.contains("/dev/pts/"),
+        "no TTY under ssh -t: {tty}"
+    );
+    let no_tty = piku.ssh(&format!("run {app} -- tty"));
+    assert!(
+        !no_tty.stdout.contains("/dev/pts/"),
+        "a TTY without ssh -t: {no_tty}"
+    );
 }
 
 #[test]
@@ -286,6 +297,13 @@ fn releases_and_rollback() {
     );
     let first_id = releases[1]["id"].as_str().expect("release id").to_string();
     let second_id = releases[0]["id"].as_str().expect("release id").to_string();
+    let logs = piku.build_logs(app);
+    assert_eq!(
+        logs.len(),
+        2,
+        "one build.log per release expected: {logs:?}"
+    );
+    assert!(logs.iter().all(|(_, t)| t.contains("-----> ")), "{logs:?}");
     let table = piku.ssh(&format!("releases {app}"));
     table.assert_ok();
     assert!(

@@ -5,7 +5,8 @@
 //! are two directories up. Before the first use we run `cargo build --workspace --bins` into
 //! that same target dir, so `cargo test -p piku-e2e` alone never tests stale binaries. It is
 //! the very command `scripts/test-all` runs before `cargo test`, so there it is a no-op (a
-//! narrower `-p` build would unify features differently and rebuild the shared deps).
+//! narrower `-p` build would unify features differently and rebuild the shared deps); only
+//! when that fails (another crate mid-edit) do we build the two packages alone.
 //! `PIKU_E2E_BIN_DIR` points at prebuilt binaries instead (no build).
 
 use std::path::{Path, PathBuf};
@@ -56,22 +57,42 @@ fn locate() -> Result<Binaries, String> {
     let target_dir = profile_dir
         .parent()
         .ok_or_else(|| format!("no target dir above {}", profile_dir.display()))?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo_root())
-        .env("CARGO_TARGET_DIR", target_dir)
-        .args(["build", "--workspace", "--bins"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
+    // The workspace build first (a no-op after test-all's); if some other crate does not
+    // build, the two binaries under test alone (clippy and the other suites report the rest).
+    let mut failures = Vec::new();
+    for args in [
+        &["build", "--workspace", "--bins"][..],
+        &["build", "-p", "piku-cli", "-p", "piku-supervisor"][..],
+    ] {
+        let run = cargo_build(profile_dir, target_dir, args);
+        if run.success() {
+            failures.clear();
+            break;
+        }
+        failures.push(run.to_string());
     }
-    let run = run_with_timeout(cmd, None, Duration::from_secs(900));
-    if !run.success() {
-        return Err(format!("building the binaries failed: {run}"));
+    if !failures.is_empty() {
+        return Err(format!(
+            "building the binaries failed: {}",
+            failures.join("\n")
+        ));
     }
     check(Binaries {
         piku: profile_dir.join("piku"),
         supervisor: profile_dir.join("piku-supervisor"),
     })
+}
+
+fn cargo_build(profile_dir: &Path, target_dir: &Path, args: &[&str]) -> crate::process::Run {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root())
+        .env("CARGO_TARGET_DIR", target_dir)
+        .args(args);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    run_with_timeout(cmd, None, Duration::from_secs(900))
 }
 
 fn check(b: Binaries) -> Result<Binaries, String> {

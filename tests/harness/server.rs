@@ -212,6 +212,28 @@ impl Piku {
         cmd
     }
 
+    /// `ssh <flags> user@127.0.0.1 <command>` (e.g. `-tt` for a forced TTY).
+    pub fn ssh_flags(&self, flags: &[&str], command: &str) -> Run {
+        let mut cmd = Command::new("/usr/bin/ssh");
+        cmd.args(self.ssh_options())
+            .args(flags)
+            .arg(self.host())
+            .arg(command);
+        run_with_timeout(cmd, None, SSH_TIMEOUT)
+    }
+
+    /// The commit `refs/heads/<branch>` points at in the app's repo, as `git ls-remote` sees it.
+    pub fn remote_ref(&self, app: &str, branch: &str) -> Option<String> {
+        let url = self.remote_url(app);
+        let refname = format!("refs/heads/{branch}");
+        let run = run_with_timeout(
+            self.git_command(self.tmp.path(), &["ls-remote", &url, &refname]),
+            None,
+            SSH_TIMEOUT,
+        );
+        run.stdout.split_whitespace().next().map(str::to_string)
+    }
+
     /// Runs `ssh user@127.0.0.1 <command>` like a piku user would.
     pub fn ssh(&self, command: &str) -> Run {
         self.ssh_timeout(command, SSH_TIMEOUT)
@@ -348,6 +370,32 @@ impl Piku {
     /// PID of the supervisor (for tests that look at its children).
     pub fn supervisor_pid(&self) -> Option<u32> {
         self.supervisor.as_ref().map(Guarded::pid)
+    }
+
+    /// Contents of every `build.log` under `releases/<app>/` (any depth), with their paths.
+    pub fn build_logs(&self, app: &str) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.join("releases").join(app)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() && !p.is_symlink() {
+                    // Don't descend into checkouts and venvs: build logs sit near the top.
+                    if p.strip_prefix(&self.root)
+                        .map(|r| r.components().count() < 4)
+                        .unwrap_or(false)
+                    {
+                        stack.push(p);
+                    }
+                } else if e.file_name() == "build.log" {
+                    out.push((p.clone(), fs::read_to_string(&p).unwrap_or_default()));
+                }
+            }
+        }
+        out
     }
 
     /// Number of releases `releases <app> --json` lists.
