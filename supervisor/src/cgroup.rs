@@ -84,7 +84,8 @@ fn is_empty(dir: &Path) -> bool {
 
 /// SIGKILLs everything still in the cgroup and waits (bounded) until it is empty.
 pub async fn kill(dir: &Path) {
-    if is_empty(dir) {
+    let members = members(dir);
+    if members.is_empty() {
         return;
     }
     if let Err(e) = fs::write(dir.join("cgroup.kill"), "1") {
@@ -92,11 +93,25 @@ pub async fn kill(dir: &Path) {
         return;
     }
     let deadline = Instant::now() + KILL_WAIT;
-    while !is_empty(dir) && Instant::now() < deadline {
-        // Killed escapees were re-parented to us: reap them so they can leave.
+    // A killed process leaves cgroup.procs as it exits, but stays a zombie until its parent
+    // reaps it; escapees were re-parented to us, so we wait until we have reaped them too.
+    let our_zombie = |pid: &u32| {
+        crate::procinfo::stat(*pid).is_some_and(|s| s.state == 'Z' && s.ppid == std::process::id())
+    };
+    while (!is_empty(dir) || members.iter().any(our_zombie)) && Instant::now() < deadline {
         crate::reaper::reap_orphans();
         sleep(Duration::from_millis(10)).await;
     }
+}
+
+fn members(dir: &Path) -> Vec<u32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|p| {
+            p.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Removes an instance's (empty) cgroup and its app's directory if that is empty too.

@@ -53,5 +53,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(daemon::run(root))
+    let result = runtime.block_on(daemon::run(root));
+    // Every app is stopped by now; don't wait on a connection task (a `logs --follow`
+    // client) or a blocking log writer that has not noticed yet.
+    runtime.shutdown_timeout(SHUTDOWN_LEFTOVER_TASKS);
+    result
 }
+
+/// How long tasks still running after the daemon's own shutdown get before exit.
+const SHUTDOWN_LEFTOVER_TASKS: std::time::Duration = std::time::Duration::from_secs(2);

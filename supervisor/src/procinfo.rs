@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 pub struct Stat {
     /// One-letter state: `R`, `S`, `Z`, …
     pub state: char,
+    pub ppid: u32,
     pub pgrp: i32,
     /// User + system time, in clock ticks.
     pub cpu_ticks: u64,
@@ -29,6 +30,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let field = |n: usize| fields.get(n - 3).copied();
     Some(Stat {
         state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
         pgrp: field(5)?.parse().ok()?,
         cpu_ticks: field(14)?.parse::<u64>().ok()? + field(15)?.parse::<u64>().ok()?,
         start_ticks: field(22)?.parse().ok()?,
@@ -88,6 +90,7 @@ mod tests {
         let line = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 123456 1000 50";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
         assert_eq!(s.pgrp, 4242);
         assert_eq!(s.cpu_ticks, 10);
         assert_eq!(s.start_ticks, 123456);
