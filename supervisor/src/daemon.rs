@@ -46,7 +46,22 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
 
     reaper::become_subreaper();
     let state_path = root.state_file();
-    let saved = state::load(&state_path)?;
+    let saved = match state::load(&state_path) {
+        Ok(saved) => saved,
+        // Refusing to start would leave every app down (and, under systemd, the daemon in a
+        // restart loop): keep the bad file for inspection and start with no apps.
+        Err(e @ state::StateError::Parse { .. }) => {
+            let aside = state_path.with_extension("json.corrupt");
+            tracing::error!(
+                "{e}; moved to {} and starting with no apps",
+                aside.display()
+            );
+            fs::rename(&state_path, &aside)
+                .with_context(|| format!("cannot move {} aside", state_path.display()))?;
+            state::SavedState::default()
+        }
+        Err(e) => return Err(e.into()),
+    };
     let running_path = sup_dir.join("running.json");
     let leftover_grace = saved
         .apps

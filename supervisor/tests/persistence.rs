@@ -153,3 +153,19 @@ fn sighup_rereads_state_without_touching_running_apps() {
         .collect();
     assert_eq!(before, after, "SIGHUP restarted processes");
 }
+
+#[test]
+fn a_corrupt_state_file_is_kept_aside_and_the_daemon_still_starts() {
+    let root = TestRoot::new();
+    let dir = root.root().join("supervisor");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("state.json"), "{ half a file").unwrap();
+    let daemon = root.start();
+    still_serves(&daemon);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("state.json.corrupt")).unwrap(),
+        "{ half a file"
+    );
+    daemon.apply(&spec("fresh", &root.scratch(), vec![sleeper("worker", 1)]));
+    daemon.wait_state("fresh", "worker.1", InstanceState::Running);
+}
