@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use piku_e2e::{CHANGE_TIMEOUT, Piku, get_ok, http_get, make_app_repo, wait_until};
 
+fn same_commit(a: &str, b: &str) -> bool {
+    !a.is_empty() && !b.is_empty() && (a.starts_with(b) || b.starts_with(a))
+}
+
 /// `pid=<n>` from the web-python example's answer.
 fn pid_in(body: &str) -> Option<u32> {
     body.split_whitespace()
@@ -142,6 +146,32 @@ fn push_redeploy_scale_restart_stop_start() {
     assert!(
         restarted.is_some(),
         "restart did not replace the processes {before:?}: {:?}",
+        piku.ps_json(app)
+    );
+
+    // A crash (kill -9) is restarted by the supervisor, on the same port, and counted.
+    let (port, body) =
+        piku.expect_serving(app, |b| b.contains("version=v2"), "v2 before the crash");
+    let victim = pid_in(&body).expect("pid in the answer");
+    piku_e2e::process::signal_pid(victim, nix::sys::signal::Signal::SIGKILL);
+    let respawned = wait_until(CHANGE_TIMEOUT, || {
+        let body = get_ok(port, "/")?;
+        (pid_in(&body)? != victim).then_some(())
+    });
+    assert!(
+        respawned.is_some(),
+        "web.1 was not respawned on port {port} after kill -9: {:?}",
+        piku.ps_json(app)
+    );
+    let counted = wait_until(CHANGE_TIMEOUT, || {
+        piku.instances(app)
+            .iter()
+            .any(|i| i.restarts >= 1)
+            .then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "ps does not count the crash: {:?}",
         piku.ps_json(app)
     );
 
@@ -311,6 +341,25 @@ fn releases_and_rollback() {
         "{table}"
     );
 
+    // The app's repo can be cloned back (git-upload-pack through the forced command).
+    let clone_dir = piku.tmp.path().join("clone");
+    let url = piku.remote_url(app);
+    piku_e2e::run_with_timeout(
+        piku.git_command(
+            piku.tmp.path(),
+            &["clone", "-q", &url, &clone_dir.to_string_lossy()],
+        ),
+        None,
+        Duration::from_secs(60),
+    )
+    .assert_ok();
+    assert_eq!(
+        fs::read_to_string(clone_dir.join("VERSION"))
+            .ok()
+            .as_deref(),
+        Some("v2\n")
+    );
+
     // rollback with no argument: the release before the live one, no rebuild.
     let rollback = piku.ssh(&format!("rollback {app}"));
     rollback.assert_ok();
@@ -342,6 +391,33 @@ fn releases_and_rollback() {
         app,
         |b| b.contains("version=v2"),
         "v2 after a refused rollback",
+    );
+
+    // `deploy <app>` rebuilds the live commit as a new release.
+    piku.ssh(&format!("deploy {app}")).assert_ok();
+    let releases = piku.releases(app).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        releases.len(),
+        3,
+        "deploy did not make a new release: {releases:?}"
+    );
+    assert!(
+        same_commit(&commit(&releases[0]), &v2),
+        "deploy built another commit: {releases:?}"
+    );
+    piku.expect_serving(app, |b| b.contains("version=v2"), "v2 after `deploy`");
+
+    // Only PIKU_KEEP_RELEASES releases are kept.
+    piku.ssh(&format!("config:set {app} PIKU_KEEP_RELEASES=2"))
+        .assert_ok();
+    repo.set_version("v3");
+    piku.git_push(repo.path(), app).assert_ok();
+    piku.expect_serving(app, |b| b.contains("version=v3"), "v3");
+    let releases = piku.releases(app).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        releases.len(),
+        2,
+        "PIKU_KEEP_RELEASES=2 not honoured: {releases:?}"
     );
 }
 

@@ -43,6 +43,17 @@ fn flask_app_is_served_by_gunicorn_with_a_worker_and_a_cron_job() {
         venv.stdout.trim()
     );
 
+    // UWSGI_PROCESSES=2 (the example's ENV) becomes two gunicorn workers under the master.
+    let workers = piku_e2e::wait_until(CHANGE_TIMEOUT, || {
+        let kids = children(pid);
+        (kids.len() == 2).then_some(kids)
+    });
+    assert!(
+        workers.is_some(),
+        "UWSGI_PROCESSES=2 did not give 2 gunicorn workers under {pid}: {:?}",
+        children(pid)
+    );
+
     // worker and cron entries are known to the supervisor.
     let kinds: Vec<&str> = instances.iter().map(|i| i.kind.as_str()).collect();
     assert!(kinds.contains(&"worker"), "no worker in {instances:?}");
@@ -71,4 +82,20 @@ fn flask_app_is_served_by_gunicorn_with_a_worker_and_a_cron_job() {
         |b| b == "hello from flask v2\n",
         "the Flask page after a redeploy",
     );
+}
+
+/// Direct children of `pid` (from /proc/<pid>/task/*/children).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    out
 }

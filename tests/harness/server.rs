@@ -35,6 +35,8 @@ pub struct Instance {
     pub state: String,
     pub pid: Option<u32>,
     pub port: Option<u16>,
+    /// Restarts after crashes, as the supervisor counts them.
+    pub restarts: u64,
 }
 
 /// A complete piku server on loopback (see the module doc).
@@ -510,6 +512,7 @@ fn collect_instances(v: &Value, out: &mut Vec<Instance>) {
                         .get("port")
                         .and_then(Value::as_u64)
                         .and_then(|p| u16::try_from(p).ok()),
+                    restarts: o.get("restarts").and_then(Value::as_u64).unwrap_or(0),
                 });
             } else {
                 o.values().for_each(|i| collect_instances(i, out));
