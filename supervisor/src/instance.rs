@@ -194,6 +194,25 @@ enum Next {
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Control>) {
+        // Requests that arrived while waiting for the replaced instance: a stop means this
+        // instance never needs to run (a quick scale up then down), a restart is what is
+        // about to happen anyway.
+        while let Ok(control) = rx.try_recv() {
+            match control {
+                Control::Stop => {
+                    self.state = InstanceState::Stopped;
+                    self.publish();
+                    if let Some(dir) = &self.cgroup {
+                        crate::cgroup::remove(dir);
+                    }
+                    return;
+                }
+                Control::Restart(reply) => {
+                    let _ = reply.send(());
+                }
+                Control::SetGrace(grace) => self.grace = grace,
+            }
+        }
         self.launch();
         self.publish();
         loop {
@@ -335,8 +354,9 @@ impl Actor {
         self.next_probe = None;
         if delay.is_zero() {
             self.restarts += 1;
+            // Noted first so the log reads in order; a note is only a queue push.
+            self.sink.note(&format!("{what}, restarting at once"));
             self.launch();
-            self.sink.note(&format!("{what}, restarted at once"));
         } else {
             self.timer = Some(Instant::now() + delay);
             self.state = if self.backoff.crash_looping() {

@@ -33,7 +33,7 @@ fn kill_9_respawns_at_once() {
     assert_eq!(after.last_exit.as_deref(), Some("signal 9"));
     let log = fs::read_to_string(root.log_file("app", "worker.1")).unwrap();
     assert!(
-        log.contains("exited with signal 9, restarted at once"),
+        log.contains("exited with signal 9, restarting at once"),
         "{log}"
     );
 }
