@@ -43,6 +43,9 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     })?;
     let socket = root.socket();
     remove_stale_socket(&socket)?;
+    // Bound now, while nothing else creates files (the umask trick is process-wide);
+    // connections wait in the backlog until the apps are restored and we accept.
+    let listener = bind(&socket)?;
 
     reaper::become_subreaper();
     let state_path = root.state_file();
@@ -99,7 +102,6 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     sup.restore(saved);
     sup.save().await?;
 
-    let listener = bind(&socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, sup.clone(), stop_rx));
     tracing::info!(socket = %socket.display(), "piku-supervisor ready");
