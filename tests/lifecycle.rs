@@ -481,3 +481,24 @@ fn destroy_keeps_data() {
     let again = piku.ssh(&format!("run {app} -- sh -c 'cat \"$DATA_ROOT/keep.txt\"'"));
     assert_eq!(again.stdout.trim(), "kept", "{again}");
 }
+
+#[test]
+fn static_site_deploys_its_files() {
+    let piku = Piku::start();
+    let app = "site";
+    let repo = make_app_repo("static-site");
+    let push = piku.git_push(repo.path(), app);
+    push.assert_ok();
+    assert!(push.combined().to_lowercase().contains("static"), "{push}");
+    // Nothing to run until the HTTP front serves it; the files are live under apps/<app>.
+    assert!(piku.web_ports(app).is_empty(), "{:?}", piku.ps_json(app));
+    let index = piku.root.join("apps").join(app).join("public/index.html");
+    let html = fs::read_to_string(&index).unwrap_or_default();
+    assert!(
+        html.contains("hello from a static piku site"),
+        "{} is not live",
+        index.display()
+    );
+    let apps = piku.ssh("apps");
+    assert!(apps.stdout.contains(app), "{apps}");
+}
