@@ -23,8 +23,12 @@ use crate::snapshot::Shared;
 use crate::spawn::{self, Launch, Spawned};
 use crate::stop;
 
-/// How often a starting web instance's port is tried.
+/// How often a starting web instance's port is tried...
 const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// ...and, once it has been starting for [`PROBE_SLOW_AFTER`] (a slow boot, or an app that
+/// never listens), how often after that: a supervisor should not wake up for nothing.
+const PROBE_SLOW_EVERY: Duration = Duration::from_secs(1);
+const PROBE_SLOW_AFTER: Duration = Duration::from_secs(10);
 
 /// Identity and launch parameters of an instance.
 #[derive(Debug, Clone)]
@@ -384,7 +388,14 @@ impl Actor {
                 self.sink
                     .note(&format!("accepting connections on port {port}"));
             }
-            Ok(Err(_)) | Err(_) => self.next_probe = Some(Instant::now() + PROBE_EVERY),
+            Ok(Err(_)) | Err(_) => {
+                let starting_for = self.process.as_ref().map(|p| p.started.elapsed());
+                let every = match starting_for {
+                    Some(t) if t >= PROBE_SLOW_AFTER => PROBE_SLOW_EVERY,
+                    Some(_) | None => PROBE_EVERY,
+                };
+                self.next_probe = Some(Instant::now() + every);
+            }
         }
     }
 
