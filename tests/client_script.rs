@@ -68,6 +68,50 @@ fn client_script_drives_apps_ps_and_config() {
     run.assert_ok();
     assert_eq!(run.stdout.trim(), app, "{run}");
 
+    // A value with a space survives the trip (piku#297), `-r NAME` picks another remote.
+    client(
+        &piku,
+        repo.path(),
+        &[],
+        &["config:set", "GREETING=hi there"],
+    )
+    .assert_ok();
+    piku.expect_serving(
+        app,
+        |b| b.starts_with("hi there from cli"),
+        "a greeting with a space",
+    );
+    repo.git(&["remote", "add", "staging", &piku.remote_url(app)]);
+    repo.git(&["remote", "set-url", "piku", &piku.remote_url("no-such-app")]);
+    let via_r = client(
+        &piku,
+        repo.path(),
+        &[],
+        &["-r", "staging", "config:get", "GREETING"],
+    );
+    via_r.assert_ok();
+    assert_eq!(via_r.stdout.trim(), "hi there", "{via_r}");
+
+    // download works with current OpenSSH (no scp/SFTP through the forced command).
+    let local = piku.tmp.path().join("downloaded-VERSION");
+    client(
+        &piku,
+        repo.path(),
+        &[],
+        &[
+            "-r",
+            "staging",
+            "download",
+            "VERSION",
+            &local.to_string_lossy(),
+        ],
+    )
+    .assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(&local).ok().as_deref(),
+        Some("v1\n")
+    );
+
     // No server configured: a clear error, not an ssh to nowhere.
     let none = client(&piku, elsewhere, &[], &["apps"]);
     none.assert_failed();
