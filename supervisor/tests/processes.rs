@@ -356,6 +356,10 @@ fn cron_fires_for_real_and_is_not_stacked() {
         daemon.instance("cr", "cron1.1").last_exit.as_deref(),
         Some("exit 0")
     );
+    // A count of 0 disables the entry.
+    let report = daemon.scale("cr", &[("cron1", 0)]);
+    assert_eq!(report.stopped, ["cron1.1"]);
+    assert!(daemon.status("cr").instances.is_empty());
 }
 
 #[test]

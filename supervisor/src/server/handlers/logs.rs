@@ -8,18 +8,23 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::server::connection::{Conn, send};
 use crate::supervisor::Supervisor;
 
+/// The most past lines sent per log file.
+const MAX_TAIL_LINES: usize = 100_000;
+
 /// Sends the lines itself. Returns the final frame to send, or `None` when the connection
 /// is finished (a follow ended because the client hung up).
 pub async fn handle(sup: &Supervisor, req: LogsRequest, conn: &mut Conn) -> Option<Response> {
     if let Some(refused) = super::refuse_bad_name(&req.app) {
         return Some(refused);
     }
+    // piku shows 100 lines by default; a huge count would only buffer whole files in memory.
+    let lines = req.lines.min(MAX_TAIL_LINES);
     // Subscribe before reading the files so that no line falls between the two.
     let mut live = req.follow.then(|| sup.ctx.logs.subscribe(&req.app));
     let past = match sup
         .ctx
         .logs
-        .tail(&req.app, req.process.as_deref(), req.lines)
+        .tail(&req.app, req.process.as_deref(), lines)
         .await
     {
         Ok(lines) => lines,
