@@ -99,13 +99,17 @@ impl Supervisor {
             let mut apps = self.apps();
             let mut taken = Self::taken_ports(&apps);
             let name = spec.app.clone();
+            let is_new = !apps.contains_key(&name);
             let app = apps
-                .entry(name)
+                .entry(name.clone())
                 .or_insert_with(|| App::new(spec.clone(), false, BTreeMap::new()));
             let previous = (app.spec.clone(), app.ports.clone());
             app.spec = spec;
             if let Err(e) = app.assign_ports(&mut taken) {
                 (app.spec, app.ports) = previous;
+                if is_new {
+                    apps.remove(&name);
+                }
                 return Err(SupervisorError::Ports(e));
             }
             app.stopped = false;
