@@ -154,6 +154,7 @@ impl App {
                     app: self.spec.app.clone(),
                     kind: p.kind.clone(),
                     index,
+                    release: self.spec.release.clone(),
                     launch: Launch {
                         command: p.command.clone(),
                         env: self.spec.env.clone(),
@@ -174,8 +175,8 @@ impl App {
     }
 
     /// Makes the actors match the desired state: starts what is missing, stops what is no
-    /// longer wanted, replaces what changed (command, env, workdir, port, schedule) and
-    /// leaves the rest running.
+    /// longer wanted, replaces what changed (release, command, env, workdir, port, schedule)
+    /// and leaves the rest running.
     pub fn reconcile(&mut self, ctx: &Ctx) -> (ApplyReport, Pending) {
         let mut report = ApplyReport {
             app: self.spec.app.clone(),
@@ -221,7 +222,7 @@ impl App {
             match want.schedule {
                 None => {
                     let after = match self.instances.remove(&key) {
-                        Some(old) if old.config.launch == want.config.launch => {
+                        Some(old) if old.config.same_process_as(&want.config) => {
                             old.set_grace(grace);
                             old.sink.set_rotation(rotation);
                             report.unchanged.push(name);
@@ -247,7 +248,7 @@ impl App {
                     let kind = key.0;
                     let after = match self.crons.remove(&kind) {
                         Some(old)
-                            if old.config.launch == want.config.launch
+                            if old.config.same_process_as(&want.config)
                                 && old.schedule == schedule.as_str() =>
                         {
                             old.set_grace(grace);

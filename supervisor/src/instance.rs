@@ -36,10 +36,18 @@ pub struct InstanceConfig {
     pub app: String,
     pub kind: String,
     pub index: u32,
+    /// The release the process runs: a new release restarts it even if nothing else changed
+    /// (the code may have changed under an unchanged workdir path).
+    pub release: String,
     pub launch: Launch,
 }
 
 impl InstanceConfig {
+    /// Whether a process started for `self` is what `want` asks for.
+    pub fn same_process_as(&self, want: &InstanceConfig) -> bool {
+        self.launch == want.launch && self.release == want.release
+    }
+
     /// `web.1`: the instance's name in logs, status and reports.
     pub fn name(&self) -> String {
         format!("{}.{}", self.kind, self.index)

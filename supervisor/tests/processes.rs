@@ -245,10 +245,8 @@ fn apply_restarts_only_the_kinds_that_changed() {
     assert!(report.started.is_empty() && report.stopped.is_empty() && report.restarted.is_empty());
 
     s.processes[1].command = "sleep 1001".into();
-    s.release = "v2".into();
     let report = daemon.apply(&s);
     assert_eq!(report.restarted, ["worker.1"]);
-    assert_eq!(report.release, "v2");
     assert!(!exists(worker.pid.unwrap()), "old worker still there");
     let new_worker = daemon.wait_state("diff", "worker.1", InstanceState::Running);
     assert_ne!(new_worker.pid, worker.pid);
@@ -270,6 +268,12 @@ fn apply_restarts_only_the_kinds_that_changed() {
         web.port,
         "port kept across restarts"
     );
+
+    // A new release restarts everything, even under the same workdir and command.
+    s.release = "v2".into();
+    let report = daemon.apply(&s);
+    assert_eq!(report.release, "v2");
+    assert_eq!(report.restarted, ["web.1", "worker.1"]);
 }
 
 #[test]
