@@ -31,10 +31,10 @@ fn kill_9_respawns_at_once() {
     let after = daemon.instance("app", "worker.1");
     assert_eq!(after.restarts, 1);
     assert_eq!(after.last_exit.as_deref(), Some("signal 9"));
-    let log = fs::read_to_string(root.log_file("app", "worker.1")).unwrap();
-    assert!(
-        log.contains("exited with signal 9, restarting at once"),
-        "{log}"
+    root.wait_log(
+        "app",
+        "worker.1",
+        "exited with signal 9, restarting at once",
     );
 }
 
@@ -98,8 +98,7 @@ fn crash_loop_backs_off_is_shown_and_recovers_when_fixed() {
             .then_some(i)
     });
     assert!(recovered.restarts >= 5);
-    let log = fs::read_to_string(root.log_file("loop", "worker.1")).unwrap();
-    assert!(log.contains("restarting in"), "{log}");
+    root.wait_log("loop", "worker.1", "restarting in");
 }
 
 #[test]
@@ -120,8 +119,12 @@ fn manual_restart_bypasses_the_back_off() {
         &scratch,
         vec![process("worker", cmd, Role::Worker, 1)],
     ));
-    daemon.wait_state("rs", "worker.1", InstanceState::CrashLooping);
-    // Now in a back-off of ≥ 0.8 s; a restart must start it right away.
+    // After the 6th crash in a row (5 restarts so far) the back-off is 1.6 s.
+    wait_for("the 6th crash", Duration::from_secs(10), || {
+        let i = daemon.instance("rs", "worker.1");
+        (i.state == InstanceState::CrashLooping && i.restarts >= 5).then_some(())
+    });
+    let starts_before = fs::read_to_string(&starts).unwrap().lines().count();
     fs::write(&fixed, "").unwrap();
     let asked = Instant::now();
     let resp = daemon.call(&Request::Restart {
@@ -130,10 +133,20 @@ fn manual_restart_bypasses_the_back_off() {
     });
     assert!(matches!(resp, Ok(Response::Done { .. })), "{resp:?}");
     let i = daemon.wait_state("rs", "worker.1", InstanceState::Running);
+    let took = asked.elapsed();
     assert!(
-        asked.elapsed() < Duration::from_millis(700),
-        "{:?}",
-        asked.elapsed()
+        took < Duration::from_millis(1000),
+        "restart waited out the back-off: {took:?}"
+    );
+    assert!(alive(i.pid.unwrap()));
+    // One new start, which stays up now that the fault is fixed.
+    wait_for(
+        "the restarted process to run",
+        Duration::from_secs(5),
+        || {
+            let n = fs::read_to_string(&starts).ok()?.lines().count();
+            (n == starts_before + 1).then_some(())
+        },
     );
     assert!(alive(i.pid.unwrap()));
 }
@@ -362,8 +375,7 @@ fn cron_fires_for_real_and_is_not_stacked() {
     wait_for("two cron runs", Duration::from_secs(10), || {
         (fs::read_to_string(&out).ok()?.lines().count() >= 2).then_some(())
     });
-    let log = fs::read_to_string(root.log_file("cr", "cron1.1")).unwrap();
-    assert!(log.contains("cron ran"), "{log}");
+    root.wait_log("cr", "cron1.1", "cron ran");
     assert_eq!(
         daemon.instance("cr", "cron1.1").last_exit.as_deref(),
         Some("exit 0")
@@ -482,6 +494,5 @@ fn a_command_that_cannot_start_is_a_crash_with_a_clear_note() {
         why.contains("cannot start `no-such-program-piku --flag`"),
         "{why}"
     );
-    let log = fs::read_to_string(root.log_file("nobin", "worker.1")).unwrap();
-    assert!(log.contains("cannot start"), "{log}");
+    root.wait_log("nobin", "worker.1", "cannot start");
 }

@@ -54,6 +54,21 @@ impl TestRoot {
     pub fn start(&self) -> Daemon {
         Daemon::start(self)
     }
+
+    /// Waits until the log of `process` contains `needle` (the daemon writes logs
+    /// asynchronously), and returns the log.
+    pub fn wait_log(&self, app: &str, process: &str, needle: &str) -> String {
+        let path = self.log_file(app, process);
+        wait_for(
+            &format!("{needle:?} in {}", path.display()),
+            Duration::from_secs(10),
+            || {
+                fs::read_to_string(&path)
+                    .ok()
+                    .filter(|log| log.contains(needle))
+            },
+        )
+    }
 }
 
 /// A running daemon, stopped (SIGTERM, then waited for) when dropped.
