@@ -370,8 +370,13 @@ fn cron_fires_for_real_and_is_not_stacked() {
             1,
         )],
     ));
-    let status = daemon.instance("cr", "cron1.1");
-    assert!(status.next_run.is_some(), "{status:?}");
+    let next = wait_for("the next run in status", Duration::from_secs(5), || {
+        daemon.instance("cr", "cron1.1").next_run
+    });
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&next).is_ok(),
+        "{next}"
+    );
     wait_for("two cron runs", Duration::from_secs(10), || {
         (fs::read_to_string(&out).ok()?.lines().count() >= 2).then_some(())
     });
