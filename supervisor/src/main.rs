@@ -45,7 +45,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let root = match args.root {
-        Some(path) => PikuRoot::new(path),
+        // Absolute, so that the paths in logs and state files mean the same from anywhere.
+        Some(path) => PikuRoot::new(
+            std::path::absolute(&path).with_context(|| format!("bad --root {}", path.display()))?,
+        ),
         None => PikuRoot::from_env().context("cannot find the piku root")?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
