@@ -27,6 +27,11 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 const LEFTOVER_GRACE_CAP: Duration = Duration::from_secs(10);
 
 pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
+    // First of all: a SIGTERM during start-up must not kill us with apps half started (it
+    // is acted upon once the apps are restored).
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let sup_dir = root.supervisor_dir();
     for dir in [root.path().to_path_buf(), root.logs(), sup_dir.clone()] {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -109,9 +114,6 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         tracing::warn!("cannot notify systemd: {e}");
     }
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
