@@ -317,13 +317,28 @@ impl App {
             .cloned()
             .collect();
         for kind in crons {
-            if let Some(old) = self.crons.remove(&kind) {
+            let Some(old) = self.crons.remove(&kind) else {
+                continue;
+            };
+            // Validated when it was applied.
+            let Ok(schedule) = CronSchedule::parse(&old.schedule) else {
                 pending.done.push(old.stop());
-            }
+                continue;
+            };
+            let (config, sink) = (old.config.clone(), old.sink.clone());
+            let done = old.stop();
+            pending.done.push(done.clone());
+            // The new scheduler starts once the old one (and any run of it) has stopped.
+            let handle = CronHandle::start(
+                config,
+                schedule,
+                self.grace(),
+                sink,
+                ctx.running.clone(),
+                Some(done),
+            );
+            self.crons.insert(kind, handle);
         }
-        // The removed cron entries come back through the normal path.
-        let (_, started) = self.reconcile(ctx);
-        pending.merge(started);
         pending
     }
 

@@ -385,6 +385,16 @@ fn cron_fires_for_real_and_is_not_stacked() {
         daemon.instance("cr", "cron1.1").last_exit.as_deref(),
         Some("exit 0")
     );
+    // A restart re-creates the entry; it keeps firing.
+    let runs = fs::read_to_string(&out).unwrap().lines().count();
+    let resp = daemon.call(&Request::Restart {
+        app: "cr".into(),
+        kind: Some("cron1".into()),
+    });
+    assert!(matches!(resp, Ok(Response::Done { .. })), "{resp:?}");
+    wait_for("a run after the restart", Duration::from_secs(10), || {
+        (fs::read_to_string(&out).ok()?.lines().count() > runs).then_some(())
+    });
     // A count of 0 disables the entry.
     let report = daemon.scale("cr", &[("cron1", 0)]);
     assert_eq!(report.stopped, ["cron1.1"]);
