@@ -21,6 +21,8 @@ use report::{Results, Row};
 
 /// What the markdown says about method and how to run, above the figures.
 const METHOD: &str = include_str!("method.md");
+/// What the markdown says below the figures: why a row comes out as it does.
+const READING: &str = include_str!("reading.md");
 
 #[derive(Parser)]
 #[command(
@@ -117,7 +119,7 @@ impl Opts {
             Opts {
                 supervisor_bin,
                 sizes: vec![1, 10, 50],
-                idle_secs: 30.0,
+                idle_secs: 60.0,
                 kills: 50,
                 web_kills: 10,
                 crash_secs: 40.0,
@@ -147,7 +149,7 @@ fn main() -> Result<()> {
         }
         res.machine = report::describe_machine();
         if cli.cmd == Cmd::All && !cli.common.quick {
-            res.note("Full run: 1/10/50 apps, 30 s idle window, 50 worker kills + 10 web kills, 40 s crash loop, 10 s log flood, 500 instances.".into());
+            res.note("Full run: 1/10/50 apps, 60 s idle window, 50 worker kills + 10 web kills, 40 s crash loop, 10 s log flood, 500 instances.".into());
         } else if cli.common.quick {
             res.note(
                 "QUICK run (--quick): small sizes and short windows; figures are indicative only."
@@ -174,7 +176,7 @@ fn main() -> Result<()> {
     }
     println!("\n{}", res.table());
     if let Some(md) = &cli.common.markdown {
-        std::fs::write(md, report::markdown(&res, METHOD))
+        std::fs::write(md, report::markdown(&res, METHOD, READING))
             .with_context(|| format!("writing {}", md.display()))?;
         println!("wrote {}", md.display());
     }

@@ -104,7 +104,10 @@ impl Results {
             return Ok(Results::default());
         }
         let text = std::fs::read_to_string(path)?;
-        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+        let mut res: Results =
+            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        res.rows.sort_by_key(|r| row_key(&r.id));
+        Ok(res)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -164,12 +167,17 @@ impl Results {
                 r.ratio(k)
                     .map_or_else(|| "–".to_string(), |x| format!("{}×", fmt_num(x)))
             };
+            let unit = if r.unit.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.unit)
+            };
             let _ = writeln!(
                 t,
-                "| {} | {} ({}) | {} | {} | {} | {} | {} |",
+                "| {} | {}{} | {} | {} | {} | {} | {} |",
                 r.id,
                 r.metric,
-                r.unit,
+                unit,
                 cell(Kind::Ours),
                 cell(Kind::Uwsgi),
                 cell(Kind::Supervisord),
@@ -181,13 +189,15 @@ impl Results {
     }
 }
 
-/// Sorts `3b` after `3a` and `10` after `9`.
-fn row_key(id: &str) -> (u32, String) {
-    let digits: String = id.chars().take_while(char::is_ascii_digit).collect();
-    (
-        digits.parse().unwrap_or(u32::MAX),
-        id[digits.len()..].to_string(),
-    )
+/// Sorts `3b` after `3a`, `10` after `9`, and `1.10a` after `1.1c`.
+fn row_key(id: &str) -> Vec<(u32, String)> {
+    id.split('.')
+        .map(|part| {
+            let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+            let n = digits.parse().unwrap_or(u32::MAX);
+            (n, part[digits.len()..].to_string())
+        })
+        .collect()
 }
 
 /// `nproc`, memory, kernel, tool versions and load: what the figures were measured on.
@@ -216,12 +226,16 @@ pub fn describe_machine() -> BTreeMap<String, String> {
         ("supervisord".into(), sh("supervisord --version")),
         ("python3".into(), sh("/usr/bin/python3 --version")),
         ("loadavg at start".into(), sh("cat /proc/loadavg")),
+        (
+            "piku-rs commit".into(),
+            sh("git log -1 --format='%h %cd' --date=iso 2>/dev/null"),
+        ),
         ("date".into(), sh("date -u +%Y-%m-%dT%H:%MZ")),
     ])
 }
 
 /// `BENCHMARKS.md`: the machine, the table, how to run, and the notes of the run.
-pub fn markdown(res: &Results, intro: &str) -> String {
+pub fn markdown(res: &Results, intro: &str, reading: &str) -> String {
     let mut m =
         String::from("# Benchmarks: piku-supervisor vs the uWSGI emperor vs supervisord\n\n");
     m.push_str(intro);
@@ -232,6 +246,33 @@ pub fn markdown(res: &Results, intro: &str) -> String {
     m.push_str("\n## Results\n\nRatios say how many times better ours is (> 1×: ours wins; < 1×: ours is behind): \
                 theirs ÷ ours for costs and latencies, ours ÷ theirs for throughput.\n\n");
     m.push_str(&res.table());
+    let behind: Vec<String> = res
+        .rows
+        .iter()
+        .flat_map(|r| {
+            [Kind::Uwsgi, Kind::Supervisord]
+                .into_iter()
+                .filter_map(move |k| r.ratio(k).filter(|x| *x < 0.995).map(|x| (r, k, x)))
+        })
+        .map(|(r, k, x)| {
+            format!(
+                "- row {} ({}): {}× against {}",
+                r.id,
+                r.metric.trim_start_matches(['…', ' ']),
+                fmt_num(x),
+                k.label()
+            )
+        })
+        .collect();
+    m.push_str("\n## Where ours is behind in this run\n\n");
+    if behind.is_empty() {
+        m.push_str("No row with a ratio below 1×.\n");
+    } else {
+        m.push_str(&behind.join("\n"));
+        m.push('\n');
+    }
+    m.push('\n');
+    m.push_str(reading);
     if !res.notes.is_empty() {
         m.push_str("\n## Notes of this run\n\n");
         for n in &res.notes {
@@ -244,6 +285,21 @@ pub fn markdown(res: &Results, intro: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markdown_lists_rows_where_ours_is_behind() {
+        let mut res = Results::default();
+        let row = Row::new("7a", "lines/s", "lines/s", Better::Higher);
+        res.set(&row, Kind::Ours, Cell::Num(50.0));
+        res.set(&row, Kind::Supervisord, Cell::Num(100.0));
+        res.set(&row, Kind::Uwsgi, Cell::Num(25.0));
+        let md = markdown(&res, "intro\n", "reading\n");
+        assert!(
+            md.contains("- row 7a (lines/s): 0.50× against supervisord"),
+            "{md}"
+        );
+        assert!(!md.contains("against uWSGI"), "{md}");
+    }
 
     #[test]
     fn ratio_follows_direction() {
@@ -259,6 +315,16 @@ mod tests {
     #[test]
     fn rows_sort_numerically_and_rerun_replaces() {
         let mut res = Results::default();
+        for id in ["1.10a", "1.1c", "1.1a"] {
+            res.set(
+                &Row::new(id, "m", "MiB", Better::Lower),
+                Kind::Ours,
+                Cell::Num(1.0),
+            );
+        }
+        let ids: Vec<&str> = res.rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["1.1a", "1.1c", "1.10a"]);
+        res.rows.clear();
         res.set(
             &Row::new("10", "b", "s", Better::Lower),
             Kind::Ours,

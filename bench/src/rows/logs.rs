@@ -20,7 +20,7 @@ use crate::fixture::{AppDef, Fixture};
 use crate::procfs::Activity;
 use crate::report::{Better, Cell, Results, Row};
 
-pub fn rows(secs: f64) -> [Row; 4] {
+pub fn rows(secs: f64) -> [Row; 5] {
     [
         Row::new(
             "7a",
@@ -45,6 +45,12 @@ pub fn rows(secs: f64) -> [Row; 4] {
             "  … supervisor CPU during the flood",
             "s",
             Better::Lower,
+        ),
+        Row::new(
+            "7e",
+            "  … lines captured per CPU-second of the supervisor",
+            "lines/CPU-s",
+            Better::Higher,
         ),
     ]
 }
@@ -99,7 +105,7 @@ fn measure(
     res: &mut Results,
 ) -> Result<()> {
     let kind = d.kind();
-    let [rate, lost, dup, cpu] = rows(opts.spew_secs);
+    let [rate, lost, dup, cpu, per_cpu] = rows(opts.spew_secs);
     let before = Activity::sample(&d.own_pids());
     d.deploy(std::slice::from_ref(app))?;
     wait_ready(d, std::slice::from_ref(app), Duration::from_secs(60))?;
@@ -136,6 +142,9 @@ fn measure(
     res.set(&lost, kind, Cell::Num((c.gaps + tail_missing) as f64));
     res.set(&dup, kind, Cell::Num(c.duplicated as f64));
     res.set(&cpu, kind, Cell::Num(cpu_s));
+    if cpu_s > 0.0 {
+        res.set(&per_cpu, kind, Cell::Num(written as f64 / cpu_s));
+    }
     res.note(format!(
         "{}: log flood wrote {written} lines; kept files hold {} distinct, {} gaps, {} missing at the end{}.",
         kind.label(),
