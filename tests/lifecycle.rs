@@ -107,6 +107,12 @@ fn push_redeploy_scale_restart_stop_start() {
         table.stdout.contains("web.3"),
         "`ps` does not show web.3: {table}"
     );
+    for column in ["process", "state", "pid", "uptime", "restarts", "memory"] {
+        assert!(
+            table.stdout.contains(column),
+            "`ps` has no {column} column: {table}"
+        );
+    }
 
     // Scale down: one left, the others stop answering.
     piku.ssh(&format!("ps:scale {app} web=1")).assert_ok();
@@ -257,6 +263,16 @@ fn config_set_logs_and_run() {
 
     // logs: a line the app printed shows up as `web.1 | …` while following.
     let mut logs = piku.ssh_streaming(&format!("logs {app}"));
+    // First the last lines already written (the app's start-up line)...
+    let past = logs.wait_for_line(Duration::from_secs(20), |l| {
+        l.starts_with("web.1") && l.contains("| cfg listening on 127.0.0.1:")
+    });
+    assert!(
+        past.is_some(),
+        "`logs` did not start with past lines: {:#?}",
+        logs.seen()
+    );
+    // ...then new ones as they come.
     let marker = format!("/marker-{}", std::process::id());
     let seen = wait_until(Duration::from_secs(30), || {
         let port = *piku.web_ports(app).first()?;

@@ -4,6 +4,12 @@
 //! A test starts a [`Piku`] server, makes an app repo from `examples/` with
 //! [`make_app_repo`], pushes it with [`Piku::git_push`] and talks to it with [`Piku::ssh`]
 //! and [`http_get`]. Every process the harness starts is stopped by PID when its owner drops.
+//!
+//! Running: `cargo test -p piku-e2e` (the harness builds the binaries first; set
+//! `PIKU_E2E_BIN_DIR` to use prebuilt ones). Needs `sshd`, `ssh`, `ssh-keygen`, `git`,
+//! `python3` with venv, and PyPI for the one Flask test — `scripts/install-test-deps`
+//! installs them as root. sshd logs in the current user (root in CI) with a key whose
+//! forced command is our `piku`; as root the harness creates `/run/sshd` if needed.
 
 pub mod apps;
 pub mod binaries;
