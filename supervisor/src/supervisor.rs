@@ -154,6 +154,7 @@ impl Supervisor {
                         kind: kind.clone(),
                         known,
                     })?;
+                crate::validate::count(kind, *count).map_err(SupervisorError::Invalid)?;
                 if matches!(p.role, Role::Cron { .. }) && *count > 1 {
                     return Err(SupervisorError::Invalid(format!(
                         "cron entry {kind} can run at most 1 instance, not {count}"

@@ -8,6 +8,19 @@ use piku_proto::{AppSpec, Role};
 
 /// Longest kind name; it becomes part of a log file name.
 const MAX_KIND_LEN: usize = 64;
+/// Most instances of one kind: a typo (`web=1000`) must not fork-bomb the host.
+pub const MAX_INSTANCES: u32 = 256;
+
+/// A count for a kind (from a spec or a `Scale`).
+pub fn count(kind: &str, count: u32) -> Result<(), String> {
+    if count > MAX_INSTANCES {
+        Err(format!(
+            "{kind}={count} is more than the {MAX_INSTANCES} instances a kind may have"
+        ))
+    } else {
+        Ok(())
+    }
+}
 
 /// An app name by piku-model's rule (it becomes a directory name under logs/).
 pub fn app_name(name: &str) -> Result<AppName, String> {
@@ -59,6 +72,9 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
         }
         if !seen.insert(p.kind.as_str()) {
             problems.push(format!("process kind {} appears twice", p.kind));
+        }
+        if let Err(e) = count(&p.kind, p.count) {
+            problems.push(e);
         }
         if p.command.trim().is_empty() {
             problems.push(format!("process kind {} has an empty command", p.kind));
@@ -144,6 +160,15 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        let mut s = good();
+        s.processes[0].count = MAX_INSTANCES;
+        spec(&s).unwrap();
+        s.processes[0].count = MAX_INSTANCES + 1;
+        assert!(spec(&s).unwrap_err().contains("web=257"));
     }
 
     #[test]
