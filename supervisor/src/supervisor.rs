@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub enum SupervisorError {
     Ports(std::io::Error),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("the supervisor is shutting down")]
+    ShuttingDown,
 }
 
 pub struct Supervisor {
@@ -38,6 +41,8 @@ pub struct Supervisor {
     state_path: PathBuf,
     /// Serialises writes of the state file, so an older snapshot never overwrites a newer one.
     save_lock: tokio::sync::Mutex<()>,
+    /// Set (under the table lock) when shutdown begins.
+    shutting_down: AtomicBool,
 }
 
 impl Supervisor {
@@ -47,7 +52,18 @@ impl Supervisor {
             apps: Mutex::new(BTreeMap::new()),
             state_path,
             save_lock: tokio::sync::Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// The table, for a request that changes it: refused once shutdown has begun, so that
+    /// nothing is started behind the shutdown's back.
+    fn apps_to_change(&self) -> Result<MutexGuard<'_, BTreeMap<String, App>>, SupervisorError> {
+        let apps = self.apps();
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        Ok(apps)
     }
 
     fn apps(&self) -> MutexGuard<'_, BTreeMap<String, App>> {
@@ -96,7 +112,7 @@ impl Supervisor {
     pub async fn apply(&self, spec: AppSpec) -> Result<ApplyReport, SupervisorError> {
         crate::validate::spec(&spec).map_err(SupervisorError::Invalid)?;
         let (report, pending) = {
-            let mut apps = self.apps();
+            let mut apps = self.apps_to_change()?;
             let mut taken = Self::taken_ports(&apps);
             let name = spec.app.clone();
             let is_new = !apps.contains_key(&name);
@@ -137,7 +153,7 @@ impl Supervisor {
         formation: &BTreeMap<String, u32>,
     ) -> Result<ApplyReport, SupervisorError> {
         let (report, pending) = {
-            let mut apps = self.apps();
+            let mut apps = self.apps_to_change()?;
             let mut taken = Self::taken_ports(&apps);
             let app = apps
                 .get_mut(app_name)
@@ -179,7 +195,7 @@ impl Supervisor {
     /// stopped app is started.
     pub async fn restart(&self, app_name: &str, kind: Option<&str>) -> Result<(), SupervisorError> {
         let pending = {
-            let mut apps = self.apps();
+            let mut apps = self.apps_to_change()?;
             let app = apps
                 .get_mut(app_name)
                 .ok_or_else(|| SupervisorError::UnknownApp(app_name.to_string()))?;
@@ -202,7 +218,7 @@ impl Supervisor {
     /// `Stop`: stops every process and remembers it (a daemon restart keeps it stopped).
     pub async fn stop(&self, app_name: &str) -> Result<(), SupervisorError> {
         let pending = {
-            let mut apps = self.apps();
+            let mut apps = self.apps_to_change()?;
             let app = apps
                 .get_mut(app_name)
                 .ok_or_else(|| SupervisorError::UnknownApp(app_name.to_string()))?;
@@ -217,7 +233,7 @@ impl Supervisor {
     /// `Start`: a stopped app runs again at its formation.
     pub async fn start(&self, app_name: &str) -> Result<ApplyReport, SupervisorError> {
         let (report, pending) = {
-            let mut apps = self.apps();
+            let mut apps = self.apps_to_change()?;
             let app = apps
                 .get_mut(app_name)
                 .ok_or_else(|| SupervisorError::UnknownApp(app_name.to_string()))?;
@@ -232,7 +248,7 @@ impl Supervisor {
     /// `Remove`: stops the app and forgets it; its log files stay.
     pub async fn remove(&self, app_name: &str) -> Result<(), SupervisorError> {
         let pending = {
-            let mut apps = self.apps();
+            let mut apps = self.apps_to_change()?;
             let mut app = apps
                 .remove(app_name)
                 .ok_or_else(|| SupervisorError::UnknownApp(app_name.to_string()))?;
@@ -271,7 +287,11 @@ impl Supervisor {
     /// Stops every process of every app (daemon shutdown); the desired state is kept, so
     /// the apps come back when the daemon starts again.
     pub async fn shutdown(&self) {
-        let pendings: Vec<Pending> = self.apps().values_mut().map(App::stop_all).collect();
+        let pendings: Vec<Pending> = {
+            let mut apps = self.apps();
+            self.shutting_down.store(true, Ordering::SeqCst);
+            apps.values_mut().map(App::stop_all).collect()
+        };
         for pending in pendings {
             pending.wait().await;
         }
