@@ -363,6 +363,13 @@ impl Actor {
     fn crashed(&mut self, uptime: Duration, what: &str) {
         self.backoff.record_crash(uptime);
         let delay = self.backoff.delay();
+        tracing::info!(
+            app = %self.config.app,
+            instance = %self.config.name(),
+            delay_ms = delay.as_millis() as u64,
+            crash_looping = self.backoff.crash_looping(),
+            "{what}"
+        );
         self.next_probe = None;
         if delay.is_zero() {
             self.restarts += 1;
