@@ -55,6 +55,15 @@ fn interval(probe: &str, app: &str, version: &str) -> (f64, f64) {
     (find("start"), find("end"))
 }
 
+/// Whether a push's output has a line saying it waited for the app's deploy lock
+/// (e.g. "Waiting for another deploy of 'busy' to finish").
+fn said_it_waited(output: &str) -> bool {
+    output.lines().map(str::to_lowercase).any(|l| {
+        l.contains("wait")
+            && (l.contains("lock") || l.contains("another deploy") || l.contains("another push"))
+    })
+}
+
 fn push_both(piku: &Piku, a: (&AppRepo, &str), b: (&AppRepo, &str)) -> (Run, Run) {
     thread::scope(|s| {
         let ha = s.spawn(|| piku.git_push_force(a.0.path(), a.1));
@@ -80,7 +89,7 @@ fn concurrent_pushes_to_one_app_wait_on_the_lock() {
     b.assert_ok();
     let waited: Vec<&Run> = [&a, &b]
         .into_iter()
-        .filter(|r| r.combined().to_lowercase().contains("lock"))
+        .filter(|r| said_it_waited(&r.combined()))
         .collect();
     assert_eq!(
         waited.len(),
@@ -126,6 +135,10 @@ fn two_apps_deploy_in_parallel() {
     let (a, b) = push_both(&piku, (&one, "par1"), (&two, "par2"));
     a.assert_ok();
     b.assert_ok();
+    assert!(
+        !said_it_waited(&a.combined()) && !said_it_waited(&b.combined()),
+        "a deploy of one app waited for another app:\n{a}\n{b}"
+    );
     let probe = std::fs::read_to_string(&probe_file).expect("probe file");
     let i1 = interval(&probe, "par1", "v1");
     let i2 = interval(&probe, "par2", "v1");
