@@ -319,3 +319,26 @@ impl Streaming {
         self.guard.pid()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_past_its_deadline_is_killed_with_its_children() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 30 & echo started; wait"]);
+        let run = run_with_timeout(cmd, None, Duration::from_millis(500));
+        assert!(run.timed_out && run.code.is_none(), "{run}");
+        assert!(run.elapsed < Duration::from_secs(10), "{run}");
+        assert_eq!(run.stdout, "started\n");
+    }
+
+    #[test]
+    fn exit_codes_and_stdin_are_passed() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "cat; exit 3"]);
+        let run = run_with_timeout(cmd, Some(b"hi"), Duration::from_secs(10));
+        assert_eq!((run.code, run.stdout.as_str()), (Some(3), "hi"));
+    }
+}

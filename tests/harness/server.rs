@@ -440,7 +440,8 @@ impl Drop for Piku {
 /// Finds processes whose environment names a path under `base` (app processes, `piku`
 /// sessions), kills them by PID, and returns what they were.
 pub fn sweep(base: &Path) -> Vec<String> {
-    let needle = base.to_string_lossy().into_owned();
+    // With the trailing slash, a sibling temp dir whose name extends this one never matches.
+    let needle = format!("{}/", base.display());
     let me = std::process::id();
     let mut killed = Vec::new();
     for _round in 0..3 {
@@ -670,4 +671,52 @@ fn log_file(path: &Path) -> Stdio {
 pub fn make_executable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o755));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_kills_only_processes_pointing_into_the_dir() {
+        let mine = tempfile::tempdir().expect("tmp");
+        let other = tempfile::tempdir().expect("tmp");
+        let spawn = |dir: &Path| {
+            Command::new("sleep")
+                .arg("30")
+                .env("PIKU_E2E_SWEEP_TEST", dir.join("root"))
+                .spawn()
+                .expect("spawn sleep")
+        };
+        let mut target = spawn(mine.path());
+        let mut bystander = spawn(other.path());
+        let killed = sweep(mine.path());
+        assert_eq!(killed.len(), 1, "{killed:?}");
+        assert!(
+            killed[0].starts_with(&target.id().to_string()),
+            "{killed:?}"
+        );
+        assert!(target.wait().expect("wait").code().is_none(), "not killed");
+        assert!(
+            bystander.try_wait().expect("try_wait").is_none(),
+            "bystander was killed"
+        );
+        let _ = bystander.kill();
+        let _ = bystander.wait();
+    }
+
+    #[test]
+    fn instances_are_found_wherever_ps_json_nests_them() {
+        let v: Value = serde_json::from_str(
+            r#"{"apps":[{"app":"a","instances":[
+                {"kind":"web","index":1,"state":"running","pid":10,"port":5000,"restarts":2},
+                {"kind":"cron1","index":1,"state":"waiting","pid":null,"port":null}]}]}"#,
+        )
+        .expect("json");
+        let found = instances_in(&v);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].port, Some(5000));
+        assert_eq!(found[0].restarts, 2);
+        assert_eq!(found[1].pid, None);
+    }
 }
