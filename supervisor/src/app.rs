@@ -382,6 +382,7 @@ impl App {
                 .map(|p| (p.kind.clone(), p.count))
                 .collect(),
             instances,
+            front: None,
         }
     }
 }

@@ -14,7 +14,9 @@ pub enum ProtoError {
     Malformed(#[from] serde_json::Error),
     #[error("the supervisor closed the connection")]
     Closed,
-    #[error("protocol version mismatch: this piku speaks {ours}, the supervisor {theirs}; restart piku-supervisor after an upgrade")]
+    #[error(
+        "protocol version mismatch: this piku speaks {ours}, the supervisor {theirs}; restart piku-supervisor after an upgrade"
+    )]
     VersionMismatch { ours: u32, theirs: u32 },
     #[error("supervisor refused: {0}")]
     Refused(String),

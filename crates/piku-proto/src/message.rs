@@ -115,6 +115,50 @@ pub struct AppSettings {
     pub log_max_bytes: u64,
     /// Rotated files kept (`<kind>.<n>.log.old` for the first).
     pub log_backups: u32,
+    /// The app's HTTP front (hyper-proxy-glue inside the daemon). `None`: web instances are
+    /// reached on their own ports only, and a deploy restarts them in place.
+    pub front: Option<FrontSpec>,
+}
+
+/// Where the daemon listens for an app's HTTP traffic, and how it knows an instance is ready.
+/// With a front, web instances are replaced blue/green: new ones start on fresh ports, must
+/// become healthy, then traffic switches and the old ones drain and stop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrontSpec {
+    /// Unix socket nginx proxies to (`$PIKU_ROOT/nginx/<app>.sock`), for apps with a server name.
+    pub unix_socket: Option<PathBuf>,
+    /// Public TCP listener (`$BIND_ADDRESS:$PORT`), as piku gives apps without a server name.
+    pub tcp: Option<TcpFront>,
+    /// `GET` this path must answer 2xx/3xx (`PIKU_HEALTHCHECK`); `None`: the port must accept.
+    pub health_path: Option<String>,
+    /// How long new instances may take to become healthy before a deploy is abandoned.
+    pub health_deadline_ms: u64,
+    /// How long old instances may keep finishing in-flight requests after a switch.
+    pub drain_ms: u64,
+}
+
+impl Default for FrontSpec {
+    fn default() -> Self {
+        FrontSpec {
+            unix_socket: None,
+            tcp: None,
+            health_path: None,
+            health_deadline_ms: 30_000,
+            drain_ms: 10_000,
+        }
+    }
+}
+
+/// A public TCP listener of the front.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpFront {
+    /// Address to bind (`BIND_ADDRESS`, default `127.0.0.1`).
+    pub bind: String,
+    /// `PORT` when the app pins it; `None`: the daemon picks one once and keeps it in its state.
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 impl Default for AppSettings {
@@ -123,6 +167,7 @@ impl Default for AppSettings {
             stop_grace_ms: 10_000,
             log_max_bytes: 1024 * 1024,
             log_backups: 1,
+            front: None,
         }
     }
 }
@@ -177,6 +222,19 @@ pub struct AppStatus {
     pub stopped: bool,
     pub formation: BTreeMap<String, u32>,
     pub instances: Vec<InstanceStatus>,
+    /// The HTTP front, when the app has one.
+    #[serde(default)]
+    pub front: Option<FrontStatus>,
+}
+
+/// What the app's HTTP front is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontStatus {
+    pub unix_socket: Option<PathBuf>,
+    /// `address:port` of the public TCP listener.
+    pub tcp: Option<String>,
+    /// Instances receiving traffic now (`web.1`, …).
+    pub backends: Vec<String>,
 }
 
 /// The state of one instance (`web.2`) or cron entry.
@@ -282,7 +340,8 @@ mod tests {
 
     #[test]
     fn settings_default_when_absent() {
-        let json = r#"{"type":"apply","app":"a","release":"v1","workdir":"/x","env":{},"processes":[]}"#;
+        let json =
+            r#"{"type":"apply","app":"a","release":"v1","workdir":"/x","env":{},"processes":[]}"#;
         let Request::Apply(spec) = serde_json::from_str(json).unwrap() else {
             panic!("not an apply")
         };

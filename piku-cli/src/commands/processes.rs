@@ -272,6 +272,7 @@ mod tests {
                 instance("web", 1, InstanceState::Running),
                 instance("worker", 1, InstanceState::CrashLooping),
             ],
+            front: None,
         };
         let text = render_ps(&status);
         let lines: Vec<&str> = text.lines().collect();

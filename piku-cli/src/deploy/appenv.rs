@@ -188,6 +188,7 @@ pub fn settings(env: &EnvMap, warnings: &mut Vec<String>) -> AppSettings {
         stop_grace_ms: (grace_secs.max(0.0) * 1000.0) as u64,
         log_max_bytes: number(env, "UWSGI_LOG_MAXSIZE", defaults.log_max_bytes, warnings),
         log_backups: defaults.log_backups,
+        front: None,
     }
 }
 
