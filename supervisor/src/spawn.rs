@@ -32,8 +32,9 @@ const SHELL_CHARS: &[char] = &[
     '$', '`', '|', '&', ';', '<', '>', '(', ')', '*', '?', '[', ']', '~', '{', '}', '\n', '#', '!',
 ];
 
-/// The argv for `command`: its own words when it is plain, else `sh -c 'exec <command>'` so
-/// that the shell replaces itself with the app and the pid we track is the app's.
+/// The argv for `command`: its own words when it is plain, else `sh -c 'exec <command>'` for
+/// one simple command (the shell replaces itself with the app, so the pid we track is the
+/// app's), else `sh -c '<command>'` (lists, pipelines, loops: the shell must stay).
 pub fn argv(command: &str) -> Vec<String> {
     let plain = !command.contains(SHELL_CHARS);
     if plain
@@ -43,7 +44,34 @@ pub fn argv(command: &str) -> Vec<String> {
     {
         return words;
     }
-    vec!["sh".into(), "-c".into(), format!("exec {command}")]
+    if is_simple_command(command) {
+        vec!["sh".into(), "-c".into(), format!("exec {command}")]
+    } else {
+        // `exec` in front of a list, pipeline or compound command would change its meaning
+        // (`exec a && b` never runs b, `exec while …` is a syntax error): the shell stays.
+        vec!["sh".into(), "-c".into(), command.to_string()]
+    }
+}
+
+/// Shell words that open a compound command: `exec` may not precede them.
+const COMPOUND_KEYWORDS: &[&str] = &[
+    "if", "while", "until", "for", "case", "select", "function", "{", "(", "!", "[[",
+];
+
+/// Whether `command` is one simple command (so `exec command` replaces the shell with it):
+/// no list or pipeline operator (`;`, `&&`, `||`, `|`, `&`, newline) and no compound
+/// command at the start. Operators inside quotes count too: erring towards keeping the
+/// shell only costs one `sh` process.
+fn is_simple_command(command: &str) -> bool {
+    if command.contains([';', '&', '|', '\n']) {
+        return false;
+    }
+    let trimmed = command.trim_start();
+    let first = trimmed
+        .split(|c: char| c.is_whitespace())
+        .next()
+        .unwrap_or("");
+    !COMPOUND_KEYWORDS.contains(&first) && !trimmed.starts_with(['(', '{'])
 }
 
 /// Starts `launch` as instance `index` of `kind`, in its own process group, with stdin from
@@ -119,7 +147,6 @@ mod tests {
     fn shell_syntax_goes_through_exec() {
         for cmd in [
             "gunicorn -b 0.0.0.0:$PORT app:app",
-            "a && b",
             "run > out.log",
             "ls *.py",
             "FOO=1 app",
@@ -127,5 +154,37 @@ mod tests {
         ] {
             assert_eq!(argv(cmd), ["sh", "-c", &format!("exec {cmd}")], "{cmd}");
         }
+    }
+
+    #[test]
+    fn lists_pipelines_and_compound_commands_keep_the_shell() {
+        for cmd in [
+            "a && b",
+            "cd web && exec app",
+            "a || b",
+            "a | b",
+            "a; b",
+            "a &",
+            "a\nb",
+            "while true; do echo x; sleep 1; done",
+            "for i in 1 2; do echo $i; done",
+            "if [ -f x ]; then app; fi",
+            "{ echo a; }",
+            "(cd x; app)",
+            "! false",
+            "until false; do :; done",
+        ] {
+            assert_eq!(argv(cmd), ["sh", "-c", cmd], "{cmd}");
+        }
+    }
+
+    /// The shell really runs such lines: a loop and a list both produce their output.
+    #[test]
+    fn compound_lines_run() {
+        let out = std::process::Command::new("sh")
+            .args(&argv("for i in 1 2; do echo $i; done && echo done")[1..])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n2\ndone\n");
     }
 }
