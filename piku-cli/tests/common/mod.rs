@@ -164,11 +164,14 @@ pub fn supervisor_bin() -> &'static Path {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut build = Command::new(env!("CARGO"));
         build
+            // Exactly what scripts/test-all builds first, so this is a no-op there: building
+            // `-p piku-supervisor` alone would unify dependency features differently and
+            // relink the binary under the feet of other test processes.
             .args([
                 "build",
                 "--quiet",
-                "-p",
-                "piku-supervisor",
+                "--workspace",
+                "--bins",
                 "--manifest-path",
             ])
             .arg(&manifest)
@@ -176,8 +179,8 @@ pub fn supervisor_bin() -> &'static Path {
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
-        let status = build.status().expect("run cargo build -p piku-supervisor");
-        assert!(status.success(), "cargo build -p piku-supervisor failed");
+        let status = build.status().expect("run cargo build --workspace --bins");
+        assert!(status.success(), "cargo build --workspace --bins failed");
         let bin = profile_dir.join("piku-supervisor");
         assert!(bin.is_file(), "{} missing after the build", bin.display());
         bin
