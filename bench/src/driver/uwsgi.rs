@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 
 use super::{CrashView, Daemon, Driver, Kind, Shutdown, Tracker, signal};
@@ -40,13 +42,26 @@ impl Ports {
         if let Some(p) = self.0.get(&(app.to_string(), index)) {
             return Ok(*p);
         }
-        // Ask the kernel for a free port, as piku's get_free_port() does (racy, but only this
-        // benchmark allocates here).
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        self.0.insert((app.to_string(), index), port);
-        Ok(port)
+        // Not bind(0), as piku's get_free_port() does: the kernel may hand the same free port
+        // out twice, and the ephemeral range is also where our HTTP probes' client sockets live.
+        // A counter below that range, checked free, never gives one port to two instances.
+        loop {
+            let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+            if port >= PORT_LIMIT {
+                bail!("no free port left in {PORT_BASE}..{PORT_LIMIT}");
+            }
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                self.0.insert((app.to_string(), index), port);
+                return Ok(port);
+            }
+        }
     }
 }
+
+/// Web ports for uWSGI and supervisord instances: below Linux's default ephemeral range.
+const PORT_BASE: u16 = 21000;
+const PORT_LIMIT: u16 = 32000;
+static NEXT_PORT: AtomicU16 = AtomicU16::new(PORT_BASE);
 
 /// piku's translation of a five-field schedule into uWSGI's legacy cron (`*/N` → `-N`, `*` → `-1`).
 pub fn uwsgi_cron(schedule: &str) -> String {
