@@ -157,7 +157,8 @@ pub(crate) async fn handle(
 /// sent, so this is safe for any request, and two instances crashing together still cost no
 /// request while a third is up; a reused connection that closed before the request was written
 /// is replaced; a bodiless GET/HEAD/OPTIONS that met a reused connection closing under it is
-/// sent once more.
+/// sent once more, and so is one whose fresh connection broke before any answer (the instance
+/// died under it), to another backend.
 ///
 /// The response-head timeout runs from when the request body has been sent (`body_done`), so a
 /// long upload is bounded by the idle timeout instead.
@@ -204,7 +205,11 @@ async fn forward(
             continue;
         }
 
-        let replay = (reused && replayable && !replayed).then(|| Replay::of(&request));
+        // Kept for one more try: on a reused connection the backend may have closed it just
+        // before the request went out; on a fresh one the instance may have died (crash,
+        // kill) with the request in its socket. A bodiless GET/HEAD/OPTIONS is safe to send
+        // again either way (RFC 9110 §9.2.2).
+        let replay = (replayable && !replayed).then(|| Replay::of(&request));
         let sent = tokio::select! {
             sent = conn.try_send_request(request) => Ok(sent),
             () = async {
@@ -226,7 +231,12 @@ async fn forward(
                     continue;
                 }
                 if let Some(replay) = replay {
-                    tracing::debug!(backend = %backend.backend.id, err = %err.error(), "reused connection failed; replaying");
+                    tracing::debug!(backend = %backend.backend.id, reused, err = %err.error(), "connection failed before an answer; replaying");
+                    if !reused {
+                        // A fresh connection failing is the instance's fault: try another.
+                        backend.mark_down(config.down_after_refusal);
+                        unreachable.push(backend);
+                    }
                     replayed = true;
                     request = replay.into_request();
                     continue;
