@@ -14,6 +14,7 @@ use piku_proto::{AppSpec, AppStatus, ApplyReport, InstanceState, Role};
 use tokio::sync::oneshot;
 
 use crate::cron::CronHandle;
+use crate::front::{AppFront, FrontError, Listen, Member};
 use crate::instance::{Done, InstanceConfig, InstanceHandle};
 use crate::leftovers::Running;
 use crate::logs::{LogHub, Rotation};
@@ -46,7 +47,7 @@ impl Pending {
         }
     }
 
-    fn merge(&mut self, other: Pending) {
+    pub fn merge(&mut self, other: Pending) {
         self.done.extend(other.done);
         self.restarted.extend(other.restarted);
     }
@@ -57,8 +58,22 @@ pub struct App {
     pub stopped: bool,
     /// `web.1` → port, for every web instance of the formation (also while stopped).
     pub ports: BTreeMap<String, u16>,
+    /// The port of the front's TCP listener when the daemon chose it (kept while the app
+    /// exists, stopped or not, so its public port never changes).
+    pub front_port: Option<u16>,
     instances: BTreeMap<(String, u32), InstanceHandle>,
     crons: BTreeMap<String, CronHandle>,
+    /// The open front, when the app has one and runs.
+    front: Option<AppFront>,
+    /// New web instances of a switch in progress, started beside the ones in `instances`.
+    switching: BTreeMap<(String, u32), InstanceHandle>,
+}
+
+/// A new web instance of a switch, to be waited for.
+pub struct Candidate {
+    pub name: String,
+    pub port: u16,
+    pub snapshot: crate::snapshot::Shared,
 }
 
 /// What one instance should be.
@@ -69,13 +84,21 @@ struct Desired {
 }
 
 impl App {
-    pub fn new(spec: AppSpec, stopped: bool, ports: BTreeMap<String, u16>) -> App {
+    pub fn new(
+        spec: AppSpec,
+        stopped: bool,
+        ports: BTreeMap<String, u16>,
+        front_port: Option<u16>,
+    ) -> App {
         App {
             spec,
             stopped,
             ports,
+            front_port,
             instances: BTreeMap::new(),
             crons: BTreeMap::new(),
+            front: None,
+            switching: BTreeMap::new(),
         }
     }
 
@@ -84,6 +107,116 @@ impl App {
             spec: self.spec.clone(),
             stopped: self.stopped,
             ports: self.ports.clone(),
+            front_port: self.front_port,
+        }
+    }
+
+    /// Every port this app holds: its instances', a switch's new instances', its front's.
+    pub fn held_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ports
+            .values()
+            .copied()
+            .chain(self.front_port)
+            .chain(self.switching.values().filter_map(|h| h.config.launch.port))
+    }
+
+    /// Whether web instances are replaced blue/green: the app has a front and it is open.
+    pub fn has_front(&self) -> bool {
+        self.front.is_some()
+    }
+
+    /// Opens, rebinds or closes the front to match the spec (closed while stopped). The TCP
+    /// port, when the spec does not pin one, is chosen once and kept in `front_port`. On a
+    /// bind error the previous front (if any) stays as it was.
+    pub fn ensure_front(&mut self, taken: &mut BTreeSet<u16>) -> Result<(), FrontError> {
+        let Some(spec) = self.spec.settings.front.clone() else {
+            if let Some(front) = self.front.take() {
+                front.close();
+            }
+            if let Some(port) = self.front_port.take() {
+                taken.remove(&port);
+            }
+            return Ok(());
+        };
+        let wants_chosen_port = spec.tcp.as_ref().is_some_and(|tcp| tcp.port.is_none());
+        if wants_chosen_port && self.front_port.is_none() {
+            let port = ports::allocate(taken).map_err(|source| FrontError::Tcp {
+                app: self.spec.app.clone(),
+                addr: "a free port".into(),
+                source,
+            })?;
+            taken.insert(port);
+            self.front_port = Some(port);
+        } else if !wants_chosen_port && let Some(port) = self.front_port.take() {
+            taken.remove(&port);
+        }
+        if self.stopped {
+            if let Some(front) = self.front.take() {
+                front.close();
+            }
+            return Ok(());
+        }
+        let listen = Listen::of(&spec, self.front_port);
+        if self.front.as_ref().is_some_and(|f| *f.listen() == listen) {
+            return Ok(());
+        }
+        // A socket path that stays the same must be free before the new front binds it.
+        if let Some(old) = self.front.take() {
+            old.close();
+        }
+        let front = AppFront::open(&self.spec.app, listen)?;
+        self.front = Some(front);
+        self.sync_members();
+        Ok(())
+    }
+
+    /// Tells the front which web instances exist now (no-op without a front).
+    pub fn sync_members(&self) {
+        let Some(front) = &self.front else {
+            return;
+        };
+        let members = self
+            .instances
+            .values()
+            .filter_map(|h| {
+                h.config.launch.port.map(|port| Member {
+                    name: h.config.name(),
+                    port,
+                    snapshot: h.snapshot().clone(),
+                })
+            })
+            .collect();
+        front.set_members(members);
+    }
+
+    /// Stops web instances that have left the pool: waits until their in-flight requests
+    /// are done (at most the app's `drain_ms`), then stops them. The caller has already
+    /// removed them from the members.
+    fn retire(&self, handles: Vec<InstanceHandle>, pending: &mut Pending) {
+        let drain = self
+            .spec
+            .settings
+            .front
+            .as_ref()
+            .map_or(Duration::ZERO, |f| Duration::from_millis(f.drain_ms));
+        let front = self.front.as_ref().map(|f| f.front().clone());
+        for handle in handles {
+            let (tx, done) = Done::channel();
+            let front = front.clone();
+            pending.done.push(done);
+            tokio::spawn(async move {
+                if let (Some(front), Some(port)) = (front, handle.config.launch.port) {
+                    let id = crate::front::backend_id(&handle.config.name(), port);
+                    if !front.drained(&[id], drain).await {
+                        handle.sink.note(&format!(
+                            "still serving requests after {:.1} s of draining; stopping anyway",
+                            drain.as_secs_f64()
+                        ));
+                    }
+                }
+                handle.stop().wait().await;
+                let _ = tx.send(true);
+            });
         }
     }
 
@@ -150,6 +283,15 @@ impl App {
                     Role::Web => self.ports.get(&format!("{}.{index}", p.kind)).copied(),
                     Role::Worker | Role::Cron { .. } => None,
                 };
+                let health_path = match p.role {
+                    Role::Web => self
+                        .spec
+                        .settings
+                        .front
+                        .as_ref()
+                        .and_then(|f| f.health_path.clone()),
+                    Role::Worker | Role::Cron { .. } => None,
+                };
                 let config = InstanceConfig {
                     app: self.spec.app.clone(),
                     kind: p.kind.clone(),
@@ -161,6 +303,7 @@ impl App {
                         workdir: self.spec.workdir.clone(),
                         port,
                     },
+                    health_path,
                 };
                 out.insert(
                     (p.kind.clone(), index),
@@ -193,12 +336,20 @@ impl App {
             .filter(|k| desired.get(*k).is_none_or(|d| d.schedule.is_some()))
             .cloned()
             .collect();
+        // With a front, web instances leave the pool first and are drained before they stop.
+        let mut retiring = Vec::new();
         for key in gone {
             if let Some(handle) = self.instances.remove(&key) {
                 report.stopped.push(handle.config.name());
-                pending.done.push(handle.stop());
+                if self.front.is_some() && handle.config.launch.port.is_some() {
+                    retiring.push(handle);
+                } else {
+                    pending.done.push(handle.stop());
+                }
             }
         }
+        self.sync_members();
+        self.retire(retiring, &mut pending);
         let gone_crons: Vec<String> = self
             .crons
             .keys()
@@ -280,12 +431,20 @@ impl App {
                 }
             }
         }
+        self.sync_members();
         (report, pending)
     }
 
-    /// Stops every actor (for `Stop`, `Remove` and shutdown).
+    /// Stops every actor (for `Stop`, `Remove` and shutdown) and closes the front (its TCP
+    /// port stays reserved in `front_port`).
     pub fn stop_all(&mut self) -> Pending {
         let mut pending = Pending::default();
+        if let Some(front) = self.front.take() {
+            front.close();
+        }
+        for (_, handle) in std::mem::take(&mut self.switching) {
+            pending.done.push(handle.stop());
+        }
         for (_, handle) in std::mem::take(&mut self.instances) {
             pending.done.push(handle.stop());
         }
@@ -297,7 +456,7 @@ impl App {
 
     /// Restarts every instance, or those of `kind`, bypassing the back-off. Cron entries
     /// are re-created (a run in progress is stopped; the schedule starts afresh).
-    pub fn restart(&mut self, ctx: &Ctx, kind: Option<&str>) -> Pending {
+    pub fn restart(&mut self, ctx: &Ctx, kind: Option<&str>, skip_web: bool) -> Pending {
         let mut pending = Pending::default();
         if self.stopped {
             self.stopped = false;
@@ -306,7 +465,8 @@ impl App {
             return pending;
         }
         for handle in self.instances.values() {
-            if kind.is_none_or(|k| k == handle.config.kind) {
+            let switched = skip_web && handle.config.launch.port.is_some();
+            if kind.is_none_or(|k| k == handle.config.kind) && !switched {
                 pending.restarted.push(handle.restart());
             }
         }
@@ -340,6 +500,104 @@ impl App {
             self.crons.insert(kind, handle);
         }
         pending
+    }
+
+    /// First step of a zero-downtime switch to `spec`: starts, beside the running ones, a new
+    /// web instance for each one `spec` wants that is missing or would run differently (with
+    /// `renew`, every web instance, or those of one kind), each on a fresh port. Returns what
+    /// to wait for; empty when no web instance changes.
+    pub fn begin_switch(
+        &mut self,
+        spec: &AppSpec,
+        renew: Option<Option<&str>>,
+        taken: &mut BTreeSet<u16>,
+        ctx: &Ctx,
+    ) -> std::io::Result<Vec<Candidate>> {
+        let current = std::mem::replace(&mut self.spec, spec.clone());
+        let desired = self.desired();
+        let (grace, rotation) = (self.grace(), self.rotation());
+        self.spec = current;
+        let web_kinds: BTreeSet<&str> = spec
+            .processes
+            .iter()
+            .filter(|p| p.role == Role::Web)
+            .map(|p| p.kind.as_str())
+            .collect();
+        let mut candidates = Vec::new();
+        for (key, want) in desired {
+            if !web_kinds.contains(key.0.as_str()) {
+                continue;
+            }
+            let renewed = renew.is_some_and(|kind| kind.is_none_or(|k| k == key.0));
+            let changed = self
+                .instances
+                .get(&key)
+                .is_none_or(|old| !old.config.same_process_as(&want.config));
+            if !(renewed || changed) {
+                continue;
+            }
+            let port = ports::allocate(taken)?;
+            taken.insert(port);
+            let mut config = want.config;
+            config.launch.port = Some(port);
+            let name = config.name();
+            let sink = ctx.logs.sink(&spec.app, &name, rotation);
+            sink.note(&format!(
+                "switch: starting a new {name} (release {}) on port {port} beside the old one",
+                spec.release
+            ));
+            let handle = InstanceHandle::start(config, grace, sink, ctx.running.clone(), None);
+            candidates.push(Candidate {
+                name,
+                port,
+                snapshot: handle.snapshot().clone(),
+            });
+            if let Some(stale) = self.switching.insert(key, handle) {
+                // Only one switch runs per app; a leftover would be a bug, never kept running.
+                let _ = stale.stop();
+            }
+        }
+        Ok(candidates)
+    }
+
+    /// Abandons a switch: its new instances stop, the old ones were never touched.
+    pub fn abort_switch(&mut self) -> Pending {
+        let mut pending = Pending::default();
+        for (_, handle) in std::mem::take(&mut self.switching) {
+            handle
+                .sink
+                .note("switch: abandoned, this new instance stops; the old one keeps serving");
+            pending.done.push(handle.stop());
+        }
+        pending
+    }
+
+    /// Completes a switch whose new instances are healthy: each takes its name's place and
+    /// port, the pool becomes the new set at once, and the instances they replace are
+    /// drained and stopped (in `pending`). Returns the names switched and whether each
+    /// replaced an old instance; empty if the switch was cancelled meanwhile (`Stop`).
+    pub fn commit_switch(&mut self, pending: &mut Pending) -> Vec<(String, bool)> {
+        let mut switched = Vec::new();
+        let mut replaced = Vec::new();
+        for (key, handle) in std::mem::take(&mut self.switching) {
+            let name = handle.config.name();
+            if let Some(port) = handle.config.launch.port {
+                self.ports.insert(name.clone(), port);
+            }
+            handle
+                .sink
+                .note("switch: this new instance now receives the traffic");
+            let old = self.instances.insert(key, handle);
+            switched.push((name, old.is_some()));
+            if let Some(old) = old {
+                old.sink
+                    .note("switch: the old instance left the pool; draining, then stopping it");
+                replaced.push(old);
+            }
+        }
+        self.sync_members();
+        self.retire(replaced, pending);
+        switched
     }
 
     /// The kinds of the Procfile, for error messages.
@@ -382,7 +640,7 @@ impl App {
                 .map(|p| (p.kind.clone(), p.count))
                 .collect(),
             instances,
-            front: None,
+            front: self.front.as_ref().map(AppFront::status),
         }
     }
 }

@@ -25,6 +25,8 @@ use crate::{cgroup, reaper, server, state};
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 /// The longest a predecessor's leftovers get between SIGTERM and SIGKILL.
 const LEFTOVER_GRACE_CAP: Duration = Duration::from_secs(10);
+/// How long the last log lines may take to reach the disk at shutdown.
+const FLUSH_BOUND: Duration = Duration::from_secs(5);
 
 pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     // First of all: a SIGTERM during start-up must not kill us with apps half started (it
@@ -130,7 +132,13 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     if tokio::time::timeout(bound, sup.shutdown()).await.is_err() {
         tracing::error!("some processes did not stop within {bound:?}");
     }
-    logs.flush_all().await;
+    // A hung disk must not hold the shutdown (systemd would SIGKILL us anyway).
+    if tokio::time::timeout(FLUSH_BOUND, logs.flush_all())
+        .await
+        .is_err()
+    {
+        tracing::error!("log files not flushed within {FLUSH_BOUND:?}; some lines may be lost");
+    }
     running.write_now();
     cgroup::remove_tree();
     let _ = fs::remove_file(&socket);

@@ -10,11 +10,11 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_proxy_glue::{HealthCheck, wait_healthy};
 use piku_proto::InstanceState;
-use tokio::net::TcpStream;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 
 use crate::backoff::Backoff;
 use crate::leftovers::Running;
@@ -23,8 +23,13 @@ use crate::snapshot::Shared;
 use crate::spawn::{self, Launch, Spawned};
 use crate::stop;
 
-/// How often a starting web instance's port is tried...
-const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// How soon a starting web instance's port is first tried (apps are often ready within a
+/// few milliseconds, and status should say so promptly)...
+const PROBE_FIRST: Duration = Duration::from_millis(20);
+/// ...doubling up to this...
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// ...with each probe given this long to answer (loopback: plenty).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// ...and, once it has been starting for [`PROBE_SLOW_AFTER`] (a slow boot, or an app that
 /// never listens), how often after that: a supervisor should not wake up for nothing.
 const PROBE_SLOW_EVERY: Duration = Duration::from_secs(1);
@@ -40,6 +45,9 @@ pub struct InstanceConfig {
     /// (the code may have changed under an unchanged workdir path).
     pub release: String,
     pub launch: Launch,
+    /// Web instances of an app with a front: `GET` this path must answer 2xx/3xx for the
+    /// instance to be `running` (else its port accepting is enough).
+    pub health_path: Option<String>,
 }
 
 impl InstanceConfig {
@@ -51,6 +59,16 @@ impl InstanceConfig {
     /// `web.1`: the instance's name in logs, status and reports.
     pub fn name(&self) -> String {
         format!("{}.{}", self.kind, self.index)
+    }
+
+    /// What tells this process apart from every other the daemon runs (its cgroup, its
+    /// record for the next daemon): during a zero-downtime switch an old and a new `web.1`
+    /// run side by side, on different ports.
+    pub fn slot(&self) -> String {
+        match self.launch.port {
+            Some(port) => format!("{}@{port}", self.name()),
+            None => self.name(),
+        }
     }
 }
 
@@ -115,6 +133,7 @@ impl InstanceHandle {
             restarts: 0,
             timer: None,
             next_probe: None,
+            probe_every: PROBE_FIRST,
             cgroup: None,
         };
         tokio::spawn(async move {
@@ -123,7 +142,7 @@ impl InstanceHandle {
                 after.wait().await;
             }
             // Only now: the instance this one replaces removes the cgroup when it ends.
-            actor.cgroup = crate::cgroup::instance_dir(&actor.config.app, &actor.config.name());
+            actor.cgroup = crate::cgroup::instance_dir(&actor.config.app, &actor.config.slot());
             actor.run(rx).await;
             let _ = done_tx.send(true);
         });
@@ -151,6 +170,11 @@ impl InstanceHandle {
     pub fn stop(self) -> Done {
         let _ = self.control.send(Control::Stop);
         self.done
+    }
+
+    /// The live state the actor publishes (the front reads it to know who is up).
+    pub fn snapshot(&self) -> &Shared {
+        &self.snapshot
     }
 
     pub fn status(&self) -> piku_proto::InstanceStatus {
@@ -194,6 +218,8 @@ struct Actor {
     timer: Option<Instant>,
     /// When to try the web port next.
     next_probe: Option<Instant>,
+    /// The wait before the next probe: short at first, backing off.
+    probe_every: Duration,
     /// The instance's own cgroup, when cgroups are available.
     cgroup: Option<std::path::PathBuf>,
 }
@@ -326,7 +352,8 @@ impl Actor {
                 self.running.insert(self.key(), pid);
                 if self.config.launch.port.is_some() {
                     self.state = InstanceState::Starting;
-                    self.next_probe = Some(Instant::now() + PROBE_EVERY);
+                    self.probe_every = PROBE_FIRST;
+                    self.next_probe = Some(Instant::now() + PROBE_FIRST);
                 } else {
                     self.state = InstanceState::Running;
                 }
@@ -395,21 +422,29 @@ impl Actor {
             self.next_probe = None;
             return;
         };
-        let connect = TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port));
-        match timeout(Duration::from_millis(500), connect).await {
-            Ok(Ok(_)) => {
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        let check = match &self.config.health_path {
+            Some(path) => HealthCheck::Http { path: path.clone() },
+            None => HealthCheck::Tcp,
+        };
+        // A deadline no longer than the glue's probe interval means exactly one probe.
+        match wait_healthy(addr, &check, PROBE_TIMEOUT).await {
+            Ok(()) => {
                 self.state = InstanceState::Running;
                 self.next_probe = None;
-                self.sink
-                    .note(&format!("accepting connections on port {port}"));
-            }
-            Ok(Err(_)) | Err(_) => {
-                let starting_for = self.process.as_ref().map(|p| p.started.elapsed());
-                let every = match starting_for {
-                    Some(t) if t >= PROBE_SLOW_AFTER => PROBE_SLOW_EVERY,
-                    Some(_) | None => PROBE_EVERY,
+                let what = match &self.config.health_path {
+                    Some(path) => format!("healthy on port {port} ({path} answers)"),
+                    None => format!("accepting connections on port {port}"),
                 };
-                self.next_probe = Some(Instant::now() + every);
+                self.sink.note(&what);
+            }
+            Err(_) => {
+                let starting_for = self.process.as_ref().map(|p| p.started.elapsed());
+                self.probe_every = match starting_for {
+                    Some(t) if t >= PROBE_SLOW_AFTER => PROBE_SLOW_EVERY,
+                    Some(_) | None => (self.probe_every * 2).min(PROBE_EVERY),
+                };
+                self.next_probe = Some(Instant::now() + self.probe_every);
             }
         }
     }
@@ -432,7 +467,7 @@ impl Actor {
     }
 
     fn key(&self) -> String {
-        format!("{}/{}", self.config.app, self.config.name())
+        format!("{}/{}", self.config.app, self.config.slot())
     }
 
     fn publish(&self) {

@@ -7,6 +7,7 @@ mod backoff;
 mod cgroup;
 mod cron;
 mod daemon;
+mod front;
 mod instance;
 mod leftovers;
 mod logs;
@@ -19,6 +20,7 @@ mod spawn;
 mod state;
 mod stop;
 mod supervisor;
+mod switch;
 mod validate;
 
 use std::path::PathBuf;

@@ -32,6 +32,9 @@ pub struct SavedApp {
     /// `web.1` → port.
     #[serde(default)]
     pub ports: BTreeMap<String, u16>,
+    /// The front's TCP port when the daemon chose it.
+    #[serde(default)]
+    pub front_port: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +146,7 @@ mod tests {
                     spec,
                     stopped: true,
                     ports: BTreeMap::from([("web.1".into(), 4001), ("web.2".into(), 4002)]),
+                    front_port: Some(4003),
                 },
             )]),
         };

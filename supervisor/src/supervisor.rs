@@ -11,9 +11,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use piku_proto::{AppSpec, AppStatus, ApplyReport, Role};
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
 
 use crate::app::{App, Ctx, Pending};
+use crate::front::FrontError;
 use crate::state::{self, STATE_VERSION, SavedState, StateError};
+use crate::switch::{self, Progress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -33,7 +37,15 @@ pub enum SupervisorError {
     State(#[from] StateError),
     #[error("the supervisor is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Front(#[from] FrontError),
+    /// A zero-downtime switch was abandoned; the old instances still serve.
+    #[error("{0}")]
+    Switch(String),
 }
+
+/// Lines of an unhealthy instance's log quoted in the error of an abandoned switch.
+const SWITCH_LOG_LINES: usize = 10;
 
 pub struct Supervisor {
     pub ctx: Ctx,
@@ -43,6 +55,9 @@ pub struct Supervisor {
     save_lock: tokio::sync::Mutex<()>,
     /// Set (under the table lock) when shutdown begins.
     shutting_down: AtomicBool,
+    /// One changing request at a time per app: a switch waits for health checks without
+    /// the table lock, and no scale or second deploy may interleave with it.
+    ops: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Supervisor {
@@ -53,7 +68,20 @@ impl Supervisor {
             state_path,
             save_lock: tokio::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
+            ops: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Waits for the app's turn to change (see `ops`).
+    async fn op(&self, app: &str) -> OwnedMutexGuard<()> {
+        let lock = self
+            .ops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(app.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// The table, for a request that changes it: refused once shutdown has begun, so that
@@ -78,16 +106,24 @@ impl Supervisor {
         let mut taken: BTreeSet<u16> = saved
             .apps
             .values()
-            .flat_map(|a| a.ports.values().copied())
+            .flat_map(|a| a.ports.values().copied().chain(a.front_port))
             .collect();
         for (name, saved_app) in saved.apps {
             if let Err(e) = crate::validate::spec(&saved_app.spec) {
                 tracing::error!(app = %name, "not restoring an invalid saved app: {e}");
                 continue;
             }
-            let mut app = App::new(saved_app.spec, saved_app.stopped, saved_app.ports);
+            let mut app = App::new(
+                saved_app.spec,
+                saved_app.stopped,
+                saved_app.ports,
+                saved_app.front_port,
+            );
             if let Err(e) = app.assign_ports(&mut taken) {
                 tracing::error!(app = %name, "cannot assign ports: {e}");
+            }
+            if let Err(e) = app.ensure_front(&mut taken) {
+                tracing::error!(app = %name, "{e}");
             }
             let (report, _started) = app.reconcile(&self.ctx);
             tracing::info!(
@@ -101,16 +137,24 @@ impl Supervisor {
     }
 
     fn taken_ports(apps: &BTreeMap<String, App>) -> BTreeSet<u16> {
-        apps.values()
-            .flat_map(|a| a.ports.values().copied())
-            .collect()
+        apps.values().flat_map(App::held_ports).collect()
     }
 
     /// `Apply`: the app's desired state becomes `spec`; only what differs is touched.
     /// Clears the stopped flag. Returns once stopped/replaced processes are gone and new
     /// ones are spawned.
-    pub async fn apply(&self, spec: AppSpec) -> Result<ApplyReport, SupervisorError> {
+    ///
+    /// With an open front, changed web instances are replaced blue/green (see [`switch`]).
+    pub async fn apply(
+        &self,
+        spec: AppSpec,
+        progress: &Progress,
+    ) -> Result<ApplyReport, SupervisorError> {
         crate::validate::spec(&spec).map_err(SupervisorError::Invalid)?;
+        let _turn = self.op(&spec.app).await;
+        if let Some(report) = self.switch(spec.clone(), None, progress).await? {
+            return Ok(report);
+        }
         let (report, pending) = {
             let mut apps = self.apps_to_change()?;
             let mut taken = Self::taken_ports(&apps);
@@ -118,7 +162,7 @@ impl Supervisor {
             let is_new = !apps.contains_key(&name);
             let app = apps
                 .entry(name.clone())
-                .or_insert_with(|| App::new(spec.clone(), false, BTreeMap::new()));
+                .or_insert_with(|| App::new(spec.clone(), false, BTreeMap::new(), None));
             let previous = (app.spec.clone(), app.ports.clone());
             app.spec = spec;
             if let Err(e) = app.assign_ports(&mut taken) {
@@ -129,6 +173,13 @@ impl Supervisor {
                 return Err(SupervisorError::Ports(e));
             }
             app.stopped = false;
+            if let Err(e) = app.ensure_front(&mut taken) {
+                (app.spec, app.ports) = previous;
+                if is_new {
+                    let _ = apps.remove(&name).map(|mut app| app.stop_all());
+                }
+                return Err(e.into());
+            }
             app.reconcile(&self.ctx)
         };
         self.save().await?;
@@ -152,6 +203,7 @@ impl Supervisor {
         app_name: &str,
         formation: &BTreeMap<String, u32>,
     ) -> Result<ApplyReport, SupervisorError> {
+        let _turn = self.op(app_name).await;
         let (report, pending) = {
             let mut apps = self.apps_to_change()?;
             let mut taken = Self::taken_ports(&apps);
@@ -193,7 +245,32 @@ impl Supervisor {
 
     /// `Restart`: every instance of the app (or of `kind`), bypassing the back-off; a
     /// stopped app is started.
-    pub async fn restart(&self, app_name: &str, kind: Option<&str>) -> Result<(), SupervisorError> {
+    ///
+    /// With an open front, web instances are renewed blue/green first (see [`switch`]);
+    /// the other kinds restart once that has succeeded.
+    pub async fn restart(
+        &self,
+        app_name: &str,
+        kind: Option<&str>,
+        progress: &Progress,
+    ) -> Result<(), SupervisorError> {
+        let _turn = self.op(app_name).await;
+        let switch_web = {
+            let apps = self.apps_to_change()?;
+            let app = apps
+                .get(app_name)
+                .ok_or_else(|| SupervisorError::UnknownApp(app_name.to_string()))?;
+            let web_kind = kind.is_none_or(|k| {
+                app.spec
+                    .processes
+                    .iter()
+                    .any(|p| p.kind == k && p.role == Role::Web)
+            });
+            (app.has_front() && !app.stopped && web_kind).then(|| app.spec.clone())
+        };
+        if let Some(spec) = &switch_web {
+            self.switch(spec.clone(), Some(kind), progress).await?;
+        }
         let pending = {
             let mut apps = self.apps_to_change()?;
             let app = apps
@@ -208,7 +285,16 @@ impl Supervisor {
                     known: app.kinds().join(", "),
                 });
             }
-            app.restart(&self.ctx, kind)
+            let was_stopped = app.stopped;
+            let pending = app.restart(&self.ctx, kind, switch_web.is_some());
+            if was_stopped {
+                let mut taken = Self::taken_ports(&apps);
+                if let Some(app) = apps.get_mut(app_name) {
+                    app.ensure_front(&mut taken)?;
+                    app.sync_members();
+                }
+            }
+            pending
         };
         self.save().await?;
         pending.wait().await;
@@ -217,6 +303,7 @@ impl Supervisor {
 
     /// `Stop`: stops every process and remembers it (a daemon restart keeps it stopped).
     pub async fn stop(&self, app_name: &str) -> Result<(), SupervisorError> {
+        let _turn = self.op(app_name).await;
         let pending = {
             let mut apps = self.apps_to_change()?;
             let app = apps
@@ -232,12 +319,19 @@ impl Supervisor {
 
     /// `Start`: a stopped app runs again at its formation.
     pub async fn start(&self, app_name: &str) -> Result<ApplyReport, SupervisorError> {
+        let _turn = self.op(app_name).await;
         let (report, pending) = {
             let mut apps = self.apps_to_change()?;
+            let mut taken = Self::taken_ports(&apps);
             let app = apps
                 .get_mut(app_name)
                 .ok_or_else(|| SupervisorError::UnknownApp(app_name.to_string()))?;
             app.stopped = false;
+            // Listening first: instances join the pool as they come up.
+            if let Err(e) = app.ensure_front(&mut taken) {
+                app.stopped = true;
+                return Err(e.into());
+            }
             app.reconcile(&self.ctx)
         };
         self.save().await?;
@@ -247,6 +341,7 @@ impl Supervisor {
 
     /// `Remove`: stops the app and forgets it; its log files stay.
     pub async fn remove(&self, app_name: &str) -> Result<(), SupervisorError> {
+        let _turn = self.op(app_name).await;
         let pending = {
             let mut apps = self.apps_to_change()?;
             let mut app = apps
@@ -258,6 +353,131 @@ impl Supervisor {
         pending.wait().await;
         self.ctx.logs.forget_app(app_name);
         Ok(())
+    }
+
+    /// A zero-downtime switch of the app's web instances to `spec` (see [`switch`]), when
+    /// the app runs with an open front and some web instance changes (or `renew` asks for
+    /// fresh ones: `Some(None)` every web kind, `Some(Some(kind))` one). `Ok(None)`: nothing
+    /// to switch, the caller proceeds in place. The caller holds the app's turn.
+    async fn switch(
+        &self,
+        spec: AppSpec,
+        renew: Option<Option<&str>>,
+        progress: &Progress,
+    ) -> Result<Option<ApplyReport>, SupervisorError> {
+        let name = spec.app.clone();
+        let candidates = {
+            let mut apps = self.apps_to_change()?;
+            let mut taken = Self::taken_ports(&apps);
+            let Some(app) = apps.get_mut(&name) else {
+                return Ok(None);
+            };
+            if app.stopped || !app.has_front() || spec.settings.front.is_none() {
+                return Ok(None);
+            }
+            match app.begin_switch(&spec, renew, &mut taken, &self.ctx) {
+                Ok(candidates) => Ok(candidates),
+                Err(e) => Err((app.abort_switch(), e)),
+            }
+        };
+        let candidates = match candidates {
+            Ok(candidates) if candidates.is_empty() => return Ok(None),
+            Ok(candidates) => candidates,
+            Err((pending, e)) => {
+                pending.wait().await;
+                return Err(SupervisorError::Ports(e));
+            }
+        };
+        let settings = spec.settings.front.clone().unwrap_or_default();
+        let began = Instant::now();
+        let waited = switch::wait_all(
+            &candidates,
+            settings.health_path.as_deref(),
+            Duration::from_millis(settings.health_deadline_ms),
+            progress,
+        )
+        .await;
+        if let Err(unhealthy) = waited {
+            let pending = self
+                .apps()
+                .get_mut(&name)
+                .map(App::abort_switch)
+                .unwrap_or_default();
+            pending.wait().await;
+            let tail = self
+                .ctx
+                .logs
+                .tail(&name, Some(&unhealthy.name), SWITCH_LOG_LINES)
+                .await
+                .unwrap_or_default();
+            let mut message = format!(
+                "{}; not switched: the old instances keep serving",
+                unhealthy.reason
+            );
+            if !tail.is_empty() {
+                message.push_str(&format!("\nlast lines of {}:", unhealthy.name));
+                for line in tail {
+                    message.push_str(&format!("\n  {}", line.line));
+                }
+            }
+            tracing::warn!(app = %name, "switch abandoned: {}", unhealthy.reason);
+            return Err(SupervisorError::Switch(message));
+        }
+        progress.say(format!(
+            "{} new web instance(s) healthy after {:.1}s: switching traffic",
+            candidates.len(),
+            began.elapsed().as_secs_f64()
+        ));
+        let (report, pending, switched) = {
+            let mut apps = self.apps_to_change()?;
+            let mut pending = Pending::default();
+            let switched = match apps.get_mut(&name) {
+                Some(app) => app.commit_switch(&mut pending),
+                None => Vec::new(),
+            };
+            if switched.is_empty() {
+                return Err(SupervisorError::Switch(format!(
+                    "{name} was stopped during the switch"
+                )));
+            }
+            let mut taken = Self::taken_ports(&apps);
+            let Some(app) = apps.get_mut(&name) else {
+                return Err(SupervisorError::UnknownApp(name));
+            };
+            app.spec = spec;
+            // Ports only shrink here (kinds scaled down or gone): no allocation can fail.
+            if let Err(e) = app.assign_ports(&mut taken) {
+                tracing::error!(app = %name, "cannot assign ports after a switch: {e}");
+            }
+            if let Err(e) = app.ensure_front(&mut taken) {
+                tracing::error!(app = %name, "after the switch: {e}; the front keeps its old listeners");
+            }
+            let (mut report, rest) = app.reconcile(&self.ctx);
+            pending.merge(rest);
+            for (instance, replaced) in &switched {
+                report.unchanged.retain(|n| n != instance);
+                if *replaced {
+                    report.restarted.push(instance.clone());
+                } else {
+                    report.started.push(instance.clone());
+                }
+            }
+            (report, pending, switched.len())
+        };
+        self.save().await?;
+        progress.say(format!(
+            "switched {switched} web instance(s) in {:.1}s; draining and stopping the old ones",
+            began.elapsed().as_secs_f64()
+        ));
+        pending.wait().await;
+        tracing::info!(
+            app = %report.app,
+            release = %report.release,
+            restarted = ?report.restarted,
+            seconds = began.elapsed().as_secs_f64(),
+            "switched with no downtime"
+        );
+        Ok(Some(report))
     }
 
     pub fn status(&self, app_name: Option<&str>) -> Result<Vec<AppStatus>, SupervisorError> {

@@ -42,7 +42,14 @@ async fn next_request(conn: &mut Conn) -> Result<Option<Request>, String> {
     }
 }
 
-pub async fn serve(stream: UnixStream, sup: Arc<Supervisor>, own_uid: u32) {
+/// `shutdown` ends a `logs --follow` at once, so a following client never holds the
+/// daemon's exit.
+pub async fn serve(
+    stream: UnixStream,
+    sup: Arc<Supervisor>,
+    own_uid: u32,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let peer = stream.peer_cred();
     let codec = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME_BYTES)
@@ -106,19 +113,19 @@ pub async fn serve(stream: UnixStream, sup: Arc<Supervisor>, own_uid: u32) {
             Request::Hello { .. } => Some(Response::Error {
                 message: "already greeted".into(),
             }),
-            Request::Apply(spec) => Some(handlers::apply::handle(&sup, *spec).await),
+            Request::Apply(spec) => Some(handlers::apply::handle(&sup, *spec, &mut conn).await),
             Request::Scale { app, formation } => {
                 Some(handlers::scale::handle(&sup, &app, &formation).await)
             }
             Request::Restart { app, kind } => {
-                Some(handlers::restart::handle(&sup, &app, kind.as_deref()).await)
+                Some(handlers::restart::handle(&sup, &app, kind.as_deref(), &mut conn).await)
             }
             Request::Stop { app } => Some(handlers::stop::handle(&sup, &app).await),
             Request::Start { app } => Some(handlers::start::handle(&sup, &app).await),
             Request::Remove { app } => Some(handlers::remove::handle(&sup, &app).await),
             Request::Status { app } => Some(handlers::status::handle(&sup, app.as_deref())),
             // Streams its own frames; a following request ends when the client hangs up.
-            Request::Logs(req) => handlers::logs::handle(&sup, req, &mut conn).await,
+            Request::Logs(req) => handlers::logs::handle(&sup, req, &mut conn, &mut shutdown).await,
         };
         match response {
             Some(resp) => {

@@ -51,15 +51,15 @@ pub async fn serve(
             },
             () = stopped(&mut shutdown) => return,
         };
-        let sup = sup.clone();
+        let (sup, shutdown) = (sup.clone(), shutdown.clone());
         tokio::spawn(async move {
-            connection::serve(stream, sup, own_uid).await;
+            connection::serve(stream, sup, own_uid, shutdown).await;
             drop(permit);
         });
     }
 }
 
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send: drop it here, inside.
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }

@@ -13,7 +13,12 @@ const MAX_TAIL_LINES: usize = 100_000;
 
 /// Sends the lines itself. Returns the final frame to send, or `None` when the connection
 /// is finished (a follow ended because the client hung up).
-pub async fn handle(sup: &Supervisor, req: LogsRequest, conn: &mut Conn) -> Option<Response> {
+pub async fn handle(
+    sup: &Supervisor,
+    req: LogsRequest,
+    conn: &mut Conn,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Response> {
     if let Some(refused) = super::refuse_bad_name(&req.app) {
         return Some(refused);
     }
@@ -74,6 +79,8 @@ pub async fn handle(sup: &Supervisor, req: LogsRequest, conn: &mut Conn) -> Opti
             }
             // Anything from the client (or EOF) ends the follow: it only hangs up.
             _ = conn.next() => return None,
+            // The daemon is stopping: the follow ends (the client sees the socket close).
+            () = crate::server::stopped(shutdown) => return None,
         }
     }
 }

@@ -2,13 +2,27 @@
 
 use piku_proto::Response;
 
+use crate::server::connection::Conn;
 use crate::supervisor::Supervisor;
 
-pub async fn handle(sup: &Supervisor, app: &str, kind: Option<&str>) -> Response {
+/// With a front, web instances are renewed blue/green and `Progress` frames come first.
+pub async fn handle(sup: &Supervisor, app: &str, kind: Option<&str>, conn: &mut Conn) -> Response {
     if let Some(refused) = super::refuse_bad_name(app) {
         return refused;
     }
-    match sup.restart(app, kind).await {
+    super::with_progress(conn, |progress| async move {
+        restart(sup, app, kind, &progress).await
+    })
+    .await
+}
+
+async fn restart(
+    sup: &Supervisor,
+    app: &str,
+    kind: Option<&str>,
+    progress: &crate::switch::Progress,
+) -> Response {
+    match sup.restart(app, kind, progress).await {
         Ok(()) => Response::Done {
             message: match kind {
                 Some(kind) => format!("restarted {app} {kind}"),

@@ -1,0 +1,264 @@
+//! An app's HTTP front inside the daemon: one `hyper_proxy_glue::Front`, its listeners (a
+//! Unix socket nginx proxies to, and/or the app's public TCP port) and the web instances it
+//! sends traffic to.
+//!
+//! The pool follows the instances' own state: an instance is a backend while its actor says
+//! `running` (its port accepts, or its health path answers). The app manager tells the front
+//! which instances exist ([`AppFront::set_members`], which also applies at once, so an
+//! instance removed from the members leaves the pool before it is drained and stopped); a
+//! small task re-reads their states every [`SYNC_EVERY`] so a crashed instance leaves and a
+//! recovered or scaled-up one joins without anyone asking.
+//!
+//! The Unix socket is `0660`: nginx must run in the daemon's group (`www-data` under the
+//! shipped systemd unit) to connect.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hyper_proxy_glue::{Backend, Front, FrontConfig};
+use piku_proto::{FrontSpec, FrontStatus, InstanceState};
+use tokio::task::JoinHandle;
+
+use crate::snapshot::Shared;
+
+/// How often the pool is compared with the instances' states.
+const SYNC_EVERY: Duration = Duration::from_millis(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    #[error("front of {app}: cannot listen on {path}: {source}")]
+    Unix {
+        app: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("front of {app}: cannot listen on {addr}: {source}")]
+    Tcp {
+        app: String,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A web instance the front may send traffic to once it is up.
+#[derive(Clone)]
+pub struct Member {
+    /// `web.1`.
+    pub name: String,
+    pub port: u16,
+    pub snapshot: Shared,
+}
+
+impl Member {
+    /// The backend id: the name alone is shared by the old and new generation during a
+    /// switch, the port is not.
+    pub fn id(&self) -> String {
+        backend_id(&self.name, self.port)
+    }
+}
+
+pub fn backend_id(name: &str, port: u16) -> String {
+    format!("{name}@{port}")
+}
+
+/// Where a front listens: the part of its settings that needs a rebind when it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub unix_socket: Option<PathBuf>,
+    pub tcp: Option<(String, u16)>,
+}
+
+impl Listen {
+    /// The listeners `spec` asks for, with `tcp_port` the port chosen for its TCP listener.
+    pub fn of(spec: &FrontSpec, tcp_port: Option<u16>) -> Listen {
+        Listen {
+            unix_socket: spec.unix_socket.clone(),
+            tcp: spec
+                .tcp
+                .as_ref()
+                .and_then(|tcp| tcp.port.or(tcp_port).map(|port| (tcp.bind.clone(), port))),
+        }
+    }
+}
+
+/// An open front: listeners bound and served, pool kept in step with the members.
+pub struct AppFront {
+    app: String,
+    listen: Listen,
+    front: Front,
+    members: Arc<Mutex<Vec<Member>>>,
+    sync: JoinHandle<()>,
+    serving: Vec<JoinHandle<()>>,
+}
+
+impl AppFront {
+    /// Binds every listener of `listen` and starts serving (with no backend until members
+    /// are set). Nothing is left bound if one of them fails.
+    pub fn open(app: &str, listen: Listen) -> Result<AppFront, FrontError> {
+        let unix = match &listen.unix_socket {
+            Some(path) => Some(bind_unix(path).map_err(|source| FrontError::Unix {
+                app: app.to_string(),
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let tcp = match &listen.tcp {
+            Some((bind, port)) => match bind_tcp(bind, *port) {
+                Ok(listener) => Some(listener),
+                Err(source) => {
+                    if let Some(path) = &listen.unix_socket {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(FrontError::Tcp {
+                        app: app.to_string(),
+                        addr: format!("{bind}:{port}"),
+                        source,
+                    });
+                }
+            },
+            None => None,
+        };
+        let front = Front::new(FrontConfig::default());
+        let mut serving = Vec::new();
+        if let Some(listener) = unix {
+            let front = front.clone();
+            serving.push(tokio::spawn(
+                async move { front.serve_unix(listener).await },
+            ));
+        }
+        if let Some(listener) = tcp {
+            let front = front.clone();
+            serving.push(tokio::spawn(async move { front.serve_tcp(listener).await }));
+        }
+        let members: Arc<Mutex<Vec<Member>>> = Arc::default();
+        let sync = {
+            let (front, members) = (front.clone(), members.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SYNC_EVERY).await;
+                    let members = lock(&members).clone();
+                    sync(&front, &members);
+                }
+            })
+        };
+        tracing::info!(app, ?listen, "front listening");
+        Ok(AppFront {
+            app: app.to_string(),
+            listen,
+            front,
+            members,
+            sync,
+            serving,
+        })
+    }
+
+    pub fn listen(&self) -> &Listen {
+        &self.listen
+    }
+
+    pub fn front(&self) -> &Front {
+        &self.front
+    }
+
+    /// The instances that exist now; the pool follows at once (an instance no longer listed
+    /// gets no new request once this returns).
+    pub fn set_members(&self, members: Vec<Member>) {
+        let mut current = lock(&self.members);
+        *current = members;
+        sync(&self.front, &current);
+    }
+
+    /// Stops listening (open connections finish their request within the glue's grace) and
+    /// removes the socket file.
+    pub fn close(self) {
+        self.front.shutdown();
+        self.sync.abort();
+        drop(self.serving);
+        if let Some(path) = &self.listen.unix_socket {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!(app = %self.app, "front closed");
+    }
+
+    pub fn status(&self) -> FrontStatus {
+        FrontStatus {
+            unix_socket: self.listen.unix_socket.clone(),
+            tcp: self
+                .listen
+                .tcp
+                .as_ref()
+                .map(|(bind, port)| format_addr(bind, *port)),
+            backends: self
+                .front
+                .backends()
+                .into_iter()
+                .map(|b| match b.id.split_once('@') {
+                    Some((name, _)) => name.to_string(),
+                    None => b.id,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Makes the pool the members that are up, in member order; untouched when already so.
+fn sync(front: &Front, members: &[Member]) {
+    let up: Vec<Backend> = members
+        .iter()
+        .filter(|m| m.snapshot.get().state == InstanceState::Running)
+        .map(|m| Backend::new(m.id(), SocketAddr::from(([127, 0, 0, 1], m.port))))
+        .collect();
+    if front.backends() != up {
+        tracing::debug!(backends = ?up.iter().map(|b| &b.id).collect::<Vec<_>>(), "front pool");
+        front.set_backends(up);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn format_addr(bind: &str, port: u16) -> String {
+    match bind.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        Ok(IpAddr::V4(_)) | Err(_) => format!("{bind}:{port}"),
+    }
+}
+
+/// Creates the parent directory, replaces a stale socket file (one nobody answers on) and
+/// binds with mode 0660.
+fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process answers on this socket",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
+}
+
+fn bind_tcp(bind: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let ip: IpAddr = bind.parse().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{bind:?} is not an IP address"),
+        )
+    })?;
+    // std sets SO_REUSEADDR on Unix, so a port in TIME_WAIT after a restart binds again.
+    let listener = std::net::TcpListener::bind((ip, port))?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}

@@ -1,0 +1,458 @@
+//! The HTTP front inside the daemon: a real daemon, real HTTP instances (`fixtures/http.py`)
+//! and requests through the front's TCP port (or Unix socket) while the app is scaled,
+//! redeployed, crashes, or the daemon restarts.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use piku_proto::{AppSpec, FrontSpec, InstanceState, Request, Response, Role, TcpFront};
+
+fn http_process(count: u32) -> piku_proto::ProcessSpec {
+    process(
+        "web",
+        format!("{} {}", python(), fixture("httpapp.py")),
+        Role::Web,
+        count,
+    )
+}
+
+/// An app with a TCP front on a port the daemon chooses, health checked on `/up`.
+fn fronted(app: &str, root: &TestRoot, count: u32) -> AppSpec {
+    let mut spec = spec(app, &root.scratch(), vec![http_process(count)]);
+    spec.env.insert("CONTENT".into(), "v1".into());
+    spec.settings.front = Some(FrontSpec {
+        unix_socket: None,
+        tcp: Some(TcpFront {
+            bind: "127.0.0.1".into(),
+            port: None,
+        }),
+        health_path: Some("/up".into()),
+        health_deadline_ms: 10_000,
+        drain_ms: 5_000,
+    });
+    spec
+}
+
+fn new_release(spec: &AppSpec, release: &str) -> AppSpec {
+    let mut next = spec.clone();
+    next.release = release.into();
+    next.env.insert("CONTENT".into(), release.into());
+    next
+}
+
+/// The front's `address:port`, once it is listening.
+fn front_addr(daemon: &Daemon, app: &str) -> String {
+    daemon
+        .status(app)
+        .front
+        .and_then(|f| f.tcp)
+        .expect("the app has a TCP front")
+}
+
+/// Waits until the front sends traffic to exactly `n` instances.
+fn wait_backends(daemon: &Daemon, app: &str, n: usize) -> Vec<String> {
+    wait_for(
+        &format!("{n} backends in the front"),
+        Duration::from_secs(20),
+        || {
+            let backends = daemon.status(app).front?.backends;
+            (backends.len() == n).then_some(backends)
+        },
+    )
+}
+
+/// One `GET path` over a fresh connection: the body of a 200, else what went wrong.
+fn get(stream: &mut (impl Read + Write), path: &str) -> Result<String, String> {
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no response head: {response:?}"))?;
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(body.to_string())
+    } else {
+        Err(response)
+    }
+}
+
+fn get_tcp(addr: &str) -> Result<String, String> {
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    get(&mut stream, "/")
+}
+
+/// A bounded load: 4 threads sending requests one after another through the front.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    bodies: Arc<Mutex<Vec<String>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl Load {
+    fn start(addr: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..4)
+            .map(|_| {
+                let (addr, stop) = (addr.to_string(), stop.clone());
+                let (bodies, failures) = (bodies.clone(), failures.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match get_tcp(&addr) {
+                            Ok(body) => bodies.lock().unwrap().push(body),
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            bodies,
+            failures,
+        }
+    }
+
+    /// Stops the load; returns (bodies, failures).
+    fn finish(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let bodies = std::mem::take(&mut *self.bodies.lock().unwrap());
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        (bodies, failures)
+    }
+
+    fn served(&self) -> usize {
+        self.bodies.lock().unwrap().len()
+    }
+
+    /// Waits until at least `more` requests beyond those already counted were served.
+    fn wait_more(&self, more: usize) {
+        let target = self.served() + more;
+        wait_for("requests to be served", Duration::from_secs(20), || {
+            (self.served() >= target).then_some(())
+        });
+    }
+}
+
+/// Applies `spec`, collecting the `Progress` frames; the final frame or the error text.
+fn apply_with_progress(daemon: &Daemon, spec: &AppSpec) -> (Result<Response, String>, Vec<String>) {
+    let mut progress = Vec::new();
+    let answer = daemon
+        .client()
+        .call(&Request::Apply(Box::new(spec.clone())), |frame| {
+            if let Response::Progress { message } = frame {
+                progress.push(message.clone());
+            }
+        })
+        .map_err(|e| e.to_string());
+    (answer, progress)
+}
+
+fn web_pids(daemon: &Daemon, app: &str) -> Vec<u32> {
+    daemon
+        .status(app)
+        .instances
+        .iter()
+        .filter(|i| i.kind == "web")
+        .filter_map(|i| i.pid)
+        .collect()
+}
+
+/// Processes of the fixture whose environment says `CONTENT=<content>`.
+fn fixture_processes_with(content: &str) -> Vec<u32> {
+    let needle = format!("CONTENT={content}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains("httpapp.py")
+                && environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+                && alive(*pid)
+        })
+        .collect()
+}
+
+#[test]
+fn requests_through_the_tcp_front_reach_every_instance() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    daemon.apply(&fronted("shop", &root, 2));
+    let addr = front_addr(&daemon, "shop");
+    let backends = wait_backends(&daemon, "shop", 2);
+    assert_eq!(backends, ["web.1", "web.2"]);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let body = get_tcp(&addr).unwrap();
+        assert!(body.starts_with("v1 web."), "{body}");
+        seen.insert(body.split_whitespace().nth(1).unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 2, "both instances answer: {seen:?}");
+}
+
+#[test]
+fn unix_socket_front_answers_with_mode_0660() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let socket = root.root().join("nginx").join("shop.sock");
+    // A stale socket file from a previous daemon is replaced.
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let mut spec = fronted("shop", &root, 1);
+    if let Some(front) = spec.settings.front.as_mut() {
+        front.unix_socket = Some(socket.clone());
+        front.tcp = None;
+    }
+    daemon.apply(&spec);
+    wait_backends(&daemon, "shop", 1);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let body = get(&mut stream, "/").unwrap();
+    assert!(body.starts_with("v1 web.1"), "{body}");
+    assert_eq!(
+        daemon.status("shop").front.unwrap().unix_socket.as_deref(),
+        Some(socket.as_path())
+    );
+    // Stop closes the listener and removes the socket; Start opens it again.
+    daemon.call(&Request::Stop { app: "shop".into() }).unwrap();
+    assert!(!socket.exists(), "socket removed on stop");
+    daemon.call(&Request::Start { app: "shop".into() }).unwrap();
+    wait_backends(&daemon, "shop", 1);
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    assert!(get(&mut stream, "/").unwrap().starts_with("v1 web.1"));
+}
+
+#[test]
+fn scale_up_and_down_under_load_loses_no_request() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    daemon.apply(&fronted("shop", &root, 1));
+    let addr = front_addr(&daemon, "shop");
+    wait_backends(&daemon, "shop", 1);
+    let load = Load::start(&addr);
+    load.wait_more(20);
+    daemon.scale("shop", &[("web", 3)]);
+    wait_backends(&daemon, "shop", 3);
+    load.wait_more(50);
+    daemon.scale("shop", &[("web", 1)]);
+    assert_eq!(wait_backends(&daemon, "shop", 1), ["web.1"]);
+    load.wait_more(20);
+    let (bodies, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let served_by: std::collections::BTreeSet<&str> = bodies
+        .iter()
+        .filter_map(|b| b.split_whitespace().nth(1))
+        .collect();
+    assert!(
+        served_by.contains("web.3"),
+        "the scaled-up instances served: {served_by:?}"
+    );
+    eprintln!("scale 1→3→1: {} requests, 0 failed", bodies.len());
+}
+
+#[test]
+fn new_release_switches_under_load_with_no_failed_request() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let v1 = fronted("shop", &root, 2);
+    daemon.apply(&v1);
+    let addr = front_addr(&daemon, "shop");
+    wait_backends(&daemon, "shop", 2);
+    let old_pids = web_pids(&daemon, "shop");
+    let load = Load::start(&addr);
+    load.wait_more(20);
+    let began = Instant::now();
+    let (answer, progress) = apply_with_progress(&daemon, &new_release(&v1, "v2"));
+    let took = began.elapsed();
+    let Ok(Response::Applied(report)) = answer else {
+        panic!("apply failed: {answer:?}");
+    };
+    assert_eq!(report.restarted, ["web.1", "web.2"]);
+    // Right after the answer, every new request is served by the new release.
+    for _ in 0..10 {
+        assert!(get_tcp(&addr).unwrap().starts_with("v2 "));
+    }
+    load.wait_more(20);
+    let (bodies, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(bodies.iter().any(|b| b.starts_with("v1 ")));
+    assert!(bodies.iter().any(|b| b.starts_with("v2 ")));
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.starts_with("waiting for web.1 on port ")),
+        "{progress:?}"
+    );
+    // The old processes are gone, the new ones run on fresh ports.
+    for pid in old_pids {
+        wait_for("an old instance to stop", Duration::from_secs(15), || {
+            (!alive(pid)).then_some(())
+        });
+    }
+    let log = root.wait_log(
+        "shop",
+        "web.1",
+        "switch: this new instance now receives the traffic",
+    );
+    assert!(log.contains("switch: starting a new web.1"), "{log}");
+    eprintln!(
+        "switch to v2 took {:.2}s; {} requests during the test, 0 failed",
+        took.as_secs_f64(),
+        bodies.len()
+    );
+}
+
+#[test]
+fn release_that_never_becomes_healthy_is_not_switched_to() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut v1 = fronted("shop", &root, 2);
+    if let Some(front) = v1.settings.front.as_mut() {
+        front.health_deadline_ms = 1500;
+    }
+    daemon.apply(&v1);
+    let addr = front_addr(&daemon, "shop");
+    wait_backends(&daemon, "shop", 2);
+    let old_pids = web_pids(&daemon, "shop");
+
+    // The health path answers 500.
+    let mut sick = new_release(&v1, "v2");
+    sick.env.insert("HEALTH_STATUS".into(), "500".into());
+    let (answer, _) = apply_with_progress(&daemon, &sick);
+    let err = answer.expect_err("a sick release is refused");
+    assert!(err.contains("not healthy after"), "{err}");
+    assert!(err.contains("last probe: status 500"), "{err}");
+    assert!(err.contains("the old instances keep serving"), "{err}");
+    assert!(
+        err.contains("serving v2"),
+        "the log lines are quoted: {err}"
+    );
+
+    // It never binds its port.
+    let mut silent = new_release(&v1, "v3");
+    silent.env.insert("NEVER_LISTEN".into(), "1".into());
+    let (answer, _) = apply_with_progress(&daemon, &silent);
+    let err = answer.expect_err("a silent release is refused");
+    assert!(err.contains("last probe: connection refused"), "{err}");
+    assert!(err.contains("not listening, on purpose"), "{err}");
+
+    assert_eq!(
+        web_pids(&daemon, "shop"),
+        old_pids,
+        "the old instances run on"
+    );
+    assert_eq!(daemon.status("shop").release, "v1");
+    for _ in 0..10 {
+        assert!(get_tcp(&addr).unwrap().starts_with("v1 "));
+    }
+    wait_for("no new instance left", Duration::from_secs(10), || {
+        (fixture_processes_with("v2").is_empty() && fixture_processes_with("v3").is_empty())
+            .then_some(())
+    });
+}
+
+#[test]
+fn crash_of_one_instance_under_load_loses_no_request() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    daemon.apply(&fronted("shop", &root, 3));
+    let addr = front_addr(&daemon, "shop");
+    wait_backends(&daemon, "shop", 3);
+    let victim = daemon.instance("shop", "web.2").pid.unwrap();
+    let load = Load::start(&addr);
+    load.wait_more(30);
+    signal(victim, Signal::SIGKILL);
+    wait_for("web.2 to be replaced", Duration::from_secs(10), || {
+        let i = daemon.instance("shop", "web.2");
+        (i.state == InstanceState::Running && i.pid != Some(victim)).then_some(())
+    });
+    wait_backends(&daemon, "shop", 3);
+    load.wait_more(30);
+    let (bodies, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    eprintln!("crash under load: {} requests, 0 failed", bodies.len());
+}
+
+#[test]
+fn front_port_is_stable_across_a_daemon_restart_and_restart_renews_blue_green() {
+    let root = TestRoot::new();
+    let mut daemon = root.start();
+    daemon.apply(&fronted("shop", &root, 1));
+    let addr = front_addr(&daemon, "shop");
+    wait_backends(&daemon, "shop", 1);
+    daemon.terminate();
+    let daemon = root.start();
+    assert_eq!(front_addr(&daemon, "shop"), addr);
+    wait_backends(&daemon, "shop", 1);
+    assert!(get_tcp(&addr).unwrap().starts_with("v1 web.1"));
+
+    // Restart with a front: a new web.1 on a fresh port, announced by progress frames.
+    let old = daemon.instance("shop", "web.1");
+    let mut progress = Vec::new();
+    let answer = daemon.client().call(
+        &Request::Restart {
+            app: "shop".into(),
+            kind: None,
+        },
+        |frame| {
+            if let Response::Progress { message } = frame {
+                progress.push(message.clone());
+            }
+        },
+    );
+    assert!(matches!(answer, Ok(Response::Done { .. })), "{answer:?}");
+    let new = daemon.instance("shop", "web.1");
+    assert_ne!(new.port, old.port);
+    assert_ne!(new.pid, old.pid);
+    assert!(
+        progress.iter().any(|p| p.contains("waiting for web.1")),
+        "{progress:?}"
+    );
+    assert!(get_tcp(&addr).unwrap().starts_with("v1 web.1"));
+    assert!(Path::new(&root.root()).exists());
+}
