@@ -9,6 +9,8 @@
 //! - [`tls`]: self-signed certificates, expiry ([`needs_renewal`]), atomic key/chain writes.
 //! - [`acme`]: certificates from an ACME CA over HTTP-01.
 //! - [`cloudflare`]: the bundled Cloudflare ranges for `NGINX_CLOUDFLARE_ACL`.
+//! - [`standalone`]: a main config around `nginx/piku.conf` for an nginx of one's own (tests,
+//!   demo).
 //!
 //! The deploy pipeline calls [`NginxSettings::from_env`] then [`configure`] (or the steps
 //! separately: [`ensure_self_signed`], [`render()`], [`install()`]); the supervisor calls
@@ -20,6 +22,7 @@ pub mod error;
 pub mod install;
 pub mod render;
 pub mod settings;
+pub mod standalone;
 pub mod tls;
 pub mod version;
 

@@ -111,6 +111,29 @@ impl NginxSettings {
         has_web: bool,
         static_paths_from_procfile: Option<&str>,
     ) -> Result<Option<NginxSettings>, NginxError> {
+        let app_dir = root.app_dir(app);
+        NginxSettings::from_env_for_checkout(
+            app,
+            root,
+            env,
+            has_web,
+            static_paths_from_procfile,
+            &app_dir,
+        )
+    }
+
+    /// [`NginxSettings::from_env`] for a release that is not live yet: `NGINX_INCLUDE_FILE` is
+    /// read from `checkout` (the new release's files) instead of `apps/<app>`, which still
+    /// points at the old release (or does not exist before the first deploy). Static paths
+    /// still map under `apps/<app>`, so they follow the release that is live.
+    pub fn from_env_for_checkout(
+        app: &AppName,
+        root: &PikuRoot,
+        env: &EnvMap,
+        has_web: bool,
+        static_paths_from_procfile: Option<&str>,
+        checkout: &Path,
+    ) -> Result<Option<NginxSettings>, NginxError> {
         let Some(server_names) = parse_server_names(env.get("NGINX_SERVER_NAME"))? else {
             return Ok(None);
         };
@@ -164,7 +187,7 @@ impl NginxSettings {
             None => None,
             Some(file) => {
                 let rel = relative_inside("NGINX_INCLUDE_FILE", file)?;
-                let path = app_dir.join(rel);
+                let path = checkout.join(rel);
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     NginxError::setting(
                         "NGINX_INCLUDE_FILE",

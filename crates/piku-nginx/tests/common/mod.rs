@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use piku_model::{AppName, EnvMap, PikuRoot};
+use piku_nginx::standalone::{Standalone, main_conf};
 use piku_nginx::{NginxCommand, NginxSettings, ReloadMode};
 
 pub const NGINX: &str = "/usr/sbin/nginx";
@@ -95,41 +96,21 @@ impl Site {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nginx/piku.conf"),
         )
         .unwrap();
-        let snippet: String = snippet
-            .lines()
-            .filter(|l| !l.contains("[::]"))
-            .map(|l| {
-                l.replace(
-                    "listen 80 ",
-                    &format!("listen 127.0.0.1:{} ", self.http_port),
-                )
-                .replace(
-                    "listen 443 ",
-                    &format!("listen 127.0.0.1:{} ", self.https_port),
-                )
-                .replace(
-                    "/home/piku/.piku/nginx",
-                    &self.root.nginx().display().to_string(),
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert!(snippet.contains(&format!("127.0.0.1:{}", self.https_port)));
         let user = Command::new("id").arg("-un").output().unwrap();
         let user = String::from_utf8(user.stdout).unwrap();
-        let d = dir.display();
-        let mime = if Path::new("/etc/nginx/mime.types").exists() {
-            "include /etc/nginx/mime.types;"
-        } else {
-            ""
+        let mime = Path::new("/etc/nginx/mime.types");
+        let apps_dir = self.root.nginx();
+        let at = Standalone {
+            prefix: &dir,
+            apps_dir: &apps_dir,
+            address: "127.0.0.1",
+            http_port: self.http_port,
+            https_port: self.https_port,
+            user: Some(user.trim()),
+            mime_types: mime.exists().then_some(mime),
         };
-        let main = format!(
-            "user {user};\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 128; }}\nhttp {{\n  {mime}\n  access_log off;\n  \
-             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
-             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{snippet}\n}}\n",
-            user = user.trim()
-        );
+        let main = main_conf(&snippet, &at);
+        assert!(main.contains(&format!("127.0.0.1:{}", self.https_port)));
         std::fs::write(dir.join("nginx.conf"), main).unwrap();
         let child = Command::new(NGINX)
             .arg("-p")
