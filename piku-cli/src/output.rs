@@ -14,6 +14,14 @@ pub fn step(msg: impl Display) {
     say(format_args!("-----> {msg}"));
 }
 
+/// Prints `-----> {msg}` to stderr, for commands whose stdout is a protocol stream
+/// (`git-receive-pack`).
+pub fn step_stderr(msg: impl Display) {
+    let mut err = io::stderr().lock();
+    let _ = writeln!(err, "-----> {msg}");
+    let _ = err.flush();
+}
+
 /// Prints one line to stdout and flushes; a vanished reader is ignored.
 pub fn say(msg: impl Display) {
     let mut out = io::stdout().lock();

@@ -233,11 +233,17 @@ fn wait_for_body(port: u16, body: &str) {
     );
 }
 
-/// The port of the last `'app:web.1' listening on 127.0.0.1:N` line.
+/// The port of the last `'app' answers on http://127.0.0.1:N/` line (the app's front), or
+/// without a front of the last `'app:web.1' listening on 127.0.0.1:N` line.
 fn web_port(output: &str) -> u16 {
     output
         .lines()
-        .filter_map(|l| l.split("listening on 127.0.0.1:").nth(1))
+        .filter_map(|l| {
+            l.split("answers on http://127.0.0.1:")
+                .nth(1)
+                .map(|p| p.trim().trim_end_matches('/'))
+                .or_else(|| l.split("listening on 127.0.0.1:").nth(1))
+        })
         .filter_map(|p| p.trim().parse().ok())
         .next_back()
         .unwrap_or_else(|| panic!("no web port in:\n{output}"))

@@ -57,6 +57,12 @@ pub fn destroy(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
         remove(dir)?;
     }
     deploy::forget(root, &app)?;
+    // The app's nginx files go, then nginx reloads so it stops answering for the app's names.
+    match deploy::remove_nginx(root, &app) {
+        Ok(Some(warning)) => output::warn(warning),
+        Ok(None) => {}
+        Err(e) => output::warn(format!("{e:#}")),
+    }
     for ext in ["conf", "sock", "key", "crt"] {
         remove(&root.nginx().join(format!("{app}.{ext}")))?;
     }

@@ -22,6 +22,9 @@ struct PsJson {
     stopped: bool,
     formation: BTreeMap<String, u32>,
     processes: Vec<ProcessJson>,
+    /// The HTTP front, when the app has one (listener and the instances behind it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    front: Option<piku_proto::FrontStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,9 +77,22 @@ pub fn ps(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
             stopped: status.stopped,
             formation: status.formation.clone(),
             processes: status.instances.iter().map(ProcessJson::from).collect(),
+            front: status.front.clone(),
         })?;
     } else {
-        output::print_text(&render_ps(&status));
+        let mut text = render_ps(&status);
+        if let (Some(line), Some(front)) = (
+            crate::deploy::front_line(&ctx.root, &status),
+            status.front.as_ref(),
+        ) {
+            let backends = if front.backends.is_empty() {
+                "none".to_owned()
+            } else {
+                front.backends.join(" ")
+            };
+            text.push_str(&format!("front: {line}; serving from {backends}\n"));
+        }
+        output::print_text(&text);
     }
     Ok(0)
 }

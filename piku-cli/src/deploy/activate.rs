@@ -4,7 +4,8 @@
 //! Procfile are dropped), processes from the Procfile (`wsgi` becomes the WSGI server command,
 //! `web`/`wsgi` are web processes, `cron*` cron entries, the rest workers; `static`, `release`
 //! and `preflight` are not processes). The spec goes to the supervisor as one `Apply`; only
-//! when it accepts are `LIVE_ENV` and `SCALING` rewritten.
+//! when it accepts are `LIVE_ENV` and `SCALING` rewritten. The app's HTTP front (see
+//! [`super::front`]) rides in the spec's settings; its nginx config is installed just before.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,10 +14,11 @@ use anyhow::Context;
 use piku_model::{
     AppName, EnvMap, PikuRoot, ProcessClass, Procfile, parse_scaling, render_env, render_scaling,
 };
-use piku_proto::{AppSettings, AppSpec, ProcessSpec, Request, Response, Role};
+use piku_proto::{AppSpec, ProcessSpec, Request, Response, Role};
 
 use super::appenv::read_optional;
 use super::buildlog::BuildLog;
+use super::front::{self, Front};
 use super::store::write_atomically;
 use super::wsgi::Server;
 
@@ -100,35 +102,17 @@ pub fn processes(
 pub struct Activation {
     pub spec: AppSpec,
     pub formation: BTreeMap<String, u32>,
+    /// The HTTP front; its `spec` is already in `spec.settings.front`.
+    pub front: Front,
 }
 
 impl Activation {
-    pub fn new(
-        app: &AppName,
-        release: &str,
-        workdir: &Path,
-        env: EnvMap,
-        processes: Vec<ProcessSpec>,
-        formation: BTreeMap<String, u32>,
-        settings: AppSettings,
-    ) -> Activation {
-        Activation {
-            spec: AppSpec {
-                app: app.to_string(),
-                release: release.to_owned(),
-                workdir: workdir.to_path_buf(),
-                env,
-                processes,
-                settings,
-            },
-            formation,
-        }
-    }
-
-    /// Sends the spec to the supervisor, relaying its progress; on success writes `LIVE_ENV`
-    /// and `SCALING`. A refusal leaves both files (and the running processes) as they were.
+    /// Installs the nginx config (checked first), then sends the spec to the supervisor,
+    /// relaying its progress; on success writes `LIVE_ENV` and `SCALING`. A refusal leaves
+    /// both files (and the running processes) as they were.
     pub fn apply(self, root: &PikuRoot, app: &AppName, log: &mut BuildLog) -> anyhow::Result<()> {
         let mut client = crate::daemon::connect(root)?;
+        front::configure_nginx(&self.front, log)?;
         let request = Request::Apply(Box::new(self.spec.clone()));
         let result = client.call(&request, |interim| {
             if let Response::Progress { message } = interim {
@@ -160,17 +144,19 @@ impl Activation {
             &root.scaling_file(app),
             render_scaling(&self.formation).as_bytes(),
         )?;
-        announce_ports(&mut client, app, &self.spec.env, log);
+        front::issue_certificate(&self.front, &self.spec.env, log);
+        announce(&mut client, app, &self.spec.env, &self.front, log);
         Ok(())
     }
 }
 
-/// Prints where each web instance listens, so the user knows the URL before a front exists.
+/// Prints where the app answers: its front, or without one each web instance's port.
 /// Only informative: a failure here does not fail the deploy.
-fn announce_ports(
+fn announce(
     client: &mut piku_proto::Client,
     app: &AppName,
     env: &EnvMap,
+    front: &Front,
     log: &mut BuildLog,
 ) {
     let request = Request::Status {
@@ -184,6 +170,11 @@ fn announce_ports(
         .map(String::as_str)
         .unwrap_or("127.0.0.1");
     for status in apps.iter().filter(|s| s.app == app.as_str()) {
+        let names = front.nginx.as_ref().map(|n| n.server_names.as_slice());
+        if let Some(line) = front::describe(status, names) {
+            log.step(line);
+            continue;
+        }
         for instance in &status.instances {
             if let Some(port) = instance.port {
                 log.step(format!(

@@ -132,7 +132,13 @@ pub fn prepare_repo(root: &PikuRoot, app: &AppName) -> anyhow::Result<PathBuf> {
 
 /// Runs `git <service> <repo>` with the ssh session's stdio; returns its exit code.
 pub fn serve(service: &str, repo: &Path) -> anyhow::Result<i32> {
+    serve_with_env(service, repo, &[])
+}
+
+/// [`serve`] with extra environment variables for git (and so for its hooks).
+pub fn serve_with_env(service: &str, repo: &Path, env: &[(&str, &str)]) -> anyhow::Result<i32> {
     let status = Command::new("git")
+        .envs(env.iter().copied())
         .arg(service)
         .arg(repo)
         .status()

@@ -3,6 +3,11 @@
 //! Deploys, rollbacks and config re-applies of the same app wait for each other; different
 //! apps never do. The kernel drops the lock when the process dies, so a killed deploy never
 //! leaves a stale lock behind.
+//!
+//! A push takes the lock in `piku git-receive-pack`, *before* git reads the refs: git fixes
+//! each ref's expected old value when the push starts, so a push that waited inside its hook
+//! would then be refused because the other push moved the branch. The hook learns that its
+//! parent holds the lock from [`HELD_VAR`] and does not wait on it (which would deadlock).
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
@@ -14,15 +19,62 @@ use piku_model::AppName;
 
 use super::buildlog::BuildLog;
 
+/// Set by `piku git-receive-pack` for the `git receive-pack` it runs, to the app whose lock
+/// it holds while git (and so the deploy hook) runs.
+pub const HELD_VAR: &str = "PIKU_DEPLOY_LOCK_HELD";
+
 /// Held while an app is being changed; dropping it releases the lock.
 pub struct AppLock {
-    _lock: Flock<File>,
+    _lock: Option<Flock<File>>,
 }
 
 /// Locks `releases/<app>` (creating it), saying so on the log if another deploy holds it.
 pub fn acquire(release_root: &Path, app: &AppName, log: &mut BuildLog) -> anyhow::Result<AppLock> {
+    acquire_with(release_root, app, |msg| log.step(msg))
+}
+
+/// [`acquire`] for the deploy hook: when [`HELD_VAR`] names `app` and the lock is taken, the
+/// `piku git-receive-pack` that started this push holds it for us. The lock is still probed
+/// rather than trusted blindly, so a stray variable cannot let two deploys run at once
+/// unless another deploy really holds the lock.
+pub fn acquire_in_hook(
+    release_root: &Path,
+    app: &AppName,
+    log: &mut BuildLog,
+) -> anyhow::Result<AppLock> {
+    if std::env::var(HELD_VAR).ok().as_deref() != Some(app.as_str()) {
+        return acquire(release_root, app, log);
+    }
+    match try_lock(release_root)? {
+        Some(lock) => Ok(AppLock { _lock: Some(lock) }),
+        None => Ok(AppLock { _lock: None }),
+    }
+}
+
+/// Takes the lock without waiting; `None` when someone else holds it.
+fn try_lock(release_root: &Path) -> anyhow::Result<Option<Flock<File>>> {
     std::fs::create_dir_all(release_root)
         .with_context(|| format!("cannot create '{}'", release_root.display()))?;
+    let path = release_root.join(".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file '{}'", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => bail!("cannot lock '{}': {errno}", path.display()),
+    }
+}
+
+/// [`acquire`] telling `say` (once) when it has to wait.
+pub fn acquire_with(
+    release_root: &Path,
+    app: &AppName,
+    say: impl FnOnce(String),
+) -> anyhow::Result<AppLock> {
     let path = release_root.join(".lock");
     let open = || {
         OpenOptions::new()
@@ -32,14 +84,12 @@ pub fn acquire(release_root: &Path, app: &AppName, log: &mut BuildLog) -> anyhow
             .open(&path)
             .with_context(|| format!("cannot open lock file '{}'", path.display()))
     };
-    match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => return Ok(AppLock { _lock: lock }),
-        Err((_, Errno::EWOULDBLOCK)) => {}
-        Err((_, errno)) => bail!("cannot lock '{}': {errno}", path.display()),
+    if let Some(lock) = try_lock(release_root)? {
+        return Ok(AppLock { _lock: Some(lock) });
     }
-    log.step(format!("Waiting for another deploy of '{app}' to finish"));
+    say(format!("Waiting for another deploy of '{app}' to finish"));
     match Flock::lock(open()?, FlockArg::LockExclusive) {
-        Ok(lock) => Ok(AppLock { _lock: lock }),
+        Ok(lock) => Ok(AppLock { _lock: Some(lock) }),
         Err((_, errno)) => bail!("cannot lock '{}': {errno}", path.display()),
     }
 }

@@ -12,6 +12,7 @@ mod appenv;
 mod build;
 mod buildlog;
 mod checkout;
+mod front;
 mod git;
 mod lock;
 mod pipeline;
@@ -41,9 +42,18 @@ pub struct ReleaseInfo {
 }
 
 /// Serves `git push` for the app (creating its bare repo on first use); returns git's exit code.
+///
+/// The app's deploy lock is taken before git starts, so a second push waits here (saying so
+/// on stderr, which the pusher sees as `remote:` lines) and then reads the refs the first push
+/// left: see [`lock`].
 pub fn git_receive_pack(root: &PikuRoot, app: &AppName) -> anyhow::Result<i32> {
     let repo = git::prepare_repo(root, app)?;
-    git::serve("receive-pack", &repo)
+    let store = Store::new(root, app);
+    // stdout is git's protocol stream here: the waiting line must go to stderr.
+    let _lock = lock::acquire_with(store.dir(), app, |msg| {
+        crate::output::step_stderr(msg);
+    })?;
+    git::serve_with_env("receive-pack", &repo, &[(lock::HELD_VAR, app.as_str())])
 }
 
 /// Serves `git clone`/`git fetch` of the app's repo; returns git's exit code.
@@ -77,6 +87,7 @@ pub fn git_hook(
         &pipeline::Target {
             rev: update.new.clone(),
             expect: Some((update.name.clone(), git::old_value(update))),
+            from_hook: true,
         },
     )
 }
@@ -89,7 +100,15 @@ pub fn deploy(root: &PikuRoot, app: &AppName) -> anyhow::Result<()> {
         Some(id) => store.load(&id)?.commit,
         None => default_branch(root, app)?,
     };
-    pipeline::deploy(root, app, &pipeline::Target { rev, expect: None })
+    pipeline::deploy(
+        root,
+        app,
+        &pipeline::Target {
+            rev,
+            expect: None,
+            from_hook: false,
+        },
+    )
 }
 
 /// The branch to deploy when nothing is live yet: HEAD if it exists, else main, else master.
@@ -180,6 +199,19 @@ pub fn reapply(root: &PikuRoot, app: &AppName) -> anyhow::Result<()> {
     let record = store.load(&id)?;
     log.step(format!("Applying the new config to '{app}' ({id})"));
     pipeline::activate_existing(root, app, &store, &record, &mut log)
+}
+
+/// Removes the app's nginx config, socket and certificates and reloads nginx if a config
+/// was removed; `Ok(Some(..))` is a warning (nginx could not be reloaded).
+pub fn remove_nginx(root: &PikuRoot, app: &AppName) -> anyhow::Result<Option<String>> {
+    front::remove_nginx(root, app).map(|(_, warning)| warning)
+}
+
+/// One line saying where the app's HTTP front answers, for `ps`; `None` without a front.
+pub fn front_line(root: &PikuRoot, status: &piku_proto::AppStatus) -> Option<String> {
+    let app: AppName = status.app.parse().ok()?;
+    let names = front::nginx_names(root, &app);
+    front::describe(status, names.as_deref())
 }
 
 /// Removes `releases/<app>` and the app's dependency environments (`destroy` removes the rest).

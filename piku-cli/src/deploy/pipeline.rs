@@ -14,12 +14,14 @@ use std::process::Command;
 
 use anyhow::{Context, anyhow, bail};
 use piku_model::{AppName, PikuRoot, Procfile, parse_procfile};
+use piku_proto::AppSpec;
 
 use super::activate::{self, Activation, WsgiRunner};
 use super::appenv::{self, Bootstrap, read_optional};
 use super::build::{self, BuildCtx};
 use super::buildlog::BuildLog;
 use super::checkout::{self, short};
+use super::front;
 use super::lock;
 use super::pushed;
 use super::runtime::{detect, missing_toolchain};
@@ -33,6 +35,8 @@ pub struct Target {
     /// For a push: the ref being updated and the value it had when the push started. If
     /// another push moved it while we waited for the lock, this one is refused.
     pub expect: Option<(String, Option<String>)>,
+    /// Run by the git hook: `piku git-receive-pack` may already hold the app's lock.
+    pub from_hook: bool,
 }
 
 /// Deploys `target` as a new release of `app`.
@@ -40,7 +44,11 @@ pub fn deploy(root: &PikuRoot, app: &AppName, target: &Target) -> anyhow::Result
     let mut log = BuildLog::pending();
     let store = Store::new(root, app);
     log.step(format!("Deploying app '{app}'"));
-    let _lock = lock::acquire(store.dir(), app, &mut log)?;
+    let _lock = if target.from_hook {
+        lock::acquire_in_hook(store.dir(), app, &mut log)?
+    } else {
+        lock::acquire(store.dir(), app, &mut log)?
+    };
     let repo = root.repo_dir(app);
     if let Some((reference, old)) = &target.expect
         && (checkout::ref_value(&repo, reference) != *old
@@ -268,7 +276,9 @@ pub fn prepare(
         (Some(server), Some(venv)) => Some(WsgiRunner { server, venv }),
         _ => None,
     };
-    let settings = appenv::settings(&env, &mut warnings);
+    let mut settings = appenv::settings(&env, &mut warnings);
+    let front = front::plan(root, app, &env, procfile, &src, &mut warnings)?;
+    settings.front = front.spec.clone();
     let existing = activate::current_scaling(root, app, log);
     let formation = activate::formation(procfile, &existing);
     let processes =
@@ -276,9 +286,18 @@ pub fn prepare(
     for warning in warnings {
         log.step(warning);
     }
-    Ok(Activation::new(
-        app, &record.id, &src, env, processes, formation, settings,
-    ))
+    Ok(Activation {
+        spec: AppSpec {
+            app: app.to_string(),
+            release: record.id.clone(),
+            workdir: src,
+            env,
+            processes,
+            settings,
+        },
+        formation,
+        front,
+    })
 }
 
 /// A release still `building` while we hold the lock belongs to a deploy that died.

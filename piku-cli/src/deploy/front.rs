@@ -1,0 +1,344 @@
+//! The app's HTTP front at activation: what the supervisor's front listens on (a Unix socket
+//! for nginx, or piku's public `$BIND_ADDRESS:$PORT`), how it tells a new instance is healthy,
+//! and the nginx config in front of it.
+//!
+//! Order matters for "a bad push changes nothing": the nginx config is checked (`nginx -t`)
+//! and installed *before* the supervisor's `Apply`, so a broken `NGINX_INCLUDE_FILE` fails the
+//! push while the old config and the old release keep serving. A certificate from ACME is
+//! asked for only after the `Apply` (the CA validates through the live config); its failure is
+//! a warning and the self-signed certificate stays.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use piku_model::{AppName, EnvMap, PikuRoot, ProcessClass, Procfile};
+use piku_nginx::{AcmeConfig, NginxCommand, NginxSettings, Reload};
+use piku_proto::{AppStatus, FrontSpec, TcpFront};
+
+use super::appenv::number;
+use super::buildlog::BuildLog;
+
+/// The health check deadline when `PIKU_HEALTHCHECK_TIMEOUT` is unset, in seconds.
+const DEFAULT_HEALTH_SECS: f64 = 30.0;
+/// The drain bound when `PIKU_DRAIN_TIMEOUT` is unset, in seconds.
+const DEFAULT_DRAIN_SECS: f64 = 10.0;
+
+/// Everything the front of one activation needs.
+#[derive(Debug, Clone)]
+pub struct Front {
+    /// What the supervisor's front does; `None` for apps without a web process.
+    pub spec: Option<FrontSpec>,
+    /// The app's nginx config; `None` without `NGINX_SERVER_NAME`.
+    pub nginx: Option<NginxSettings>,
+}
+
+/// Whether the Procfile runs a web server (`web:` or `wsgi:`).
+pub fn has_web(procfile: &Procfile) -> bool {
+    procfile
+        .entries
+        .iter()
+        .any(|e| matches!(e.class, ProcessClass::Web | ProcessClass::Wsgi))
+}
+
+/// Works out the front of `app` from its merged `env` and the release's `checkout` (where
+/// `NGINX_INCLUDE_FILE` is read). An invalid setting is an error naming it.
+pub fn plan(
+    root: &PikuRoot,
+    app: &AppName,
+    env: &EnvMap,
+    procfile: &Procfile,
+    checkout: &Path,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<Front> {
+    let web = has_web(procfile);
+    let static_entry = procfile
+        .entries
+        .iter()
+        .find(|e| e.class == ProcessClass::Static)
+        .map(|e| e.command.as_str());
+    let nginx = NginxSettings::from_env_for_checkout(app, root, env, web, static_entry, checkout)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec = if web {
+        Some(front_spec(root, app, env, nginx.is_some(), warnings)?)
+    } else {
+        None
+    };
+    Ok(Front { spec, nginx })
+}
+
+/// The supervisor's front: behind nginx a Unix socket, else piku's public TCP port.
+fn front_spec(
+    root: &PikuRoot,
+    app: &AppName,
+    env: &EnvMap,
+    behind_nginx: bool,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<FrontSpec> {
+    let (unix_socket, tcp) = if behind_nginx {
+        (Some(piku_nginx::socket_path(root, app)), None)
+    } else {
+        let bind = env
+            .get("BIND_ADDRESS")
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".to_owned());
+        let port = match env.get("PORT").map(|p| p.trim()) {
+            None | Some("") => None,
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .with_context(|| format!("PORT='{p}' is not a TCP port (1-65535)"))?,
+            ),
+        };
+        (None, Some(TcpFront { bind, port }))
+    };
+    let health_path = match env.get("PIKU_HEALTHCHECK").map(|p| p.trim()) {
+        None | Some("") => None,
+        Some(path) => {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("PIKU_HEALTHCHECK='{path}' must be a URL path starting with '/', e.g. /up");
+            }
+            Some(path.to_owned())
+        }
+    };
+    let seconds = |key: &str, default: f64, warnings: &mut Vec<String>| {
+        let secs: f64 = number(env, key, default, warnings);
+        if secs.is_finite() && secs >= 0.0 {
+            (secs * 1000.0) as u64
+        } else {
+            warnings.push(format!(
+                "Warning: {key} must be a number of seconds, using {default}"
+            ));
+            (default * 1000.0) as u64
+        }
+    };
+    Ok(FrontSpec {
+        unix_socket,
+        tcp,
+        health_path,
+        health_deadline_ms: seconds("PIKU_HEALTHCHECK_TIMEOUT", DEFAULT_HEALTH_SECS, warnings),
+        drain_ms: seconds("PIKU_DRAIN_TIMEOUT", DEFAULT_DRAIN_SECS, warnings),
+    })
+}
+
+/// Before the `Apply`: checks and installs the nginx config (self-signed certificate when
+/// there is none), printing piku's lines. An `Err` means nothing was changed.
+pub fn configure_nginx(front: &Front, log: &mut BuildLog) -> anyhow::Result<()> {
+    let Some(settings) = &front.nginx else {
+        return Ok(());
+    };
+    log.step(format!(
+        "nginx will map app '{}' to hostname(s) '{}'",
+        settings.app,
+        settings.server_names.join(" ")
+    ));
+    for warning in &settings.warnings {
+        log.step(format!("Warning: {warning}"));
+    }
+    let nginx = NginxCommand::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let configured = piku_nginx::configure(settings, &nginx)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the nginx config was not changed")?;
+    if configured.certificate == piku_nginx::CertStatus::Created {
+        log.step(format!(
+            "nginx: a self-signed certificate for '{}' was created",
+            settings.server_names.join(" ")
+        ));
+    }
+    say_reload(&configured.install.reload, log);
+    Ok(())
+}
+
+fn say_reload(reload: &Reload, log: &mut BuildLog) {
+    if let Reload::Failed(why) = reload {
+        log.step(format!(
+            "Warning: the nginx config is in place but nginx was not reloaded: {why}"
+        ));
+    }
+}
+
+/// Whether the app (or the host) asked for ACME certificates.
+fn acme_wanted(env: &EnvMap) -> bool {
+    ["PIKU_ACME_DIRECTORY", "PIKU_ACME_EMAIL"].iter().any(|k| {
+        env.get(*k).is_some_and(|v| !v.trim().is_empty())
+            || std::env::var(k).is_ok_and(|v| !v.trim().is_empty())
+    })
+}
+
+/// After a successful `Apply`: an ACME certificate when asked for. Only warns on failure.
+pub fn issue_certificate(front: &Front, env: &EnvMap, log: &mut BuildLog) {
+    let Some(settings) = &front.nginx else { return };
+    if !acme_wanted(env) {
+        return;
+    }
+    let config = AcmeConfig::from_vars(|k| env.get(k).cloned().or_else(|| std::env::var(k).ok()));
+    log.step(format!(
+        "Requesting a certificate for '{}' from {}",
+        settings.server_names.join(" "),
+        config.directory_url
+    ));
+    match piku_nginx::issue_certificate_blocking(settings, &config) {
+        Ok(issued) => {
+            log.step(format!(
+                "Certificate issued for '{}'",
+                issued.names.join(" ")
+            ));
+            if !issued.skipped.is_empty() {
+                log.step(format!(
+                    "Warning: not in the certificate (HTTP-01 cannot prove them): {}",
+                    issued.skipped.join(" ")
+                ));
+            }
+            match NginxCommand::from_env().map(|n| n.reload()) {
+                Ok(Ok(reload)) => say_reload(&reload, log),
+                Ok(Err(e)) | Err(e) => say_reload(&Reload::Failed(e.to_string()), log),
+            }
+        }
+        Err(e) => log.step(format!(
+            "Warning: no certificate from ACME ({e}); the self-signed one stays"
+        )),
+    }
+}
+
+/// Where the app answers, from the supervisor's status: one line, or `None` without a front.
+pub fn describe(status: &AppStatus, nginx_names: Option<&[String]>) -> Option<String> {
+    let front = status.front.as_ref()?;
+    if let Some(names) = nginx_names {
+        return Some(format!(
+            "'{}' answers via nginx for {}",
+            status.app,
+            names.join(" ")
+        ));
+    }
+    if let Some(tcp) = &front.tcp {
+        return Some(format!("'{}' answers on http://{tcp}/", status.app));
+    }
+    front
+        .unix_socket
+        .as_ref()
+        .map(|s| format!("'{}' answers on {}", status.app, s.display()))
+}
+
+/// The server names of the app's live nginx config (`LIVE_ENV`'s `NGINX_SERVER_NAME`), for
+/// telling where the app answers outside a deploy.
+pub fn nginx_names(root: &PikuRoot, app: &AppName) -> Option<Vec<String>> {
+    if !piku_nginx::conf_path(root, app).is_file() {
+        return None;
+    }
+    let text = std::fs::read_to_string(root.live_env_file(app)).ok()?;
+    let mut env = EnvMap::new();
+    piku_model::parse_env(&text, &mut env).ok()?;
+    let names: Vec<String> = env
+        .get("NGINX_SERVER_NAME")?
+        .split([' ', ','])
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
+/// Removes the app's nginx config, socket and certificates and reloads nginx; returns what
+/// was removed. A reload failure is returned as a warning line.
+pub fn remove_nginx(root: &PikuRoot, app: &AppName) -> anyhow::Result<(usize, Option<String>)> {
+    let removed = piku_nginx::remove(app, root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let had_conf = removed
+        .iter()
+        .any(|p| p.extension().is_some_and(|e| e == "conf"));
+    let mut warning = None;
+    if had_conf {
+        match NginxCommand::from_env().map(|n| n.reload()) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) | Err(e) => {
+                warning = Some(format!("nginx was not reloaded: {e}"));
+            }
+        }
+    }
+    Ok((removed.len(), warning))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use piku_model::parse_procfile;
+
+    fn env(pairs: &[(&str, &str)]) -> EnvMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn plan_for(procfile: &str, pairs: &[(&str, &str)]) -> anyhow::Result<Front> {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PikuRoot::new(dir.path());
+        let app: AppName = "blog".parse().unwrap();
+        let procfile = parse_procfile(procfile).unwrap();
+        plan(
+            &root,
+            &app,
+            &env(pairs),
+            &procfile,
+            dir.path(),
+            &mut Vec::new(),
+        )
+    }
+
+    #[test]
+    fn without_a_server_name_the_front_is_the_public_tcp_port() {
+        let front = plan_for("web: ./serve\n", &[("PORT", "8080")]).unwrap();
+        let spec = front.spec.unwrap();
+        assert!(front.nginx.is_none());
+        assert_eq!(spec.unix_socket, None);
+        assert_eq!(
+            spec.tcp,
+            Some(TcpFront {
+                bind: "127.0.0.1".into(),
+                port: Some(8080)
+            })
+        );
+        assert_eq!(spec.health_deadline_ms, 30_000);
+        assert_eq!(spec.drain_ms, 10_000);
+        let unpinned = plan_for("wsgi: app:app\n", &[("BIND_ADDRESS", "0.0.0.0")]).unwrap();
+        assert_eq!(
+            unpinned.spec.unwrap().tcp,
+            Some(TcpFront {
+                bind: "0.0.0.0".into(),
+                port: None
+            })
+        );
+    }
+
+    #[test]
+    fn with_a_server_name_the_front_is_the_nginx_socket() {
+        let front = plan_for(
+            "web: ./serve\n",
+            &[
+                ("NGINX_SERVER_NAME", "a.example b.example"),
+                ("PIKU_HEALTHCHECK", "/up"),
+                ("PIKU_HEALTHCHECK_TIMEOUT", "5"),
+                ("PIKU_DRAIN_TIMEOUT", "0.5"),
+            ],
+        )
+        .unwrap();
+        let spec = front.spec.unwrap();
+        assert!(spec.unix_socket.unwrap().ends_with("nginx/blog.sock"));
+        assert_eq!(spec.tcp, None);
+        assert_eq!(spec.health_path.as_deref(), Some("/up"));
+        assert_eq!(spec.health_deadline_ms, 5_000);
+        assert_eq!(spec.drain_ms, 500);
+        assert_eq!(
+            front.nginx.unwrap().server_names,
+            ["a.example", "b.example"]
+        );
+    }
+
+    #[test]
+    fn apps_without_web_have_no_front_and_bad_values_are_refused() {
+        assert!(plan_for("worker: ./w\n", &[]).unwrap().spec.is_none());
+        let err = plan_for("web: ./s\n", &[("PIKU_HEALTHCHECK", "up")]).unwrap_err();
+        assert!(err.to_string().contains("PIKU_HEALTHCHECK"), "{err}");
+        let err = plan_for("web: ./s\n", &[("PORT", "http")]).unwrap_err();
+        assert!(err.to_string().contains("PORT"), "{err}");
+    }
+}
