@@ -289,11 +289,13 @@ fn scale_up_and_down_under_load_loses_no_request() {
 fn new_release_switches_under_load_with_no_failed_request() {
     let root = TestRoot::new();
     let daemon = root.start();
-    let v1 = fronted("shop", &root, 2);
+    let mut v1 = fronted("shop", &root, 2);
+    v1.processes.push(sleeper("worker", 1));
     daemon.apply(&v1);
     let addr = front_addr(&daemon, "shop");
     wait_backends(&daemon, "shop", 2);
     let old_pids = web_pids(&daemon, "shop");
+    let old_worker = daemon.wait_state("shop", "worker.1", InstanceState::Running);
     let load = Load::start(&addr);
     load.wait_more(20);
     let began = Instant::now();
@@ -302,7 +304,10 @@ fn new_release_switches_under_load_with_no_failed_request() {
     let Ok(Response::Applied(report)) = answer else {
         panic!("apply failed: {answer:?}");
     };
-    assert_eq!(report.restarted, ["web.1", "web.2"]);
+    assert_eq!(report.restarted, ["worker.1", "web.1", "web.2"]);
+    // Workers are replaced once the web switch has succeeded.
+    let worker = daemon.wait_state("shop", "worker.1", InstanceState::Running);
+    assert_ne!(worker.pid, old_worker.pid);
     // Right after the answer, every new request is served by the new release.
     for _ in 0..10 {
         assert!(get_tcp(&addr).unwrap().starts_with("v2 "));
@@ -347,6 +352,7 @@ fn release_that_never_becomes_healthy_is_not_switched_to() {
     let root = TestRoot::new();
     let daemon = root.start();
     let mut v1 = fronted("shop", &root, 2);
+    v1.processes.push(sleeper("worker", 1));
     if let Some(front) = v1.settings.front.as_mut() {
         front.health_deadline_ms = 1500;
     }
@@ -354,6 +360,7 @@ fn release_that_never_becomes_healthy_is_not_switched_to() {
     let addr = front_addr(&daemon, "shop");
     wait_backends(&daemon, "shop", 2);
     let old_pids = web_pids(&daemon, "shop");
+    let old_worker = daemon.wait_state("shop", "worker.1", InstanceState::Running);
 
     // The health path answers 500.
     let mut sick = new_release(&v1, "v2");
@@ -380,6 +387,11 @@ fn release_that_never_becomes_healthy_is_not_switched_to() {
         web_pids(&daemon, "shop"),
         old_pids,
         "the old instances run on"
+    );
+    assert_eq!(
+        daemon.instance("shop", "worker.1").pid,
+        old_worker.pid,
+        "workers untouched"
     );
     assert_eq!(daemon.status("shop").release, "v1");
     for _ in 0..10 {
@@ -455,4 +467,42 @@ fn front_port_is_stable_across_a_daemon_restart_and_restart_renews_blue_green() 
     );
     assert!(get_tcp(&addr).unwrap().starts_with("v1 web.1"));
     assert!(Path::new(&root.root()).exists());
+}
+
+#[test]
+fn changing_the_front_settings_rebinds() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let first = root.root().join("nginx").join("one.sock");
+    let second = root.root().join("nginx").join("two.sock");
+    let mut spec = fronted("shop", &root, 1);
+    if let Some(front) = spec.settings.front.as_mut() {
+        front.unix_socket = Some(first.clone());
+    }
+    daemon.apply(&spec);
+    wait_backends(&daemon, "shop", 1);
+    let addr = front_addr(&daemon, "shop");
+    let pid = daemon.instance("shop", "web.1").pid;
+    if let Some(front) = spec.settings.front.as_mut() {
+        front.unix_socket = Some(second.clone());
+    }
+    let report = daemon.apply(&spec);
+    assert_eq!(report.unchanged, ["web.1"], "the instance is left alone");
+    assert_eq!(daemon.instance("shop", "web.1").pid, pid);
+    assert!(!first.exists(), "the old socket is gone");
+    wait_backends(&daemon, "shop", 1);
+    let mut stream = std::os::unix::net::UnixStream::connect(&second).unwrap();
+    assert!(get(&mut stream, "/").unwrap().starts_with("v1 web.1"));
+    // The chosen TCP port stays the same through the rebind.
+    assert_eq!(front_addr(&daemon, "shop"), addr);
+    assert!(get_tcp(&addr).unwrap().starts_with("v1 web.1"));
+    // Without a front the listeners close and the port is released.
+    spec.settings.front = None;
+    daemon.apply(&spec);
+    assert!(daemon.status("shop").front.is_none());
+    assert!(!second.exists());
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "nothing listens on {addr}"
+    );
 }
