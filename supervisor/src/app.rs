@@ -373,8 +373,9 @@ impl App {
             match want.schedule {
                 None => {
                     let after = match self.instances.remove(&key) {
-                        Some(old) if old.config.same_process_as(&want.config) => {
+                        Some(mut old) if old.config.same_process_as(&want.config) => {
                             old.set_grace(grace);
+                            old.set_health_path(want.config.health_path.clone());
                             old.sink.set_rotation(rotation);
                             report.unchanged.push(name);
                             self.instances.insert(key, old);

@@ -262,3 +262,53 @@ fn bind_tcp(bind: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
     listener.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(listener)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use piku_proto::TcpFront;
+
+    #[test]
+    fn a_pinned_port_wins_over_the_chosen_one() {
+        let mut spec = FrontSpec {
+            tcp: Some(TcpFront {
+                bind: "0.0.0.0".into(),
+                port: Some(5000),
+            }),
+            ..FrontSpec::default()
+        };
+        assert_eq!(
+            Listen::of(&spec, Some(41000)).tcp,
+            Some(("0.0.0.0".into(), 5000))
+        );
+        if let Some(tcp) = spec.tcp.as_mut() {
+            tcp.port = None;
+        }
+        assert_eq!(
+            Listen::of(&spec, Some(41000)).tcp,
+            Some(("0.0.0.0".into(), 41000))
+        );
+        spec.tcp = None;
+        assert_eq!(Listen::of(&spec, Some(41000)).tcp, None);
+    }
+
+    #[test]
+    fn addresses_print_as_clients_write_them() {
+        assert_eq!(format_addr("127.0.0.1", 80), "127.0.0.1:80");
+        assert_eq!(format_addr("::1", 80), "[::1]:80");
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_never_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("app.sock");
+        let first = bind_unix(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let err = bind_unix(&path).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(first);
+        // Now stale: replaced.
+        bind_unix(&path).unwrap();
+    }
+}

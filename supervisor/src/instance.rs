@@ -80,6 +80,9 @@ pub enum Control {
     Stop,
     /// A new stop grace period (settings changed by an apply that left the process alone).
     SetGrace(Duration),
+    /// A new health path for the readiness probe (front settings changed by an apply that
+    /// left the process alone); used from the next probe on.
+    SetHealthPath(Option<String>),
 }
 
 /// Resolves once an actor has ended (its process stopped and reaped).
@@ -166,6 +169,13 @@ impl InstanceHandle {
         let _ = self.control.send(Control::SetGrace(grace));
     }
 
+    pub fn set_health_path(&mut self, path: Option<String>) {
+        if self.config.health_path != path {
+            self.config.health_path.clone_from(&path);
+            let _ = self.control.send(Control::SetHealthPath(path));
+        }
+    }
+
     /// Asks the actor to stop; the returned [`Done`] resolves when it has.
     pub fn stop(self) -> Done {
         let _ = self.control.send(Control::Stop);
@@ -249,6 +259,7 @@ impl Actor {
                     let _ = reply.send(());
                 }
                 Control::SetGrace(grace) => self.grace = grace,
+                Control::SetHealthPath(path) => self.config.health_path = path,
             }
         }
         self.launch();
@@ -314,6 +325,10 @@ impl Actor {
                 Starting | Running | Backoff | CrashLooping | Stopping | Stopped | Waiting,
                 Event::Control(Control::SetGrace(grace)),
             ) => self.grace = grace,
+            (
+                Starting | Running | Backoff | CrashLooping | Stopping | Stopped | Waiting,
+                Event::Control(Control::SetHealthPath(path)),
+            ) => self.config.health_path = path,
             (
                 Starting | Running | Backoff | CrashLooping | Stopping | Stopped | Waiting,
                 Event::Control(Control::Stop) | Event::HandleGone,
