@@ -2,7 +2,11 @@
 
 It binds $BIND_ADDRESS:$PORT (both set by piku), answers `/` with who and what it is, and
 `/env/<KEY>` with one environment variable, so tests can see `config:set` take effect.
-Every request is printed, so tests can find it in `piku logs`.
+`/up` is a health check for `PIKU_HEALTHCHECK=/up`: it answers with the status in
+`$UP_STATUS` (default 200), so a release can be made that never becomes healthy. A request
+with `Upgrade: echo` is switched (101) to a raw echo of whatever the client sends, to show
+that upgrades pass through nginx and the front. Every request is printed, so tests can find
+it in `piku logs`.
 """
 
 import os
@@ -27,6 +31,13 @@ def version():
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         print(f"request {self.path}", flush=True)
+        if self.headers.get("Upgrade", "").lower() == "echo":
+            self.echo()
+            return
+        if self.path == "/up":
+            status = int(os.environ.get("UP_STATUS", "200"))
+            self.reply(status, f"up status={status}\n")
+            return
         if self.path.startswith("/env/"):
             key = self.path[len("/env/"):]
             value = os.environ.get(key)
@@ -37,6 +48,20 @@ class Handler(BaseHTTPRequestHandler):
             return
         greeting = os.environ.get("GREETING", "hello")
         self.reply(200, f"{greeting} from {APP} pid={os.getpid()} version={version()}\n")
+
+    def echo(self):
+        self.send_response(101)
+        self.send_header("Upgrade", "echo")
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            data = self.rfile.read1(4096)
+            if not data:
+                break
+            self.wfile.write(data)
+            self.wfile.flush()
+        self.close_connection = True
 
     def reply(self, status, text):
         body = text.encode()

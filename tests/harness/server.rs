@@ -19,6 +19,7 @@ use tempfile::TempDir;
 
 use crate::binaries::{Binaries, binaries};
 use crate::http::get_ok;
+use crate::nginx::Nginx;
 use crate::process::{Guarded, Run, Streaming, pid_alive, run_with_timeout, signal_pid};
 use crate::wait::wait_until;
 
@@ -61,6 +62,8 @@ pub struct Piku {
     /// A directory with an `ssh` wrapper that reaches this server (for client scripts).
     pub bin_dir: PathBuf,
     pub bins: &'static Binaries,
+    /// nginx in front, when started with [`Piku::start_with_nginx`].
+    pub nginx: Option<Nginx>,
     supervisor: Option<Guarded>,
     sshd: Option<Guarded>,
 }
@@ -68,6 +71,16 @@ pub struct Piku {
 impl Piku {
     /// Starts everything; panics with the relevant logs if any part does not come up.
     pub fn start() -> Piku {
+        Piku::start_opts(false)
+    }
+
+    /// [`Piku::start`] plus a real nginx in front (see [`Nginx`]); the forced `piku` checks
+    /// and reloads it.
+    pub fn start_with_nginx() -> Piku {
+        Piku::start_opts(true)
+    }
+
+    fn start_opts(with_nginx: bool) -> Piku {
         let bins = binaries();
         let tmp = tempfile::Builder::new()
             .prefix("piku-e2e-")
@@ -157,7 +170,12 @@ impl Piku {
             );
         }
 
-        let (sshd, port) = start_sshd(&base, &host_key, &authorized_keys, &root, &user);
+        let nginx = with_nginx.then(|| Nginx::start(&base.join("nginx-run"), &root));
+        let extra_env = nginx
+            .as_ref()
+            .map(Nginx::forced_command_env)
+            .unwrap_or_default();
+        let (sshd, port) = start_sshd(&base, &host_key, &authorized_keys, &root, &user, &extra_env);
 
         // An `ssh` that reaches this server, for scripts that call plain `ssh` (piku's client).
         let wrapper = bin_dir.join("ssh");
@@ -182,6 +200,7 @@ impl Piku {
             setup_ssh_used,
             bin_dir,
             bins,
+            nginx,
             supervisor: Some(supervisor),
             sshd: Some(sshd),
         }
@@ -426,6 +445,9 @@ impl Drop for Piku {
         if let Some(mut s) = self.sshd.take() {
             s.stop();
         }
+        if let Some(mut n) = self.nginx.take() {
+            n.stop();
+        }
         let leftovers = sweep(self.tmp.path());
         if !leftovers.is_empty() {
             eprintln!(
@@ -572,6 +594,7 @@ fn start_sshd(
     authorized_keys: &Path,
     root: &Path,
     user: &str,
+    extra_env: &[(String, String)],
 ) -> (Guarded, u16) {
     if nix::unistd::geteuid().is_root() {
         // sshd refuses to start without its privilege separation directory.
@@ -601,12 +624,16 @@ fn start_sshd(
                  PermitTTY yes\n\
                  MaxStartups 64:30:128\n\
                  MaxSessions 64\n\
-                 SetEnv PIKU_ROOT={root}\n\
+                 SetEnv PIKU_ROOT={root}{extra}\n\
                  LogLevel VERBOSE\n",
                 host_key = host_key.display(),
                 pid = dir.join("sshd.pid").display(),
                 authorized_keys = authorized_keys.display(),
                 root = root.display(),
+                extra = extra_env
+                    .iter()
+                    .map(|(k, v)| format!(" {k}={v}"))
+                    .collect::<String>(),
             ),
         )
         .expect("write sshd_config");
