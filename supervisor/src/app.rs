@@ -131,7 +131,7 @@ impl App {
     pub fn ensure_front(&mut self, taken: &mut BTreeSet<u16>) -> Result<(), FrontError> {
         let Some(spec) = self.spec.settings.front.clone() else {
             if let Some(front) = self.front.take() {
-                front.close();
+                front.close(None);
             }
             if let Some(port) = self.front_port.take() {
                 taken.remove(&port);
@@ -152,7 +152,7 @@ impl App {
         }
         if self.stopped {
             if let Some(front) = self.front.take() {
-                front.close();
+                front.close(None);
             }
             return Ok(());
         }
@@ -160,23 +160,24 @@ impl App {
         if self.front.as_ref().is_some_and(|f| *f.listen() == listen) {
             return Ok(());
         }
-        // A socket path that stays the same must be free before the new front binds it.
-        if let Some(old) = self.front.take() {
-            old.close();
+        // Listeners that stay are handed over, so the rebind refuses no connection.
+        let front = AppFront::open(&self.spec.app, listen, self.members(), self.front.as_ref())?;
+        if let Some(old) = self.front.replace(front) {
+            old.close(self.front.as_ref());
         }
-        let front = AppFront::open(&self.spec.app, listen)?;
-        self.front = Some(front);
-        self.sync_members();
         Ok(())
     }
 
     /// Tells the front which web instances exist now (no-op without a front).
     pub fn sync_members(&self) {
-        let Some(front) = &self.front else {
-            return;
-        };
-        let members = self
-            .instances
+        if let Some(front) = &self.front {
+            front.set_members(self.members());
+        }
+    }
+
+    /// The web instances, as the front sees them.
+    fn members(&self) -> Vec<Member> {
+        self.instances
             .values()
             .filter_map(|h| {
                 h.config.launch.port.map(|port| Member {
@@ -185,8 +186,7 @@ impl App {
                     snapshot: h.snapshot().clone(),
                 })
             })
-            .collect();
-        front.set_members(members);
+            .collect()
     }
 
     /// Stops web instances that have left the pool: waits until their in-flight requests
@@ -441,7 +441,7 @@ impl App {
     pub fn stop_all(&mut self) -> Pending {
         let mut pending = Pending::default();
         if let Some(front) = self.front.take() {
-            front.close();
+            front.close(None);
         }
         for (_, handle) in std::mem::take(&mut self.switching) {
             pending.done.push(handle.stop());

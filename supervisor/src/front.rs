@@ -92,49 +92,87 @@ pub struct AppFront {
     members: Arc<Mutex<Vec<Member>>>,
     sync: JoinHandle<()>,
     serving: Vec<JoinHandle<()>>,
+    /// Our own handles on the listening sockets (the glue serves duplicates): a rebind that
+    /// keeps a listener hands the same socket to the next front, so not one connection
+    /// attempt is refused.
+    kept_unix: Option<std::os::unix::net::UnixListener>,
+    kept_tcp: Option<std::net::TcpListener>,
 }
 
 impl AppFront {
-    /// Binds every listener of `listen` and starts serving (with no backend until members
-    /// are set). Nothing is left bound if one of them fails.
-    pub fn open(app: &str, listen: Listen) -> Result<AppFront, FrontError> {
-        let unix = match &listen.unix_socket {
-            Some(path) => Some(bind_unix(path).map_err(|source| FrontError::Unix {
-                app: app.to_string(),
-                path: path.clone(),
-                source,
-            })?),
-            None => None,
+    /// Binds every listener of `listen` (reusing those `previous` already has for the same
+    /// address) and starts serving `members`. Nothing new is left bound if one fails; the
+    /// caller closes `previous` once this succeeded.
+    pub fn open(
+        app: &str,
+        listen: Listen,
+        members: Vec<Member>,
+        previous: Option<&AppFront>,
+    ) -> Result<AppFront, FrontError> {
+        let unix_error = |path: &Path, source| FrontError::Unix {
+            app: app.to_string(),
+            path: path.to_path_buf(),
+            source,
         };
-        let tcp = match &listen.tcp {
-            Some((bind, port)) => match bind_tcp(bind, *port) {
-                Ok(listener) => Some(listener),
-                Err(source) => {
-                    if let Some(path) = &listen.unix_socket {
-                        let _ = std::fs::remove_file(path);
+        let tcp_error = |bind: &str, port: u16, source| FrontError::Tcp {
+            app: app.to_string(),
+            addr: format_addr(bind, port),
+            source,
+        };
+        let reuse_unix = previous
+            .filter(|p| p.listen.unix_socket == listen.unix_socket)
+            .and_then(|p| p.kept_unix.as_ref());
+        let kept_unix = match (&listen.unix_socket, reuse_unix) {
+            (Some(path), Some(kept)) => Some(kept.try_clone().map_err(|e| unix_error(path, e))?),
+            (Some(path), None) => Some(bind_unix(path).map_err(|e| unix_error(path, e))?),
+            (None, _) => None,
+        };
+        let reuse_tcp = previous
+            .filter(|p| p.listen.tcp == listen.tcp)
+            .and_then(|p| p.kept_tcp.as_ref());
+        let kept_tcp = match &listen.tcp {
+            Some((bind, port)) => {
+                let bound = match reuse_tcp {
+                    Some(kept) => kept.try_clone(),
+                    None => bind_tcp(bind, *port),
+                };
+                match bound {
+                    Ok(listener) => Some(listener),
+                    Err(source) => {
+                        if reuse_unix.is_none()
+                            && let Some(path) = &listen.unix_socket
+                        {
+                            let _ = std::fs::remove_file(path);
+                        }
+                        return Err(tcp_error(bind, *port, source));
                     }
-                    return Err(FrontError::Tcp {
-                        app: app.to_string(),
-                        addr: format!("{bind}:{port}"),
-                        source,
-                    });
                 }
-            },
+            }
             None => None,
         };
         let front = Front::new(FrontConfig::default());
+        // The pool first: the first request accepted must find the instances.
+        sync(&front, &members);
         let mut serving = Vec::new();
-        if let Some(listener) = unix {
+        if let (Some(kept), Some(path)) = (&kept_unix, &listen.unix_socket) {
+            let listener = kept
+                .try_clone()
+                .and_then(tokio::net::UnixListener::from_std)
+                .map_err(|e| unix_error(path, e))?;
             let front = front.clone();
             serving.push(tokio::spawn(
                 async move { front.serve_unix(listener).await },
             ));
         }
-        if let Some(listener) = tcp {
+        if let (Some(kept), Some((bind, port))) = (&kept_tcp, &listen.tcp) {
+            let listener = kept
+                .try_clone()
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|e| tcp_error(bind, *port, e))?;
             let front = front.clone();
             serving.push(tokio::spawn(async move { front.serve_tcp(listener).await }));
         }
-        let members: Arc<Mutex<Vec<Member>>> = Arc::default();
+        let members: Arc<Mutex<Vec<Member>>> = Arc::new(Mutex::new(members));
         let sync = {
             let (front, members) = (front.clone(), members.clone());
             tokio::spawn(async move {
@@ -153,6 +191,8 @@ impl AppFront {
             members,
             sync,
             serving,
+            kept_unix,
+            kept_tcp,
         })
     }
 
@@ -173,12 +213,13 @@ impl AppFront {
     }
 
     /// Stops listening (open connections finish their request within the glue's grace) and
-    /// removes the socket file.
-    pub fn close(self) {
+    /// removes the socket file, unless `successor` (the front replacing this one) serves it.
+    pub fn close(self, successor: Option<&AppFront>) {
         self.front.shutdown();
         self.sync.abort();
         drop(self.serving);
-        if let Some(path) = &self.listen.unix_socket {
+        let inherited = successor.is_some_and(|s| s.listen.unix_socket == self.listen.unix_socket);
+        if !inherited && let Some(path) = &self.listen.unix_socket {
             let _ = std::fs::remove_file(path);
         }
         tracing::info!(app = %self.app, "front closed");
@@ -231,7 +272,7 @@ fn format_addr(bind: &str, port: u16) -> String {
 
 /// Creates the parent directory, replaces a stale socket file (one nobody answers on) and
 /// binds with mode 0660.
-fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+fn bind_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -247,10 +288,10 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     listener.set_nonblocking(true)?;
-    tokio::net::UnixListener::from_std(listener)
+    Ok(listener)
 }
 
-fn bind_tcp(bind: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+fn bind_tcp(bind: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
     let ip: IpAddr = bind.parse().map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -258,10 +299,26 @@ fn bind_tcp(bind: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
         )
     })?;
     // std sets SO_REUSEADDR on Unix, so a port in TIME_WAIT after a restart binds again.
-    let listener = std::net::TcpListener::bind((ip, port))?;
+    // A front closed a moment ago (Stop then Start) releases its port when its listener
+    // task has ended, which takes a few milliseconds: retry briefly.
+    let mut attempts = 0;
+    let listener = loop {
+        match std::net::TcpListener::bind((ip, port)) {
+            Ok(listener) => break listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < BIND_RETRIES => {
+                attempts += 1;
+                std::thread::sleep(BIND_RETRY_EVERY);
+            }
+            Err(e) => return Err(e),
+        }
+    };
     listener.set_nonblocking(true)?;
-    tokio::net::TcpListener::from_std(listener)
+    Ok(listener)
 }
+
+/// Retries of a TCP bind that found the port in use (see [`bind_tcp`]): 0.5 s at most.
+const BIND_RETRIES: u32 = 25;
+const BIND_RETRY_EVERY: Duration = Duration::from_millis(20);
 
 #[cfg(test)]
 mod tests {
@@ -303,6 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join("app.sock");
         let first = bind_unix(&path).unwrap();
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
         let err = bind_unix(&path).unwrap_err();

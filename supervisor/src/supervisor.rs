@@ -404,6 +404,8 @@ impl Supervisor {
                 .map(App::abort_switch)
                 .unwrap_or_default();
             pending.wait().await;
+            // The instance's last words may still be on their way to its log file.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.ctx.logs.flush_all()).await;
             let tail = self
                 .ctx
                 .logs

@@ -298,9 +298,9 @@ fn new_release_switches_under_load_with_no_failed_request() {
     let old_worker = daemon.wait_state("shop", "worker.1", InstanceState::Running);
     let load = Load::start(&addr);
     load.wait_more(20);
-    let began = Instant::now();
+    let (began, before) = (Instant::now(), load.served());
     let (answer, progress) = apply_with_progress(&daemon, &new_release(&v1, "v2"));
-    let took = began.elapsed();
+    let (took, during) = (began.elapsed(), load.served() - before);
     let Ok(Response::Applied(report)) = answer else {
         panic!("apply failed: {answer:?}");
     };
@@ -341,7 +341,7 @@ fn new_release_switches_under_load_with_no_failed_request() {
     );
     assert!(log.contains("switch: starting a new web.1"), "{log}");
     eprintln!(
-        "switch to v2 took {:.2}s; {} requests during the test, 0 failed",
+        "switch to v2 took {:.2}s, {during} requests served during it; {} in the test, 0 failed",
         took.as_secs_f64(),
         bodies.len()
     );
@@ -354,7 +354,7 @@ fn release_that_never_becomes_healthy_is_not_switched_to() {
     let mut v1 = fronted("shop", &root, 2);
     v1.processes.push(sleeper("worker", 1));
     if let Some(front) = v1.settings.front.as_mut() {
-        front.health_deadline_ms = 1500;
+        front.health_deadline_ms = 3000;
     }
     daemon.apply(&v1);
     let addr = front_addr(&daemon, "shop");
@@ -388,6 +388,17 @@ fn release_that_never_becomes_healthy_is_not_switched_to() {
         old_pids,
         "the old instances run on"
     );
+    // It crashes at start: no need to wait for the deadline.
+    let mut crashing = new_release(&v1, "v4");
+    crashing.env.insert("EXIT_AT_START".into(), "3".into());
+    let (answer, _) = apply_with_progress(&daemon, &crashing);
+    let err = answer.expect_err("a crashing release is refused");
+    assert!(
+        err.contains("exited before it became healthy (exit 3)"),
+        "{err}"
+    );
+    assert!(err.contains("exiting at start, on purpose"), "{err}");
+
     assert_eq!(
         daemon.instance("shop", "worker.1").pid,
         old_worker.pid,
@@ -398,7 +409,9 @@ fn release_that_never_becomes_healthy_is_not_switched_to() {
         assert!(get_tcp(&addr).unwrap().starts_with("v1 "));
     }
     wait_for("no new instance left", Duration::from_secs(10), || {
-        (fixture_processes_with("v2").is_empty() && fixture_processes_with("v3").is_empty())
+        ["v2", "v3", "v4"]
+            .iter()
+            .all(|v| fixture_processes_with(v).is_empty())
             .then_some(())
     });
 }
@@ -465,6 +478,15 @@ fn front_port_is_stable_across_a_daemon_restart_and_restart_renews_blue_green() 
         progress.iter().any(|p| p.contains("waiting for web.1")),
         "{progress:?}"
     );
+    assert!(get_tcp(&addr).unwrap().starts_with("v1 web.1"));
+
+    // Stop closes the port (kept reserved), Start serves on it again at once.
+    daemon.call(&Request::Stop { app: "shop".into() }).unwrap();
+    assert!(daemon.status("shop").front.is_none());
+    assert!(std::net::TcpStream::connect(&addr).is_err());
+    daemon.call(&Request::Start { app: "shop".into() }).unwrap();
+    assert_eq!(front_addr(&daemon, "shop"), addr);
+    wait_backends(&daemon, "shop", 1);
     assert!(get_tcp(&addr).unwrap().starts_with("v1 web.1"));
     assert!(Path::new(&root.root()).exists());
 }
