@@ -28,8 +28,12 @@ use crate::stop;
 const PROBE_FIRST: Duration = Duration::from_millis(20);
 /// ...doubling up to this...
 const PROBE_EVERY: Duration = Duration::from_millis(200);
-/// ...with each probe given this long to answer (loopback: plenty).
+/// ...with each port probe given this long to answer (loopback: plenty; as short as the
+/// glue's probe interval, so it is exactly one probe)...
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+/// ...and a health path this long (an app's health endpoint may query its database; the
+/// glue probes again every 100 ms within it).
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// ...and, once it has been starting for [`PROBE_SLOW_AFTER`] (a slow boot, or an app that
 /// never listens), how often after that: a supervisor should not wake up for nothing.
 const PROBE_SLOW_EVERY: Duration = Duration::from_secs(1);
@@ -438,12 +442,14 @@ impl Actor {
             return;
         };
         let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
-        let check = match &self.config.health_path {
-            Some(path) => HealthCheck::Http { path: path.clone() },
-            None => HealthCheck::Tcp,
+        let (check, deadline) = match &self.config.health_path {
+            Some(path) => (
+                HealthCheck::Http { path: path.clone() },
+                HEALTH_PROBE_TIMEOUT,
+            ),
+            None => (HealthCheck::Tcp, PROBE_TIMEOUT),
         };
-        // A deadline no longer than the glue's probe interval means exactly one probe.
-        match wait_healthy(addr, &check, PROBE_TIMEOUT).await {
+        match wait_healthy(addr, &check, deadline).await {
             Ok(()) => {
                 self.state = InstanceState::Running;
                 self.next_probe = None;
