@@ -528,3 +528,36 @@ fn changing_the_front_settings_rebinds() {
         "nothing listens on {addr}"
     );
 }
+
+#[test]
+fn ten_redeploys_in_a_row_under_load_lose_no_request() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let v1 = fronted("shop", &root, 2);
+    daemon.apply(&v1);
+    let addr = front_addr(&daemon, "shop");
+    wait_backends(&daemon, "shop", 2);
+    let load = Load::start(&addr);
+    load.wait_more(10);
+    let began = Instant::now();
+    for n in 2..=11 {
+        let release = format!("v{n}");
+        let (answer, _) = apply_with_progress(&daemon, &new_release(&v1, &release));
+        assert!(matches!(answer, Ok(Response::Applied(_))), "{answer:?}");
+        assert!(get_tcp(&addr).unwrap().starts_with(&format!("{release} ")));
+    }
+    let took = began.elapsed();
+    load.wait_more(10);
+    let (bodies, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    eprintln!(
+        "10 redeploys in {:.1}s under load: {} requests, 0 failed",
+        took.as_secs_f64(),
+        bodies.len()
+    );
+}
