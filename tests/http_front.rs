@@ -217,11 +217,24 @@ fn a_release_that_never_becomes_healthy_is_not_switched_to() {
     piku.git_push(repo.path(), "sick").assert_ok();
     expect_via_nginx(&piku, "sick.test", "/", |b| b.contains("version=v1"));
 
+    let conf = piku.root.join("nginx/sick.conf");
+    let conf_before = std::fs::read_to_string(&conf).expect("sick.conf");
+    // The sick release also maps a new static path: its nginx config must not stay either.
     let env = std::fs::read_to_string(repo.path().join("ENV")).expect("ENV");
+    let env = env.replace(
+        "NGINX_STATIC_PATHS=/static/:public/",
+        "NGINX_STATIC_PATHS=/static/:public/,/assets/:public/",
+    );
     repo.write("ENV", &format!("{env}UP_STATUS=500\n"));
     repo.set_version("v2");
     let push = piku.git_push(repo.path(), "sick");
+    eprintln!("the push of a release that never becomes healthy:\n{push}");
     push.assert_failed();
+    assert_eq!(
+        std::fs::read_to_string(&conf).expect("sick.conf"),
+        conf_before,
+        "the refused release's nginx config stayed: {push}"
+    );
     let body = expect_via_nginx(&piku, "sick.test", "/", |_| true);
     assert!(
         body.contains("version=v1"),

@@ -112,16 +112,23 @@ impl Activation {
     /// both files (and the running processes) as they were.
     pub fn apply(self, root: &PikuRoot, app: &AppName, log: &mut BuildLog) -> anyhow::Result<()> {
         let mut client = crate::daemon::connect(root)?;
-        front::configure_nginx(&self.front, log)?;
+        let undo = front::configure_nginx(&self.front, log)?;
         let request = Request::Apply(Box::new(self.spec.clone()));
         let result = client.call(&request, |interim| {
             if let Response::Progress { message } = interim {
                 log.step(message);
             }
         });
-        let report = match result.context("the supervisor refused the new release")? {
-            Response::Applied(report) => report,
-            other => anyhow::bail!("unexpected answer from the supervisor: {other:?}"),
+        let report = match result.context("the supervisor refused the new release") {
+            Ok(Response::Applied(report)) => report,
+            Ok(other) => {
+                undo.restore(log);
+                anyhow::bail!("unexpected answer from the supervisor: {other:?}")
+            }
+            Err(e) => {
+                undo.restore(log);
+                return Err(e);
+            }
         };
         let name = |n: &String| format!("'{app}:{n}'");
         for n in &report.started {

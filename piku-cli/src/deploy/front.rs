@@ -122,11 +122,46 @@ fn front_spec(
     })
 }
 
+/// What [`configure_nginx`] replaced, so a refused `Apply` can put it back.
+#[must_use = "call `restore` if the Apply fails"]
+pub struct NginxUndo {
+    /// `nginx/<app>.conf` and the text it had before (`None`: there was none). `None` when
+    /// nothing was changed.
+    previous: Option<(std::path::PathBuf, Option<String>)>,
+}
+
+impl NginxUndo {
+    /// Puts the previous config back (or removes a first one) and reloads nginx, so a
+    /// release the supervisor refused leaves nginx as it was. Problems are warnings: the
+    /// push fails anyway.
+    pub fn restore(self, log: &mut BuildLog) {
+        let Some((conf, previous)) = self.previous else {
+            return;
+        };
+        let result = match &previous {
+            Some(text) => super::store::write_atomically(&conf, text.as_bytes()),
+            None => std::fs::remove_file(&conf)
+                .with_context(|| format!("cannot remove '{}'", conf.display())),
+        };
+        if let Err(e) = result {
+            log.step(format!(
+                "Warning: the previous nginx config was not restored: {e:#}"
+            ));
+            return;
+        }
+        match NginxCommand::from_env().map(|n| n.reload()) {
+            Ok(Ok(reload)) => say_reload(&reload, log),
+            Ok(Err(e)) | Err(e) => say_reload(&Reload::Failed(e.to_string()), log),
+        }
+        log.step("nginx: the previous config is back in place");
+    }
+}
+
 /// Before the `Apply`: checks and installs the nginx config (self-signed certificate when
 /// there is none), printing piku's lines. An `Err` means nothing was changed.
-pub fn configure_nginx(front: &Front, log: &mut BuildLog) -> anyhow::Result<()> {
+pub fn configure_nginx(front: &Front, log: &mut BuildLog) -> anyhow::Result<NginxUndo> {
     let Some(settings) = &front.nginx else {
-        return Ok(());
+        return Ok(NginxUndo { previous: None });
     };
     log.step(format!(
         "nginx will map app '{}' to hostname(s) '{}'",
@@ -136,6 +171,8 @@ pub fn configure_nginx(front: &Front, log: &mut BuildLog) -> anyhow::Result<()> 
     for warning in &settings.warnings {
         log.step(format!("Warning: {warning}"));
     }
+    let conf = settings.conf_path();
+    let before = std::fs::read_to_string(&conf).ok();
     let nginx = NginxCommand::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     let configured = piku_nginx::configure(settings, &nginx)
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -147,7 +184,9 @@ pub fn configure_nginx(front: &Front, log: &mut BuildLog) -> anyhow::Result<()> 
         ));
     }
     say_reload(&configured.install.reload, log);
-    Ok(())
+    Ok(NginxUndo {
+        previous: configured.install.changed.then_some((conf, before)),
+    })
 }
 
 fn say_reload(reload: &Reload, log: &mut BuildLog) {

@@ -33,22 +33,27 @@ pub fn acquire(release_root: &Path, app: &AppName, log: &mut BuildLog) -> anyhow
     acquire_with(release_root, app, |msg| log.step(msg))
 }
 
-/// [`acquire`] for the deploy hook: when [`HELD_VAR`] names `app` and the lock is taken, the
-/// `piku git-receive-pack` that started this push holds it for us. The lock is still probed
-/// rather than trusted blindly, so a stray variable cannot let two deploys run at once
-/// unless another deploy really holds the lock.
+/// Whether the `piku git-receive-pack` that started this hook says it holds `app`'s lock.
+pub fn held_by_parent(app: &AppName) -> bool {
+    std::env::var(HELD_VAR).ok().as_deref() == Some(app.as_str())
+}
+
+/// [`acquire`] for the deploy hook: when `held_by_parent` ([`held_by_parent`]) and the lock is
+/// taken, the `piku git-receive-pack` that started this push holds it for us. The lock is
+/// still probed rather than trusted blindly, so a stray variable cannot let two deploys run at
+/// once unless another deploy really holds the lock.
 pub fn acquire_in_hook(
     release_root: &Path,
     app: &AppName,
+    held_by_parent: bool,
     log: &mut BuildLog,
 ) -> anyhow::Result<AppLock> {
-    if std::env::var(HELD_VAR).ok().as_deref() != Some(app.as_str()) {
+    if !held_by_parent {
         return acquire(release_root, app, log);
     }
-    match try_lock(release_root)? {
-        Some(lock) => Ok(AppLock { _lock: Some(lock) }),
-        None => Ok(AppLock { _lock: None }),
-    }
+    Ok(AppLock {
+        _lock: try_lock(release_root)?,
+    })
 }
 
 /// Takes the lock without waiting; `None` when someone else holds it.
@@ -117,6 +122,23 @@ mod tests {
         drop(first);
         rx.recv_timeout(Duration::from_secs(10)).unwrap();
         waiter.join().unwrap();
+    }
+
+    #[test]
+    fn a_hook_whose_parent_holds_the_lock_does_not_wait_and_one_without_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let app: AppName = "blog".parse().unwrap();
+        let root = dir.path().join("releases/blog");
+        let parent = acquire(&root, &app, &mut BuildLog::terminal_only()).unwrap();
+        // Would block for ever if it waited on the parent's lock.
+        let hook = acquire_in_hook(&root, &app, true, &mut BuildLog::terminal_only()).unwrap();
+        drop(hook);
+        drop(parent);
+        // Nobody holds it: the hook takes it, and a deploy must now wait.
+        let hook = acquire_in_hook(&root, &app, true, &mut BuildLog::terminal_only()).unwrap();
+        assert!(try_lock(&root).unwrap().is_none());
+        drop(hook);
+        assert!(try_lock(&root).unwrap().is_some());
     }
 
     #[test]

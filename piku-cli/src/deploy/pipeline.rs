@@ -45,7 +45,7 @@ pub fn deploy(root: &PikuRoot, app: &AppName, target: &Target) -> anyhow::Result
     let store = Store::new(root, app);
     log.step(format!("Deploying app '{app}'"));
     let _lock = if target.from_hook {
-        lock::acquire_in_hook(store.dir(), app, &mut log)?
+        lock::acquire_in_hook(store.dir(), app, lock::held_by_parent(app), &mut log)?
     } else {
         lock::acquire(store.dir(), app, &mut log)?
     };
