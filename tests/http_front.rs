@@ -377,3 +377,114 @@ fn wrk_failure_counts_are_read_from_its_report() {
     assert_eq!(requests(report), 10);
     assert_eq!(failures("  10 requests in 1.00s, 1KB read\n"), (0, 0));
 }
+
+/// A CA and a `localhost`/127.0.0.1 certificate for pebble's own HTTPS, made with `openssl`.
+/// Returns (ca.pem, cert.pem, key.pem).
+fn pebble_tls(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let script = "set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=e2e-pebble-ca 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem -out leaf.csr -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext
+openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 2 -extfile san.ext 2>/dev/null
+";
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script).current_dir(dir);
+    run_with_timeout(cmd, None, Duration::from_secs(30)).assert_ok();
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+#[test]
+fn a_deploy_gets_an_acme_certificate_that_nginx_serves() {
+    use piku_e2e::free_port;
+    use piku_e2e::process::Guarded;
+
+    let piku = Piku::start_with_nginx();
+    let nginx = piku.nginx.as_ref().expect("nginx");
+    let dir = piku.tmp.path().join("pebble");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let (ca, cert, key) = pebble_tls(&dir);
+
+    // pebble resolves every name to 127.0.0.1 through pebble-challtestsrv's DNS.
+    let dns_port = free_port();
+    let challtest_mgmt = free_port();
+    let mut dns = Command::new("pebble-challtestsrv");
+    dns.args(["-dns01", &format!("127.0.0.1:{dns_port}")])
+        .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+        .args(["-management", &format!("127.0.0.1:{challtest_mgmt}")])
+        .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _dns = Guarded::spawn("pebble-challtestsrv", dns, Duration::from_secs(5))
+        .expect("pebble-challtestsrv (apt-get install pebble)");
+    let acme_port = free_port();
+    let config = serde_json::json!({
+        "pebble": {
+            "listenAddress": format!("127.0.0.1:{acme_port}"),
+            "managementListenAddress": format!("127.0.0.1:{}", free_port()),
+            "certificate": cert,
+            "privateKey": key,
+            "httpPort": nginx.http_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false
+        }
+    });
+    let config_path = dir.join("pebble-config.json");
+    std::fs::write(&config_path, config.to_string()).expect("pebble config");
+    let mut pebble = Command::new("pebble");
+    pebble
+        .arg("-config")
+        .arg(&config_path)
+        .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _pebble = Guarded::spawn("pebble", pebble, Duration::from_secs(5))
+        .expect("pebble (apt-get install pebble)");
+    let up = wait_until(Duration::from_secs(20), || {
+        (TcpStream::connect(("127.0.0.1", acme_port)).is_ok()
+            && TcpStream::connect(("127.0.0.1", challtest_mgmt)).is_ok())
+        .then_some(())
+    });
+    assert!(up.is_some(), "pebble did not start");
+
+    let repo = app_behind_nginx(
+        &piku,
+        "acme.test",
+        &format!(
+            "PIKU_ACME_DIRECTORY=https://127.0.0.1:{acme_port}/dir\nPIKU_ACME_CA={}\n",
+            ca.display()
+        ),
+    );
+    let push = piku.git_push(repo.path(), "acme");
+    eprintln!("the push asking for an ACME certificate:\n{push}");
+    push.assert_ok();
+    assert!(
+        push.combined()
+            .contains("Certificate issued for 'acme.test'"),
+        "no certificate issued: {push}"
+    );
+    let https_port = nginx.https_port;
+    let issuer = wait_until(CHANGE_TIMEOUT, || {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "openssl s_client -connect 127.0.0.1:{https_port} -servername acme.test </dev/null 2>/dev/null | openssl x509 -noout -issuer"
+        ));
+        let run = run_with_timeout(cmd, None, Duration::from_secs(20));
+        run.stdout
+            .to_lowercase()
+            .contains("pebble")
+            .then_some(run.stdout)
+    });
+    assert!(
+        issuer.is_some(),
+        "nginx does not serve pebble's certificate for acme.test"
+    );
+}

@@ -7,7 +7,8 @@
 //!
 //! Running: `cargo test -p piku-e2e` (the harness builds the binaries first; set
 //! `PIKU_E2E_BIN_DIR` to use prebuilt ones). Needs `sshd`, `ssh`, `ssh-keygen`, `git`,
-//! `python3` with venv, and PyPI for the one Flask test — `scripts/install-test-deps`
+//! `python3` with venv, `nginx` and `wrk` (the HTTP front tests, [`Nginx`]), and PyPI for the
+//! one Flask test — `scripts/install-test-deps`
 //! installs them as root. sshd logs in the current user (root in CI) with a key whose
 //! forced command is our `piku`; as root the harness creates `/run/sshd` if needed.
 
