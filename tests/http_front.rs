@@ -488,3 +488,65 @@ fn a_deploy_gets_an_acme_certificate_that_nginx_serves() {
         "nginx does not serve pebble's certificate for acme.test"
     );
 }
+
+/// The front's public TCP port (`front.tcp` in `ps --json`) of an app without a server name.
+fn front_port(piku: &Piku, app: &str) -> Option<u16> {
+    let ps = piku.ps_json(app).ok()?;
+    ps["front"]["tcp"]
+        .as_str()?
+        .rsplit_once(':')?
+        .1
+        .parse()
+        .ok()
+}
+
+#[test]
+fn without_nginx_the_public_port_stays_the_same_across_redeploys_and_scaling() {
+    let piku = Piku::start();
+    let repo = make_app_repo("web-python");
+    let push = piku.git_push(repo.path(), "plain");
+    push.assert_ok();
+    let port = front_port(&piku, "plain").expect("a TCP front for an app without a server name");
+    assert!(
+        push.combined()
+            .contains(&format!("'plain' answers on http://127.0.0.1:{port}/")),
+        "{push}"
+    );
+    let answers = |version: &str| {
+        let version = format!("version={version}");
+        wait_until(CHANGE_TIMEOUT, || {
+            piku_e2e::get_ok(port, "/").filter(|b| b.contains(&version))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "port {port} never answered {version}: {}",
+                piku.diagnostics()
+            )
+        })
+    };
+    answers("v1");
+    repo.set_version("v2");
+    piku.git_push(repo.path(), "plain").assert_ok();
+    answers("v2");
+    piku.ssh("ps:scale plain web=2").assert_ok();
+    let pids = wait_until(CHANGE_TIMEOUT, || {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let body = piku_e2e::get_ok(port, "/")?;
+            seen.insert(
+                body.split("pid=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .to_owned(),
+            );
+        }
+        (seen.len() == 2).then_some(seen)
+    });
+    assert!(
+        pids.is_some(),
+        "two instances never both answered on the public port: {:?}",
+        piku.ps_json("plain")
+    );
+    assert_eq!(front_port(&piku, "plain"), Some(port));
+}
