@@ -204,6 +204,26 @@ fn a_broken_include_file_is_refused_and_the_old_config_stays() {
     assert_eq!(std::fs::read_to_string(&conf).expect("inc.conf"), before);
     let body = expect_via_nginx(&piku, "inc.test", "/", |_| true);
     assert!(body.contains("version=v1"), "{body}");
+
+    // Without NGINX_SERVER_NAME the app leaves nginx and answers on its own public port.
+    repo.write("ENV", "GREETING=hello\n");
+    repo.set_version("v3");
+    piku.git_push(repo.path(), "inc").assert_ok();
+    assert!(
+        !conf.exists(),
+        "nginx/inc.conf stayed without a server name"
+    );
+    let port = front_port(&piku, "inc").expect("a TCP front once nginx is gone");
+    let v3 = wait_until(CHANGE_TIMEOUT, || {
+        piku_e2e::get_ok(port, "/").filter(|b| b.contains("version=v3"))
+    });
+    assert!(v3.is_some(), "v3 never answered on port {port}");
+    let nginx_port = http_port(&piku);
+    let gone = wait_until(CHANGE_TIMEOUT, || {
+        let a = http_get_host(nginx_port, "inc.test", "/");
+        (a.is_err() || a.is_ok_and(|a| a.status >= 400)).then_some(())
+    });
+    assert!(gone.is_some(), "nginx still serves inc.test");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! asked for only after the `Apply` (the CA validates through the live config); its failure is
 //! a warning and the self-signed certificate stays.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use piku_model::{AppName, EnvMap, PikuRoot, ProcessClass, Procfile};
@@ -30,6 +30,8 @@ pub struct Front {
     pub spec: Option<FrontSpec>,
     /// The app's nginx config; `None` without `NGINX_SERVER_NAME`.
     pub nginx: Option<NginxSettings>,
+    /// `nginx/<app>.conf`: written when `nginx` is set, removed when it is not.
+    pub conf: PathBuf,
 }
 
 /// Whether the Procfile runs a web server (`web:` or `wsgi:`).
@@ -63,7 +65,11 @@ pub fn plan(
     } else {
         None
     };
-    Ok(Front { spec, nginx })
+    Ok(Front {
+        spec,
+        nginx,
+        conf: piku_nginx::conf_path(root, app),
+    })
 }
 
 /// The supervisor's front: behind nginx a Unix socket, else piku's public TCP port.
@@ -161,7 +167,7 @@ impl NginxUndo {
 /// there is none), printing piku's lines. An `Err` means nothing was changed.
 pub fn configure_nginx(front: &Front, log: &mut BuildLog) -> anyhow::Result<NginxUndo> {
     let Some(settings) = &front.nginx else {
-        return Ok(NginxUndo { previous: None });
+        return unconfigure_nginx(&front.conf, log);
     };
     log.step(format!(
         "nginx will map app '{}' to hostname(s) '{}'",
@@ -186,6 +192,23 @@ pub fn configure_nginx(front: &Front, log: &mut BuildLog) -> anyhow::Result<Ngin
     say_reload(&configured.install.reload, log);
     Ok(NginxUndo {
         previous: configured.install.changed.then_some((conf, before)),
+    })
+}
+
+/// An app without `NGINX_SERVER_NAME` (any more): its old config would proxy to a socket
+/// the front no longer listens on, so it goes (certificates stay for a later comeback).
+fn unconfigure_nginx(conf: &Path, log: &mut BuildLog) -> anyhow::Result<NginxUndo> {
+    let Ok(before) = std::fs::read_to_string(conf) else {
+        return Ok(NginxUndo { previous: None });
+    };
+    std::fs::remove_file(conf).with_context(|| format!("cannot remove '{}'", conf.display()))?;
+    log.step("nginx: NGINX_SERVER_NAME is not set; the app's nginx config was removed");
+    match NginxCommand::from_env().map(|n| n.reload()) {
+        Ok(Ok(reload)) => say_reload(&reload, log),
+        Ok(Err(e)) | Err(e) => say_reload(&Reload::Failed(e.to_string()), log),
+    }
+    Ok(NginxUndo {
+        previous: Some((conf.to_path_buf(), Some(before))),
     })
 }
 
