@@ -147,7 +147,18 @@ fn main() -> Result<()> {
         if cli.cmd == Cmd::All {
             res = Results::default();
         }
-        res.machine = report::describe_machine();
+        if cli.cmd == Cmd::All || res.machine.is_empty() {
+            res.machine = report::describe_machine();
+        } else {
+            // A single row re-run keeps the run's machine description and says when it ran.
+            let now = report::describe_machine();
+            res.note(format!(
+                "Re-run of `{}` at {} (load {}).",
+                cmd_name(cli.cmd),
+                now["date"],
+                now["loadavg at start"]
+            ));
+        }
         if cli.cmd == Cmd::All && !cli.common.quick {
             res.note("Full run: 1/10/50 apps, 60 s idle window, 50 worker kills + 10 web kills, 40 s crash loop, 10 s log flood, 500 instances.".into());
         } else if cli.common.quick {
@@ -165,9 +176,11 @@ fn main() -> Result<()> {
             &mut res,
             &cli.common.results,
         )?;
-        let end = report::describe_machine();
-        res.machine
-            .insert("loadavg at end".into(), end["loadavg at start"].clone());
+        if cli.cmd == Cmd::All {
+            let end = report::describe_machine();
+            res.machine
+                .insert("loadavg at end".into(), end["loadavg at start"].clone());
+        }
         busy_note(&mut res);
         res.save(&cli.common.results)?;
         if cli.common.keep {
@@ -315,6 +328,21 @@ fn run(
         res.save(save)?;
     }
     Ok(())
+}
+
+fn cmd_name(cmd: Cmd) -> &'static str {
+    match cmd {
+        Cmd::Memory => "memory",
+        Cmd::Idle => "idle",
+        Cmd::Respawn => "respawn",
+        Cmd::Crashloop => "crashloop",
+        Cmd::Scale => "scale",
+        Cmd::Stop => "stop",
+        Cmd::Logs => "logs",
+        Cmd::Many => "many",
+        Cmd::All => "all",
+        Cmd::Report => "report",
+    }
 }
 
 /// Says so when other work shared the CPUs (1-minute load above the core count at either end).

@@ -87,10 +87,10 @@ impl Ours {
         Ok(out)
     }
 
-    /// Instances of `app` in state Running, per the daemon.
-    pub fn running(&self, app: &str) -> Result<usize> {
+    /// Instances of every app in state Running, per the daemon.
+    pub fn running_total(&self) -> Result<usize> {
         Ok(self
-            .status(Some(app))?
+            .status(None)?
             .iter()
             .flat_map(|a| &a.instances)
             .filter(|i| i.state == InstanceState::Running)
