@@ -252,9 +252,19 @@ mod tests {
             .unwrap();
         let pid = child.id() as Pid;
         let me = std::process::id() as Pid;
-        assert!(tree(me).contains(&pid));
-        assert_eq!(env_var(pid, "BENCH_PROBE").as_deref(), Some("yes"));
-        assert_eq!(comm(pid).as_deref(), Some("sleep"));
+        assert!(tree(me).contains(&pid), "child {pid} not under {me}");
+        // spawn() returns while execve is still setting up the new image, when environ reads
+        // empty for a moment; the suite's pollers simply look again, and so does this test.
+        let t0 = std::time::Instant::now();
+        while env_var(pid, "BENCH_PROBE").is_none() && t0.elapsed().as_secs() < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(
+            env_var(pid, "BENCH_PROBE").as_deref(),
+            Some("yes"),
+            "environ of {pid}"
+        );
+        assert_eq!(comm(pid).as_deref(), Some("sleep"), "comm of {pid}");
         let id = ProcId::of(pid).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
