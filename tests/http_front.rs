@@ -507,6 +507,15 @@ fn a_deploy_gets_an_acme_certificate_that_nginx_serves() {
         issuer.is_some(),
         "nginx does not serve pebble's certificate for acme.test"
     );
+
+    // A redeploy keeps the current certificate instead of asking the CA again.
+    repo.set_version("v2");
+    let again = piku.git_push(repo.path(), "acme");
+    again.assert_ok();
+    assert!(
+        again.combined().contains("is current") && !again.combined().contains("Requesting"),
+        "a redeploy asked the CA again: {again}"
+    );
 }
 
 /// The front's public TCP port (`front.tcp` in `ps --json`) of an app without a server name.

@@ -220,6 +220,24 @@ fn say_reload(reload: &Reload, log: &mut BuildLog) {
     }
 }
 
+/// Renew this many days before a CA certificate expires (the supervisor's renewals use the
+/// same margin), so every deploy does not ask the CA again and hit its rate limits.
+const RENEW_DAYS: u32 = 30;
+
+/// The expiry (RFC 3339) of the app's certificate when it is CA-issued, covers every name
+/// HTTP-01 can prove and is not due for renewal; `None` when a new one should be asked for.
+fn current_ca_certificate(settings: &NginxSettings) -> Option<String> {
+    let crt = settings.crt_path();
+    let info = piku_nginx::certificate_info(&crt).ok()?;
+    let (names, _) = piku_nginx::acme_names(&settings.server_names);
+    let covered = names.iter().all(|n| info.names.contains(n));
+    if info.self_signed || !covered || piku_nginx::needs_renewal(&crt, RENEW_DAYS) {
+        return None;
+    }
+    let until: chrono::DateTime<chrono::Utc> = info.expires().into();
+    Some(until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
 /// Whether the app (or the host) asked for ACME certificates.
 fn acme_wanted(env: &EnvMap) -> bool {
     ["PIKU_ACME_DIRECTORY", "PIKU_ACME_EMAIL"].iter().any(|k| {
@@ -232,6 +250,13 @@ fn acme_wanted(env: &EnvMap) -> bool {
 pub fn issue_certificate(front: &Front, env: &EnvMap, log: &mut BuildLog) {
     let Some(settings) = &front.nginx else { return };
     if !acme_wanted(env) {
+        return;
+    }
+    if let Some(until) = current_ca_certificate(settings) {
+        log.step(format!(
+            "The certificate for '{}' is current (until {until}); not asking the CA again",
+            settings.server_names.join(" ")
+        ));
         return;
     }
     let config = AcmeConfig::from_vars(|k| env.get(k).cloned().or_else(|| std::env::var(k).ok()));
