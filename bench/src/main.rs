@@ -80,6 +80,12 @@ enum Cmd {
     All,
     /// Print the table (and write the Markdown) from the results file, measuring nothing.
     Report,
+    /// Issue 4: nginx → app vs nginx → glue → app (req/s, p50/p99, the glue's RSS); with
+    /// --markdown, writes only its own section of that file.
+    Front,
+    /// The app `front` measures (a keep-alive HTTP server on $PORT); started by the supervisor.
+    #[command(hide = true)]
+    FrontApp,
 }
 
 /// Sizes and windows of one run.
@@ -134,6 +140,18 @@ impl Opts {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let opts = Opts::new(&cli.common)?;
+    match cli.cmd {
+        Cmd::FrontApp => return rows::front::serve_app(),
+        Cmd::Front => {
+            return rows::front::run(
+                &opts.supervisor_bin,
+                cli.common.markdown.as_deref(),
+                cli.common.quick,
+                cli.common.keep,
+            );
+        }
+        _ => {}
+    }
     let kinds: Vec<Kind> = if cli.common.only.is_empty() {
         Kind::ALL.to_vec()
     } else {
@@ -189,8 +207,13 @@ fn main() -> Result<()> {
     }
     println!("\n{}", res.table());
     if let Some(md) = &cli.common.markdown {
-        std::fs::write(md, report::markdown(&res, METHOD, READING))
-            .with_context(|| format!("writing {}", md.display()))?;
+        let mut text = report::markdown(&res, METHOD, READING);
+        // The front section comes from `piku-bench front`, not from the results file: keep it.
+        let old = std::fs::read_to_string(md).unwrap_or_default();
+        if let Some(front) = rows::front::section_of(&old) {
+            text = rows::front::replace_section(&text, front);
+        }
+        std::fs::write(md, text).with_context(|| format!("writing {}", md.display()))?;
         println!("wrote {}", md.display());
     }
     Ok(())
@@ -342,6 +365,8 @@ fn cmd_name(cmd: Cmd) -> &'static str {
         Cmd::Many => "many",
         Cmd::All => "all",
         Cmd::Report => "report",
+        Cmd::Front => "front",
+        Cmd::FrontApp => "front-app",
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod crashloop;
 pub mod formation;
+pub mod front;
 pub mod logs;
 pub mod many;
 pub mod scale;
