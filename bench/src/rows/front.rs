@@ -587,6 +587,24 @@ fn render(f: &Figures) -> String {
         "- Machine load (`/proc/loadavg`): {} at start, {} at end.",
         f.load_start, f.load_end
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let busiest = [&f.load_start, &f.load_end]
+        .iter()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    if busiest > cores {
+        let _ = writeln!(
+            s,
+            "- The machine was busy with other work (1-minute load up to {busiest:.1} on {cores:.0} cores): \
+             absolute figures are noisy; A and B alternate, so the ratios are the steadier figures."
+        );
+    }
+    let _ = writeln!(
+        s,
+        "- On a machine this small every CPU second the glue spends (it parses and re-sends each \
+         request and response) is taken from wrk, nginx and the app, so B's lower req/s reflects the \
+         glue's CPU per request (see its CPU above) as much as any added wait."
+    );
     s
 }
 
