@@ -40,7 +40,7 @@ impl Server {
         let supervisor_exe = piku_exe().with_file_name("piku-supervisor");
         assert!(
             supervisor_exe.is_file(),
-            "{} is missing: run `cargo build --workspace --bins` with the same target dir first (scripts/test-all does)",
+            "{} is missing: build the workspace test targets first (`cargo test --workspace --no-run`, as scripts/test-all does)",
             supervisor_exe.display()
         );
         let log = std::fs::File::create(base.join("supervisor.log")).unwrap();

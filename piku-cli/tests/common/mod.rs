@@ -154,35 +154,19 @@ impl Sandbox {
     }
 }
 
-/// The real `piku-supervisor`, built next to the `piku` under test on first use.
+/// The real `piku-supervisor`, built next to the `piku` under test by `cargo test --workspace`
+/// (scripts/test-all). Tests never build it themselves: a build from inside a test relinked
+/// binaries that other test processes were running.
 pub fn supervisor_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let piku = piku_bin();
-        let profile_dir = piku.parent().unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap().to_path_buf();
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let mut build = Command::new(env!("CARGO"));
-        build
-            // Exactly what scripts/test-all builds first, so this is a no-op there: building
-            // `-p piku-supervisor` alone would unify dependency features differently and
-            // relink the binary under the feet of other test processes.
-            .args([
-                "build",
-                "--quiet",
-                "--workspace",
-                "--bins",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .env("CARGO_TARGET_DIR", &target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build --workspace --bins");
-        assert!(status.success(), "cargo build --workspace --bins failed");
-        let bin = profile_dir.join("piku-supervisor");
-        assert!(bin.is_file(), "{} missing after the build", bin.display());
+        let bin = piku_bin().with_file_name("piku-supervisor");
+        assert!(
+            bin.is_file(),
+            "{} is missing: build the workspace's test targets first \
+             (`cargo test --workspace --no-run`, as scripts/test-all does)",
+            bin.display()
+        );
         bin
     })
 }
