@@ -10,7 +10,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-
 /// Paths of the two programs under test.
 #[derive(Debug, Clone)]
 pub struct Binaries {
