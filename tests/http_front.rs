@@ -516,6 +516,21 @@ fn a_deploy_gets_an_acme_certificate_that_nginx_serves() {
         again.combined().contains("is current") && !again.combined().contains("Requesting"),
         "a redeploy asked the CA again: {again}"
     );
+
+    // Renewal is the supervisor's: a daily cron entry that runs `acme:renew`, which leaves a
+    // certificate that is not due alone.
+    let ps = piku.ssh("ps acme --json");
+    ps.assert_ok();
+    assert!(
+        ps.stdout.contains("\"acme-renew\"") && ps.stdout.contains("next_run"),
+        "no renewal entry scheduled by the supervisor: {ps}"
+    );
+    let renew = piku.ssh("acme:renew acme");
+    renew.assert_ok();
+    assert!(
+        renew.combined().contains("is current") && !renew.combined().contains("Requesting"),
+        "acme:renew asked the CA for a certificate that is not due: {renew}"
+    );
 }
 
 /// The front's public TCP port (`front.tcp` in `ps --json`) of an app without a server name.

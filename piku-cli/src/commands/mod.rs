@@ -10,7 +10,7 @@ mod apps;
 mod args;
 mod config;
 mod destroy;
-mod envfile;
+pub(crate) mod envfile;
 mod git;
 mod help;
 mod logs;
@@ -95,6 +95,12 @@ pub const COMMANDS: &[Command] = &[
         usage: "<app>",
         summary: "e.g.: piku destroy <app>",
         run: destroy::destroy,
+    },
+    Command {
+        name: "acme:renew",
+        usage: "<app>",
+        summary: "INTERNAL: Renew the app's ACME certificate when due (run daily by the supervisor)",
+        run: releases::acme_renew,
     },
     Command {
         name: "git-hook",

@@ -14,6 +14,14 @@ pub fn deploy(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+pub fn acme_renew(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
+    let mut args = Args::new("acme:renew", words);
+    let app = args.existing_app(ctx)?;
+    args.finish()?;
+    deploy::renew_certificate(&ctx.root, &app)?;
+    Ok(0)
+}
+
 pub fn releases(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let mut args = Args::new("releases", words);
     let json = args.flag("--json");

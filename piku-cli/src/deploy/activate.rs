@@ -151,7 +151,8 @@ impl Activation {
             &root.scaling_file(app),
             render_scaling(&self.formation).as_bytes(),
         )?;
-        front::issue_certificate(&self.front, &self.spec.env, log);
+        // A CA failure is a warning here: the self-signed certificate keeps the app reachable.
+        let _ = front::issue_certificate(&self.front, &self.spec.env, log);
         announce(&mut client, app, &self.spec.env, &self.front, log);
         Ok(())
     }

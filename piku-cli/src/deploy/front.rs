@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use piku_model::{AppName, EnvMap, PikuRoot, ProcessClass, Procfile};
+use piku_model::{AppName, CronSchedule, EnvMap, PikuRoot, ProcessClass, Procfile};
 use piku_nginx::{AcmeConfig, NginxCommand, NginxSettings, Reload};
-use piku_proto::{AppStatus, FrontSpec, TcpFront};
+use piku_proto::{AppStatus, FrontSpec, ProcessSpec, Role, TcpFront};
 
 use super::appenv::number;
 use super::buildlog::BuildLog;
@@ -246,18 +246,109 @@ fn acme_wanted(env: &EnvMap) -> bool {
     })
 }
 
-/// After a successful `Apply`: an ACME certificate when asked for. Only warns on failure.
-pub fn issue_certificate(front: &Front, env: &EnvMap, log: &mut BuildLog) {
-    let Some(settings) = &front.nginx else { return };
+/// The Procfile-like kind of the daily entry that renews an app's ACME certificate.
+pub const RENEWAL_KIND: &str = "acme-renew";
+/// When the renewal entry runs unless `PIKU_ACME_RENEW_SCHEDULE` says otherwise: daily, at an
+/// hour when few deploys happen. A certificate is re-issued only within RENEW_DAYS of expiry.
+const RENEWAL_SCHEDULE: &str = "17 3 * * *";
+/// Process-environment settings the renewal run needs that the app's env may not carry (the
+/// supervisor starts it with the app's env only).
+const RENEWAL_PASSED_ON: [&str; 7] = [
+    "PIKU_ACME_DIRECTORY",
+    "PIKU_ACME_EMAIL",
+    "PIKU_ACME_CA",
+    "PIKU_NGINX",
+    "PIKU_NGINX_RELOAD",
+    "PIKU_NGINX_CONF",
+    "PIKU_NGINX_PREFIX",
+];
+
+/// For an app behind nginx that asked for ACME: a cron entry, run by the supervisor like any
+/// other, that calls `piku acme:renew <app>` daily, so certificates are renewed before they
+/// expire without a deploy. `None` when the app needs none.
+pub fn renewal_process(
+    root: &PikuRoot,
+    app: &AppName,
+    front: &Front,
+    env: &EnvMap,
+    procfile: &Procfile,
+) -> anyhow::Result<Option<ProcessSpec>> {
+    if front.nginx.is_none() || !acme_wanted(env) {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        procfile.get(RENEWAL_KIND).is_none(),
+        "the Procfile kind '{RENEWAL_KIND}' is reserved for certificate renewals; rename it"
+    );
+    let schedule = env
+        .get("PIKU_ACME_RENEW_SCHEDULE")
+        .map(String::as_str)
+        .unwrap_or(RENEWAL_SCHEDULE);
+    CronSchedule::parse(schedule).map_err(|e| anyhow::anyhow!("PIKU_ACME_RENEW_SCHEDULE: {e}"))?;
+    let exe = std::env::current_exe().context("cannot find the piku executable")?;
+    let mut words = vec![
+        "env".to_owned(),
+        format!("PIKU_ROOT={}", root.path().display()),
+    ];
+    for key in RENEWAL_PASSED_ON {
+        if let (false, Ok(value)) = (env.contains_key(key), std::env::var(key)) {
+            words.push(format!("{key}={value}"));
+        }
+    }
+    words.extend([
+        exe.display().to_string(),
+        "acme:renew".to_owned(),
+        app.to_string(),
+    ]);
+    Ok(Some(ProcessSpec {
+        kind: RENEWAL_KIND.to_owned(),
+        command: shell_words::join(&words),
+        role: Role::Cron {
+            schedule: schedule.to_owned(),
+        },
+        count: 1,
+    }))
+}
+
+/// `piku acme:renew <app>`: re-issues the live release's certificate when it is due (or was
+/// never issued by the CA), from `LIVE_ENV` and the live checkout. Errors when the CA fails.
+pub fn renew_certificate(root: &PikuRoot, app: &AppName) -> anyhow::Result<()> {
+    let live_env = root.live_env_file(app);
+    let text = std::fs::read_to_string(&live_env)
+        .with_context(|| format!("app '{app}' has no live release ({})", live_env.display()))?;
+    let env = crate::commands::envfile::parse_verbatim(&text, &live_env)?;
+    let checkout = root.app_dir(app);
+    let procfile_text = std::fs::read_to_string(checkout.join("Procfile"))
+        .with_context(|| format!("cannot read the live Procfile of '{app}'"))?;
+    let procfile = piku_model::parse_procfile(&procfile_text)?;
+    let front = plan(root, app, &env, &procfile, &checkout, &mut Vec::new())?;
+    anyhow::ensure!(
+        front.nginx.is_some() && acme_wanted(&env),
+        "app '{app}' has no NGINX_SERVER_NAME or did not ask for ACME (PIKU_ACME_DIRECTORY / PIKU_ACME_EMAIL)"
+    );
+    let mut log = BuildLog::terminal_only();
+    anyhow::ensure!(
+        issue_certificate(&front, &env, &mut log),
+        "no certificate from ACME for '{app}'; the current one stays"
+    );
+    Ok(())
+}
+
+/// After a successful `Apply`: an ACME certificate when asked for. Only warns on failure,
+/// and says whether the app now has a current certificate (`false` only when the CA failed).
+pub fn issue_certificate(front: &Front, env: &EnvMap, log: &mut BuildLog) -> bool {
+    let Some(settings) = &front.nginx else {
+        return true;
+    };
     if !acme_wanted(env) {
-        return;
+        return true;
     }
     if let Some(until) = current_ca_certificate(settings) {
         log.step(format!(
             "The certificate for '{}' is current (until {until}); not asking the CA again",
             settings.server_names.join(" ")
         ));
-        return;
+        return true;
     }
     let config = AcmeConfig::from_vars(|k| env.get(k).cloned().or_else(|| std::env::var(k).ok()));
     log.step(format!(
@@ -281,10 +372,14 @@ pub fn issue_certificate(front: &Front, env: &EnvMap, log: &mut BuildLog) {
                 Ok(Ok(reload)) => say_reload(&reload, log),
                 Ok(Err(e)) | Err(e) => say_reload(&Reload::Failed(e.to_string()), log),
             }
+            true
         }
-        Err(e) => log.step(format!(
-            "Warning: no certificate from ACME ({e}); the self-signed one stays"
-        )),
+        Err(e) => {
+            log.step(format!(
+                "Warning: no certificate from ACME ({e}); the current one stays"
+            ));
+            false
+        }
     }
 }
 
@@ -369,6 +464,76 @@ mod tests {
             dir.path(),
             &mut Vec::new(),
         )
+    }
+
+    #[test]
+    fn acme_apps_behind_nginx_get_a_daily_renewal_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PikuRoot::new(dir.path());
+        let app: AppName = "blog".parse().unwrap();
+        let procfile = parse_procfile("web: ./serve\n").unwrap();
+        let named = [
+            ("NGINX_SERVER_NAME", "blog.example.com"),
+            ("PIKU_ACME_EMAIL", "ops@example.com"),
+        ];
+        let front = plan(
+            &root,
+            &app,
+            &env(&named),
+            &procfile,
+            dir.path(),
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let spec = renewal_process(&root, &app, &front, &env(&named), &procfile)
+            .unwrap()
+            .expect("a renewal entry");
+        assert_eq!(spec.kind, RENEWAL_KIND);
+        assert_eq!(
+            spec.role,
+            Role::Cron {
+                schedule: RENEWAL_SCHEDULE.to_owned()
+            }
+        );
+        let words = shell_words::split(&spec.command).unwrap();
+        assert_eq!(words[0], "env");
+        assert_eq!(words[1], format!("PIKU_ROOT={}", dir.path().display()));
+        assert_eq!(words[words.len() - 2..], ["acme:renew", "blog"]);
+
+        // No ACME asked for, or no nginx: no entry.
+        let plain = [("NGINX_SERVER_NAME", "blog.example.com")];
+        let front = plan(
+            &root,
+            &app,
+            &env(&plain),
+            &procfile,
+            dir.path(),
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert!(
+            renewal_process(&root, &app, &front, &env(&plain), &procfile)
+                .unwrap()
+                .is_none()
+        );
+
+        // A bad schedule is an error naming the setting.
+        let mut bad = named.to_vec();
+        bad.push(("PIKU_ACME_RENEW_SCHEDULE", "61 * * * *"));
+        let front = plan(
+            &root,
+            &app,
+            &env(&bad),
+            &procfile,
+            dir.path(),
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let err = renewal_process(&root, &app, &front, &env(&bad), &procfile).unwrap_err();
+        assert!(
+            err.to_string().contains("PIKU_ACME_RENEW_SCHEDULE"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -201,6 +201,15 @@ pub fn reapply(root: &PikuRoot, app: &AppName) -> anyhow::Result<()> {
     pipeline::activate_existing(root, app, &store, &record, &mut log)
 }
 
+/// `acme:renew`: renews the app's ACME certificate when it is due. The supervisor runs this
+/// daily as the app's `acme-renew` cron entry; it waits for a deploy in progress.
+pub fn renew_certificate(root: &PikuRoot, app: &AppName) -> anyhow::Result<()> {
+    let mut log = BuildLog::terminal_only();
+    let store = Store::new(root, app);
+    let _lock = lock::acquire(store.dir(), app, &mut log)?;
+    front::renew_certificate(root, app)
+}
+
 /// Removes the app's nginx config, socket and certificates and reloads nginx if a config
 /// was removed; `Ok(Some(..))` is a warning (nginx could not be reloaded).
 pub fn remove_nginx(root: &PikuRoot, app: &AppName) -> anyhow::Result<Option<String>> {

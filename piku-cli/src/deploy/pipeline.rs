@@ -281,8 +281,9 @@ pub fn prepare(
     settings.front = front.spec.clone();
     let existing = activate::current_scaling(root, app, log);
     let formation = activate::formation(procfile, &existing);
-    let processes =
+    let mut processes =
         activate::processes(procfile, &formation, runner.as_ref(), &env, &mut warnings)?;
+    processes.extend(front::renewal_process(root, app, &front, &env, procfile)?);
     for warning in warnings {
         log.step(warning);
     }
