@@ -49,6 +49,12 @@ impl Command {
 /// Every command, sorted by name as `help` lists them.
 pub const COMMANDS: &[Command] = &[
     Command {
+        name: "acme:renew",
+        usage: "<app>",
+        summary: "INTERNAL: Renew the app's ACME certificate when due (run daily by the supervisor)",
+        run: releases::acme_renew,
+    },
+    Command {
         name: "apps",
         usage: "[--json]",
         summary: "List apps, e.g.: piku apps",
@@ -95,12 +101,6 @@ pub const COMMANDS: &[Command] = &[
         usage: "<app>",
         summary: "e.g.: piku destroy <app>",
         run: destroy::destroy,
-    },
-    Command {
-        name: "acme:renew",
-        usage: "<app>",
-        summary: "INTERNAL: Renew the app's ACME certificate when due (run daily by the supervisor)",
-        run: releases::acme_renew,
     },
     Command {
         name: "git-hook",
