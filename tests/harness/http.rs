@@ -7,26 +7,8 @@ use std::time::Duration;
 
 /// `GET path` on 127.0.0.1:`port`; returns the status code and the body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no end of headers in {text:?}")))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    Ok((status, body.to_string()))
+    let host = format!("127.0.0.1:{port}");
+    get(port, &host, path, "HTTP/1.0", Duration::from_secs(5)).map(|a| (a.status, a.body))
 }
 
 /// The body of a `200` answer, or `None` for anything else (refused, other status, timeout).
@@ -59,13 +41,24 @@ impl Answer {
 /// `GET path` on 127.0.0.1:`port` with `Host: host` (how nginx picks the app). A server that
 /// closes without answering (nginx's 444) is an `Err`.
 pub fn http_get_host(port: u16, host: &str, path: &str) -> std::io::Result<Answer> {
+    get(port, host, path, "HTTP/1.1", Duration::from_secs(10))
+}
+
+/// One `GET` with `Connection: close`, read to the end and split into status, head and body.
+fn get(
+    port: u16,
+    host: &str,
+    path: &str,
+    version: &str,
+    read_timeout: Duration,
+) -> std::io::Result<Answer> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(read_timeout))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} {version}\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
