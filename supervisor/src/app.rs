@@ -269,7 +269,7 @@ impl App {
             // Cron entries have one instance at most: count 0 disables them.
             let (count, schedule) = match &p.role {
                 Role::Cron { schedule } => match CronSchedule::parse(schedule) {
-                    Ok(s) => (p.count.min(1), Some(s)),
+                    Ok(s) => (piku_model::running_count(p.count, true), Some(s)),
                     // Validated on apply; a bad schedule in an old state file is skipped.
                     Err(e) => {
                         tracing::warn!(app = %self.spec.app, kind = %p.kind, "skipping cron entry: {e}");
@@ -616,10 +616,7 @@ impl App {
         if self.stopped {
             // Show the formation as stopped, with the ports it keeps.
             for p in &self.spec.processes {
-                let count = match p.role {
-                    Role::Cron { .. } => p.count.min(1),
-                    Role::Web | Role::Worker => p.count,
-                };
+                let count = piku_model::running_count(p.count, matches!(p.role, Role::Cron { .. }));
                 for index in 1..=count {
                     instances.push(stopped_status(
                         &p.kind,

@@ -222,12 +222,8 @@ impl Supervisor {
                         kind: kind.clone(),
                         known,
                     })?;
-                crate::validate::count(kind, *count).map_err(SupervisorError::Invalid)?;
-                if matches!(p.role, Role::Cron { .. }) && *count > 1 {
-                    return Err(SupervisorError::Invalid(format!(
-                        "cron entry {kind} can run at most 1 instance, not {count}"
-                    )));
-                }
+                let cron = matches!(p.role, Role::Cron { .. });
+                crate::validate::count(kind, *count, cron).map_err(SupervisorError::Invalid)?;
                 p.count = *count;
             }
             let previous = (app.spec.clone(), app.ports.clone());

@@ -6,41 +6,14 @@ use std::collections::BTreeSet;
 use piku_model::{AppName, CronSchedule};
 use piku_proto::{AppSpec, Role};
 
-/// Longest kind name; it becomes part of a log file name.
-const MAX_KIND_LEN: usize = 64;
-/// Most instances of one kind: a typo (`web=1000`) must not fork-bomb the host.
-pub const MAX_INSTANCES: u32 = 256;
-
-/// A count for a kind (from a spec or a `Scale`).
-pub fn count(kind: &str, count: u32) -> Result<(), String> {
-    if count > MAX_INSTANCES {
-        Err(format!(
-            "{kind}={count} is more than the {MAX_INSTANCES} instances a kind may have"
-        ))
-    } else {
-        Ok(())
-    }
+/// A count for a kind (from a spec or a `Scale`), by piku-model's caps.
+pub fn count(kind: &str, count: u32, cron: bool) -> Result<(), String> {
+    piku_model::check_count(kind, count, cron).map_err(|e| e.to_string())
 }
 
 /// An app name by piku-model's rule (it becomes a directory name under logs/).
 pub fn app_name(name: &str) -> Result<AppName, String> {
     name.parse::<AppName>().map_err(|e| e.to_string())
-}
-
-/// A Procfile kind as the daemon uses it in file names (`<kind>.<n>.log`).
-pub fn kind_name(kind: &str) -> Result<(), String> {
-    let ok = !kind.is_empty()
-        && kind.len() <= MAX_KIND_LEN
-        && kind
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid process kind {kind:?}: use 1 to {MAX_KIND_LEN} characters from A-Z a-z 0-9 _ -"
-        ))
-    }
 }
 
 /// Checks a whole spec; the error lists every problem found.
@@ -67,13 +40,14 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
     }
     let mut seen = BTreeSet::new();
     for p in &spec.processes {
-        if let Err(e) = kind_name(&p.kind) {
-            problems.push(e);
+        if let Err(e) = piku_model::check_kind(&p.kind) {
+            problems.push(e.to_string());
         }
         if !seen.insert(p.kind.as_str()) {
             problems.push(format!("process kind {} appears twice", p.kind));
         }
-        if let Err(e) = count(&p.kind, p.count) {
+        let cron = matches!(p.role, Role::Cron { .. });
+        if let Err(e) = count(&p.kind, p.count, cron) {
             problems.push(e);
         }
         if p.command.trim().is_empty() {
@@ -82,16 +56,10 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
         if p.command.contains('\0') {
             problems.push(format!("the command of {} contains a NUL byte", p.kind));
         }
-        if let Role::Cron { schedule } = &p.role {
-            if let Err(e) = CronSchedule::parse(schedule) {
-                problems.push(format!("cron entry {}: {e}", p.kind));
-            }
-            if p.count > 1 {
-                problems.push(format!(
-                    "cron entry {} can run at most 1 instance, not {}",
-                    p.kind, p.count
-                ));
-            }
+        if let Role::Cron { schedule } = &p.role
+            && let Err(e) = CronSchedule::parse(schedule)
+        {
+            problems.push(format!("cron entry {}: {e}", p.kind));
         }
     }
     if spec.settings.log_max_bytes == 0 {
@@ -165,19 +133,9 @@ mod tests {
     #[test]
     fn counts_are_bounded() {
         let mut s = good();
-        s.processes[0].count = MAX_INSTANCES;
+        s.processes[0].count = piku_model::MAX_INSTANCES_PER_KIND;
         spec(&s).unwrap();
-        s.processes[0].count = MAX_INSTANCES + 1;
+        s.processes[0].count = piku_model::MAX_INSTANCES_PER_KIND + 1;
         assert!(spec(&s).unwrap_err().contains("web=257"));
-    }
-
-    #[test]
-    fn kind_names_are_file_name_safe() {
-        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65)] {
-            assert!(kind_name(bad).is_err(), "{bad:?}");
-        }
-        for good in ["web", "cron1", "my_worker-2"] {
-            kind_name(good).unwrap();
-        }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`procfile`]: parsing a `Procfile` into process kinds ([`parse_procfile`]).
 //! - [`env`](mod@env): piku-compatible `ENV` files with `$VAR` expansion ([`parse_env`]).
 //! - [`scaling`]: `SCALING` files and `ps:scale` arguments ([`parse_scaling`]).
+//! - [`kind`]: process kind names, instance caps and [`InstanceId`] (`web.1`).
 //! - [`cron`]: cron schedules for `cron*` Procfile kinds ([`CronSchedule`]).
 //!
 //! The crate is pure: it never touches the disk except [`PikuRoot::create_layout`], and it
@@ -14,6 +15,7 @@
 pub mod app_name;
 pub mod cron;
 pub mod env;
+pub mod kind;
 pub mod paths;
 pub mod procfile;
 pub mod scaling;
@@ -21,10 +23,13 @@ pub mod scaling;
 pub use app_name::{AppName, AppNameRule, InvalidAppName, MAX_APP_NAME_LEN};
 pub use cron::{CronError, CronSchedule, split_cron_line};
 pub use env::{EnvError, EnvKeyError, check_env_key, expand_vars, parse_env, render_env};
+pub use kind::{
+    InstanceId, KindError, MAX_INSTANCES_PER_KIND, MAX_KIND_LEN, check_count, check_kind,
+    is_valid_kind, running_count,
+};
 pub use paths::{ModelError, PikuRoot};
 pub use procfile::{
-    ProcessClass, Procfile, ProcfileEntry, ProcfileError, ProcfileProblem, is_valid_kind,
-    parse_procfile,
+    ProcessClass, Procfile, ProcfileEntry, ProcfileError, ProcfileProblem, parse_procfile,
 };
 pub use scaling::{ScalingError, parse_scale_args, parse_scaling, render_scaling};
 

@@ -17,6 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cron::{CronError, CronSchedule, split_cron_line};
+use crate::kind::is_valid_kind;
 
 /// What a Procfile entry is, which decides how (and whether) it runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,14 +89,6 @@ pub enum ProcfileError {
 
 /// Kinds piku ran through uWSGI plugins that we do not run yet.
 const UNSUPPORTED_KINDS: [&str; 3] = ["jwsgi", "rwsgi", "php"];
-
-/// True if `kind` is a usable process kind name (`[A-Za-z0-9_-]+`).
-pub fn is_valid_kind(kind: &str) -> bool {
-    !kind.is_empty()
-        && kind
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
 
 fn classify(kind: &str, command: &str) -> Result<(ProcessClass, String), ProcfileProblem> {
     let class = match kind {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::procfile::is_valid_kind;
+use crate::kind::is_valid_kind;
 
 /// Why a SCALING file or a `ps:scale` argument was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

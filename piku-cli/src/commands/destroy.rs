@@ -18,7 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use piku_model::procfile::is_valid_kind;
+use piku_model::is_valid_kind;
 use piku_model::{AppName, PikuRoot};
 use piku_proto::Request;
 

@@ -102,7 +102,7 @@ fn is_process_name(name: &str) -> bool {
         Some((kind, index)) => (kind, Some(index)),
         None => (name, None),
     };
-    piku_model::procfile::is_valid_kind(kind)
+    piku_model::is_valid_kind(kind)
         && index.is_none_or(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
 }
 

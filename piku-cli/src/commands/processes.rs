@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use piku_model::{parse_scale_args, parse_scaling, procfile::is_valid_kind, render_scaling};
+use piku_model::{is_valid_kind, parse_scale_args, parse_scaling, render_scaling};
 use piku_proto::{AppStatus, InstanceState, InstanceStatus, Request};
 use serde::Serialize;
 
