@@ -78,7 +78,7 @@ impl Running {
         let snapshot = self.lock().clone();
         match serde_json::to_vec(&snapshot) {
             Ok(bytes) => {
-                if let Err(e) = crate::state::write_atomic(&self.path, &bytes) {
+                if let Err(e) = piku_fs::write_atomic(&self.path, &bytes, piku_fs::MODE_PRIVATE) {
                     tracing::warn!("cannot write {}: {e}", self.path.display());
                 }
             }

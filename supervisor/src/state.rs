@@ -7,9 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use piku_proto::AppSpec;
 use serde::{Deserialize, Serialize};
@@ -73,40 +72,11 @@ pub fn save(path: &Path, state: &SavedState) -> Result<(), StateError> {
         path: path.to_owned(),
         source: io::Error::other(e),
     })?;
-    write_atomic(path, &bytes).map_err(|source| StateError::Write {
+    // 0600: the state holds every app's environment, secrets included.
+    piku_fs::write_atomic(path, &bytes, piku_fs::MODE_PRIVATE).map_err(|source| StateError::Write {
         path: path.to_owned(),
         source,
     })
-}
-
-/// Replaces `path` with `bytes` so that a reader (or a crash) sees either the old or the new
-/// content, never a mix: write a temp file beside it, fsync it, rename over, fsync the dir.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    // A name per write: two writers of the same file never share a temporary file.
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        ".{}.{}.{n}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@
 //! (temp file + rename) so a concurrent deploy never reads half a file.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -60,24 +59,8 @@ pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
         .parent()
         .with_context(|| format!("'{}' has no parent directory", path.display()))?;
     fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let written = (|| -> io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write '{}'", path.display()));
-    }
-    Ok(())
+    piku_fs::write_atomic(path, text.as_bytes(), piku_fs::MODE_PRIVATE)
+        .with_context(|| format!("cannot write '{}'", path.display()))
 }
 
 #[cfg(test)]

@@ -146,10 +146,12 @@ impl Activation {
         write_atomically(
             &root.live_env_file(app),
             render_env(&self.spec.env).as_bytes(),
+            piku_fs::MODE_PRIVATE,
         )?;
         write_atomically(
             &root.scaling_file(app),
             render_scaling(&self.formation).as_bytes(),
+            piku_fs::MODE_PRIVATE,
         )?;
         // A CA failure is a warning here: the self-signed certificate keeps the app reachable.
         let _ = front::issue_certificate(&self.front, &self.spec.env, log);

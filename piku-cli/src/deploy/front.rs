@@ -145,7 +145,9 @@ impl NginxUndo {
             return;
         };
         let result = match &previous {
-            Some(text) => super::store::write_atomically(&conf, text.as_bytes()),
+            Some(text) => {
+                super::store::write_atomically(&conf, text.as_bytes(), piku_fs::MODE_GROUP_READ)
+            }
             None => std::fs::remove_file(&conf)
                 .with_context(|| format!("cannot remove '{}'", conf.display())),
         };

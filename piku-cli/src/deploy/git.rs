@@ -116,7 +116,7 @@ pub fn prepare_repo(root: &PikuRoot, app: &AppName) -> anyhow::Result<PathBuf> {
     let script = hook_script(root.path(), &exe, app);
     let hook = hooks.join(HOOK);
     if std::fs::read_to_string(&hook).ok().as_deref() != Some(script.as_str()) {
-        super::store::write_atomically(&hook, script.as_bytes())?;
+        super::store::write_atomically(&hook, script.as_bytes(), 0o755)?;
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))

@@ -29,7 +29,11 @@ fn now() -> u64 {
 pub fn record(store: &Store, reference: &str, commit: &str) {
     let text = format!("{reference} {commit} {}\n", now());
     // Best effort: without the record only the narrow race above remains.
-    let _ = write_atomically(&store.dir().join(FILE), text.as_bytes());
+    let _ = write_atomically(
+        &store.dir().join(FILE),
+        text.as_bytes(),
+        piku_fs::MODE_PRIVATE,
+    );
 }
 
 /// True if a fresh record says `reference` was just pushed to a value other than `old`.

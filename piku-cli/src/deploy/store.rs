@@ -126,7 +126,7 @@ impl Store {
     pub fn save(&self, record: &ReleaseRecord) -> anyhow::Result<()> {
         let path = self.path(&record.id).join("release.json");
         let json = serde_json::to_string_pretty(record).context("cannot encode release.json")?;
-        write_atomically(&path, json.as_bytes())
+        write_atomically(&path, json.as_bytes(), piku_fs::MODE_PRIVATE)
     }
 
     /// The id the next release gets: `v<N>`, one more than any release directory present.
@@ -264,20 +264,10 @@ pub fn release_number(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory and a rename, so a
-/// reader sees the old or the new content, never half of one.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("path has no parent directory")?;
-    let name = path
-        .file_name()
-        .context("path has no file name")?
-        .to_string_lossy();
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&temp, bytes).with_context(|| format!("cannot write '{}'", temp.display()))?;
-    std::fs::rename(&temp, path).with_context(|| {
-        let _ = std::fs::remove_file(&temp);
-        format!("cannot write '{}'", path.display())
-    })
+/// Writes `bytes` to `path` atomically with `mode` (see `piku_fs::write_atomic`).
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    piku_fs::write_atomic(path, bytes, mode)
+        .with_context(|| format!("cannot write '{}'", path.display()))
 }
 
 #[cfg(test)]
