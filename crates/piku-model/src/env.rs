@@ -1,24 +1,29 @@
-//! piku-compatible `ENV` files: `KEY=value` lines with `$VAR` / `${VAR}` expansion.
+//! piku-compatible `ENV` files: `KEY=value` lines, read with `$VAR` / `${VAR}` expansion
+//! ([`parse_env`], the app's own `ENV` and the `config:set` overrides as a deploy merges them)
+//! or literally ([`parse_env_literal`], files that hold final values: `LIVE_ENV`, and the
+//! overrides file when `config:set` rewrites it).
 //!
 //! Rules (piku's `parse_settings`, minus its silent failure):
 //! - Blank lines and lines whose first non-space character is `#` are skipped.
 //! - Each line is split on the first `=`; key and value are trimmed.
 //! - Quotes are **not** removed: `A="x"` sets `A` to `"x"` with the quotes, as in piku.
-//! - The value expands `$VAR` and `${VAR}` (`VAR` = word characters) against the map as it is
-//!   being built, which starts as the caller's map; unknown variables stay literally. There is
-//!   no escape for `$` and the process environment is never read.
+//! - [`parse_env`] expands `$VAR` and `${VAR}` (`VAR` = word characters) in the value against
+//!   the map as it is being built, which starts as the caller's map; unknown variables stay
+//!   literally. There is no escape for `$` and the process environment is never read.
 //! - A line without `=` is an error (piku printed one and silently discarded the whole file).
 //! - Keys must match `[A-Za-z_][A-Za-z0-9_]*`; anything else is an error naming the key.
-//!
+//! - Parsing goes on past a bad line: every bad line is reported at once ([`Problems`]).
 //! - A leading UTF-8 byte-order mark is ignored.
 //!
 //! [`render_env`] writes `K=V` lines sorted by key, as piku's `write_config` did (comments are
-//! not preserved). Values are written as they are: a value holding a newline cannot round-trip,
-//! and a value holding `$NAME` is expanded again when read back (piku behaves the same).
+//! not preserved). Values are written as they are: a value holding a newline cannot round-trip.
+//! A value holding `$NAME` is only kept as written by [`parse_env_literal`]; [`parse_env`] would
+//! expand it again, which is why a file of final values must never be read with it.
 
 use crate::EnvMap;
+use crate::problems::Problems;
 
-/// Why an ENV file, or one key, was refused.
+/// One reason an ENV file was refused; the parsers return all of them.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
     #[error("ENV line {line}: malformed setting '{}'", .text.escape_debug())]
@@ -55,10 +60,14 @@ pub fn check_env_key(key: &str) -> Result<(), EnvKeyError> {
     })
 }
 
-/// Parses ENV `text` into `env`, expanding values against `env` as it grows. Returns the keys
-/// the file set, in the order they first appear. On error `env` may hold the lines before it.
-pub fn parse_env(text: &str, env: &mut EnvMap) -> Result<Vec<String>, EnvError> {
-    let mut keys_set: Vec<String> = Vec::new();
+/// Every problem of an ENV file, in line order.
+pub type EnvErrors = Problems<EnvError>;
+
+/// The `(key, value)` settings of `text` in file order (values trimmed, not expanded), or
+/// every line that is not one.
+fn settings(text: &str) -> Result<Vec<(&str, &str)>, EnvErrors> {
+    let mut settings = Vec::new();
+    let mut problems = Vec::new();
     // Editors on Windows may save a byte-order mark; it is not part of the first key.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (index, raw) in text.lines().enumerate() {
@@ -68,23 +77,46 @@ pub fn parse_env(text: &str, env: &mut EnvMap) -> Result<Vec<String>, EnvError> 
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            return Err(EnvError::Malformed {
+            problems.push(EnvError::Malformed {
                 line: line_no,
                 text: line.to_owned(),
             });
+            continue;
         };
         let key = key.trim();
-        check_env_key(key).map_err(|problem| EnvError::BadKey {
-            line: line_no,
-            problem,
-        })?;
-        let value = expand_vars(value.trim(), env);
+        match check_env_key(key) {
+            Ok(()) => settings.push((key, value.trim())),
+            Err(problem) => problems.push(EnvError::BadKey {
+                line: line_no,
+                problem,
+            }),
+        }
+    }
+    Problems::check(settings, problems)
+}
+
+/// Parses ENV `text` into `env`, expanding values against `env` as it grows. Returns the keys
+/// the file set, in the order they first appear. An error lists every bad line and leaves `env`
+/// as it was.
+pub fn parse_env(text: &str, env: &mut EnvMap) -> Result<Vec<String>, EnvErrors> {
+    let mut keys_set: Vec<String> = Vec::new();
+    for (key, value) in settings(text)? {
+        let value = expand_vars(value, env);
         env.insert(key.to_owned(), value);
         if !keys_set.iter().any(|k| k == key) {
             keys_set.push(key.to_owned());
         }
     }
     Ok(keys_set)
+}
+
+/// Parses ENV `text` keeping every value exactly as written (no `$VAR` expansion): for files
+/// that hold final values, such as `LIVE_ENV`. A key set twice keeps its last value.
+pub fn parse_env_literal(text: &str) -> Result<EnvMap, EnvErrors> {
+    Ok(settings(text)?
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect())
 }
 
 /// Replaces `$NAME` and `${NAME}` in `text` with their values in `env`, like piku's
@@ -235,6 +267,44 @@ mod tests {
     #[test]
     fn a_byte_order_mark_is_ignored() {
         assert_eq!(parse("\u{feff}A=1\n"), map(&[("A", "1")]));
+        assert_eq!(
+            parse_env_literal("\u{feff}A=1\n").unwrap(),
+            map(&[("A", "1")])
+        );
+    }
+
+    #[test]
+    fn every_bad_line_is_reported_at_once_and_nothing_is_set() {
+        let mut env = map(&[("SEED", "1")]);
+        let errors = parse_env("A=1\nnot a setting\nB=2\n1X=3\n", &mut env).unwrap_err();
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "ENV line 2: malformed setting 'not a setting'",
+                "ENV line 4: invalid key '1X': keys must match [A-Za-z_][A-Za-z0-9_]*",
+            ]
+        );
+        assert_eq!(env, map(&[("SEED", "1")]));
+        assert_eq!(parse_env_literal("x\ny\n").unwrap_err().iter().count(), 2);
+    }
+
+    #[test]
+    fn literal_values_are_kept_as_written() {
+        // The merged env of a release, as render_env wrote it: ALPHA sorts before ZED, whose
+        // `$ALPHA` stayed literal at merge time. Reading it back must not expand it now.
+        let live = parse_env_literal("ALPHA=a\nQ=\"q\"\nZED=$ALPHA/${ALPHA}\n").unwrap();
+        assert_eq!(
+            live,
+            map(&[("ALPHA", "a"), ("Q", "\"q\""), ("ZED", "$ALPHA/${ALPHA}")])
+        );
+        assert_eq!(parse_env_literal(&render_env(&live)).unwrap(), live);
+        let mut expanded = EnvMap::new();
+        parse_env(&render_env(&live), &mut expanded).unwrap();
+        assert_eq!(
+            expanded["ZED"], "a/a",
+            "what the expanding reader would have made of it"
+        );
     }
 
     #[test]

@@ -4,17 +4,22 @@
 //!
 //! ```text
 //! apps/<app>        symlink to the live release's checkout (piku: the git working copy)
-//! repos/<app>       bare git repository
-//! envs/<app>        ENV (config:set overrides), LIVE_ENV, SCALING; also virtualenv/node prefix
+//! repos/<app>       bare git repository; hooks/pre-receive runs the deploy
+//! envs/<app>        ENV (config:set overrides), LIVE_ENV, SCALING
+//! envs/<app>/deps/  dependency environments (venv, node_modules…), keyed by manifest hash
 //! logs/<app>        <kind>.<n>.log
-//! nginx/            <app>.conf, certificates
+//! nginx/            <app>.conf, <app>.sock, <app>.crt, <app>.key
 //! data/<app>        persistent data, survives destroy ($DATA_ROOT)
 //! cache/<app>       nginx cache, survives destroy
-//! acme/             HTTP-01 webroot and per-app certificate links
-//! releases/<app>    immutable releases
+//! cache/.<tool>     download caches shared by every app (pip, npm, uv)
+//! acme/             HTTP-01 webroot, the ACME account; acme/<app> piku's per-app directory
+//! releases/<app>    immutable releases: v<N>/{src,bin,build.log,release.json}, .lock, .last-push
 //! supervisor/       the daemon's state.json
 //! supervisor.sock   the daemon's control socket
+//! uwsgi-available/, uwsgi-enabled/   piku's uWSGI vassals, only on installs migrated from piku
 //! ```
+//!
+//! Every path of the layout is a method here; nothing else joins names onto the root.
 
 use std::ffi::OsString;
 use std::io;
@@ -153,6 +158,75 @@ impl PikuRoot {
     pub fn scaling_file(&self, app: &AppName) -> PathBuf {
         self.env_dir(app).join("SCALING")
     }
+    /// `envs/<app>/deps`: the app's dependency environments, one directory per manifest hash.
+    pub fn deps_dir(&self, app: &AppName) -> PathBuf {
+        self.env_dir(app).join("deps")
+    }
+    /// `repos/<app>/hooks`: where the deploy's `pre-receive` hook goes.
+    pub fn repo_hooks(&self, app: &AppName) -> PathBuf {
+        self.repo_dir(app).join("hooks")
+    }
+
+    /// `releases/<app>/<id>`: one release (`id` is `v<N>`).
+    pub fn release(&self, app: &AppName, id: &str) -> PathBuf {
+        self.release_dir(app).join(id)
+    }
+    /// `releases/<app>/<id>/src`: the release's checkout, its processes' working directory.
+    pub fn release_src(&self, app: &AppName, id: &str) -> PathBuf {
+        self.release(app, id).join("src")
+    }
+    /// `releases/<app>/<id>/bin`: executables built outside the checkout (Go).
+    pub fn release_bin(&self, app: &AppName, id: &str) -> PathBuf {
+        self.release(app, id).join("bin")
+    }
+    /// `releases/<app>/<id>/build.log`: everything the deploy of the release printed.
+    pub fn build_log(&self, app: &AppName, id: &str) -> PathBuf {
+        self.release(app, id).join("build.log")
+    }
+    /// `releases/<app>/<id>/release.json`: what was built and how to run it again.
+    pub fn release_record(&self, app: &AppName, id: &str) -> PathBuf {
+        self.release(app, id).join("release.json")
+    }
+    /// `releases/<app>/.lock`: held while the app is being changed.
+    pub fn deploy_lock(&self, app: &AppName) -> PathBuf {
+        self.release_dir(app).join(".lock")
+    }
+    /// `releases/<app>/.last-push`: the ref and commit of the last successful push.
+    pub fn last_push(&self, app: &AppName) -> PathBuf {
+        self.release_dir(app).join(".last-push")
+    }
+
+    /// `nginx/<app>.conf`: the app's nginx server config.
+    pub fn nginx_conf(&self, app: &AppName) -> PathBuf {
+        self.nginx().join(format!("{app}.conf"))
+    }
+    /// `nginx/<app>.sock`: the supervisor's HTTP front for the app, which nginx proxies to.
+    pub fn nginx_socket(&self, app: &AppName) -> PathBuf {
+        self.nginx().join(format!("{app}.sock"))
+    }
+    /// `nginx/<app>.crt`: the app's certificate chain.
+    pub fn nginx_crt(&self, app: &AppName) -> PathBuf {
+        self.nginx().join(format!("{app}.crt"))
+    }
+    /// `nginx/<app>.key`: the app's private key.
+    pub fn nginx_key(&self, app: &AppName) -> PathBuf {
+        self.nginx().join(format!("{app}.key"))
+    }
+    /// `acme/<app>`: piku's per-app ACME directory (removed with the app).
+    pub fn acme_app_dir(&self, app: &AppName) -> PathBuf {
+        self.acme().join(app.as_str())
+    }
+    /// `cache/.<tool>`: a download cache shared by every app (app names cannot start with `.`).
+    pub fn shared_cache(&self, tool: &str) -> PathBuf {
+        self.cache().join(format!(".{tool}"))
+    }
+    /// piku's uWSGI vassal directories, `uwsgi-available/` and `uwsgi-enabled/`.
+    pub fn legacy_uwsgi_dirs(&self) -> [PathBuf; 2] {
+        [
+            self.root.join("uwsgi-available"),
+            self.root.join("uwsgi-enabled"),
+        ]
+    }
 
     /// Every top-level directory, in layout order.
     pub fn top_dirs(&self) -> Vec<PathBuf> {
@@ -234,6 +308,42 @@ mod tests {
         assert_eq!(root.state_file(), Path::new("/r/supervisor/state.json"));
         assert_eq!(root.nginx(), Path::new("/r/nginx"));
         assert_eq!(root.acme(), Path::new("/r/acme"));
+        assert_eq!(root.deps_dir(&app), Path::new("/r/envs/blog/deps"));
+        assert_eq!(root.repo_hooks(&app), Path::new("/r/repos/blog/hooks"));
+        assert_eq!(
+            root.release_src(&app, "v2"),
+            Path::new("/r/releases/blog/v2/src")
+        );
+        assert_eq!(
+            root.release_bin(&app, "v2"),
+            Path::new("/r/releases/blog/v2/bin")
+        );
+        assert_eq!(
+            root.build_log(&app, "v2"),
+            Path::new("/r/releases/blog/v2/build.log")
+        );
+        assert_eq!(
+            root.release_record(&app, "v2"),
+            Path::new("/r/releases/blog/v2/release.json")
+        );
+        assert_eq!(root.deploy_lock(&app), Path::new("/r/releases/blog/.lock"));
+        assert_eq!(
+            root.last_push(&app),
+            Path::new("/r/releases/blog/.last-push")
+        );
+        assert_eq!(root.nginx_conf(&app), Path::new("/r/nginx/blog.conf"));
+        assert_eq!(root.nginx_socket(&app), Path::new("/r/nginx/blog.sock"));
+        assert_eq!(root.nginx_crt(&app), Path::new("/r/nginx/blog.crt"));
+        assert_eq!(root.nginx_key(&app), Path::new("/r/nginx/blog.key"));
+        assert_eq!(root.acme_app_dir(&app), Path::new("/r/acme/blog"));
+        assert_eq!(root.shared_cache("pip"), Path::new("/r/cache/.pip"));
+        assert_eq!(
+            root.legacy_uwsgi_dirs(),
+            [
+                Path::new("/r/uwsgi-available"),
+                Path::new("/r/uwsgi-enabled")
+            ]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - A duplicate kind is a warning and the last one wins (keeping the first one's position).
 //! - `wsgi` and `web` together: `web` is dropped with a warning, as in piku.
 //! - A line without `:`, an empty kind or command, or a Procfile without entries is an error.
+//!   Parsing goes on past a bad line: every bad line is reported at once ([`Problems`]).
 //! - A leading UTF-8 byte-order mark is ignored.
 //!
 //! Warnings are plain sentences without piku's `Warning: ` prefix; the caller adds its own.
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cron::{CronError, CronSchedule, split_cron_line};
 use crate::kind::is_valid_kind;
+use crate::problems::Problems;
 
 /// What a Procfile entry is, which decides how (and whether) it runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +77,7 @@ pub enum ProcfileProblem {
     Cron(CronError),
 }
 
-/// Why a Procfile was refused.
+/// One reason a Procfile was refused; [`parse_procfile`] returns all of them.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProcfileError {
     #[error("Procfile line {line}: {problem}")]
@@ -109,42 +111,59 @@ fn classify(kind: &str, command: &str) -> Result<(ProcessClass, String), Procfil
     Ok((class, command.to_owned()))
 }
 
-/// Parses Procfile `text` (see the module docs for the rules).
-pub fn parse_procfile(text: &str) -> Result<Procfile, ProcfileError> {
-    let mut procfile = Procfile::default();
-    // Editors on Windows may save a byte-order mark; it is not part of the first kind name.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    for (index, raw) in text.lines().enumerate() {
-        let line = index + 1;
-        let fail = |problem| ProcfileError::Line { line, problem };
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let Some((kind, command)) = trimmed.split_once(':') else {
-            return Err(fail(ProcfileProblem::NoColon(trimmed.to_owned())));
-        };
-        let (kind, command) = (kind.trim(), command.trim());
-        if kind.is_empty() {
-            return Err(fail(ProcfileProblem::EmptyKind));
-        }
-        if !is_valid_kind(kind) {
-            return Err(fail(ProcfileProblem::BadKind(kind.to_owned())));
-        }
-        if command.is_empty() {
-            return Err(fail(ProcfileProblem::EmptyCommand(kind.to_owned())));
-        }
-        let (class, command) = classify(kind, command).map_err(fail)?;
-        let entry = ProcfileEntry {
+/// Every problem of a Procfile, in line order.
+pub type ProcfileErrors = Problems<ProcfileError>;
+
+/// One line's entry, or what is wrong with it; `None` for blank and comment lines.
+fn parse_line(raw: &str, line: usize) -> Option<Result<ProcfileEntry, ProcfileProblem>> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() || trimmed.starts_with('#') {
+        return None;
+    }
+    let Some((kind, command)) = trimmed.split_once(':') else {
+        return Some(Err(ProcfileProblem::NoColon(trimmed.to_owned())));
+    };
+    let (kind, command) = (kind.trim(), command.trim());
+    if kind.is_empty() {
+        return Some(Err(ProcfileProblem::EmptyKind));
+    }
+    if !is_valid_kind(kind) {
+        return Some(Err(ProcfileProblem::BadKind(kind.to_owned())));
+    }
+    if command.is_empty() {
+        return Some(Err(ProcfileProblem::EmptyCommand(kind.to_owned())));
+    }
+    Some(
+        classify(kind, command).map(|(class, command)| ProcfileEntry {
             kind: kind.to_owned(),
             command,
             class,
             line,
+        }),
+    )
+}
+
+/// Parses Procfile `text` (see the module docs for the rules); an error lists every bad line.
+pub fn parse_procfile(text: &str) -> Result<Procfile, ProcfileErrors> {
+    let mut procfile = Procfile::default();
+    let mut problems = Vec::new();
+    // Editors on Windows may save a byte-order mark; it is not part of the first kind name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let entry = match parse_line(raw, line) {
+            None => continue,
+            Some(Ok(entry)) => entry,
+            Some(Err(problem)) => {
+                problems.push(ProcfileError::Line { line, problem });
+                continue;
+            }
         };
-        match procfile.entries.iter_mut().find(|e| e.kind == kind) {
+        match procfile.entries.iter_mut().find(|e| e.kind == entry.kind) {
             Some(earlier) => {
                 procfile.warnings.push(format!(
-                    "found multiple {kind} workers, only the last one will be used."
+                    "found multiple {} workers, only the last one will be used.",
+                    entry.kind
                 ));
                 *earlier = entry;
             }
@@ -157,10 +176,10 @@ pub fn parse_procfile(text: &str) -> Result<Procfile, ProcfileError> {
             .warnings
             .push("found both 'wsgi' and 'web' workers, disabling 'web'".to_owned());
     }
-    if procfile.entries.is_empty() {
-        return Err(ProcfileError::Empty);
+    if procfile.entries.is_empty() && problems.is_empty() {
+        problems.push(ProcfileError::Empty);
     }
-    Ok(procfile)
+    Problems::check(procfile, problems)
 }
 
 impl Procfile {
@@ -323,6 +342,29 @@ mod tests {
         );
         assert!(err("../etc: cmd").contains("invalid process kind '../etc'"));
         assert!(err("wörker: cmd").contains("invalid process kind"));
+    }
+
+    #[test]
+    fn every_bad_line_is_reported_at_once_in_line_order() {
+        let errors =
+            parse_procfile("web: ./serve\nno colon here\n: x\ncron1: 61 * * * * ./t\nworker:\n")
+                .unwrap_err();
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "Procfile line 2: expected 'kind: command', found 'no colon here'",
+                "Procfile line 3: empty process kind",
+                "Procfile line 4: invalid cron minute field '61': 61 is out of range 0-59",
+                "Procfile line 5: process kind 'worker' has an empty command",
+            ]
+        );
+        assert_eq!(errors.to_string(), lines.join("; "));
+        // Only bad lines: they are the problem, not the missing entries.
+        assert_eq!(
+            err("nope\n"),
+            "Procfile line 1: expected 'kind: command', found 'nope'"
+        );
     }
 
     #[test]

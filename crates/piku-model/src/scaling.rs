@@ -1,12 +1,14 @@
 //! `SCALING` files (`kind:count` lines in `envs/<app>/SCALING`) and `ps:scale` arguments.
 //!
 //! The file uses the Procfile line rules (blank and `#` lines skipped, split on the first `:`,
-//! both sides trimmed); counts are whole numbers. `ps:scale` arguments are `kind=count`, as in
+//! both sides trimmed); counts are whole numbers; every bad line is reported at once. `ps:scale`
+//! arguments are `kind=count`, as in
 //! piku, which refused the whole command on the first bad one; so do we, with the reason.
 
 use std::collections::BTreeMap;
 
 use crate::kind::is_valid_kind;
+use crate::problems::Problems;
 
 /// Why a SCALING file or a `ps:scale` argument was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -31,36 +33,54 @@ pub enum ScalingError {
     BadCountArg(String),
 }
 
+/// Every problem of a SCALING file, in line order.
+pub type ScalingErrors = Problems<ScalingError>;
+
 /// Parses a SCALING file. A kind listed twice keeps its last count.
-pub fn parse_scaling(text: &str) -> Result<BTreeMap<String, u32>, ScalingError> {
+pub fn parse_scaling(text: &str) -> Result<BTreeMap<String, u32>, ScalingErrors> {
     let mut counts = BTreeMap::new();
+    let mut problems = Vec::new();
     for (index, raw) in text.lines().enumerate() {
-        let line = index + 1;
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
+        match parse_scaling_line(raw, index + 1) {
+            None => {}
+            Some(Ok((kind, count))) => {
+                counts.insert(kind.to_owned(), count);
+            }
+            Some(Err(problem)) => problems.push(problem),
         }
-        let Some((kind, count)) = trimmed.split_once(':') else {
-            return Err(ScalingError::NoColon {
-                line,
-                text: trimmed.to_owned(),
-            });
-        };
-        let (kind, count) = (kind.trim(), count.trim());
-        if !is_valid_kind(kind) {
-            return Err(ScalingError::BadKindLine {
-                line,
-                kind: kind.to_owned(),
-            });
-        }
-        let count: u32 = count.parse().map_err(|_| ScalingError::BadCountLine {
+    }
+    Problems::check(counts, problems)
+}
+
+/// One line's `(kind, count)`, or what is wrong with it; `None` for blank and comment lines.
+fn parse_scaling_line(raw: &str, line: usize) -> Option<Result<(&str, u32), ScalingError>> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() || trimmed.starts_with('#') {
+        return None;
+    }
+    let Some((kind, count)) = trimmed.split_once(':') else {
+        return Some(Err(ScalingError::NoColon {
+            line,
+            text: trimmed.to_owned(),
+        }));
+    };
+    let (kind, count) = (kind.trim(), count.trim());
+    if !is_valid_kind(kind) {
+        return Some(Err(ScalingError::BadKindLine {
             line,
             kind: kind.to_owned(),
-            count: count.to_owned(),
-        })?;
-        counts.insert(kind.to_owned(), count);
+        }));
     }
-    Ok(counts)
+    Some(
+        count
+            .parse()
+            .map(|count| (kind, count))
+            .map_err(|_| ScalingError::BadCountLine {
+                line,
+                kind: kind.to_owned(),
+                count: count.to_owned(),
+            }),
+    )
 }
 
 /// Renders counts as `kind:count\n` lines, sorted by kind.
@@ -144,6 +164,13 @@ mod tests {
             "SCALING line 1: invalid process kind 'a/b'"
         );
         assert!(parse_scaling(":1").is_err());
+        assert_eq!(
+            parse_scaling("web:x\nok:1\nworker 2\n")
+                .unwrap_err()
+                .to_string(),
+            "SCALING line 1: count 'x' for 'web' is not a whole number; \
+             SCALING line 3: expected 'kind:count', found 'worker 2'"
+        );
     }
 
     #[test]
