@@ -15,9 +15,9 @@ use crate::output;
 pub fn connect(root: &PikuRoot) -> anyhow::Result<Client> {
     let socket = root.socket();
     Client::connect(&socket).map_err(|err| match &err {
-        ProtoError::Connect { source, .. }
+        ProtoError::Connect { error, .. }
             if matches!(
-                source.kind(),
+                error.kind(),
                 ErrorKind::NotFound | ErrorKind::ConnectionRefused
             ) =>
         {

@@ -14,9 +14,9 @@ pub struct Client {
 impl Client {
     /// Connects to the socket at `path` and exchanges protocol versions.
     pub fn connect(path: &Path) -> Result<Client, ProtoError> {
-        let stream = UnixStream::connect(path).map_err(|source| ProtoError::Connect {
+        let stream = UnixStream::connect(path).map_err(|error| ProtoError::Connect {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let mut client = Client {
             stream,
