@@ -1,5 +1,8 @@
 //! The one error type of the crate: every variant prints as a single line that names the
 //! setting, file or command at fault.
+//!
+//! Each message is complete, lower-level cause included, and no variant exposes that cause
+//! again through `source()`: an error chain printed with `{:#}` says each cause once.
 
 use std::path::PathBuf;
 
@@ -17,10 +20,10 @@ pub enum NginxError {
     /// nginx (or systemctl) could not be run or failed to reload.
     #[error("{command}: {message}")]
     Command { command: String, message: String },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Certificate generation or parsing.
     #[error("certificate {}: {message}", path.display())]
@@ -40,6 +43,22 @@ impl NginxError {
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> NginxError {
         let path = path.into();
-        move |source| NginxError::Io { path, source }
+        move |error| NginxError::Io { path, error }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn an_io_error_names_the_path_and_its_cause_once() {
+        let err = NginxError::io("/r/nginx/blog.conf")(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "denied",
+        ));
+        assert_eq!(err.to_string(), "/r/nginx/blog.conf: denied");
+        assert!(err.source().is_none());
     }
 }

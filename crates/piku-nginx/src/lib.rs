@@ -36,7 +36,8 @@ pub use install::{
 };
 pub use render::{conf_id, render};
 pub use settings::{
-    CacheSettings, Listen, NginxSettings, StaticPath, conf_path, crt_path, key_path, socket_path,
+    CacheSettings, Listen, NginxSettings, SettingsErrors, StaticPath, conf_path, crt_path,
+    key_path, socket_path,
 };
 pub use tls::{
     CertInfo, CertStatus, certificate_info, certificate_names, ensure_self_signed, needs_renewal,

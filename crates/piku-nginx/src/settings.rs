@@ -22,7 +22,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Component, Path, PathBuf};
 
-use piku_model::{AppName, EnvMap, PikuRoot, expand_vars};
+use piku_model::{AppName, EnvMap, PikuRoot, Problems, expand_vars};
 
 use crate::error::NginxError;
 use crate::version::NginxFeatures;
@@ -97,20 +97,40 @@ impl Default for Listen {
     }
 }
 
+/// Every problem of an app's `NGINX_*` settings, each naming its setting.
+pub type SettingsErrors = Problems<NginxError>;
+
+/// Gathers the problems of independent settings so all of them are reported at once.
+#[derive(Default)]
+struct Found(Vec<NginxError>);
+
+impl Found {
+    /// The value, or `None` with its problem noted.
+    fn ok<T>(&mut self, result: Result<T, NginxError>) -> Option<T> {
+        result.map_err(|problem| self.0.push(problem)).ok()
+    }
+
+    /// The value, or `default` with its problem noted (when a later check needs some value).
+    fn or<T>(&mut self, result: Result<T, NginxError>, default: T) -> T {
+        self.ok(result).unwrap_or(default)
+    }
+}
+
 impl NginxSettings {
     /// Reads piku's nginx settings from `env`. `Ok(None)` when `NGINX_SERVER_NAME` is unset or
     /// empty: as in piku, such an app gets no nginx config. `has_web`: the app runs a web (or
     /// wsgi) process. `static_paths_from_procfile`: the command of a `static:` Procfile entry.
+    /// An error lists every setting that is wrong.
     ///
-    /// Reads `NGINX_INCLUDE_FILE` from the app dir and creates the default cache dir when
-    /// caching is on; nothing else touches the disk.
+    /// Reads `NGINX_INCLUDE_FILE` from the app dir and, once every setting is valid, creates
+    /// the default cache dir when caching is on; nothing else touches the disk.
     pub fn from_env(
         app: &AppName,
         root: &PikuRoot,
         env: &EnvMap,
         has_web: bool,
         static_paths_from_procfile: Option<&str>,
-    ) -> Result<Option<NginxSettings>, NginxError> {
+    ) -> Result<Option<NginxSettings>, SettingsErrors> {
         let app_dir = root.app_dir(app);
         NginxSettings::from_env_for_checkout(
             app,
@@ -133,112 +153,60 @@ impl NginxSettings {
         has_web: bool,
         static_paths_from_procfile: Option<&str>,
         checkout: &Path,
-    ) -> Result<Option<NginxSettings>, NginxError> {
-        let Some(server_names) = parse_server_names(env.get("NGINX_SERVER_NAME"))? else {
+    ) -> Result<Option<NginxSettings>, SettingsErrors> {
+        let mut found = Found::default();
+        let server_names = parse_server_names(env.get("NGINX_SERVER_NAME"), &mut found);
+        if server_names.is_empty() && found.0.is_empty() {
             return Ok(None);
-        };
+        }
         // The root appears unquoted in paths of the config (certificates, socket, webroot).
-        check_token("PIKU_ROOT", &root.path().to_string_lossy())?;
+        found.ok(check_token("PIKU_ROOT", &root.path().to_string_lossy()));
         let app_dir = root.app_dir(app);
         let mut warnings = Vec::new();
 
-        let mut static_paths = Vec::new();
-        if let Some(command) = static_paths_from_procfile {
-            static_paths.push(procfile_static_path(command, &app_dir)?);
-        }
-        if let Some(spec) = non_empty(env, "NGINX_STATIC_PATHS") {
-            static_paths.extend(parse_static_paths(spec, &app_dir)?);
-        }
-        for (i, path) in static_paths.iter().enumerate() {
-            if static_paths[..i].iter().any(|p| p.url == path.url) {
-                return Err(NginxError::setting(
-                    "NGINX_STATIC_PATHS",
-                    format!("'{}' is mapped twice", path.url),
-                ));
-            }
-            if has_web && path.url == "/" {
-                let setting = if i == 0 && static_paths_from_procfile.is_some() {
-                    "static"
-                } else {
-                    "NGINX_STATIC_PATHS"
-                };
-                return Err(NginxError::setting(
-                    setting,
-                    "'/' is served by the web process; map static files under a prefix",
-                ));
-            }
-        }
-
-        let catch_all = match non_empty(env, "NGINX_CATCH_ALL") {
-            None => None,
-            Some(v) => {
-                check_token("NGINX_CATCH_ALL", v)?;
-                if !(v.starts_with('/') || v.starts_with('@')) {
-                    return Err(NginxError::setting(
-                        "NGINX_CATCH_ALL",
-                        format!("'{v}' must be a URI starting with '/' or a named location '@…'"),
-                    ));
-                }
-                Some(v.to_owned())
-            }
-        };
-
-        let include = match non_empty(env, "NGINX_INCLUDE_FILE") {
-            None => None,
-            Some(file) => {
-                let rel = relative_inside("NGINX_INCLUDE_FILE", file)?;
-                let path = checkout.join(rel);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    NginxError::setting(
-                        "NGINX_INCLUDE_FILE",
-                        format!("cannot read '{}': {e}", path.display()),
-                    )
-                })?;
-                Some(expand_vars(&text, env))
-            }
-        };
-
-        let cache = parse_cache(app, root, env, has_web, &mut warnings)?;
-
-        let cloudflare_acl = if parse_bool(env, "NGINX_CLOUDFLARE_ACL")? {
-            let mut allowed = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
-            let ssh_client = env
-                .get("SSH_CLIENT")
-                .cloned()
-                .or_else(|| std::env::var("SSH_CLIENT").ok());
-            if let Some(ssh_client) = ssh_client {
-                let first = ssh_client.split_whitespace().next().unwrap_or("");
-                match first.parse::<IpAddr>() {
-                    Ok(ip) if !allowed.contains(&ip) => allowed.push(ip),
-                    Ok(_) => {}
-                    Err(_) => warnings.push(format!(
-                        "NGINX_CLOUDFLARE_ACL: SSH_CLIENT '{ssh_client}' has no IP address; not added to the allow-list"
-                    )),
-                }
-            }
-            Some(allowed)
+        let static_paths = static_paths(
+            env,
+            has_web,
+            static_paths_from_procfile,
+            &app_dir,
+            &mut found,
+        );
+        let catch_all = found.ok(parse_catch_all(env)).flatten();
+        let include = found.ok(read_include(env, checkout)).flatten();
+        let cache = parse_cache(app, root, env, has_web, &mut warnings, &mut found);
+        let cloudflare_acl = if found.or(parse_bool(env, "NGINX_CLOUDFLARE_ACL"), false) {
+            Some(cloudflare_allowed(env, &mut warnings))
         } else {
             None
         };
+        let listen = parse_listen(env, &mut found);
+        let https_only = found.or(parse_bool(env, "NGINX_HTTPS_ONLY"), false);
+        let allow_git_folders = found.or(parse_bool(env, "NGINX_ALLOW_GIT_FOLDERS"), false);
 
-        let listen = parse_listen(env)?;
-
-        Ok(Some(NginxSettings {
-            app: app.clone(),
-            root: root.clone(),
-            server_names,
-            https_only: parse_bool(env, "NGINX_HTTPS_ONLY")?,
-            static_paths,
-            catch_all,
-            allow_git_folders: parse_bool(env, "NGINX_ALLOW_GIT_FOLDERS")?,
-            include,
-            cache,
-            cloudflare_acl,
-            listen,
-            proxy: has_web,
-            features: NginxFeatures::default(),
-            warnings,
-        }))
+        if let Some(cache) = &cache
+            && found.0.is_empty()
+        {
+            found.ok(std::fs::create_dir_all(&cache.path).map_err(NginxError::io(&cache.path)));
+        }
+        Problems::check(
+            Some(NginxSettings {
+                app: app.clone(),
+                root: root.clone(),
+                server_names,
+                https_only,
+                static_paths,
+                catch_all,
+                allow_git_folders,
+                include,
+                cache,
+                cloudflare_acl,
+                listen,
+                proxy: has_web,
+                features: NginxFeatures::default(),
+                warnings,
+            }),
+            found.0,
+        )
     }
 
     /// `nginx/<app>.conf`
@@ -259,21 +227,113 @@ impl NginxSettings {
     }
 }
 
-/// `nginx/<app>.conf`
+/// `nginx/<app>.conf` ([`PikuRoot::nginx_conf`]).
 pub fn conf_path(root: &PikuRoot, app: &AppName) -> PathBuf {
-    root.nginx().join(format!("{app}.conf"))
+    root.nginx_conf(app)
 }
-/// `nginx/<app>.sock`
+/// `nginx/<app>.sock` ([`PikuRoot::nginx_socket`]).
 pub fn socket_path(root: &PikuRoot, app: &AppName) -> PathBuf {
-    root.nginx().join(format!("{app}.sock"))
+    root.nginx_socket(app)
 }
-/// `nginx/<app>.crt`
+/// `nginx/<app>.crt` ([`PikuRoot::nginx_crt`]).
 pub fn crt_path(root: &PikuRoot, app: &AppName) -> PathBuf {
-    root.nginx().join(format!("{app}.crt"))
+    root.nginx_crt(app)
 }
-/// `nginx/<app>.key`
+/// `nginx/<app>.key` ([`PikuRoot::nginx_key`]).
 pub fn key_path(root: &PikuRoot, app: &AppName) -> PathBuf {
-    root.nginx().join(format!("{app}.key"))
+    root.nginx_key(app)
+}
+
+/// The Procfile's `static:` mapping (at `/`), then `NGINX_STATIC_PATHS`, each URL once, none
+/// at `/` when a web process owns it. Bad items are noted and left out.
+fn static_paths(
+    env: &EnvMap,
+    has_web: bool,
+    from_procfile: Option<&str>,
+    app_dir: &Path,
+    found: &mut Found,
+) -> Vec<StaticPath> {
+    // (setting, path): the setting a problem with the path is reported under.
+    let mut paths: Vec<(&'static str, StaticPath)> = Vec::new();
+    if let Some(command) = from_procfile
+        && let Some(path) = found.ok(procfile_static_path(command, app_dir))
+    {
+        paths.push(("static", path));
+    }
+    if let Some(spec) = non_empty(env, "NGINX_STATIC_PATHS") {
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if let Some(path) = found.ok(parse_static_path(item, app_dir)) {
+                paths.push(("NGINX_STATIC_PATHS", path));
+            }
+        }
+    }
+    let mut kept: Vec<StaticPath> = Vec::new();
+    for (setting, path) in paths {
+        if kept.iter().any(|p| p.url == path.url) {
+            found.0.push(NginxError::setting(
+                "NGINX_STATIC_PATHS",
+                format!("'{}' is mapped twice", path.url),
+            ));
+        } else if has_web && path.url == "/" {
+            found.0.push(NginxError::setting(
+                setting,
+                "'/' is served by the web process; map static files under a prefix",
+            ));
+        } else {
+            kept.push(path);
+        }
+    }
+    kept
+}
+
+fn parse_catch_all(env: &EnvMap) -> Result<Option<String>, NginxError> {
+    let Some(v) = non_empty(env, "NGINX_CATCH_ALL") else {
+        return Ok(None);
+    };
+    check_token("NGINX_CATCH_ALL", v)?;
+    if !(v.starts_with('/') || v.starts_with('@')) {
+        return Err(NginxError::setting(
+            "NGINX_CATCH_ALL",
+            format!("'{v}' must be a URI starting with '/' or a named location '@…'"),
+        ));
+    }
+    Ok(Some(v.to_owned()))
+}
+
+/// `NGINX_INCLUDE_FILE`'s text from `checkout`, `$VAR`-expanded against the app env.
+fn read_include(env: &EnvMap, checkout: &Path) -> Result<Option<String>, NginxError> {
+    let Some(file) = non_empty(env, "NGINX_INCLUDE_FILE") else {
+        return Ok(None);
+    };
+    let rel = relative_inside("NGINX_INCLUDE_FILE", file)?;
+    let path = checkout.join(rel);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        NginxError::setting(
+            "NGINX_INCLUDE_FILE",
+            format!("cannot read '{}': {e}", path.display()),
+        )
+    })?;
+    Ok(Some(expand_vars(&text, env)))
+}
+
+/// `NGINX_CLOUDFLARE_ACL`'s allow-list besides Cloudflare's ranges: loopback and the deployer.
+fn cloudflare_allowed(env: &EnvMap, warnings: &mut Vec<String>) -> Vec<IpAddr> {
+    let mut allowed = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    let ssh_client = env
+        .get("SSH_CLIENT")
+        .cloned()
+        .or_else(|| std::env::var("SSH_CLIENT").ok());
+    if let Some(ssh_client) = ssh_client {
+        let first = ssh_client.split_whitespace().next().unwrap_or("");
+        match first.parse::<IpAddr>() {
+            Ok(ip) if !allowed.contains(&ip) => allowed.push(ip),
+            Ok(_) => {}
+            Err(_) => warnings.push(format!(
+                "NGINX_CLOUDFLARE_ACL: SSH_CLIENT '{ssh_client}' has no IP address; not added to the allow-list"
+            )),
+        }
+    }
+    allowed
 }
 
 fn non_empty<'a>(env: &'a EnvMap, key: &str) -> Option<&'a str> {
@@ -328,21 +388,21 @@ fn check_token(setting: &'static str, value: &str) -> Result<(), NginxError> {
     Ok(())
 }
 
-fn parse_server_names(value: Option<&String>) -> Result<Option<Vec<String>>, NginxError> {
-    let Some(value) = value else {
-        return Ok(None);
-    };
+/// The server names in order, each once; bad ones are noted and left out.
+fn parse_server_names(value: Option<&String>, found: &mut Found) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
+    let Some(value) = value else {
+        return names;
+    };
     for name in value.split(|c: char| c == ',' || c.is_whitespace()) {
-        if name.is_empty() {
+        if name.is_empty() || names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
-        check_server_name(name)?;
-        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        if found.ok(check_server_name(name)).is_some() {
             names.push(name.to_owned());
         }
     }
-    Ok(if names.is_empty() { None } else { Some(names) })
+    names
 }
 
 /// A host name, `*.name` / `.name` (nginx wildcards), or `_` (matches nothing, used for
@@ -420,46 +480,43 @@ fn procfile_static_path(command: &str, app_dir: &Path) -> Result<StaticPath, Ngi
     })
 }
 
-fn parse_static_paths(spec: &str, app_dir: &Path) -> Result<Vec<StaticPath>, NginxError> {
+/// One `/url:path` item of `NGINX_STATIC_PATHS`.
+fn parse_static_path(item: &str, app_dir: &Path) -> Result<StaticPath, NginxError> {
     const S: &str = "NGINX_STATIC_PATHS";
-    let mut out = Vec::new();
-    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let Some((url, path)) = item.split_once(':') else {
-            return Err(NginxError::setting(S, format!("'{item}' is not /url:path")));
-        };
-        check_token(S, url)?;
-        check_token(S, path)?;
-        if !url.starts_with('/') {
+    let Some((url, path)) = item.split_once(':') else {
+        return Err(NginxError::setting(S, format!("'{item}' is not /url:path")));
+    };
+    check_token(S, url)?;
+    check_token(S, path)?;
+    if !url.starts_with('/') {
+        return Err(NginxError::setting(
+            S,
+            format!("'{url}' must start with '/'"),
+        ));
+    }
+    if path.is_empty() || path.contains(':') {
+        return Err(NginxError::setting(S, format!("'{item}' is not /url:path")));
+    }
+    let slash = url.ends_with('/');
+    let dir = if path.starts_with('/') {
+        let p = Path::new(path);
+        if p.components().any(|c| c == Component::ParentDir) {
+            return Err(NginxError::setting(S, format!("'{path}' contains '..'")));
+        }
+        if !p.is_dir() {
             return Err(NginxError::setting(
                 S,
-                format!("'{url}' must start with '/'"),
+                format!("absolute path '{path}' is not an existing directory"),
             ));
         }
-        if path.is_empty() || path.contains(':') {
-            return Err(NginxError::setting(S, format!("'{item}' is not /url:path")));
-        }
-        let slash = url.ends_with('/');
-        let dir = if path.starts_with('/') {
-            let p = Path::new(path);
-            if p.components().any(|c| c == Component::ParentDir) {
-                return Err(NginxError::setting(S, format!("'{path}' contains '..'")));
-            }
-            if !p.is_dir() {
-                return Err(NginxError::setting(
-                    S,
-                    format!("absolute path '{path}' is not an existing directory"),
-                ));
-            }
-            dir_with_slash(p, slash)
-        } else {
-            dir_with_slash(&app_dir.join(relative_inside(S, path)?), slash)
-        };
-        out.push(StaticPath {
-            url: url.to_owned(),
-            dir,
-        });
-    }
-    Ok(out)
+        dir_with_slash(p, slash)
+    } else {
+        dir_with_slash(&app_dir.join(relative_inside(S, path)?), slash)
+    };
+    Ok(StaticPath {
+        url: url.to_owned(),
+        dir,
+    })
 }
 
 /// The path as text, with exactly one trailing `/` when `slash`, none otherwise; `.`
@@ -476,21 +533,25 @@ fn dir_with_slash(path: &Path, slash: bool) -> String {
     text
 }
 
+/// The cache settings when `NGINX_CACHE_PREFIXES` asks for a cache; the directory is not
+/// created here (see [`NginxSettings::from_env`]).
 fn parse_cache(
     app: &AppName,
     root: &PikuRoot,
     env: &EnvMap,
     has_web: bool,
     warnings: &mut Vec<String>,
-) -> Result<Option<CacheSettings>, NginxError> {
+    found: &mut Found,
+) -> Option<CacheSettings> {
     // Validate every number even when caching is off: a typo should not wait for the day
     // someone turns the cache on.
-    let size_gb = parse_number(env, "NGINX_CACHE_SIZE", 1, 1)?;
-    let time_content = parse_number(env, "NGINX_CACHE_TIME", 3600, 0)?;
-    let time_redirects = parse_number(env, "NGINX_CACHE_REDIRECTS", 3600, 0)?;
-    let time_any = parse_number(env, "NGINX_CACHE_ANY", 3600, 0)?;
-    let time_control = parse_number(env, "NGINX_CACHE_CONTROL", 3600, 0)?;
-    let time_expiry = parse_number(env, "NGINX_CACHE_EXPIRY", 86400, 1)?;
+    let mut number = |setting, default, min| found.or(parse_number(env, setting, default, min), 0);
+    let size_gb = number("NGINX_CACHE_SIZE", 1, 1);
+    let time_content = number("NGINX_CACHE_TIME", 3600, 0);
+    let time_redirects = number("NGINX_CACHE_REDIRECTS", 3600, 0);
+    let time_any = number("NGINX_CACHE_ANY", 3600, 0);
+    let time_control = number("NGINX_CACHE_CONTROL", 3600, 0);
+    let time_expiry = number("NGINX_CACHE_EXPIRY", 86400, 1);
 
     let mut prefixes = Vec::new();
     if let Some(spec) = non_empty(env, "NGINX_CACHE_PREFIXES") {
@@ -501,22 +562,43 @@ fn parse_cache(
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._~/-".contains(c))
             {
-                return Err(NginxError::setting(
+                found.0.push(NginxError::setting(
                     "NGINX_CACHE_PREFIXES",
                     format!("'{item}' is not a URL prefix of [A-Za-z0-9._~/-]"),
                 ));
+                continue;
             }
             prefixes.push(prefix.replace('.', "\\."));
         }
     }
     if prefixes.is_empty() {
-        return Ok(None);
+        return None;
     }
     if !has_web {
         warnings.push("NGINX_CACHE_PREFIXES: the app has no web process; no cache".into());
-        return Ok(None);
+        return None;
     }
+    let path = found.ok(cache_path(app, root, env, warnings))?;
+    Some(CacheSettings {
+        prefixes,
+        path,
+        size_gb,
+        time_content,
+        time_redirects,
+        time_any,
+        time_control,
+        time_expiry,
+    })
+}
 
+/// `NGINX_CACHE_PATH` if it is an existing directory, else `cache/<app>` (with a warning when
+/// the setting named a missing one).
+fn cache_path(
+    app: &AppName,
+    root: &PikuRoot,
+    env: &EnvMap,
+    warnings: &mut Vec<String>,
+) -> Result<PathBuf, NginxError> {
     let default_path = root.cache_dir(app);
     let path = match non_empty(env, "NGINX_CACHE_PATH") {
         Some(p) => {
@@ -542,17 +624,7 @@ fn parse_cache(
         None => default_path,
     };
     check_token("NGINX_CACHE_PATH", &path.to_string_lossy())?;
-    std::fs::create_dir_all(&path).map_err(NginxError::io(&path))?;
-    Ok(Some(CacheSettings {
-        prefixes,
-        path,
-        size_gb,
-        time_content,
-        time_redirects,
-        time_any,
-        time_control,
-        time_expiry,
-    }))
+    Ok(path)
 }
 
 fn parse_port(env: &EnvMap, setting: &'static str, default: u16) -> Result<u16, NginxError> {
@@ -568,56 +640,63 @@ fn parse_port(env: &EnvMap, setting: &'static str, default: u16) -> Result<u16, 
     }
 }
 
-fn parse_listen(env: &EnvMap) -> Result<Listen, NginxError> {
-    let ipv4 = match non_empty(env, "NGINX_IPV4_ADDRESS") {
-        None => "0.0.0.0".to_owned(),
-        Some("*") => "*".to_owned(),
-        Some(v) => match v.parse::<Ipv4Addr>() {
-            Ok(ip) => ip.to_string(),
-            Err(_) => {
-                return Err(NginxError::setting(
-                    "NGINX_IPV4_ADDRESS",
-                    format!("'{v}' is not an IPv4 address"),
-                ));
-            }
-        },
-    };
-    let ipv6 = if parse_bool(env, "DISABLE_IPV6")? {
+fn parse_listen(env: &EnvMap, found: &mut Found) -> Listen {
+    let defaults = Listen::default();
+    let ipv4 = found.or(parse_ipv4(env), defaults.ipv4);
+    let ipv6 = if found.or(parse_bool(env, "DISABLE_IPV6"), false) {
         None
     } else {
-        Some(match non_empty(env, "NGINX_IPV6_ADDRESS") {
-            None => "[::]".to_owned(),
-            Some(v) => {
-                let inner = v
-                    .strip_prefix('[')
-                    .and_then(|v| v.strip_suffix(']'))
-                    .unwrap_or(v);
-                match inner.parse::<Ipv6Addr>() {
-                    Ok(ip) => format!("[{ip}]"),
-                    Err(_) => {
-                        return Err(NginxError::setting(
-                            "NGINX_IPV6_ADDRESS",
-                            format!("'{v}' is not an IPv6 address"),
-                        ));
-                    }
-                }
-            }
-        })
+        found.or(parse_ipv6(env).map(Some), defaults.ipv6)
     };
-    let http_port = parse_port(env, "NGINX_HTTP_PORT", 80)?;
-    let https_port = parse_port(env, "NGINX_HTTPS_PORT", 443)?;
+    let http_port = found.or(parse_port(env, "NGINX_HTTP_PORT", 80), defaults.http_port);
+    let https_port = found.or(
+        parse_port(env, "NGINX_HTTPS_PORT", 443),
+        defaults.https_port,
+    );
     if http_port == https_port {
-        return Err(NginxError::setting(
+        found.0.push(NginxError::setting(
             "NGINX_HTTPS_PORT",
             format!("{https_port} is also NGINX_HTTP_PORT"),
         ));
     }
-    Ok(Listen {
+    Listen {
         ipv4,
         ipv6,
         http_port,
         https_port,
-    })
+    }
+}
+
+fn parse_ipv4(env: &EnvMap) -> Result<String, NginxError> {
+    match non_empty(env, "NGINX_IPV4_ADDRESS") {
+        None => Ok("0.0.0.0".to_owned()),
+        Some("*") => Ok("*".to_owned()),
+        Some(v) => v.parse::<Ipv4Addr>().map(|ip| ip.to_string()).map_err(|_| {
+            NginxError::setting(
+                "NGINX_IPV4_ADDRESS",
+                format!("'{v}' is not an IPv4 address"),
+            )
+        }),
+    }
+}
+
+fn parse_ipv6(env: &EnvMap) -> Result<String, NginxError> {
+    let Some(v) = non_empty(env, "NGINX_IPV6_ADDRESS") else {
+        return Ok("[::]".to_owned());
+    };
+    let inner = v
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(v);
+    inner
+        .parse::<Ipv6Addr>()
+        .map(|ip| format!("[{ip}]"))
+        .map_err(|_| {
+            NginxError::setting(
+                "NGINX_IPV6_ADDRESS",
+                format!("'{v}' is not an IPv6 address"),
+            )
+        })
 }
 
 #[cfg(test)]
@@ -635,7 +714,7 @@ mod tests {
             .collect()
     }
 
-    fn parse(pairs: &[(&str, &str)]) -> Result<Option<NginxSettings>, NginxError> {
+    fn parse(pairs: &[(&str, &str)]) -> Result<Option<NginxSettings>, SettingsErrors> {
         NginxSettings::from_env(&app(), &PikuRoot::new("/r"), &env(pairs), true, None)
     }
 
@@ -988,6 +1067,49 @@ mod tests {
         ]);
         assert_eq!(s.cloudflare_acl.unwrap().len(), 1);
         assert!(s.warnings[0].contains("SSH_CLIENT"));
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_at_once_and_nothing_is_created() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = PikuRoot::new(tmp.path());
+        let errors = NginxSettings::from_env(
+            &app(),
+            &root,
+            &env(&[
+                ("NGINX_SERVER_NAME", "good.example bad;name"),
+                ("NGINX_HTTPS_ONLY", "maybe"),
+                ("NGINX_STATIC_PATHS", "/a:../up,/b:ok"),
+                ("NGINX_CACHE_PREFIXES", "/api"),
+                ("NGINX_CACHE_TIME", "soon"),
+                ("NGINX_HTTP_PORT", "0"),
+            ]),
+            true,
+            None,
+        )
+        .unwrap_err();
+        let settings: Vec<String> = errors
+            .iter()
+            .map(|e| e.to_string().split(':').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            settings,
+            [
+                "NGINX_SERVER_NAME",
+                "NGINX_STATIC_PATHS",
+                "NGINX_CACHE_TIME",
+                "NGINX_HTTP_PORT",
+                "NGINX_HTTPS_ONLY"
+            ],
+            "{errors}"
+        );
+        assert!(!errors.to_string().contains('\n'));
+        assert!(
+            !root.cache_dir(&app()).exists(),
+            "no cache dir for refused settings"
+        );
+        // Only bad names: still refused, not taken for "no nginx".
+        assert!(parse(&[("NGINX_SERVER_NAME", "a;b")]).is_err());
     }
 
     #[test]
