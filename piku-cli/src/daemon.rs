@@ -1,35 +1,17 @@
-//! Reaching the supervisor: the one place that opens `$PIKU_ROOT/supervisor.sock`.
-//!
-//! Every command that changes or inspects running processes goes through [`connect`], so a
-//! stopped daemon always produces the same one-line error telling the operator how to start it.
+//! The commands' requests to the supervisor: one call with its progress shown as `-----> `
+//! steps, the answers of the process commands, and status. The socket is opened by
+//! [`piku_deploy::supervisor::connect`], the one place that does, so a stopped daemon always
+//! gives the same one-line error telling the operator how to start it.
 
-use std::io::ErrorKind;
-
-use anyhow::{anyhow, bail};
-use piku_model::{AppName, PikuRoot};
-use piku_proto::{AppStatus, Client, ProtoError, Request, Response};
+use anyhow::bail;
+use piku_model::{AppName, InstanceId, PikuRoot};
+use piku_proto::{AppStatus, Client, InstanceStatus, Request, Response};
 
 use crate::output;
 
 /// Connects to `$PIKU_ROOT/supervisor.sock`; the error says how to start the daemon if it is down.
 pub fn connect(root: &PikuRoot) -> anyhow::Result<Client> {
-    let socket = root.socket();
-    Client::connect(&socket).map_err(|err| match &err {
-        ProtoError::Connect { error, .. }
-            if matches!(
-                error.kind(),
-                ErrorKind::NotFound | ErrorKind::ConnectionRefused
-            ) =>
-        {
-            anyhow!(
-                "the piku supervisor is not running (no listener on '{}'); start it with \
-                 `piku-supervisor --root {}` or `systemctl start piku-supervisor`",
-                socket.display(),
-                root.path().display()
-            )
-        }
-        _ => anyhow!(err),
-    })
+    Ok(piku_deploy::supervisor::connect(root)?)
 }
 
 /// Sends one request, shows the daemon's progress frames as `-----> ` steps, and returns the
@@ -84,4 +66,9 @@ pub fn status_of(root: &PikuRoot, app: &AppName) -> anyhow::Result<Option<AppSta
     Ok(status_all(root)?
         .into_iter()
         .find(|s| s.app == app.as_str()))
+}
+
+/// The instance's id (`web.1`), the name it has in `ps`, logs and reports.
+pub fn instance_id(instance: &InstanceStatus) -> InstanceId {
+    InstanceId::new(instance.kind.as_str(), instance.index)
 }

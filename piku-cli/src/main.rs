@@ -1,5 +1,9 @@
 //! `piku`: the forced command sshd runs for every push and every `ssh piku@host <cmd>`.
 //!
+//! This crate is the command surface: reading the ssh command, the dispatch table and each
+//! command's arguments ([`commands`]), talking to the supervisor ([`daemon`]) and printing
+//! ([`output`]). What a push, a rollback or a config change does is in `piku-deploy`.
+//!
 //! # How sshd invokes it
 //!
 //! `piku setup:ssh KEYFILE` writes one `~/.ssh/authorized_keys` line per key, in piku's format
@@ -24,13 +28,12 @@
 //!
 //! # Exit status
 //!
-//! 0 on success; on failure one `Error: …` line on stderr and a non-zero status (piku printed
-//! errors on stdout and exited 0). `run` passes the command's own status through; the git
+//! 0 on success; on failure one `Error: …` line on stderr (one per problem when a file or the
+//! app's settings had several) and a non-zero status (piku printed errors on stdout and exited 0). `run` passes the command's own status through; the git
 //! commands pass git's.
 
 mod commands;
 mod daemon;
-mod deploy;
 mod output;
 
 use std::process::ExitCode;

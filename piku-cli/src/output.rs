@@ -8,18 +8,12 @@
 use std::fmt::Display;
 use std::io::{self, Write};
 
+use piku_deploy::DeployError;
+
 /// Prints `-----> {msg}` to stdout (piku style) and flushes, so progress shows up at once
 /// even through `git push`.
 pub fn step(msg: impl Display) {
     say(format_args!("-----> {msg}"));
-}
-
-/// Prints `-----> {msg}` to stderr, for commands whose stdout is a protocol stream
-/// (`git-receive-pack`).
-pub fn step_stderr(msg: impl Display) {
-    let mut err = io::stderr().lock();
-    let _ = writeln!(err, "-----> {msg}");
-    let _ = err.flush();
 }
 
 /// Prints one line to stdout and flushes; a vanished reader is ignored.
@@ -52,13 +46,30 @@ pub fn warn(msg: impl Display) {
     );
 }
 
-/// Prints a one-line `Error: …` to stderr: the whole context chain joined by `: `.
+/// Prints `Error: …` to stderr: the whole context chain joined by `: ` on one line, or one
+/// such line per problem when a file or the app's settings had several.
 pub fn error(err: &anyhow::Error) {
-    let _ = writeln!(
-        io::stderr().lock(),
-        "Error: {}",
-        one_line(&format!("{err:#}"))
-    );
+    let mut stderr = io::stderr().lock();
+    for line in error_lines(err) {
+        let _ = writeln!(stderr, "Error: {}", one_line(&line));
+    }
+}
+
+/// The lines [`error`] prints: one per problem of a [`DeployError`] in the chain, each after
+/// the contexts above it.
+fn error_lines(err: &anyhow::Error) -> Vec<String> {
+    let mut contexts = String::new();
+    for cause in err.chain() {
+        if let Some(deploy) = cause.downcast_ref::<DeployError>() {
+            return deploy
+                .lines()
+                .into_iter()
+                .map(|line| format!("{contexts}{line}"))
+                .collect();
+        }
+        contexts.push_str(&format!("{cause}: "));
+    }
+    vec![format!("{err:#}")]
 }
 
 /// Prints `value` as pretty JSON on stdout (the `--json` outputs).
@@ -194,5 +205,23 @@ mod tests {
     #[test]
     fn errors_collapse_to_one_line() {
         assert_eq!(one_line("a\nb\r\n  c\n"), "a b c");
+    }
+
+    #[test]
+    fn a_file_with_several_problems_gives_one_error_line_each() {
+        use anyhow::Context as _;
+        let problems = piku_model::parse_procfile("web: x\nnope\n: y\n").unwrap_err();
+        let err = Err::<(), _>(DeployError::from(problems))
+            .context("the config is saved but the running app was not updated")
+            .unwrap_err();
+        assert_eq!(
+            error_lines(&err),
+            [
+                "the config is saved but the running app was not updated: Procfile line 2: expected 'kind: command', found 'nope'",
+                "the config is saved but the running app was not updated: Procfile line 3: empty process kind",
+            ]
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_lines(&plain), ["outer: inner"]);
     }
 }

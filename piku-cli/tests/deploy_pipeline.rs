@@ -492,16 +492,24 @@ fn failed_preflight_or_release_refuses_the_push_and_the_live_release_keeps_servi
         "version good"
     );
 
-    // A broken Procfile is one line naming the line.
+    // A broken Procfile is one error line per bad line, each naming its line number.
     app.write(
         "Procfile",
-        "web: python3 -u server.py\nthis line has no colon\n",
+        "web: python3 -u server.py\nthis line has no colon\nworker:\n",
     );
     app.commit(&server, "bad procfile");
     let (ok, out) = server.push(&app.dir, "steady");
     assert!(!ok, "{out}");
-    assert!(
-        out.contains("Procfile line 2: expected 'kind: command'"),
+    let errors: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once("Error: ").map(|(_, e)| e.trim_end()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "Procfile line 2: expected 'kind: command', found 'this line has no colon'",
+            "Procfile line 3: process kind 'worker' has an empty command",
+        ],
         "{out}"
     );
 }

@@ -2,17 +2,19 @@
 //!
 //! `envs/<app>/ENV` holds only the `config:set` overrides (as in piku); `LIVE_ENV` is the merged
 //! environment of the live release, written by the deploy. Unlike piku, a change does not
-//! rebuild: the file is written first, then [`deploy::reapply`] restarts the processes with the
+//! rebuild: the file is written first, then [`releases::reapply`] restarts the processes with the
 //! new environment. If the app has no live release yet the setting waits for its first deploy;
 //! if the supervisor is down the setting is kept and the error says it was not applied.
 
 use anyhow::{Context, bail};
-use piku_model::{AppName, EnvMap, check_env_key, render_env};
+use piku_deploy::app_config::{read_overrides, write_overrides};
+use piku_deploy::files::read_optional;
+use piku_deploy::releases;
+use piku_model::{AppName, EnvMap, check_env_key};
 
 use super::Ctx;
 use super::args::{Args, is_deployed};
-use super::envfile::{read_env, read_optional, write_atomic};
-use crate::{deploy, output};
+use crate::output;
 
 pub fn show(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let mut args = Args::new("config", words);
@@ -36,7 +38,7 @@ pub fn get(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let app = args.existing_app(ctx)?;
     let key = args.required("KEY")?;
     args.finish()?;
-    let Some(env) = read_env(&ctx.root.env_file(&app))? else {
+    let Some(env) = read_overrides(&ctx.root, &app)? else {
         output::warn(format_args!("no active configuration for '{app}'"));
         return Ok(1);
     };
@@ -70,13 +72,12 @@ pub fn set(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
         .map(|s| parse_setting(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let path = ctx.root.env_file(&app);
-    let mut env = read_env(&path)?.unwrap_or_default();
+    let mut env = read_overrides(&ctx.root, &app)?.unwrap_or_default();
     for (key, value) in parsed {
         output::say(format_args!("Setting {key}={value} for '{app}'"));
         env.insert(key, value);
     }
-    write_atomic(&path, &render_env(&env))?;
+    write_overrides(&ctx.root, &app, &env)?;
     apply(ctx, &app)?;
     Ok(0)
 }
@@ -85,8 +86,7 @@ pub fn unset(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let mut args = Args::new("config:unset", words);
     let app = args.existing_app(ctx)?;
     let keys = args.at_least_one("KEY")?;
-    let path = ctx.root.env_file(&app);
-    let mut env: EnvMap = read_env(&path)?.unwrap_or_default();
+    let mut env: EnvMap = read_overrides(&ctx.root, &app)?.unwrap_or_default();
     let mut changed = false;
     for key in &keys {
         if env.remove(key).is_some() {
@@ -95,7 +95,7 @@ pub fn unset(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
         }
     }
     if changed {
-        write_atomic(&path, &render_env(&env))?;
+        write_overrides(&ctx.root, &app, &env)?;
         apply(ctx, &app)?;
     }
     Ok(0)
@@ -124,7 +124,7 @@ fn apply(ctx: &Ctx, app: &AppName) -> anyhow::Result<()> {
         ));
         return Ok(());
     }
-    deploy::reapply(&ctx.root, app)
+    releases::reapply(&ctx.root, app)
         .context("the config is saved but the running app was not updated")
 }
 

@@ -18,13 +18,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use piku_model::is_valid_kind;
-use piku_model::{AppName, PikuRoot};
+use piku_deploy::{front, releases};
+use piku_model::{AppName, InstanceId, PikuRoot};
 use piku_proto::Request;
 
 use super::Ctx;
 use super::args::{Args, present};
-use crate::{daemon, deploy, output};
+use crate::{daemon, output};
 
 pub fn destroy(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let mut args = Args::new("destroy", words);
@@ -56,19 +56,24 @@ pub fn destroy(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     for dir in &dirs {
         remove(dir)?;
     }
-    deploy::forget(root, &app)?;
+    releases::forget(root, &app)?;
     // The app's nginx files go, then nginx reloads so it stops answering for the app's names.
-    match deploy::remove_nginx(root, &app) {
+    match front::nginx::remove(root, &app) {
         Ok(Some(warning)) => output::warn(warning),
         Ok(None) => {}
-        Err(e) => output::warn(format!("{e:#}")),
+        Err(e) => output::warn(e),
     }
-    for ext in ["conf", "sock", "key", "crt"] {
-        remove(&root.nginx().join(format!("{app}.{ext}")))?;
+    for file in [
+        root.nginx_conf(&app),
+        root.nginx_socket(&app),
+        root.nginx_key(&app),
+        root.nginx_crt(&app),
+        root.acme_app_dir(&app),
+    ] {
+        remove(&file)?;
     }
-    remove(&root.acme().join(app.as_str()))?;
-    for dir in ["uwsgi-available", "uwsgi-enabled"] {
-        for file in legacy_vassals(&root.path().join(dir), &app, &other_apps(root, &app))? {
+    for dir in root.legacy_uwsgi_dirs() {
+        for file in legacy_vassals(&dir, &app, &other_apps(root, &app))? {
             remove(&file)?;
         }
     }
@@ -122,12 +127,8 @@ fn legacy_vassals(
         else {
             continue;
         };
-        let Some((kind, ordinal)) = rest.rsplit_once('.') else {
-            continue;
-        };
-        let is_vassal = is_valid_kind(kind)
-            && !ordinal.is_empty()
-            && ordinal.bytes().all(|b| b.is_ascii_digit());
+        // `<kind>.<n>`, the instance's name.
+        let is_vassal = rest.parse::<InstanceId>().is_ok();
         let claimed_by_other = others.iter().any(|other| {
             other.len() > app.as_str().len() && name.starts_with(&format!("{other}_"))
         });

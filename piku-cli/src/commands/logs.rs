@@ -10,13 +10,15 @@ use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use piku_model::{InstanceId, is_valid_kind};
 use piku_proto::{LogsRequest, ProtoError, Request, Response};
 
 use super::Ctx;
 use super::args::Args;
-use crate::{daemon, output};
+use crate::daemon::{self, instance_id};
+use crate::output;
 
 /// How many past lines of each file piku showed before following.
 const DEFAULT_LINES: usize = 20;
@@ -33,20 +35,22 @@ pub fn logs(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let app = args.existing_app(ctx)?;
     let process = args.next();
     args.finish()?;
-    if let Some(p) = &process
-        && !is_process_name(p)
-    {
-        bail!("invalid process name '{}'", p.escape_debug());
-    }
+    let wanted = match &process {
+        None => None,
+        Some(p) => Some(
+            Wanted::parse(p)
+                .ok_or_else(|| anyhow!("invalid process name '{}'", p.escape_debug()))?,
+        ),
+    };
 
     // Pad to the longest instance name up front, as piku padded to the longest file name.
     let mut width = daemon::status_of(&ctx.root, &app)?
         .map(|s| {
             s.instances
                 .iter()
-                .map(|i| i.name())
-                .filter(|name| process.as_deref().is_none_or(|p| matches_process(name, p)))
-                .map(|name| name.len())
+                .map(instance_id)
+                .filter(|id| wanted.as_ref().is_none_or(|w| w.matches(id)))
+                .map(|id| id.to_string().len())
                 .max()
                 .unwrap_or(0)
         })
@@ -96,21 +100,28 @@ pub fn logs(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// A kind (`web`, `cron1`) or one instance (`web.2`).
-fn is_process_name(name: &str) -> bool {
-    let (kind, index) = match name.split_once('.') {
-        Some((kind, index)) => (kind, Some(index)),
-        None => (name, None),
-    };
-    piku_model::is_valid_kind(kind)
-        && index.is_none_or(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+/// The process `piku logs <app> <process>` asks for: a kind (`web`, `cron1`) or one instance
+/// (`web.2`).
+enum Wanted {
+    Kind(String),
+    Instance(InstanceId),
 }
 
-fn matches_process(instance: &str, wanted: &str) -> bool {
-    instance == wanted
-        || instance
-            .strip_prefix(wanted)
-            .is_some_and(|rest| rest.starts_with('.'))
+impl Wanted {
+    fn parse(name: &str) -> Option<Wanted> {
+        if name.contains('.') {
+            name.parse().ok().map(Wanted::Instance)
+        } else {
+            is_valid_kind(name).then(|| Wanted::Kind(name.to_owned()))
+        }
+    }
+
+    fn matches(&self, id: &InstanceId) -> bool {
+        match self {
+            Wanted::Kind(kind) => id.kind == *kind,
+            Wanted::Instance(wanted) => id == wanted,
+        }
+    }
 }
 
 /// Exits the process (status 0) once stdout's reader has gone away: a pipe whose read end is
@@ -146,14 +157,17 @@ mod tests {
 
     #[test]
     fn process_names() {
-        assert!(is_process_name("web"));
-        assert!(is_process_name("web.2"));
-        assert!(is_process_name("cron_1"));
-        assert!(!is_process_name("web."));
-        assert!(!is_process_name("../web"));
-        assert!(!is_process_name("*"));
-        assert!(matches_process("web.1", "web"));
-        assert!(matches_process("web.1", "web.1"));
-        assert!(!matches_process("webhook.1", "web"));
+        for good in ["web", "web.2", "cron_1"] {
+            assert!(Wanted::parse(good).is_some(), "{good}");
+        }
+        for bad in ["web.", "../web", "*", "web.0"] {
+            assert!(Wanted::parse(bad).is_none(), "{bad}");
+        }
+        let id = |s: &str| s.parse::<InstanceId>().unwrap();
+        let wanted = |s: &str| Wanted::parse(s).unwrap();
+        assert!(wanted("web").matches(&id("web.1")));
+        assert!(wanted("web.1").matches(&id("web.1")));
+        assert!(!wanted("web.1").matches(&id("web.2")));
+        assert!(!wanted("web").matches(&id("webhook.1")));
     }
 }

@@ -10,7 +10,6 @@ mod apps;
 mod args;
 mod config;
 mod destroy;
-pub(crate) mod envfile;
 mod git;
 mod help;
 mod logs;

@@ -3,15 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, bail};
-use piku_model::{is_valid_kind, parse_scale_args, parse_scaling, render_scaling};
+use anyhow::bail;
+use piku_deploy::app_config::{read_scaling, write_scaling};
+use piku_deploy::front::spec::answers;
+use piku_model::{is_valid_kind, parse_scale_args};
 use piku_proto::{AppStatus, InstanceState, InstanceStatus, Request};
 use serde::Serialize;
 
 use super::Ctx;
 use super::args::Args;
-use super::envfile::{read_optional, write_atomic};
-use crate::daemon;
+use crate::daemon::{self, instance_id};
 use crate::output::{self, Table, human_bytes, human_cpu, human_duration};
 
 /// `ps --json`: our own stable shape, independent of the wire protocol's.
@@ -46,7 +47,7 @@ struct ProcessJson {
 impl From<&InstanceStatus> for ProcessJson {
     fn from(i: &InstanceStatus) -> Self {
         ProcessJson {
-            name: i.name(),
+            name: instance_id(i).to_string(),
             kind: i.kind.clone(),
             index: i.index,
             state: i.state.to_string(),
@@ -81,10 +82,7 @@ pub fn ps(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
         })?;
     } else {
         let mut text = render_ps(&status);
-        if let (Some(line), Some(front)) = (
-            crate::deploy::front_line(&ctx.root, &status),
-            status.front.as_ref(),
-        ) {
+        if let (Some(line), Some(front)) = (answers(&ctx.root, &status), status.front.as_ref()) {
             let backends = if front.backends.is_empty() {
                 "none".to_owned()
             } else {
@@ -139,7 +137,7 @@ fn render_ps(status: &AppStatus) -> String {
     let dash = || "-".to_owned();
     for i in &status.instances {
         let mut row = vec![
-            i.name(),
+            instance_id(i).to_string(),
             i.state.to_string(),
             i.pid.map_or_else(dash, |p| p.to_string()),
             i.port.map_or_else(dash, |p| p.to_string()),
@@ -159,7 +157,7 @@ fn render_ps(status: &AppStatus) -> String {
         .instances
         .iter()
         .filter(|i| i.state == InstanceState::CrashLooping)
-        .map(InstanceStatus::name)
+        .map(|i| instance_id(i).to_string())
         .collect();
     if !crashing.is_empty() {
         text.push_str(&format!(
@@ -178,11 +176,9 @@ pub fn scale(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let mut args = Args::new("ps:scale", words);
     let app = args.existing_app(ctx)?;
     let settings = args.at_least_one("<proc>=<count>")?;
-    let path = ctx.root.scaling_file(&app);
-    let Some(text) = read_optional(&path)? else {
+    let Some(mut formation) = read_scaling(&ctx.root, &app)? else {
         bail!("no workers found for app '{app}'.");
     };
-    let mut formation = parse_scaling(&text).with_context(|| format!("'{}'", path.display()))?;
     let wanted = parse_scale_args(&settings)?;
     if let Some(kind) = wanted.keys().find(|k| !formation.contains_key(*k)) {
         bail!("worker type '{kind}' not present in '{app}'");
@@ -201,7 +197,7 @@ pub fn scale(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
         },
     )?;
     formation.extend(wanted);
-    write_atomic(&path, &render_scaling(&formation))?;
+    write_scaling(&ctx.root, &app, &formation)?;
     Ok(0)
 }
 

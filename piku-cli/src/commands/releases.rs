@@ -1,16 +1,18 @@
-//! `deploy <app>`, `releases <app>` and `rollback <app> [release]`; the work is in
-//! `crate::deploy`, this module only reads the arguments and shows the release list.
+//! `deploy <app>`, `releases <app>`, `rollback <app> [release]` and the internal
+//! `acme:renew <app>`; the work is in `piku-deploy`, this module only reads the arguments and
+//! shows the release list.
+
+use piku_deploy::{front, pipeline, releases};
 
 use super::Ctx;
 use super::args::Args;
-use crate::deploy;
 use crate::output::{self, Table};
 
 pub fn deploy(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let mut args = Args::new("deploy", words);
     let app = args.existing_app(ctx)?;
     args.finish()?;
-    deploy::deploy(&ctx.root, &app)?;
+    pipeline::rebuild(&ctx.root, &app)?;
     Ok(0)
 }
 
@@ -18,7 +20,7 @@ pub fn acme_renew(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let mut args = Args::new("acme:renew", words);
     let app = args.existing_app(ctx)?;
     args.finish()?;
-    deploy::renew_certificate(&ctx.root, &app)?;
+    front::acme::renew_certificate(&ctx.root, &app)?;
     Ok(0)
 }
 
@@ -27,7 +29,7 @@ pub fn releases(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let json = args.flag("--json");
     let app = args.existing_app(ctx)?;
     args.finish()?;
-    let releases = deploy::releases(&ctx.root, &app)?;
+    let releases = releases::list(&ctx.root, &app)?;
     if json {
         output::json(&releases)?;
         return Ok(0);
@@ -60,6 +62,6 @@ pub fn rollback(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let app = args.existing_app(ctx)?;
     let release = args.next();
     args.finish()?;
-    deploy::rollback(&ctx.root, &app, release.as_deref())?;
+    releases::rollback(&ctx.root, &app, release.as_deref())?;
     Ok(0)
 }

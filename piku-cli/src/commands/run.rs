@@ -14,10 +14,10 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use anyhow::bail;
+use piku_deploy::app_config::read_live_env;
 
 use super::Ctx;
 use super::args::{Args, is_deployed};
-use super::envfile::read_env;
 
 pub fn run(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let mut args = Args::new("run", words);
@@ -32,7 +32,7 @@ pub fn run(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     if !is_deployed(&ctx.root, &app) {
         bail!("app '{app}' is not deployed yet (no live release to run in)");
     }
-    let env = read_env(&ctx.root.live_env_file(&app))?.unwrap_or_default();
+    let env = read_live_env(&ctx.root, &app)?.unwrap_or_default();
     let workdir = ctx.root.app_dir(&app);
     // `exec` only returns on failure.
     let err = Command::new(program)

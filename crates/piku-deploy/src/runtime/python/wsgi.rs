@@ -8,10 +8,13 @@
 
 use std::path::Path;
 
-use anyhow::bail;
 use piku_model::EnvMap;
 
-use super::appenv::number;
+use crate::error::DeployError;
+use crate::settings::number;
+
+/// The server a `wsgi:` entry gets when `PIKU_WSGI_SERVER` is unset.
+pub const DEFAULT: Server = Server::Gunicorn;
 
 /// A WSGI server we know how to install and run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,15 +25,15 @@ pub enum Server {
 }
 
 impl Server {
-    /// The server `PIKU_WSGI_SERVER` asks for.
-    pub fn from_env(env: &EnvMap) -> anyhow::Result<Server> {
+    /// The server `PIKU_WSGI_SERVER` asks for ([`DEFAULT`] when unset).
+    pub fn from_env(env: &EnvMap) -> Result<Server, DeployError> {
         match env.get("PIKU_WSGI_SERVER").map(|s| s.trim()) {
-            None | Some("") | Some("gunicorn") => Ok(Server::Gunicorn),
-            Some("waitress") => Ok(Server::Waitress),
-            Some("uwsgi") => Ok(Server::Uwsgi),
-            Some(other) => {
-                bail!("PIKU_WSGI_SERVER='{other}' is not one of gunicorn, waitress, uwsgi")
-            }
+            None | Some("") => Ok(DEFAULT),
+            Some(name) => Server::from_name(name).ok_or_else(|| {
+                DeployError::refused(format!(
+                    "PIKU_WSGI_SERVER='{name}' is not one of gunicorn, waitress, uwsgi"
+                ))
+            }),
         }
     }
 

@@ -1,5 +1,9 @@
 //! The deploy's voice: `-----> ` step lines and the output of every build command, shown to
-//! the pusher and appended to the release's `build.log`.
+//! the pusher on stdout and appended to the release's `build.log`.
+//!
+//! Output goes to an ssh channel or a `git push` "remote:" stream. A client that went away
+//! must not abort a deploy half-way (as `println!` would on `EPIPE`): write errors are ignored
+//! and the build log keeps the record.
 //!
 //! Lines printed before the release directory exists (waiting on the lock, resolving the
 //! commit) are held in memory and written when the log file is attached, so every release's
@@ -13,9 +17,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-
-use crate::output;
+use crate::error::{DeployError, IoContext};
 
 /// How long to keep relaying a command's output after it exited: a daemon it left behind
 /// may hold the pipe open forever, and must not hang the push.
@@ -49,14 +51,15 @@ impl BuildLog {
     }
 
     /// Starts appending to `path`, beginning with what was printed so far.
-    pub fn attach(&mut self, path: &Path) -> anyhow::Result<()> {
+    pub fn attach(&mut self, path: &Path) -> Result<(), DeployError> {
+        // Appended line by line as the build runs, so not a piku_fs::write_atomic file.
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .with_context(|| format!("cannot open build log '{}'", path.display()))?;
+            .cannot("open build log", path)?;
         file.write_all(&self.pending)
-            .with_context(|| format!("cannot write build log '{}'", path.display()))?;
+            .cannot("write build log", path)?;
         self.pending.clear();
         self.file = Some(file);
         Ok(())
@@ -65,7 +68,7 @@ impl BuildLog {
     /// Prints `-----> {msg}` and logs it.
     pub fn step(&mut self, msg: impl Display) {
         let line = format!("-----> {msg}\n");
-        output::step(msg);
+        print_to(&mut io::stdout().lock(), &line);
         self.record(line.as_bytes());
     }
 
@@ -87,20 +90,22 @@ impl BuildLog {
 
     /// Runs `cmd` with stdin from /dev/null, relaying its stdout and stderr (interleaved, as
     /// written) to our stdout and the log. `what` names the step in the error if it fails.
-    pub fn run(&mut self, mut cmd: Command, what: &str) -> anyhow::Result<()> {
+    pub fn run(&mut self, mut cmd: Command, what: &str) -> Result<(), DeployError> {
         let status = self.run_status(&mut cmd, what)?;
         // `cmd` holds the write end of the pipe until dropped; it is dropped in run_status.
         check_status(status, what)
     }
 
-    fn run_status(&mut self, cmd: &mut Command, what: &str) -> anyhow::Result<ExitStatus> {
-        let (mut reader, writer) = io::pipe().context("cannot create a pipe")?;
-        let writer_err = writer.try_clone().context("cannot create a pipe")?;
+    fn run_status(&mut self, cmd: &mut Command, what: &str) -> Result<ExitStatus, DeployError> {
+        let (mut reader, writer) = io::pipe().doing(|| format!("{what}: cannot create a pipe"))?;
+        let writer_err = writer
+            .try_clone()
+            .doing(|| format!("{what}: cannot create a pipe"))?;
         cmd.stdin(Stdio::null()).stdout(writer).stderr(writer_err);
         let spawned = cmd.spawn();
         // The Command keeps its copies of the write end; replace them so EOF can arrive.
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        let mut child = spawned.with_context(|| {
+        let mut child = spawned.doing(|| {
             format!(
                 "{what}: cannot start '{}'",
                 cmd.get_program().to_string_lossy()
@@ -108,7 +113,10 @@ impl BuildLog {
         })?;
 
         let log_copy = match &self.file {
-            Some(file) if self.keep => Some(file.try_clone().context("cannot reopen build log")?),
+            Some(file) if self.keep => Some(
+                file.try_clone()
+                    .doing(|| "cannot reopen the build log".to_owned())?,
+            ),
             _ => None,
         };
         let keep_pending = self.keep && self.file.is_none();
@@ -137,7 +145,7 @@ impl BuildLog {
 
         let status = child
             .wait()
-            .with_context(|| format!("{what}: cannot wait for the command"))?;
+            .doing(|| format!("{what}: cannot wait for the command"))?;
         if let Ok(held) = done_rx.recv_timeout(DRAIN_AFTER_EXIT) {
             self.pending.extend_from_slice(&held);
         }
@@ -146,14 +154,26 @@ impl BuildLog {
 }
 
 /// Turns a non-zero exit into an error naming the step and the status.
-fn check_status(status: ExitStatus, what: &str) -> anyhow::Result<()> {
+fn check_status(status: ExitStatus, what: &str) -> Result<(), DeployError> {
     if status.success() {
         return Ok(());
     }
-    match status.code() {
-        Some(code) => bail!("{what} failed (exit status {code})"),
-        None => bail!("{what} was killed ({status})"),
-    }
+    Err(DeployError::Failed {
+        what: what.to_owned(),
+        status,
+    })
+}
+
+/// Prints a line on `out` now (even through `git push`); a vanished reader is ignored.
+fn print_to(out: &mut impl Write, line: &str) {
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+}
+
+/// Prints `-----> {msg}` on stderr, for a step taken while stdout is git's protocol stream
+/// (`git-receive-pack`).
+pub fn step_to_stderr(msg: impl Display) {
+    print_to(&mut io::stderr().lock(), &format!("-----> {msg}\n"));
 }
 
 /// A command for `program args…`, for readable tests.

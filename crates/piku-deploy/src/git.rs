@@ -1,5 +1,5 @@
-//! git over the forced command: `git-receive-pack` (creating the app's bare repo and hook on
-//! first use), `git-upload-pack`, and the hook that turns a push into one deploy.
+//! git over the forced command: [`receive_pack`] (creating the app's bare repo and hook on
+//! first use), [`upload_pack`], and [`hook`], which turns a push into one deploy.
 //!
 //! We run `git receive-pack <repo>` directly instead of piku's `git-shell -c "git-receive-pack
 //! '<app>'"`: the app name has already passed the model's rule and the repo path goes to git
@@ -15,8 +15,59 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, bail};
 use piku_model::{AppName, PikuRoot};
+
+use crate::buildlog::{BuildLog, step_to_stderr};
+use crate::checkout::{clean_git_env, ref_value};
+use crate::error::{DeployError, IoContext};
+use crate::files;
+use crate::lock;
+use crate::pipeline::{self, Target};
+
+/// Serves `git push` for the app (creating its bare repo on first use); returns git's exit code.
+///
+/// The app's deploy lock is taken before git starts, so a second push waits here (saying so
+/// on stderr, which the pusher sees as `remote:` lines) and then reads the refs the first push
+/// left: see [`crate::lock`].
+pub fn receive_pack(root: &PikuRoot, app: &AppName) -> Result<i32, DeployError> {
+    let repo = prepare_repo(root, app)?;
+    // stdout is git's protocol stream here: the waiting line must go to stderr.
+    let _lock = lock::acquire_with(root, app, step_to_stderr)?;
+    serve_with_env("receive-pack", &repo, &[(lock::HELD_VAR, app.as_str())])
+}
+
+/// Serves `git clone`/`git fetch` of the app's repo; returns git's exit code.
+pub fn upload_pack(root: &PikuRoot, app: &AppName) -> Result<i32, DeployError> {
+    let repo = root.repo_dir(app);
+    if !repo.join("HEAD").is_file() {
+        return Err(DeployError::refused(format!("app '{app}' not found")));
+    }
+    serve("upload-pack", &repo)
+}
+
+/// The git hook: reads `old new ref` lines and deploys the pushed branch once. An error
+/// makes the hook exit non-zero, which refuses the push.
+pub fn hook(root: &PikuRoot, app: &AppName, stdin: &mut dyn BufRead) -> Result<(), DeployError> {
+    let updates = read_updates(stdin)?;
+    let Some(update) = choose(&updates) else {
+        if !updates.is_empty() {
+            BuildLog::terminal_only()
+                .step("No branch pushed (only tags or deletions): nothing to deploy");
+        }
+        return Ok(());
+    };
+    let repo = root.repo_dir(app);
+    adopt_head(&repo, &update.name);
+    pipeline::deploy(
+        root,
+        app,
+        &Target {
+            rev: update.new.clone(),
+            expect: Some((update.name.clone(), old_value(update))),
+            from_hook: true,
+        },
+    )
+}
 
 /// The hook git runs before updating refs; its exit status accepts or refuses the push.
 const HOOK: &str = "pre-receive";
@@ -40,10 +91,10 @@ fn is_zero(id: &str) -> bool {
 }
 
 /// Parses the hook's stdin; malformed lines are an error (git never sends them).
-pub fn read_updates(input: &mut dyn BufRead) -> anyhow::Result<Vec<RefUpdate>> {
+pub fn read_updates(input: &mut dyn BufRead) -> Result<Vec<RefUpdate>, DeployError> {
     let mut updates = Vec::new();
     for line in input.lines() {
-        let line = line.context("cannot read the hook's input")?;
+        let line = line.doing(|| "cannot read the hook's input".to_owned())?;
         if line.trim().is_empty() {
             continue;
         }
@@ -54,7 +105,11 @@ pub fn read_updates(input: &mut dyn BufRead) -> anyhow::Result<Vec<RefUpdate>> {
                 new: new.to_owned(),
                 name: name.to_owned(),
             }),
-            _ => bail!("unexpected hook input line '{line}'"),
+            _ => {
+                return Err(DeployError::refused(format!(
+                    "unexpected hook input line '{line}'"
+                )));
+            }
         }
     }
     Ok(updates)
@@ -95,60 +150,60 @@ fn hook_script(root: &Path, exe: &Path, app: &AppName) -> String {
 }
 
 /// Creates `repos/<app>` if needed and (re)writes its hook so it calls the current binary.
-pub fn prepare_repo(root: &PikuRoot, app: &AppName) -> anyhow::Result<PathBuf> {
+pub fn prepare_repo(root: &PikuRoot, app: &AppName) -> Result<PathBuf, DeployError> {
     let repo = root.repo_dir(app);
     if !repo.join("HEAD").is_file() {
-        std::fs::create_dir_all(&repo)
-            .with_context(|| format!("cannot create '{}'", repo.display()))?;
+        files::create_dir(&repo)?;
         let status = Command::new("git")
             .args(["init", "--quiet", "--bare"])
             .arg(&repo)
             .status()
-            .context("cannot run git")?;
+            .doing(|| "cannot run git".to_owned())?;
         if !status.success() {
-            bail!("git init of '{}' failed ({status})", repo.display());
+            return Err(DeployError::Failed {
+                what: format!("git init of '{}'", repo.display()),
+                status,
+            });
         }
     }
-    let exe = std::env::current_exe().context("cannot find the piku executable")?;
-    let hooks = repo.join("hooks");
-    std::fs::create_dir_all(&hooks)
-        .with_context(|| format!("cannot create '{}'", hooks.display()))?;
+    let exe = std::env::current_exe().doing(|| "cannot find the piku executable".to_owned())?;
+    let hooks = root.repo_hooks(app);
+    files::create_dir(&hooks)?;
     let script = hook_script(root.path(), &exe, app);
     let hook = hooks.join(HOOK);
     if std::fs::read_to_string(&hook).ok().as_deref() != Some(script.as_str()) {
-        super::store::write_atomically(&hook, script.as_bytes(), 0o755)?;
+        files::write(&hook, script.as_bytes(), 0o755)?;
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("cannot make '{}' executable", hook.display()))?;
+        .cannot("make executable", &hook)?;
     // A repo first pushed to piku has a post-receive that would deploy a second time.
     let legacy = hooks.join("post-receive");
     if std::fs::read_to_string(&legacy).is_ok_and(|s| s.contains("git-hook")) {
-        std::fs::remove_file(&legacy)
-            .with_context(|| format!("cannot remove '{}'", legacy.display()))?;
+        std::fs::remove_file(&legacy).cannot("remove", &legacy)?;
     }
     Ok(repo)
 }
 
 /// Runs `git <service> <repo>` with the ssh session's stdio; returns its exit code.
-pub fn serve(service: &str, repo: &Path) -> anyhow::Result<i32> {
+fn serve(service: &str, repo: &Path) -> Result<i32, DeployError> {
     serve_with_env(service, repo, &[])
 }
 
 /// [`serve`] with extra environment variables for git (and so for its hooks).
-pub fn serve_with_env(service: &str, repo: &Path, env: &[(&str, &str)]) -> anyhow::Result<i32> {
+fn serve_with_env(service: &str, repo: &Path, env: &[(&str, &str)]) -> Result<i32, DeployError> {
     let status = Command::new("git")
         .envs(env.iter().copied())
         .arg(service)
         .arg(repo)
         .status()
-        .with_context(|| format!("cannot run git {service}"))?;
+        .doing(|| format!("cannot run git {service}"))?;
     Ok(status.code().unwrap_or(1))
 }
 
 /// Points the bare repo's HEAD at `branch` if HEAD names a branch that does not exist (the
 /// first push of `main` to a repo whose default is `master`), so `git clone` checks it out.
-pub fn adopt_head(repo: &Path, branch: &str) {
+fn adopt_head(repo: &Path, branch: &str) {
     let head = Command::new("git")
         .arg("--git-dir")
         .arg(repo)
@@ -156,10 +211,10 @@ pub fn adopt_head(repo: &Path, branch: &str) {
         .output();
     let Ok(head) = head else { return };
     let current = String::from_utf8_lossy(&head.stdout).trim().to_owned();
-    if super::checkout::ref_value(repo, &current).is_none() {
+    if ref_value(repo, &current).is_none() {
         let mut cmd = Command::new("git");
         // Inside the hook git forbids ref updates while the quarantine variables are set.
-        let _ = super::checkout::clean_git_env(&mut cmd)
+        let _ = clean_git_env(&mut cmd)
             .arg("--git-dir")
             .arg(repo)
             .args(["symbolic-ref", "HEAD", branch])

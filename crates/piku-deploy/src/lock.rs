@@ -12,12 +12,13 @@
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
-use anyhow::{Context, bail};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use piku_model::AppName;
+use piku_model::{AppName, PikuRoot};
 
-use super::buildlog::BuildLog;
+use crate::buildlog::BuildLog;
+use crate::error::{DeployError, IoContext};
+use crate::files;
 
 /// Set by `piku git-receive-pack` for the `git receive-pack` it runs, to the app whose lock
 /// it holds while git (and so the deploy hook) runs.
@@ -28,9 +29,9 @@ pub struct AppLock {
     _lock: Option<Flock<File>>,
 }
 
-/// Locks `releases/<app>` (creating it), saying so on the log if another deploy holds it.
-pub fn acquire(release_root: &Path, app: &AppName, log: &mut BuildLog) -> anyhow::Result<AppLock> {
-    acquire_with(release_root, app, |msg| log.step(msg))
+/// Locks `app` (creating `releases/<app>`), saying so on the log if another deploy holds it.
+pub fn acquire(root: &PikuRoot, app: &AppName, log: &mut BuildLog) -> Result<AppLock, DeployError> {
+    acquire_with(root, app, |msg| log.step(msg))
 }
 
 /// Whether the `piku git-receive-pack` that started this hook says it holds `app`'s lock.
@@ -43,59 +44,54 @@ pub fn held_by_parent(app: &AppName) -> bool {
 /// still probed rather than trusted blindly, so a stray variable cannot let two deploys run at
 /// once unless another deploy really holds the lock.
 pub fn acquire_in_hook(
-    release_root: &Path,
+    root: &PikuRoot,
     app: &AppName,
     held_by_parent: bool,
     log: &mut BuildLog,
-) -> anyhow::Result<AppLock> {
+) -> Result<AppLock, DeployError> {
     if !held_by_parent {
-        return acquire(release_root, app, log);
+        return acquire(root, app, log);
     }
     Ok(AppLock {
-        _lock: try_lock(release_root)?,
+        _lock: try_lock(&root.deploy_lock(app))?,
     })
 }
 
-/// Takes the lock without waiting; `None` when someone else holds it.
-fn try_lock(release_root: &Path) -> anyhow::Result<Option<Flock<File>>> {
-    std::fs::create_dir_all(release_root)
-        .with_context(|| format!("cannot create '{}'", release_root.display()))?;
-    let path = release_root.join(".lock");
-    let file = OpenOptions::new()
+fn open(path: &Path) -> Result<File, DeployError> {
+    if let Some(dir) = path.parent() {
+        files::create_dir(dir)?;
+    }
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open lock file '{}'", path.display()))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        .open(path)
+        .cannot("open lock file", path)
+}
+
+/// Takes the lock without waiting; `None` when someone else holds it.
+fn try_lock(path: &Path) -> Result<Option<Flock<File>>, DeployError> {
+    match Flock::lock(open(path)?, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(Some(lock)),
         Err((_, Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, errno)) => bail!("cannot lock '{}': {errno}", path.display()),
+        Err((_, errno)) => Err(std::io::Error::from(errno)).cannot("lock", path),
     }
 }
 
 /// [`acquire`] telling `say` (once) when it has to wait.
 pub fn acquire_with(
-    release_root: &Path,
+    root: &PikuRoot,
     app: &AppName,
     say: impl FnOnce(String),
-) -> anyhow::Result<AppLock> {
-    let path = release_root.join(".lock");
-    let open = || {
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open lock file '{}'", path.display()))
-    };
-    if let Some(lock) = try_lock(release_root)? {
+) -> Result<AppLock, DeployError> {
+    let path = root.deploy_lock(app);
+    if let Some(lock) = try_lock(&path)? {
         return Ok(AppLock { _lock: Some(lock) });
     }
     say(format!("Waiting for another deploy of '{app}' to finish"));
-    match Flock::lock(open()?, FlockArg::LockExclusive) {
+    match Flock::lock(open(&path)?, FlockArg::LockExclusive) {
         Ok(lock) => Ok(AppLock { _lock: Some(lock) }),
-        Err((_, errno)) => bail!("cannot lock '{}': {errno}", path.display()),
+        Err((_, errno)) => Err(std::io::Error::from(errno)).cannot("lock", &path),
     }
 }
 
@@ -109,7 +105,7 @@ mod tests {
     fn a_second_deploy_waits_until_the_first_releases_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         let app: AppName = "blog".parse().unwrap();
-        let root = dir.path().join("releases/blog");
+        let root = PikuRoot::new(dir.path());
         let first = acquire(&root, &app, &mut BuildLog::terminal_only()).unwrap();
         let (tx, rx) = mpsc::channel();
         let (root2, app2) = (root.clone(), app.clone());
@@ -128,7 +124,8 @@ mod tests {
     fn a_hook_whose_parent_holds_the_lock_does_not_wait_and_one_without_takes_it() {
         let dir = tempfile::tempdir().unwrap();
         let app: AppName = "blog".parse().unwrap();
-        let root = dir.path().join("releases/blog");
+        let root = PikuRoot::new(dir.path());
+        let lock_file = root.deploy_lock(&app);
         let parent = acquire(&root, &app, &mut BuildLog::terminal_only()).unwrap();
         // Would block for ever if it waited on the parent's lock.
         let hook = acquire_in_hook(&root, &app, true, &mut BuildLog::terminal_only()).unwrap();
@@ -136,9 +133,9 @@ mod tests {
         drop(parent);
         // Nobody holds it: the hook takes it, and a deploy must now wait.
         let hook = acquire_in_hook(&root, &app, true, &mut BuildLog::terminal_only()).unwrap();
-        assert!(try_lock(&root).unwrap().is_none());
+        assert!(try_lock(&lock_file).unwrap().is_none());
         drop(hook);
-        assert!(try_lock(&root).unwrap().is_some());
+        assert!(try_lock(&lock_file).unwrap().is_some());
     }
 
     #[test]
@@ -146,7 +143,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a: AppName = "a".parse().unwrap();
         let b: AppName = "b".parse().unwrap();
-        let _la = acquire(&dir.path().join("a"), &a, &mut BuildLog::terminal_only()).unwrap();
-        let _lb = acquire(&dir.path().join("b"), &b, &mut BuildLog::terminal_only()).unwrap();
+        let root = PikuRoot::new(dir.path());
+        let _la = acquire(&root, &a, &mut BuildLog::terminal_only()).unwrap();
+        let _lb = acquire(&root, &b, &mut BuildLog::terminal_only()).unwrap();
     }
 }

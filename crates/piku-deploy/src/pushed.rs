@@ -10,13 +10,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::store::{Store, write_atomically};
+use piku_model::{AppName, PikuRoot};
+
+use crate::files;
 
 /// How long a record outweighs the ref itself: git's update follows the hook by milliseconds;
 /// a record this old whose update never landed must not block the app's pushes for long.
 const FRESH: Duration = Duration::from_secs(120);
-
-const FILE: &str = ".last-push";
 
 fn now() -> u64 {
     SystemTime::now()
@@ -25,20 +25,21 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Remembers that `reference` is about to become `commit`.
-pub fn record(store: &Store, reference: &str, commit: &str) {
+/// Remembers that `reference` of `app` is about to become `commit`.
+pub fn record(root: &PikuRoot, app: &AppName, reference: &str, commit: &str) {
     let text = format!("{reference} {commit} {}\n", now());
     // Best effort: without the record only the narrow race above remains.
-    let _ = write_atomically(
-        &store.dir().join(FILE),
-        text.as_bytes(),
-        piku_fs::MODE_PRIVATE,
-    );
+    let _ = files::write(&root.last_push(app), text.as_bytes(), piku_fs::MODE_PRIVATE);
 }
 
 /// True if a fresh record says `reference` was just pushed to a value other than `old`.
-pub fn moved_by_recent_push(store: &Store, reference: &str, old: Option<&str>) -> bool {
-    let Ok(text) = std::fs::read_to_string(store.dir().join(FILE)) else {
+pub fn moved_by_recent_push(
+    root: &PikuRoot,
+    app: &AppName,
+    reference: &str,
+    old: Option<&str>,
+) -> bool {
+    let Ok(text) = std::fs::read_to_string(root.last_push(app)) else {
         return false;
     };
     let mut parts = text.split_whitespace();
@@ -54,28 +55,19 @@ pub fn moved_by_recent_push(store: &Store, reference: &str, old: Option<&str>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use piku_model::{AppName, PikuRoot};
 
     #[test]
     fn a_push_from_the_base_another_push_just_replaced_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let root = PikuRoot::new(dir.path());
         let app: AppName = "blog".parse().unwrap();
-        let store = Store::new(&root, &app);
-        std::fs::create_dir_all(store.dir()).unwrap();
-        assert!(!moved_by_recent_push(&store, "refs/heads/main", None));
-        record(&store, "refs/heads/main", "bbb");
-        assert!(moved_by_recent_push(&store, "refs/heads/main", Some("aaa")));
-        assert!(moved_by_recent_push(&store, "refs/heads/main", None));
-        assert!(!moved_by_recent_push(
-            &store,
-            "refs/heads/main",
-            Some("bbb")
-        ));
-        assert!(!moved_by_recent_push(
-            &store,
-            "refs/heads/other",
-            Some("aaa")
-        ));
+        std::fs::create_dir_all(root.release_dir(&app)).unwrap();
+        let moved = |reference, old| moved_by_recent_push(&root, &app, reference, old);
+        assert!(!moved("refs/heads/main", None));
+        record(&root, &app, "refs/heads/main", "bbb");
+        assert!(moved("refs/heads/main", Some("aaa")));
+        assert!(moved("refs/heads/main", None));
+        assert!(!moved("refs/heads/main", Some("bbb")));
+        assert!(!moved("refs/heads/other", Some("aaa")));
     }
 }

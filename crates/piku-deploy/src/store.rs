@@ -1,8 +1,9 @@
 //! The release store: `releases/<app>/v<N>/` directories, their `release.json`, which one is
-//! live (`apps/<app>` points at its `src`), and pruning old ones.
+//! live (`apps/<app>` points at its `src`), and pruning old ones. Every path comes from
+//! [`PikuRoot`]:
 //!
 //! ```text
-//! releases/<app>/.lock              held while the app is being changed
+//! releases/<app>/.lock              held while the app is being changed (see crate::lock)
 //! releases/<app>/v<N>/src/          the checkout (plus build products); removed if the build failed
 //! releases/<app>/v<N>/bin/          executables built outside the checkout (Go), on PATH
 //! releases/<app>/v<N>/build.log     everything the deploy printed
@@ -13,11 +14,13 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context;
 use piku_model::{AppName, PikuRoot};
 use serde::{Deserialize, Serialize};
+
+use crate::error::{DeployError, IoContext};
+use crate::files;
 
 /// Where a release is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,52 +58,59 @@ pub struct ReleaseRecord {
 
 /// The releases of one app.
 pub struct Store {
-    dir: PathBuf,
-    app_link: PathBuf,
-    deps_root: PathBuf,
+    root: PikuRoot,
+    app: AppName,
 }
 
 impl Store {
     pub fn new(root: &PikuRoot, app: &AppName) -> Store {
         Store {
-            dir: root.release_dir(app),
-            app_link: root.app_dir(app),
-            deps_root: deps_root(root, app),
+            root: root.clone(),
+            app: app.clone(),
         }
     }
 
     /// `releases/<app>`.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    pub fn dir(&self) -> PathBuf {
+        self.root.release_dir(&self.app)
     }
 
     /// `releases/<app>/<id>`.
     pub fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
+        self.root.release(&self.app, id)
     }
 
     /// `releases/<app>/<id>/src`: the checkout, the processes' working directory.
     pub fn src(&self, id: &str) -> PathBuf {
-        self.path(id).join("src")
+        self.root.release_src(&self.app, id)
+    }
+
+    /// `releases/<app>/<id>/bin`: executables built outside the checkout.
+    pub fn bin(&self, id: &str) -> PathBuf {
+        self.root.release_bin(&self.app, id)
     }
 
     /// `releases/<app>/<id>/build.log`.
     pub fn build_log(&self, id: &str) -> PathBuf {
-        self.path(id).join("build.log")
+        self.root.build_log(&self.app, id)
+    }
+
+    /// `envs/<app>/deps/<name>`: a dependency environment.
+    pub fn deps(&self, name: &str) -> PathBuf {
+        self.root.deps_dir(&self.app).join(name)
     }
 
     /// Every release with a readable `release.json`, newest first.
-    pub fn list(&self) -> anyhow::Result<Vec<ReleaseRecord>> {
-        let entries = match std::fs::read_dir(&self.dir) {
+    pub fn list(&self) -> Result<Vec<ReleaseRecord>, DeployError> {
+        let dir = self.dir();
+        let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot list '{}'", self.dir.display()));
-            }
+            Err(e) => return Err(e).cannot("list", &dir),
         };
         let mut records = Vec::new();
         for entry in entries {
-            let entry = entry.with_context(|| format!("cannot list '{}'", self.dir.display()))?;
+            let entry = entry.cannot("list", &dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if release_number(&name).is_none() {
                 continue;
@@ -115,25 +125,31 @@ impl Store {
     }
 
     /// Reads `release.json` of `id`.
-    pub fn load(&self, id: &str) -> anyhow::Result<ReleaseRecord> {
-        let path = self.path(id).join("release.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read '{}'", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("'{}' is damaged", path.display()))
+    pub fn load(&self, id: &str) -> Result<ReleaseRecord, DeployError> {
+        let path = self.root.release_record(&self.app, id);
+        let text = std::fs::read_to_string(&path).cannot("read", &path)?;
+        serde_json::from_str(&text).map_err(|error| DeployError::Record {
+            doing: format!("'{}' is damaged", path.display()),
+            error,
+        })
     }
 
-    /// Writes `release.json` atomically (temp file + rename).
-    pub fn save(&self, record: &ReleaseRecord) -> anyhow::Result<()> {
-        let path = self.path(&record.id).join("release.json");
-        let json = serde_json::to_string_pretty(record).context("cannot encode release.json")?;
-        write_atomically(&path, json.as_bytes(), piku_fs::MODE_PRIVATE)
+    /// Writes `release.json` atomically.
+    pub fn save(&self, record: &ReleaseRecord) -> Result<(), DeployError> {
+        let path = self.root.release_record(&self.app, &record.id);
+        let json = serde_json::to_string_pretty(record).map_err(|error| DeployError::Record {
+            doing: "cannot encode release.json".to_owned(),
+            error,
+        })?;
+        files::write(&path, json.as_bytes(), piku_fs::MODE_PRIVATE)
     }
 
     /// The id the next release gets: `v<N>`, one more than any release directory present.
     /// The newest release is never pruned, so numbers are never reused.
-    pub fn next_id(&self) -> anyhow::Result<String> {
+    pub fn next_id(&self) -> Result<String, DeployError> {
+        let dir = self.dir();
         let mut max = 0;
-        match std::fs::read_dir(&self.dir) {
+        match std::fs::read_dir(&dir) {
             Ok(entries) => {
                 for entry in entries.flatten() {
                     if let Some(n) = release_number(&entry.file_name().to_string_lossy()) {
@@ -142,16 +158,14 @@ impl Store {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot list '{}'", self.dir.display()));
-            }
+            Err(e) => return Err(e).cannot("list", &dir),
         }
         Ok(format!("v{}", max + 1))
     }
 
     /// The live release: the one `apps/<app>` points into.
     pub fn live_id(&self) -> Option<String> {
-        let target = std::fs::read_link(&self.app_link).ok()?;
+        let target = std::fs::read_link(self.root.app_dir(&self.app)).ok()?;
         if target.file_name()? != "src" {
             return None;
         }
@@ -161,37 +175,29 @@ impl Store {
 
     /// Points `apps/<app>` at release `id`'s checkout, atomically: a new symlink renamed over
     /// the old one, so `apps/<app>` is never missing.
-    pub fn make_live(&self, id: &str) -> anyhow::Result<()> {
+    pub fn make_live(&self, id: &str) -> Result<(), DeployError> {
         let target = self.src(id);
-        let parent = self
-            .app_link
-            .parent()
-            .context("apps directory has no parent")?;
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create '{}'", parent.display()))?;
+        let app_link = self.root.app_dir(&self.app);
+        let apps = self.root.apps();
+        files::create_dir(&apps)?;
         // An app first deployed by piku has a real checkout here; rename() cannot replace a
         // directory with a symlink, so move it out of the way first.
-        if let Ok(meta) = std::fs::symlink_metadata(&self.app_link)
+        if let Ok(meta) = std::fs::symlink_metadata(&app_link)
             && meta.is_dir()
         {
-            let aside = self.dir.join("piku-checkout");
+            let aside = self.dir().join("piku-checkout");
             let _ = std::fs::remove_dir_all(&aside);
-            std::fs::rename(&self.app_link, &aside).with_context(|| {
-                format!("cannot move piku's checkout '{}'", self.app_link.display())
-            })?;
+            std::fs::rename(&app_link, &aside).cannot("move piku's checkout", &app_link)?;
         }
-        let name = self
-            .app_link
-            .file_name()
-            .context("app link has no name")?
-            .to_string_lossy();
-        let temp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+        let temp = apps.join(format!(".{}.{}.tmp", self.app, std::process::id()));
         let _ = std::fs::remove_file(&temp);
-        std::os::unix::fs::symlink(&target, &temp)
-            .with_context(|| format!("cannot create symlink '{}'", temp.display()))?;
-        std::fs::rename(&temp, &self.app_link).with_context(|| {
+        std::os::unix::fs::symlink(&target, &temp).cannot("create symlink", &temp)?;
+        std::fs::rename(&temp, &app_link).map_err(|error| {
             let _ = std::fs::remove_file(&temp);
-            format!("cannot point '{}' at {id}", self.app_link.display())
+            DeployError::Io {
+                doing: format!("cannot point '{}' at {id}", app_link.display()),
+                error,
+            }
         })
     }
 
@@ -199,7 +205,7 @@ impl Store {
     /// and beyond the `keep` newest failed ones, then dependency environments no remaining
     /// release uses. `current` (the release being deployed) is never removed. Returns the ids
     /// removed.
-    pub fn prune(&self, keep: usize, current: Option<&str>) -> anyhow::Result<Vec<String>> {
+    pub fn prune(&self, keep: usize, current: Option<&str>) -> Result<Vec<String>, DeployError> {
         let live = self.live_id();
         let records = self.list()?;
         let mut removed = Vec::new();
@@ -216,8 +222,7 @@ impl Store {
                 continue;
             }
             let path = self.path(&record.id);
-            std::fs::remove_dir_all(&path)
-                .with_context(|| format!("cannot remove '{}'", path.display()))?;
+            std::fs::remove_dir_all(&path).cannot("remove", &path)?;
             removed.push(record.id.clone());
         }
         let in_use: BTreeSet<String> = self
@@ -230,29 +235,32 @@ impl Store {
         Ok(removed)
     }
 
-    fn prune_deps(&self, in_use: &BTreeSet<String>) -> anyhow::Result<()> {
-        let entries = match std::fs::read_dir(&self.deps_root) {
+    fn prune_deps(&self, in_use: &BTreeSet<String>) -> Result<(), DeployError> {
+        let deps_dir = self.root.deps_dir(&self.app);
+        let entries = match std::fs::read_dir(&deps_dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot list '{}'", self.deps_root.display()));
-            }
+            Err(e) => return Err(e).cannot("list", &deps_dir),
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !in_use.contains(&name) {
-                std::fs::remove_dir_all(entry.path())
-                    .with_context(|| format!("cannot remove '{}'", entry.path().display()))?;
+                std::fs::remove_dir_all(entry.path()).cannot("remove", &entry.path())?;
             }
         }
         Ok(())
     }
-}
 
-/// `envs/<app>/deps`: where dependency environments live.
-pub fn deps_root(root: &PikuRoot, app: &AppName) -> PathBuf {
-    root.env_dir(app).join("deps")
+    /// Removes `releases/<app>` and `envs/<app>/deps`; the caller holds the app's lock.
+    pub fn remove_all(&self) -> Result<(), DeployError> {
+        files::remove_dir(&self.root.deps_dir(&self.app))?;
+        files::remove_dir(&self.dir())
+    }
+
+    /// Whether the app has a `releases/<app>` directory at all.
+    pub fn exists(&self) -> bool {
+        self.dir().exists()
+    }
 }
 
 /// `v12` → 12; anything else is not a release directory.
@@ -262,12 +270,6 @@ pub fn release_number(name: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
-}
-
-/// Writes `bytes` to `path` atomically with `mode` (see `piku_fs::write_atomic`).
-pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    piku_fs::write_atomic(path, bytes, mode)
-        .with_context(|| format!("cannot write '{}'", path.display()))
 }
 
 #[cfg(test)]
@@ -296,7 +298,7 @@ mod tests {
             std::fs::create_dir_all(store.src(&r.id)).unwrap();
             store.save(r).unwrap();
             if let Some(deps) = &r.deps {
-                std::fs::create_dir_all(deps_root(&root, &app).join(deps)).unwrap();
+                std::fs::create_dir_all(store.deps(deps)).unwrap();
             }
         }
         (dir, root, store)
@@ -352,7 +354,7 @@ mod tests {
         assert_eq!(removed, ["v4", "v3", "v2"]);
         assert_eq!(ids(&store), ["v6", "v5", "v1"]);
         let app: AppName = "blog".parse().unwrap();
-        let mut deps: Vec<String> = std::fs::read_dir(deps_root(&root, &app))
+        let mut deps: Vec<String> = std::fs::read_dir(root.deps_dir(&app))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();

@@ -1,11 +1,15 @@
 //! The environment of an app's processes, merged in piku's order:
 //!
-//! 1. bootstrap values: `APP`, `LOG_ROOT`, `DATA_ROOT`, `HOME`, `USER`, `PATH` (the release's
-//!    dependency `bin` directories first), `PWD`, `VIRTUAL_ENV`, `NODE_PATH`, …;
+//! 1. bootstrap values: `APP`, `LOG_ROOT`, `DATA_ROOT`, `HOME`, `USER`, `PATH` (the directories
+//!    the release's runtime installed first), `PWD`, `VIRTUAL_ENV`, and the runtime's own
+//!    variables (`NODE_PATH`, `BUNDLE_PATH`; see [`RuntimeEnv`]);
 //! 2. the repo's `ENV` file (which may reference the values above);
 //! 3. `envs/<app>/ENV`, the `config:set` overrides;
 //! 4. computed defaults, only where unset: `BIND_ADDRESS`, and the `NGINX_*` addresses when
 //!    `NGINX_SERVER_NAME` is set. `PIKU_INTERNAL_*` keys are removed.
+//!
+//! Steps 2 and 3 expand `$VAR` against what came before ([`piku_model::parse_env`]); the
+//! result is final and is what `LIVE_ENV` records ([`crate::app_config`]).
 //!
 //! `PORT` is not invented here: the supervisor gives every web instance its own port. A
 //! `PORT` set in `ENV` or by `config:set` is passed through as the user wrote it.
@@ -13,9 +17,11 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use piku_model::{AppName, EnvMap, PikuRoot, parse_env};
-use piku_proto::AppSettings;
+
+use crate::error::DeployError;
+use crate::runtime::build::RuntimeEnv;
+use crate::settings::is_true;
 
 /// piku's `PATH` additions after the user's own `bin` directories.
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -26,10 +32,10 @@ pub struct Bootstrap<'a> {
     pub app: &'a AppName,
     /// The release's checkout (`PWD`).
     pub src: &'a Path,
-    /// The dependency environment, if the runtime has one.
+    /// The dependency environment, if the runtime has one (`VIRTUAL_ENV`).
     pub deps: Option<&'a Path>,
-    /// The release's own `bin` (Go binaries), if it exists.
-    pub release_bin: Option<&'a Path>,
+    /// What the release's runtime adds (nothing while it is being built).
+    pub runtime: RuntimeEnv,
 }
 
 impl Bootstrap<'_> {
@@ -50,24 +56,14 @@ impl Bootstrap<'_> {
         if let Some(user) = current_user() {
             env.insert("USER".into(), user);
         }
+        // piku points VIRTUAL_ENV at the app's environment whatever its runtime.
         let virtual_env = self
             .deps
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.env_dir(self.app));
         set(&mut env, "VIRTUAL_ENV", &virtual_env);
 
-        let mut path: Vec<PathBuf> = Vec::new();
-        if let Some(bin) = self.release_bin {
-            path.push(bin.to_path_buf());
-        }
-        if let Some(deps) = self.deps {
-            path.push(deps.join("bin"));
-            let node_modules = deps.join("node_modules");
-            if node_modules.is_dir() {
-                path.push(node_modules.join(".bin"));
-                set(&mut env, "NODE_PATH", &node_modules);
-            }
-        }
+        let mut path: Vec<PathBuf> = self.runtime.path.clone();
         if let Some(home) = &home {
             path.push(home.join("bin"));
             path.push(home.join(".local/bin"));
@@ -85,6 +81,7 @@ impl Bootstrap<'_> {
         }
         let joined = std::env::join_paths(&path).unwrap_or(inherited);
         env.insert("PATH".into(), joined.to_string_lossy().into_owned());
+        env.extend(self.runtime.vars.clone());
         env
     }
 }
@@ -102,20 +99,25 @@ fn current_user() -> Option<String> {
         .map(|u| u.name)
 }
 
-/// Steps 1–3: the bootstrap values, then the repo `ENV`, then the overrides. An unreadable or
-/// malformed file is an error naming it.
+/// Steps 1–3: the bootstrap values, then the repo `ENV`, then the overrides. A malformed file
+/// is an error naming it and every bad line.
 pub fn merge(
     bootstrap: EnvMap,
     repo_env: Option<&str>,
     overrides: Option<&str>,
-) -> anyhow::Result<EnvMap> {
+) -> Result<EnvMap, DeployError> {
     let mut env = bootstrap;
     if let Some(text) = repo_env {
-        parse_env(text, &mut env).context("the app's ENV file is invalid")?;
+        parse_env(text, &mut env).map_err(|errors| DeployError::Env {
+            what: "the app's ENV file is invalid".to_owned(),
+            errors,
+        })?;
     }
     if let Some(text) = overrides {
-        parse_env(text, &mut env)
-            .context("the config:set overrides (envs/<app>/ENV) are invalid")?;
+        parse_env(text, &mut env).map_err(|errors| DeployError::Env {
+            what: "the config:set overrides (envs/<app>/ENV) are invalid".to_owned(),
+            errors,
+        })?;
     }
     Ok(env)
 }
@@ -147,65 +149,6 @@ pub fn finish(env: &mut EnvMap) -> Vec<String> {
     said
 }
 
-/// piku's truthiness for settings: `1`, `true`, `yes`, `on` (any case).
-pub fn is_true(value: Option<&String>) -> bool {
-    value.is_some_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
-        )
-    })
-}
-
-/// A numeric setting, or `default` with a warning when it is not a number.
-pub fn number<T: std::str::FromStr + Copy + std::fmt::Display>(
-    env: &EnvMap,
-    key: &str,
-    default: T,
-    warnings: &mut Vec<String>,
-) -> T {
-    match env.get(key) {
-        None => default,
-        Some(text) => text.trim().parse().unwrap_or_else(|_| {
-            warnings.push(format!(
-                "Warning: {key}='{text}' is not a number, using {default}"
-            ));
-            default
-        }),
-    }
-}
-
-/// The supervisor knobs: `PIKU_STOP_GRACE` (seconds) and `UWSGI_LOG_MAXSIZE` (bytes).
-pub fn settings(env: &EnvMap, warnings: &mut Vec<String>) -> AppSettings {
-    let defaults = AppSettings::default();
-    let grace_secs = number(
-        env,
-        "PIKU_STOP_GRACE",
-        defaults.stop_grace_ms as f64 / 1000.0,
-        warnings,
-    );
-    AppSettings {
-        stop_grace_ms: (grace_secs.max(0.0) * 1000.0) as u64,
-        log_max_bytes: number(env, "UWSGI_LOG_MAXSIZE", defaults.log_max_bytes, warnings),
-        log_backups: defaults.log_backups,
-        front: None,
-    }
-}
-
-/// `PIKU_KEEP_RELEASES`, default 5, at least 1.
-pub fn keep_releases(env: &EnvMap, warnings: &mut Vec<String>) -> usize {
-    number(env, "PIKU_KEEP_RELEASES", 5usize, warnings).max(1)
-}
-
-/// Reads a file that may not exist.
-pub fn read_optional(path: &Path) -> anyhow::Result<Option<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read '{}'", path.display())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,7 +159,10 @@ mod tests {
             app,
             src: Path::new("/srv/releases/blog/v1/src"),
             deps,
-            release_bin: None,
+            runtime: RuntimeEnv {
+                path: deps.map(|d| d.join("bin")).into_iter().collect(),
+                vars: EnvMap::new(),
+            },
         }
         .values()
     }
@@ -279,20 +225,6 @@ mod tests {
     #[test]
     fn a_malformed_env_file_is_an_error_naming_the_line() {
         let err = merge(EnvMap::new(), Some("OK=1\nnot a setting\n"), None).unwrap_err();
-        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
-    }
-
-    #[test]
-    fn settings_read_grace_and_log_size_and_warn_on_garbage() {
-        let mut warnings = Vec::new();
-        let env = EnvMap::from([
-            ("PIKU_STOP_GRACE".into(), "2.5".into()),
-            ("UWSGI_LOG_MAXSIZE".into(), "lots".into()),
-        ]);
-        let s = settings(&env, &mut warnings);
-        assert_eq!(s.stop_grace_ms, 2500);
-        assert_eq!(s.log_max_bytes, AppSettings::default().log_max_bytes);
-        assert_eq!(warnings.len(), 1);
-        assert_eq!(keep_releases(&EnvMap::new(), &mut warnings), 5);
+        assert!(err.to_string().contains("line 2"), "{err}");
     }
 }

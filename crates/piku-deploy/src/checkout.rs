@@ -1,4 +1,6 @@
-//! Getting a commit's files out of the app's bare repo into a release directory.
+//! Getting a commit's files out of the app's bare repo into a release directory, and reading
+//! the files the deploy itself takes from it (`Procfile`, `ENV`, dependency manifests): every
+//! such read goes through [`read_file`].
 //!
 //! The checkout runs inside the pre-receive hook, where the pushed objects are still in git's
 //! quarantine directory: our git commands inherit the hook's `GIT_OBJECT_DIRECTORY` /
@@ -8,9 +10,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, bail};
+use piku_model::{Procfile, parse_procfile};
 
-use super::buildlog::BuildLog;
+use crate::buildlog::BuildLog;
+use crate::error::{DeployError, IoContext};
+use crate::files;
 
 /// Variables git sets for hooks that would redirect any other git command (a build's
 /// `git clone`, a submodule) at the app's repo or its quarantine.
@@ -33,19 +37,57 @@ fn git(repo: &Path, args: &[&str]) -> Command {
 }
 
 /// Runs `cmd` and returns its trimmed stdout, or an error with its stderr.
-fn output(mut cmd: Command, what: &str) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("{what}: cannot run git"))?;
+fn output(mut cmd: Command, what: &str) -> Result<String, DeployError> {
+    let out = cmd.output().doing(|| format!("{what}: cannot run git"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        bail!("{what}: {}", err.trim());
+        return Err(DeployError::Tool {
+            what: what.to_owned(),
+            message: err.trim().to_owned(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// The text of `name` in the checkout `src`, or `None` when the commit has no such file.
+pub fn read_file(src: &Path, name: &str) -> Result<Option<String>, DeployError> {
+    files::read_optional(&repo_file(src, name))
+}
+
+/// The bytes of `name` in the checkout `src` (a dependency manifest need not be UTF-8), or
+/// `None` when the commit has no such file.
+pub fn read_bytes(src: &Path, name: &str) -> Result<Option<Vec<u8>>, DeployError> {
+    let path = repo_file(src, name);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).cannot("read", &path),
+    }
+}
+
+/// Where the repo file `name` is in the checkout: the one door through which the deploy reads
+/// the repo's files (the place to accept only regular files inside the checkout).
+fn repo_file(src: &Path, name: &str) -> std::path::PathBuf {
+    src.join(name)
+}
+
+/// The checkout's Procfile, its warnings printed. A missing Procfile is a one-line error; a
+/// broken one lists every bad line.
+pub fn read_procfile(src: &Path, log: &mut BuildLog) -> Result<Procfile, DeployError> {
+    let text = read_file(src, "Procfile")?.ok_or_else(|| {
+        DeployError::refused(
+            "no Procfile in this commit; add one, e.g. 'web: python3 -m http.server $PORT'",
+        )
+    })?;
+    let procfile = parse_procfile(&text)?;
+    for warning in &procfile.warnings {
+        log.step(format!("Warning: {warning}"));
+    }
+    Ok(procfile)
+}
+
 /// The full commit id `rev` names in `repo`.
-pub fn resolve_commit(repo: &Path, rev: &str) -> anyhow::Result<String> {
+pub fn resolve_commit(repo: &Path, rev: &str) -> Result<String, DeployError> {
     let spec = format!("{rev}^{{commit}}");
     output(
         git(repo, &["rev-parse", "--verify", "--quiet", &spec]),
@@ -70,10 +112,15 @@ pub fn ref_value(repo: &Path, reference: &str) -> Option<String> {
 }
 
 /// Writes `commit`'s tree into `dest` (created, must be empty), then its submodules.
-pub fn checkout(repo: &Path, commit: &str, dest: &Path, log: &mut BuildLog) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dest).with_context(|| format!("cannot create '{}'", dest.display()))?;
-    let parent = dest.parent().context("checkout directory has no parent")?;
-    let index = parent.join(".checkout-index");
+pub fn checkout(
+    repo: &Path,
+    commit: &str,
+    dest: &Path,
+    log: &mut BuildLog,
+) -> Result<(), DeployError> {
+    files::create_dir(dest)?;
+    // Beside the checkout, in the release directory: never inside what the app sees.
+    let index = dest.with_file_name(".checkout-index");
     // A throwaway index: read-tree -u writes the files without touching the repo's HEAD.
     let mut cmd = git(repo, &["read-tree", "-u", "--reset", commit]);
     cmd.env("GIT_INDEX_FILE", &index).env("GIT_WORK_TREE", dest);
@@ -92,7 +139,7 @@ fn checkout_submodules(
     commit: &str,
     dest: &Path,
     log: &mut BuildLog,
-) -> anyhow::Result<()> {
+) -> Result<(), DeployError> {
     let modules = dest.join(".gitmodules");
     let mut list = Command::new("git");
     clean_git_env(&mut list)
@@ -101,7 +148,7 @@ fn checkout_submodules(
         .arg(&modules)
         .args(["--get-regexp", r"^submodule\..*\.path$"]);
     // No match is exit 1 with no output: a .gitmodules without entries.
-    let listed = list.output().context("cannot read .gitmodules")?;
+    let listed = list.output().cannot("read", &modules)?;
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     for line in listed.lines() {
         let Some((key, path)) = line.split_once(' ') else {
@@ -110,7 +157,7 @@ fn checkout_submodules(
         let name = key
             .strip_prefix("submodule.")
             .and_then(|k| k.strip_suffix(".path"))
-            .context("unexpected .gitmodules key")?;
+            .ok_or_else(|| DeployError::refused(format!("unexpected .gitmodules key '{key}'")))?;
         let url_key = format!("submodule.{name}.url");
         let mut get_url = Command::new("git");
         clean_git_env(&mut get_url)
@@ -120,7 +167,9 @@ fn checkout_submodules(
             .args(["--get", &url_key]);
         let url = output(get_url, &format!("submodule '{name}' has no url"))?;
         if url.starts_with("./") || url.starts_with("../") {
-            bail!("submodule '{name}' has a relative url '{url}'; use an absolute one");
+            return Err(DeployError::refused(format!(
+                "submodule '{name}' has a relative url '{url}'; use an absolute one"
+            )));
         }
         let tree = output(
             git(repo, &["ls-tree", commit, "--", path]),
@@ -131,7 +180,11 @@ fn checkout_submodules(
             .split_whitespace()
             .nth(2)
             .filter(|_| tree.split_whitespace().nth(1) == Some("commit"))
-            .with_context(|| format!("submodule '{name}' has no commit recorded at '{path}'"))?
+            .ok_or_else(|| {
+                DeployError::refused(format!(
+                    "submodule '{name}' has no commit recorded at '{path}'"
+                ))
+            })?
             .to_owned();
         let target = dest.join(path);
         log.step(format!(

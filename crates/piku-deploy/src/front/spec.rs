@@ -1,0 +1,248 @@
+//! What an app's HTTP front is, worked out from its merged env and Procfile: the supervisor's
+//! front ([`FrontSpec`]: a Unix socket for nginx, or piku's public `$BIND_ADDRESS:$PORT`, and
+//! the health check and drain bounds of a switch), and the app's nginx settings. Also where the
+//! app answers, from the supervisor's status.
+
+use std::path::{Path, PathBuf};
+
+use piku_model::{AppName, EnvMap, PikuRoot, ProcessClass, Procfile};
+use piku_nginx::NginxSettings;
+use piku_proto::{AppStatus, FrontSpec, TcpFront};
+
+use crate::app_config;
+use crate::error::DeployError;
+use crate::settings::number;
+
+/// The health check deadline when `PIKU_HEALTHCHECK_TIMEOUT` is unset, in seconds.
+const DEFAULT_HEALTH_SECS: f64 = 30.0;
+/// The drain bound when `PIKU_DRAIN_TIMEOUT` is unset, in seconds.
+const DEFAULT_DRAIN_SECS: f64 = 10.0;
+
+/// Everything the front of one activation needs.
+#[derive(Debug, Clone)]
+pub struct Front {
+    /// What the supervisor's front does; `None` for apps without a web process.
+    pub spec: Option<FrontSpec>,
+    /// The app's nginx config; `None` without `NGINX_SERVER_NAME`.
+    pub nginx: Option<NginxSettings>,
+    /// `nginx/<app>.conf`: written when `nginx` is set, removed when it is not.
+    pub conf: PathBuf,
+}
+
+/// Whether the Procfile runs a web server (`web:` or `wsgi:`).
+pub fn has_web(procfile: &Procfile) -> bool {
+    procfile.entries.iter().any(|e| e.class.is_web())
+}
+
+/// Works out the front of `app` from its merged `env` and the release's `checkout` (where
+/// `NGINX_INCLUDE_FILE` is read). Invalid settings are an error naming each of them.
+pub fn plan(
+    root: &PikuRoot,
+    app: &AppName,
+    env: &EnvMap,
+    procfile: &Procfile,
+    checkout: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Front, DeployError> {
+    let web = has_web(procfile);
+    let static_entry = procfile
+        .entries
+        .iter()
+        .find(|e| e.class == ProcessClass::Static)
+        .map(|e| e.command.as_str());
+    let nginx = NginxSettings::from_env_for_checkout(app, root, env, web, static_entry, checkout)?;
+    let spec = if web {
+        Some(front_spec(root, app, env, nginx.is_some(), warnings)?)
+    } else {
+        None
+    };
+    Ok(Front {
+        spec,
+        nginx,
+        conf: root.nginx_conf(app),
+    })
+}
+
+/// The supervisor's front: behind nginx a Unix socket, else piku's public TCP port.
+fn front_spec(
+    root: &PikuRoot,
+    app: &AppName,
+    env: &EnvMap,
+    behind_nginx: bool,
+    warnings: &mut Vec<String>,
+) -> Result<FrontSpec, DeployError> {
+    let (unix_socket, tcp) = if behind_nginx {
+        (Some(root.nginx_socket(app)), None)
+    } else {
+        let bind = env
+            .get("BIND_ADDRESS")
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".to_owned());
+        let port = match env.get("PORT").map(|p| p.trim()) {
+            None | Some("") => None,
+            Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                DeployError::refused(format!("PORT='{p}' is not a TCP port (1-65535)"))
+            })?),
+        };
+        (None, Some(TcpFront { bind, port }))
+    };
+    let health_path = match env.get("PIKU_HEALTHCHECK").map(|p| p.trim()) {
+        None | Some("") => None,
+        Some(path) => {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(DeployError::refused(format!(
+                    "PIKU_HEALTHCHECK='{path}' must be a URL path starting with '/', e.g. /up"
+                )));
+            }
+            Some(path.to_owned())
+        }
+    };
+    let seconds = |key: &str, default: f64, warnings: &mut Vec<String>| {
+        let secs: f64 = number(env, key, default, warnings);
+        if secs.is_finite() && secs >= 0.0 {
+            (secs * 1000.0) as u64
+        } else {
+            warnings.push(format!(
+                "Warning: {key} must be a number of seconds, using {default}"
+            ));
+            (default * 1000.0) as u64
+        }
+    };
+    Ok(FrontSpec {
+        unix_socket,
+        tcp,
+        health_path,
+        health_deadline_ms: seconds("PIKU_HEALTHCHECK_TIMEOUT", DEFAULT_HEALTH_SECS, warnings),
+        drain_ms: seconds("PIKU_DRAIN_TIMEOUT", DEFAULT_DRAIN_SECS, warnings),
+    })
+}
+
+/// Where the app answers, from the supervisor's status: one line, or `None` without a front.
+/// `nginx_names`: the host names nginx routes to it, if it is behind nginx.
+pub fn describe(status: &AppStatus, nginx_names: Option<&[String]>) -> Option<String> {
+    let front = status.front.as_ref()?;
+    if let Some(names) = nginx_names {
+        return Some(format!(
+            "'{}' answers via nginx for {}",
+            status.app,
+            names.join(" ")
+        ));
+    }
+    if let Some(tcp) = &front.tcp {
+        return Some(format!("'{}' answers on http://{tcp}/", status.app));
+    }
+    front
+        .unix_socket
+        .as_ref()
+        .map(|s| format!("'{}' answers on {}", status.app, s.display()))
+}
+
+/// Where an app answers outside a deploy (for `piku ps`): [`describe`] with the host names of
+/// its live nginx config, read from `LIVE_ENV`. `None` without a front.
+pub fn answers(root: &PikuRoot, status: &AppStatus) -> Option<String> {
+    let app: AppName = status.app.parse().ok()?;
+    let names = live_nginx_names(root, &app);
+    describe(status, names.as_deref())
+}
+
+/// The server names of the app's live nginx config (`LIVE_ENV`'s `NGINX_SERVER_NAME`).
+fn live_nginx_names(root: &PikuRoot, app: &AppName) -> Option<Vec<String>> {
+    if !root.nginx_conf(app).is_file() {
+        return None;
+    }
+    let env = app_config::read_live_env(root, app).ok()??;
+    let names: Vec<String> = env
+        .get("NGINX_SERVER_NAME")?
+        .split([' ', ','])
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use piku_model::parse_procfile;
+
+    fn env(pairs: &[(&str, &str)]) -> EnvMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn plan_for(procfile: &str, pairs: &[(&str, &str)]) -> Result<Front, DeployError> {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PikuRoot::new(dir.path());
+        let app: AppName = "blog".parse().unwrap();
+        let procfile = parse_procfile(procfile).unwrap();
+        plan(
+            &root,
+            &app,
+            &env(pairs),
+            &procfile,
+            dir.path(),
+            &mut Vec::new(),
+        )
+    }
+
+    #[test]
+    fn without_a_server_name_the_front_is_the_public_tcp_port() {
+        let front = plan_for("web: ./serve\n", &[("PORT", "8080")]).unwrap();
+        let spec = front.spec.unwrap();
+        assert!(front.nginx.is_none());
+        assert_eq!(spec.unix_socket, None);
+        assert_eq!(
+            spec.tcp,
+            Some(TcpFront {
+                bind: "127.0.0.1".into(),
+                port: Some(8080)
+            })
+        );
+        assert_eq!(spec.health_deadline_ms, 30_000);
+        assert_eq!(spec.drain_ms, 10_000);
+        let unpinned = plan_for("wsgi: app:app\n", &[("BIND_ADDRESS", "0.0.0.0")]).unwrap();
+        assert_eq!(
+            unpinned.spec.unwrap().tcp,
+            Some(TcpFront {
+                bind: "0.0.0.0".into(),
+                port: None
+            })
+        );
+    }
+
+    #[test]
+    fn with_a_server_name_the_front_is_the_nginx_socket() {
+        let front = plan_for(
+            "web: ./serve\n",
+            &[
+                ("NGINX_SERVER_NAME", "a.example b.example"),
+                ("PIKU_HEALTHCHECK", "/up"),
+                ("PIKU_HEALTHCHECK_TIMEOUT", "5"),
+                ("PIKU_DRAIN_TIMEOUT", "0.5"),
+            ],
+        )
+        .unwrap();
+        let spec = front.spec.unwrap();
+        assert!(spec.unix_socket.unwrap().ends_with("nginx/blog.sock"));
+        assert_eq!(spec.tcp, None);
+        assert_eq!(spec.health_path.as_deref(), Some("/up"));
+        assert_eq!(spec.health_deadline_ms, 5_000);
+        assert_eq!(spec.drain_ms, 500);
+        assert_eq!(
+            front.nginx.unwrap().server_names,
+            ["a.example", "b.example"]
+        );
+    }
+
+    #[test]
+    fn apps_without_web_have_no_front_and_bad_values_are_refused() {
+        assert!(plan_for("worker: ./w\n", &[]).unwrap().spec.is_none());
+        let err = plan_for("web: ./s\n", &[("PIKU_HEALTHCHECK", "up")]).unwrap_err();
+        assert!(err.to_string().contains("PIKU_HEALTHCHECK"), "{err}");
+        let err = plan_for("web: ./s\n", &[("PORT", "http")]).unwrap_err();
+        assert!(err.to_string().contains("PORT"), "{err}");
+    }
+}
