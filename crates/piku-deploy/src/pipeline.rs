@@ -194,7 +194,7 @@ fn build_and_activate(
         root,
         app,
         src: &src,
-        release_dir: &store.path(&id),
+        release_bin: &store.bin(&id),
         commit: &record.commit,
         env: &config_env,
         wsgi,

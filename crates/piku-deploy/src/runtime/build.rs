@@ -18,8 +18,8 @@ pub struct BuildCtx<'a> {
     pub app: &'a AppName,
     /// The release's checkout.
     pub src: &'a Path,
-    /// `releases/<app>/<id>`.
-    pub release_dir: &'a Path,
+    /// `releases/<app>/<id>/bin`: where executables built outside the checkout go.
+    pub release_bin: &'a Path,
     pub commit: &'a str,
     /// The app's environment without the runtime's paths (bootstrap + repo ENV + overrides).
     pub env: &'a EnvMap,

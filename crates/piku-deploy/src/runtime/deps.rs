@@ -85,7 +85,7 @@ mod tests {
             root: &root,
             app: &app,
             src: dir.path(),
-            release_dir: dir.path(),
+            release_bin: dir.path(),
             commit: "c",
             env: &env,
             wsgi: None,

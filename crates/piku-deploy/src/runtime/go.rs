@@ -27,7 +27,7 @@ fn has_go_files(src: &Path) -> bool {
 }
 
 pub fn build(ctx: &BuildCtx, log: &mut BuildLog) -> Result<Built, DeployError> {
-    let mut out = ctx.release_dir.join("bin").into_os_string();
+    let mut out = ctx.release_bin.as_os_str().to_owned();
     // A trailing slash makes `go build -o` put every main package's binary in the directory.
     out.push("/");
     log.step(format!("Running go build for '{}'", ctx.app));
