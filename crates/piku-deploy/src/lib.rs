@@ -17,9 +17,11 @@
 //! Everything the deploy prints goes through [`buildlog::BuildLog`] (stdout and the release's
 //! `build.log`); every error is a [`DeployError`], one complete line per problem.
 //!
-//! Modules depend on each other in one direction only (no cycles): the operations (`git`,
-//! `pipeline`, `releases`, `front::acme`) use `activate`, which uses `front`, `runtime`, `env`,
-//! `store` and the small parts (`checkout`, `lock`, `files`, `buildlog`, `error`) below them.
+//! Modules depend on each other in one direction only (no cycles): `git` → `pipeline` →
+//! `activate` (`releases` → `activate` too) → `front`, `runtime`, `env`, `store`,
+//! `app_config`, `supervisor` → the small parts everything uses (`checkout`, `lock`, `files`,
+//! `buildlog`, `settings`, `error`). A runtime's file uses only `runtime::build`,
+//! `runtime::deps` and the small parts, so it can be read and tested on its own.
 
 pub mod activate;
 pub mod app_config;
