@@ -238,6 +238,40 @@ mod tests {
     }
 
     #[test]
+    fn ps_names_the_host_names_the_live_release_got() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PikuRoot::new(dir.path());
+        let app: AppName = "blog".parse().unwrap();
+        let status = AppStatus {
+            app: "blog".into(),
+            release: "v1".into(),
+            stopped: false,
+            formation: Default::default(),
+            instances: Vec::new(),
+            front: Some(piku_proto::FrontStatus {
+                unix_socket: Some(root.nginx_socket(&app)),
+                tcp: None,
+                backends: Vec::new(),
+            }),
+        };
+        // No nginx config: the socket is where it answers.
+        let line = answers(&root, &status).unwrap();
+        assert!(line.ends_with("blog.sock"), "{line}");
+        std::fs::create_dir_all(root.nginx()).unwrap();
+        std::fs::write(root.nginx_conf(&app), "server {}\n").unwrap();
+        crate::app_config::write_live_env(
+            &root,
+            &app,
+            &env(&[("NGINX_SERVER_NAME", "a.example b.example")]),
+        )
+        .unwrap();
+        assert_eq!(
+            answers(&root, &status).unwrap(),
+            "'blog' answers via nginx for a.example b.example"
+        );
+    }
+
+    #[test]
     fn apps_without_web_have_no_front_and_bad_values_are_refused() {
         assert!(plan_for("worker: ./w\n", &[]).unwrap().spec.is_none());
         let err = plan_for("web: ./s\n", &[("PIKU_HEALTHCHECK", "up")]).unwrap_err();
