@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 use piku_model::{EnvErrors, ProcfileErrors, ScalingErrors};
@@ -58,10 +58,7 @@ pub enum DeployError {
         socket.display(),
         root.display()
     )]
-    SupervisorDown {
-        socket: std::path::PathBuf,
-        root: std::path::PathBuf,
-    },
+    SupervisorDown { socket: PathBuf, root: PathBuf },
     #[error(transparent)]
     Supervisor(#[from] ProtoError),
     /// What was being done when `error` happened.
