@@ -5,7 +5,7 @@
 //! that instant, still see the old ref value, and deploy over the first push while git then
 //! refuses its ref update. So a successful push records `<ref> <new commit> <time>` in
 //! `releases/<app>/.last-push` before letting go of the lock, and a push that expects the
-//! ref at some other value within [`FRESH`] of that record is refused like any push whose
+//! ref at some other value within `FRESH` of that record is refused like any push whose
 //! ref moved.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
