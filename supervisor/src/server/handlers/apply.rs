@@ -2,16 +2,17 @@
 
 use piku_proto::{AppSpec, Response};
 
-use crate::server::connection::Conn;
+use crate::server::answer;
+use crate::server::wire::Conn;
 use crate::supervisor::Supervisor;
 
 /// Answers `Applied` with the instances started, stopped, restarted and left unchanged;
 /// a zero-downtime switch sends `Progress` frames first.
 pub async fn handle(sup: &Supervisor, spec: AppSpec, conn: &mut Conn) -> Response {
-    super::with_progress(conn, |progress| async move {
+    answer::with_progress(conn, |progress| async move {
         match sup.apply(spec, &progress).await {
             Ok(report) => Response::Applied(report),
-            Err(e) => super::error(e),
+            Err(e) => answer::error(e),
         }
     })
     .await

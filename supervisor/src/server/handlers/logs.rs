@@ -5,7 +5,8 @@ use futures_util::StreamExt;
 use piku_proto::{LogsRequest, Response};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::server::connection::{Conn, send};
+use crate::server::answer;
+use crate::server::wire::{Conn, send};
 use crate::supervisor::Supervisor;
 
 /// The most past lines sent per log file.
@@ -19,7 +20,7 @@ pub async fn handle(
     conn: &mut Conn,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Response> {
-    if let Some(refused) = super::refuse_bad_name(&req.app) {
+    if let Some(refused) = answer::refuse_bad_name(&req.app) {
         return Some(refused);
     }
     // piku shows 100 lines by default; a huge count would only buffer whole files in memory.
@@ -80,7 +81,7 @@ pub async fn handle(
             // Anything from the client (or EOF) ends the follow: it only hangs up.
             _ = conn.next() => return None,
             // The daemon is stopping: the follow ends (the client sees the socket close).
-            () = crate::server::stopped(shutdown) => return None,
+            () = crate::server::shutdown::stopped(shutdown) => return None,
         }
     }
 }

@@ -2,15 +2,16 @@
 
 use piku_proto::Response;
 
-use crate::server::connection::Conn;
+use crate::server::answer;
+use crate::server::wire::Conn;
 use crate::supervisor::Supervisor;
 
 /// With a front, web instances are renewed blue/green and `Progress` frames come first.
 pub async fn handle(sup: &Supervisor, app: &str, kind: Option<&str>, conn: &mut Conn) -> Response {
-    if let Some(refused) = super::refuse_bad_name(app) {
+    if let Some(refused) = answer::refuse_bad_name(app) {
         return refused;
     }
-    super::with_progress(conn, |progress| async move {
+    answer::with_progress(conn, |progress| async move {
         restart(sup, app, kind, &progress).await
     })
     .await
@@ -29,6 +30,6 @@ async fn restart(
                 None => format!("restarted {app}"),
             },
         },
-        Err(e) => super::error(e),
+        Err(e) => answer::error(e),
     }
 }

@@ -2,10 +2,11 @@
 
 use piku_proto::Response;
 
+use crate::server::answer;
 use crate::supervisor::Supervisor;
 
 pub async fn handle(sup: &Supervisor, app: &str) -> Response {
-    if let Some(refused) = super::refuse_bad_name(app) {
+    if let Some(refused) = answer::refuse_bad_name(app) {
         return refused;
     }
     match sup.start(app).await {
@@ -15,6 +16,6 @@ pub async fn handle(sup: &Supervisor, app: &str) -> Response {
                 report.started.len() + report.unchanged.len()
             ),
         },
-        Err(e) => super::error(e),
+        Err(e) => answer::error(e),
     }
 }
