@@ -39,7 +39,7 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     // One daemon per PIKU_ROOT: the lock is held for the whole life of the process.
-    let lock_path = sup_dir.join("daemon.lock");
+    let lock_path = root.daemon_lock();
     let lock_file =
         File::create(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
@@ -63,7 +63,8 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         Err(e @ state::StateError::Parse { .. }) => {
             let aside = state_path.with_extension("json.corrupt");
             tracing::error!(
-                "{e}; moved to {} and starting with no apps",
+                "{}; moved to {} and starting with no apps",
+                crate::report::chain(&e),
                 aside.display()
             );
             fs::rename(&state_path, &aside)
@@ -72,7 +73,7 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let running_path = sup_dir.join("running.json");
+    let running_path = root.running_file();
     let leftover_grace = saved
         .apps
         .values()

@@ -29,13 +29,13 @@ const SYNC_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontError {
-    #[error("front of {app}: cannot listen on {path}: {source}")]
+    #[error("front of {app}: cannot listen on {path}")]
     Unix {
         app: String,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("front of {app}: cannot listen on {addr}: {source}")]
+    #[error("front of {app}: cannot listen on {addr}")]
     Tcp {
         app: String,
         addr: String,

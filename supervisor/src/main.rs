@@ -14,6 +14,7 @@ mod logs;
 mod ports;
 mod procinfo;
 mod reaper;
+mod report;
 mod server;
 mod snapshot;
 mod spawn;

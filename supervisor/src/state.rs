@@ -38,14 +38,14 @@ pub struct SavedApp {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("{path} is not a valid state file: {source}")]
+    #[error("{path} is not a valid state file")]
     Parse {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: io::Error },
 }
 

@@ -123,7 +123,7 @@ impl Supervisor {
                 tracing::error!(app = %name, "cannot assign ports: {e}");
             }
             if let Err(e) = app.ensure_front(&mut taken) {
-                tracing::error!(app = %name, "{e}");
+                tracing::error!(app = %name, "{}", crate::report::chain(&e));
             }
             let (report, _started) = app.reconcile(&self.ctx);
             tracing::info!(
@@ -448,7 +448,7 @@ impl Supervisor {
                 tracing::error!(app = %name, "cannot assign ports after a switch: {e}");
             }
             if let Err(e) = app.ensure_front(&mut taken) {
-                tracing::error!(app = %name, "after the switch: {e}; the front keeps its old listeners");
+                tracing::error!(app = %name, "after the switch: {}; the front keeps its old listeners", crate::report::chain(&e));
             }
             let (mut report, rest) = app.reconcile(&self.ctx);
             pending.merge(rest);
@@ -546,9 +546,12 @@ impl Supervisor {
         let on_disk = match state::load(&self.state_path) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!("SIGHUP: {e}; rewriting it from memory");
+                tracing::warn!(
+                    "SIGHUP: {}; rewriting it from memory",
+                    crate::report::chain(&e)
+                );
                 if let Err(e) = self.save().await {
-                    tracing::error!("SIGHUP: {e}");
+                    tracing::error!("SIGHUP: {}", crate::report::chain(&e));
                 }
                 return;
             }
@@ -565,7 +568,7 @@ impl Supervisor {
                  left alone and the file is rewritten from memory: use `piku` to change apps"
             );
             if let Err(e) = self.save().await {
-                tracing::error!("SIGHUP: {e}");
+                tracing::error!("SIGHUP: {}", crate::report::chain(&e));
             }
         }
     }

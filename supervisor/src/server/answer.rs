@@ -12,7 +12,7 @@ use crate::switch::Progress;
 
 pub fn error(e: SupervisorError) -> Response {
     Response::Error {
-        message: e.to_string(),
+        message: crate::report::chain(&e),
     }
 }
 
