@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use piku_model::CronSchedule;
+use piku_model::{CronSchedule, InstanceId};
 use piku_proto::{AppSpec, AppStatus, ApplyReport, InstanceState, Role};
 use tokio::sync::oneshot;
 
-use crate::cron::CronHandle;
 use crate::front::{AppFront, FrontError, Listen, Member};
-use crate::instance::{Done, InstanceConfig, InstanceHandle};
+use crate::instance::config::InstanceConfig;
+use crate::instance::{Done, InstanceHandle};
 use crate::leftovers::Running;
 use crate::logs::{LogHub, Rotation};
 use crate::ports;
@@ -57,37 +57,30 @@ pub struct App {
     pub spec: AppSpec,
     pub stopped: bool,
     /// `web.1` → port, for every web instance of the formation (also while stopped).
-    pub ports: BTreeMap<String, u16>,
+    pub ports: BTreeMap<InstanceId, u16>,
     /// The port of the front's TCP listener when the daemon chose it (kept while the app
     /// exists, stopped or not, so its public port never changes).
     pub front_port: Option<u16>,
-    instances: BTreeMap<(String, u32), InstanceHandle>,
-    crons: BTreeMap<String, CronHandle>,
+    /// Every instance that runs (cron entries included).
+    instances: BTreeMap<InstanceId, InstanceHandle>,
     /// The open front, when the app has one and runs.
     front: Option<AppFront>,
     /// New web instances of a switch in progress, started beside the ones in `instances`.
-    switching: BTreeMap<(String, u32), InstanceHandle>,
+    switching: BTreeMap<InstanceId, InstanceHandle>,
 }
 
 /// A new web instance of a switch, to be waited for.
 pub struct Candidate {
-    pub name: String,
+    pub id: InstanceId,
     pub port: u16,
-    pub snapshot: crate::snapshot::Shared,
-}
-
-/// What one instance should be.
-struct Desired {
-    config: InstanceConfig,
-    /// `Some` for cron entries.
-    schedule: Option<CronSchedule>,
+    pub state: crate::snapshot::Watch,
 }
 
 impl App {
     pub fn new(
         spec: AppSpec,
         stopped: bool,
-        ports: BTreeMap<String, u16>,
+        ports: BTreeMap<InstanceId, u16>,
         front_port: Option<u16>,
     ) -> App {
         App {
@@ -96,7 +89,6 @@ impl App {
             ports,
             front_port,
             instances: BTreeMap::new(),
-            crons: BTreeMap::new(),
             front: None,
             switching: BTreeMap::new(),
         }
@@ -181,9 +173,9 @@ impl App {
             .values()
             .filter_map(|h| {
                 h.config.launch.port.map(|port| Member {
-                    name: h.config.name(),
+                    id: h.config.id.clone(),
                     port,
-                    snapshot: h.snapshot().clone(),
+                    state: h.watch(),
                 })
             })
             .collect()
@@ -206,7 +198,7 @@ impl App {
             pending.done.push(done);
             tokio::spawn(async move {
                 if let (Some(front), Some(port)) = (front, handle.config.launch.port) {
-                    let id = crate::front::backend_id(&handle.config.name(), port);
+                    let id = crate::front::backend_id(&handle.config.id, port);
                     if !front.drained(&[id], drain).await {
                         handle.sink.note(&format!(
                             "still serving requests after {:.1} s of draining; stopping anyway",
@@ -235,12 +227,12 @@ impl App {
     /// releases the ports of instances that no longer exist. `taken` holds every port
     /// assigned in the daemon, and is kept up to date.
     pub fn assign_ports(&mut self, taken: &mut BTreeSet<u16>) -> std::io::Result<()> {
-        let wanted: BTreeSet<String> = self
+        let wanted: BTreeSet<InstanceId> = self
             .spec
             .processes
             .iter()
             .filter(|p| p.role == Role::Web)
-            .flat_map(|p| (1..=p.count).map(move |i| format!("{}.{i}", p.kind)))
+            .flat_map(|p| (1..=p.count).map(move |i| InstanceId::new(p.kind.clone(), i)))
             .collect();
         self.ports.retain(|name, port| {
             let keep = wanted.contains(name);
@@ -260,11 +252,17 @@ impl App {
     }
 
     /// The instances the spec asks for (none when stopped). Ports must be assigned first.
-    fn desired(&self) -> BTreeMap<(String, u32), Desired> {
+    fn desired(&self) -> BTreeMap<InstanceId, InstanceConfig> {
         let mut out = BTreeMap::new();
         if self.stopped {
             return out;
         }
+        let health_path = self
+            .spec
+            .settings
+            .front
+            .as_ref()
+            .and_then(|f| f.health_path.clone());
         for p in &self.spec.processes {
             // Cron entries have one instance at most: count 0 disables them.
             let (count, schedule) = match &p.role {
@@ -279,23 +277,14 @@ impl App {
                 Role::Web | Role::Worker => (p.count, None),
             };
             for index in 1..=count {
-                let port = match p.role {
-                    Role::Web => self.ports.get(&format!("{}.{index}", p.kind)).copied(),
-                    Role::Worker | Role::Cron { .. } => None,
-                };
-                let health_path = match p.role {
-                    Role::Web => self
-                        .spec
-                        .settings
-                        .front
-                        .as_ref()
-                        .and_then(|f| f.health_path.clone()),
-                    Role::Worker | Role::Cron { .. } => None,
+                let id = InstanceId::new(p.kind.clone(), index);
+                let (port, health_path) = match p.role {
+                    Role::Web => (self.ports.get(&id).copied(), health_path.clone()),
+                    Role::Worker | Role::Cron { .. } => (None, None),
                 };
                 let config = InstanceConfig {
                     app: self.spec.app.clone(),
-                    kind: p.kind.clone(),
-                    index,
+                    id: id.clone(),
                     release: self.spec.release.clone(),
                     launch: Launch {
                         command: p.command.clone(),
@@ -304,14 +293,9 @@ impl App {
                         port,
                     },
                     health_path,
+                    schedule: schedule.clone(),
                 };
-                out.insert(
-                    (p.kind.clone(), index),
-                    Desired {
-                        config,
-                        schedule: schedule.clone(),
-                    },
-                );
+                out.insert(id, config);
             }
         }
         out
@@ -330,17 +314,17 @@ impl App {
         let desired = self.desired();
         let (grace, rotation) = (self.grace(), self.rotation());
 
-        let gone: Vec<(String, u32)> = self
+        let gone: Vec<InstanceId> = self
             .instances
             .keys()
-            .filter(|k| desired.get(*k).is_none_or(|d| d.schedule.is_some()))
+            .filter(|id| !desired.contains_key(*id))
             .cloned()
             .collect();
         // With a front, web instances leave the pool first and are drained before they stop.
         let mut retiring = Vec::new();
-        for key in gone {
-            if let Some(handle) = self.instances.remove(&key) {
-                report.stopped.push(handle.config.name());
+        for id in gone {
+            if let Some(handle) = self.instances.remove(&id) {
+                report.stopped.push(id.to_string());
                 if self.front.is_some() && handle.config.launch.port.is_some() {
                     retiring.push(handle);
                 } else {
@@ -350,87 +334,32 @@ impl App {
         }
         self.sync_members();
         self.retire(retiring, &mut pending);
-        let gone_crons: Vec<String> = self
-            .crons
-            .keys()
-            .filter(|k| {
-                desired
-                    .get(&((*k).clone(), 1))
-                    .is_none_or(|d| d.schedule.is_none())
-            })
-            .cloned()
-            .collect();
-        for kind in gone_crons {
-            if let Some(handle) = self.crons.remove(&kind) {
-                report.stopped.push(handle.config.name());
-                pending.done.push(handle.stop());
-            }
-        }
 
-        for (key, want) in desired {
-            let name = want.config.name();
-            let sink = ctx.logs.sink(&self.spec.app, &name, rotation);
-            match want.schedule {
+        for (id, want) in desired {
+            let name = id.to_string();
+            let after = match self.instances.remove(&id) {
+                Some(mut old) if old.config.same_process_as(&want) => {
+                    old.set_grace(grace);
+                    old.set_health_path(want.health_path.clone());
+                    old.sink.set_rotation(rotation);
+                    report.unchanged.push(name);
+                    self.instances.insert(id, old);
+                    continue;
+                }
+                Some(old) => {
+                    report.restarted.push(name.clone());
+                    let done = old.stop();
+                    pending.done.push(done.clone());
+                    Some(done)
+                }
                 None => {
-                    let after = match self.instances.remove(&key) {
-                        Some(mut old) if old.config.same_process_as(&want.config) => {
-                            old.set_grace(grace);
-                            old.set_health_path(want.config.health_path.clone());
-                            old.sink.set_rotation(rotation);
-                            report.unchanged.push(name);
-                            self.instances.insert(key, old);
-                            continue;
-                        }
-                        Some(old) => {
-                            report.restarted.push(name);
-                            let done = old.stop();
-                            pending.done.push(done.clone());
-                            Some(done)
-                        }
-                        None => {
-                            report.started.push(name);
-                            None
-                        }
-                    };
-                    let handle =
-                        InstanceHandle::start(want.config, grace, sink, ctx.running.clone(), after);
-                    self.instances.insert(key, handle);
+                    report.started.push(name.clone());
+                    None
                 }
-                Some(schedule) => {
-                    let kind = key.0;
-                    let after = match self.crons.remove(&kind) {
-                        Some(old)
-                            if old.config.same_process_as(&want.config)
-                                && old.schedule == schedule.as_str() =>
-                        {
-                            old.set_grace(grace);
-                            old.sink.set_rotation(rotation);
-                            report.unchanged.push(name);
-                            self.crons.insert(kind, old);
-                            continue;
-                        }
-                        Some(old) => {
-                            report.restarted.push(name);
-                            let done = old.stop();
-                            pending.done.push(done.clone());
-                            Some(done)
-                        }
-                        None => {
-                            report.started.push(name);
-                            None
-                        }
-                    };
-                    let handle = CronHandle::start(
-                        want.config,
-                        schedule,
-                        grace,
-                        sink,
-                        ctx.running.clone(),
-                        after,
-                    );
-                    self.crons.insert(kind, handle);
-                }
-            }
+            };
+            let sink = ctx.logs.sink(&self.spec.app, &name, rotation);
+            let handle = InstanceHandle::start(want, grace, sink, ctx.running.clone(), after);
+            self.instances.insert(id, handle);
         }
         self.sync_members();
         (report, pending)
@@ -449,14 +378,10 @@ impl App {
         for (_, handle) in std::mem::take(&mut self.instances) {
             pending.done.push(handle.stop());
         }
-        for (_, handle) in std::mem::take(&mut self.crons) {
-            pending.done.push(handle.stop());
-        }
         pending
     }
 
-    /// Restarts every instance, or those of `kind`, bypassing the back-off. Cron entries
-    /// are re-created (a run in progress is stopped; the schedule starts afresh).
+    /// Restarts every instance, or those of `kind`, bypassing the back-off.
     pub fn restart(&mut self, ctx: &Ctx, kind: Option<&str>, skip_web: bool) -> Pending {
         let mut pending = Pending::default();
         if self.stopped {
@@ -465,40 +390,12 @@ impl App {
             pending.merge(started);
             return pending;
         }
+        // Cron entries too: a run in progress is stopped, the schedule goes on.
         for handle in self.instances.values() {
             let switched = skip_web && handle.config.launch.port.is_some();
-            if kind.is_none_or(|k| k == handle.config.kind) && !switched {
+            if kind.is_none_or(|k| k == handle.config.id.kind) && !switched {
                 pending.restarted.push(handle.restart());
             }
-        }
-        let crons: Vec<String> = self
-            .crons
-            .keys()
-            .filter(|k| kind.is_none_or(|want| want == k.as_str()))
-            .cloned()
-            .collect();
-        for kind in crons {
-            let Some(old) = self.crons.remove(&kind) else {
-                continue;
-            };
-            // Validated when it was applied.
-            let Ok(schedule) = CronSchedule::parse(&old.schedule) else {
-                pending.done.push(old.stop());
-                continue;
-            };
-            let (config, sink) = (old.config.clone(), old.sink.clone());
-            let done = old.stop();
-            pending.done.push(done.clone());
-            // The new scheduler starts once the old one (and any run of it) has stopped.
-            let handle = CronHandle::start(
-                config,
-                schedule,
-                self.grace(),
-                sink,
-                ctx.running.clone(),
-                Some(done),
-            );
-            self.crons.insert(kind, handle);
         }
         pending
     }
@@ -525,23 +422,23 @@ impl App {
             .map(|p| p.kind.as_str())
             .collect();
         let mut candidates = Vec::new();
-        for (key, want) in desired {
-            if !web_kinds.contains(key.0.as_str()) {
+        for (id, want) in desired {
+            if !web_kinds.contains(id.kind.as_str()) {
                 continue;
             }
-            let renewed = renew.is_some_and(|kind| kind.is_none_or(|k| k == key.0));
+            let renewed = renew.is_some_and(|kind| kind.is_none_or(|k| k == id.kind));
             let changed = self
                 .instances
-                .get(&key)
-                .is_none_or(|old| !old.config.same_process_as(&want.config));
+                .get(&id)
+                .is_none_or(|old| !old.config.same_process_as(&want));
             if !(renewed || changed) {
                 continue;
             }
             let port = ports::allocate(taken)?;
             taken.insert(port);
-            let mut config = want.config;
+            let mut config = want;
             config.launch.port = Some(port);
-            let name = config.name();
+            let name = id.to_string();
             let sink = ctx.logs.sink(&spec.app, &name, rotation);
             sink.note(&format!(
                 "switch: starting a new {name} (release {}) on port {port} beside the old one",
@@ -549,11 +446,11 @@ impl App {
             ));
             let handle = InstanceHandle::start(config, grace, sink, ctx.running.clone(), None);
             candidates.push(Candidate {
-                name,
+                id: id.clone(),
                 port,
-                snapshot: handle.snapshot().clone(),
+                state: handle.watch(),
             });
-            if let Some(stale) = self.switching.insert(key, handle) {
+            if let Some(stale) = self.switching.insert(id, handle) {
                 // Only one switch runs per app; a leftover would be a bug, never kept running.
                 let _ = stale.stop();
             }
@@ -580,15 +477,15 @@ impl App {
     pub fn commit_switch(&mut self, pending: &mut Pending) -> Vec<(String, bool)> {
         let mut switched = Vec::new();
         let mut replaced = Vec::new();
-        for (key, handle) in std::mem::take(&mut self.switching) {
-            let name = handle.config.name();
+        for (id, handle) in std::mem::take(&mut self.switching) {
+            let name = id.to_string();
             if let Some(port) = handle.config.launch.port {
-                self.ports.insert(name.clone(), port);
+                self.ports.insert(id.clone(), port);
             }
             handle
                 .sink
                 .note("switch: this new instance now receives the traffic");
-            let old = self.instances.insert(key, handle);
+            let old = self.instances.insert(id, handle);
             switched.push((name, old.is_some()));
             if let Some(old) = old {
                 old.sink
@@ -611,18 +508,15 @@ impl App {
             .instances
             .values()
             .map(InstanceHandle::status)
-            .chain(self.crons.values().map(CronHandle::status))
             .collect();
         if self.stopped {
             // Show the formation as stopped, with the ports it keeps.
             for p in &self.spec.processes {
                 let count = piku_model::running_count(p.count, matches!(p.role, Role::Cron { .. }));
                 for index in 1..=count {
-                    instances.push(stopped_status(
-                        &p.kind,
-                        index,
-                        self.ports.get(&format!("{}.{index}", p.kind)).copied(),
-                    ));
+                    let id = InstanceId::new(p.kind.clone(), index);
+                    let port = self.ports.get(&id).copied();
+                    instances.push(stopped_status(&id, port));
                 }
             }
         }
@@ -643,10 +537,10 @@ impl App {
     }
 }
 
-fn stopped_status(kind: &str, index: u32, port: Option<u16>) -> piku_proto::InstanceStatus {
+fn stopped_status(id: &InstanceId, port: Option<u16>) -> piku_proto::InstanceStatus {
     piku_proto::InstanceStatus {
-        kind: kind.to_string(),
-        index,
+        kind: id.kind.clone(),
+        index: id.index,
         state: InstanceState::Stopped,
         pid: None,
         port,

@@ -10,6 +10,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use piku_model::InstanceId;
 use piku_proto::AppSpec;
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +31,7 @@ pub struct SavedApp {
     pub stopped: bool,
     /// `web.1` → port.
     #[serde(default)]
-    pub ports: BTreeMap<String, u16>,
+    pub ports: BTreeMap<InstanceId, u16>,
     /// The front's TCP port when the daemon chose it.
     #[serde(default)]
     pub front_port: Option<u16>,
@@ -115,13 +116,19 @@ mod tests {
                 SavedApp {
                     spec,
                     stopped: true,
-                    ports: BTreeMap::from([("web.1".into(), 4001), ("web.2".into(), 4002)]),
+                    ports: BTreeMap::from([
+                        (InstanceId::new("web", 1), 4001),
+                        (InstanceId::new("web", 2), 4002),
+                    ]),
                     front_port: Some(4003),
                 },
             )]),
         };
         save(&path, &state).unwrap();
         assert_eq!(load(&path).unwrap(), state);
+        // Instances are named as everywhere else.
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""web.2": 4002"#), "{text}");
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()

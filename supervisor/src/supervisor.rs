@@ -388,7 +388,6 @@ impl Supervisor {
         let began = Instant::now();
         let waited = switch::wait_all(
             &candidates,
-            settings.health_path.as_deref(),
             Duration::from_millis(settings.health_deadline_ms),
             progress,
         )
@@ -405,7 +404,7 @@ impl Supervisor {
             let tail = self
                 .ctx
                 .logs
-                .tail(&name, Some(&unhealthy.name), SWITCH_LOG_LINES)
+                .tail(&name, Some(&unhealthy.id.to_string()), SWITCH_LOG_LINES)
                 .await
                 .unwrap_or_default();
             let mut message = format!(
@@ -413,7 +412,7 @@ impl Supervisor {
                 unhealthy.reason
             );
             if !tail.is_empty() {
-                message.push_str(&format!("\nlast lines of {}:", unhealthy.name));
+                message.push_str(&format!("\nlast lines of {}:", unhealthy.id));
                 for line in tail {
                     message.push_str(&format!("\n  {}", line.line));
                 }
