@@ -96,7 +96,7 @@ impl AppFront {
     /// Binds every listener of `listen` (reusing those `previous` already has for the same
     /// address) and starts serving `members`. Nothing new is left bound if one fails; the
     /// caller closes `previous` once this succeeded.
-    pub fn open(
+    pub async fn open(
         app: &str,
         listen: Listen,
         members: Vec<Member>,
@@ -127,7 +127,7 @@ impl AppFront {
             Some((bind, port)) => {
                 let bound = match reuse_tcp {
                     Some(kept) => kept.try_clone(),
-                    None => bind_tcp(bind, *port),
+                    None => bind_tcp(bind, *port).await,
                 };
                 match bound {
                     Ok(listener) => Some(listener),
@@ -313,7 +313,7 @@ fn bind_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     Ok(listener)
 }
 
-fn bind_tcp(bind: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
+async fn bind_tcp(bind: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
     let ip: IpAddr = bind.parse().map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -322,14 +322,15 @@ fn bind_tcp(bind: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
     })?;
     // std sets SO_REUSEADDR on Unix, so a port in TIME_WAIT after a restart binds again.
     // A front closed a moment ago (Stop then Start) releases its port when its listener
-    // task has ended, which takes a few milliseconds: retry briefly.
+    // task has ended, which takes a few milliseconds: retry briefly, asleep on the timer
+    // (never blocking an async worker).
     let mut attempts = 0;
     let listener = loop {
         match std::net::TcpListener::bind((ip, port)) {
             Ok(listener) => break listener,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < BIND_RETRIES => {
                 attempts += 1;
-                std::thread::sleep(BIND_RETRY_EVERY);
+                tokio::time::sleep(BIND_RETRY_EVERY).await;
             }
             Err(e) => return Err(e),
         }

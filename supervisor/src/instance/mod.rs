@@ -8,6 +8,8 @@
 //! the process, so there is no race between a crash and a stop.
 
 pub mod config;
+#[cfg(test)]
+pub mod fake;
 pub mod host;
 pub mod machine;
 #[cfg(test)]
@@ -59,6 +61,36 @@ impl Done {
     }
 }
 
+/// How an app starts its instances: as processes ([`Processes`]), or as fakes in tests.
+pub trait Launcher: Send + Sync {
+    /// Starts an instance actor; its first process starts once `after` (the instance it
+    /// replaces) has stopped.
+    fn launch(
+        &self,
+        config: InstanceConfig,
+        grace: Duration,
+        sink: LogSink,
+        after: Option<Done>,
+    ) -> InstanceHandle;
+}
+
+/// Instances as real processes, recorded in the running table.
+pub struct Processes {
+    pub running: Arc<Running>,
+}
+
+impl Launcher for Processes {
+    fn launch(
+        &self,
+        config: InstanceConfig,
+        grace: Duration,
+        sink: LogSink,
+        after: Option<Done>,
+    ) -> InstanceHandle {
+        InstanceHandle::start(config, grace, sink, self.running.clone(), after)
+    }
+}
+
 /// The app's handle on an instance actor. Dropping it stops the instance.
 pub struct InstanceHandle {
     pub config: InstanceConfig,
@@ -87,7 +119,7 @@ impl InstanceHandle {
     }
 
     /// [`InstanceHandle::start`] with any host and schedule clock (tests use fakes).
-    fn with_host(
+    pub fn with_host(
         config: InstanceConfig,
         grace: Duration,
         sink: LogSink,
@@ -270,7 +302,8 @@ impl<H: Host> Shell<H> {
     fn feed(&mut self, event: Event) {
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
-            let (machine, actions) = machine::step(self.machine.clone(), event, Instant::now());
+            let (machine, actions) =
+                machine::table::step(self.machine.clone(), event, Instant::now());
             self.machine = machine;
             for action in actions {
                 match action {

@@ -2,137 +2,18 @@
 //! actor does on a crash, a stop, a restart, a grace period running out, and a cron schedule.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Local, TimeZone};
-use futures_util::future::BoxFuture;
 use piku_model::{CronSchedule, InstanceId};
 use piku_proto::InstanceState;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::config::InstanceConfig;
-use super::host::{Child, GroupSignal, Host};
+use super::fake::Fake;
 use super::*;
 use crate::cron::{Clock, Schedule};
 use crate::logs::{LogHub, Rotation};
 use crate::spawn::Launch;
-
-/// What the fake children do, and what the shell did to them.
-#[derive(Default)]
-struct World {
-    next_pid: u32,
-    /// Live fake processes: pid → how to end it.
-    alive: BTreeMap<u32, oneshot::Sender<String>>,
-    /// Everything the shell asked, in order: `spawn 1`, `term 1`, `kill 1`, `probe`, notes.
-    log: Vec<String>,
-    /// (pid, when) of every spawn.
-    spawned: Vec<(u32, Instant)>,
-    spawn_fails: bool,
-    ignores_term: bool,
-    probe_passes: bool,
-    /// Each process exits on its own after this long (cron runs).
-    runs_for: Option<Duration>,
-}
-
-#[derive(Clone, Default)]
-struct Fake(Arc<Mutex<World>>);
-
-impl Fake {
-    fn world(&self) -> std::sync::MutexGuard<'_, World> {
-        self.0.lock().unwrap()
-    }
-
-    /// The process `pid` exits on its own (`kill -9` from outside, a crash).
-    fn exit(&self, pid: u32, how: &str) {
-        if let Some(exit) = self.world().alive.remove(&pid) {
-            let _ = exit.send(how.to_string());
-        }
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.world().log.clone()
-    }
-
-    fn spawns(&self) -> Vec<(u32, Instant)> {
-        self.world().spawned.clone()
-    }
-}
-
-impl Host for Fake {
-    fn spawn(&mut self) -> Result<super::host::Child, String> {
-        let mut w = self.world();
-        if w.spawn_fails {
-            w.log.push("spawn failed".into());
-            return Err("cannot start `app`: not found".into());
-        }
-        w.next_pid += 1;
-        let pid = w.next_pid;
-        w.log.push(format!("spawn {pid}"));
-        w.spawned.push((pid, Instant::now()));
-        let (tx, rx) = oneshot::channel();
-        w.alive.insert(pid, tx);
-        if let Some(run) = w.runs_for {
-            let fake = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(run).await;
-                fake.exit(pid, "exit 0");
-            });
-        }
-        let exit: BoxFuture<'static, String> =
-            Box::pin(async move { rx.await.unwrap_or_else(|_| "lost".into()) });
-        Ok(Child { pid, exit })
-    }
-
-    fn signal(&mut self, pgid: u32, signal: GroupSignal) {
-        let ignores_term = {
-            let mut w = self.world();
-            w.log.push(match signal {
-                GroupSignal::Term => format!("term {pgid}"),
-                GroupSignal::Kill => format!("kill {pgid}"),
-            });
-            w.ignores_term
-        };
-        match signal {
-            GroupSignal::Term if !ignores_term => self.exit(pgid, "signal 15"),
-            GroupSignal::Term => {}
-            GroupSignal::Kill => self.exit(pgid, "signal 9"),
-        }
-    }
-
-    fn group_gone(&mut self, _pgid: u32) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
-    }
-
-    fn clear_group(&mut self, pgid: u32, _grace: Duration) {
-        self.world().log.push(format!("clear {pgid}"));
-    }
-
-    fn probe(&mut self) -> BoxFuture<'static, Result<String, String>> {
-        let passes = {
-            let mut w = self.world();
-            w.log.push("probe".into());
-            w.probe_passes
-        };
-        Box::pin(async move {
-            if passes {
-                Ok("ready".to_string())
-            } else {
-                Err("connection refused".to_string())
-            }
-        })
-    }
-
-    fn set_health_path(&mut self, _path: Option<String>) {}
-
-    fn note(&mut self, msg: &str) {
-        self.world().log.push(format!("note {msg}"));
-    }
-
-    fn ended(&mut self) {
-        self.world().log.push("ended".into());
-    }
-}
 
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -309,7 +190,7 @@ async fn an_instance_starts_only_once_the_one_it_replaces_is_gone() {
     until(&new, |s| s.pid == Some(2)).await;
     let spawns = fake.spawns();
     assert_eq!(
-        spawns[1].1 - spawns[0].1,
+        spawns[1].at - spawns[0].at,
         GRACE,
         "after the old one's SIGKILL"
     );
@@ -348,7 +229,7 @@ async fn drive_cron(
     let started = fake
         .spawns()
         .iter()
-        .map(|(_, at)| (*at - start).as_secs())
+        .map(|spawn| (spawn.at - start).as_secs())
         .collect();
     (started, fake.log(), last)
 }

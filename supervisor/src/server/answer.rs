@@ -6,11 +6,11 @@ use std::future::Future;
 use piku_proto::Response;
 use tokio::sync::mpsc;
 
+use crate::app::command::{AppError, Progress};
 use crate::server::wire::{Conn, send};
-use crate::supervisor::SupervisorError;
-use crate::switch::Progress;
 
-pub fn error(e: SupervisorError) -> Response {
+/// The `Error` frame of a failed request: the error and each of its causes once.
+pub fn error(e: AppError) -> Response {
     Response::Error {
         message: crate::report::chain(&e),
     }

@@ -9,9 +9,9 @@ use tokio::net::UnixStream;
 use tokio::time::timeout;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::registry::Registry;
 use crate::server::handlers;
 use crate::server::wire::{Conn, send};
-use crate::supervisor::Supervisor;
 
 /// Time a client has to complete the handshake after connecting.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,7 +39,7 @@ async fn next_request(conn: &mut Conn) -> Result<Option<Request>, String> {
 /// daemon's exit.
 pub async fn serve(
     stream: UnixStream,
-    sup: Arc<Supervisor>,
+    apps: Arc<Registry>,
     own_uid: u32,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -102,7 +102,7 @@ pub async fn serve(
             Ok(Err(message)) => return refuse(&mut conn, message).await,
             Ok(Ok(Some(request))) => request,
         };
-        let response = handlers::handle(&sup, request, &mut conn, &mut shutdown).await;
+        let response = handlers::handle(&apps, request, &mut conn, &mut shutdown).await;
         match response {
             Some(resp) => {
                 if !send(&mut conn, &resp).await {

@@ -18,7 +18,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, watch};
 
 use self::shutdown::stopped;
-use crate::supervisor::Supervisor;
+use crate::registry::Registry;
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
@@ -26,7 +26,7 @@ const MAX_CONNECTIONS: usize = 64;
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: UnixListener,
-    sup: Arc<Supervisor>,
+    apps: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -51,9 +51,9 @@ pub async fn serve(
             },
             () = stopped(&mut shutdown) => return,
         };
-        let (sup, shutdown) = (sup.clone(), shutdown.clone());
+        let (apps, shutdown) = (apps.clone(), shutdown.clone());
         tokio::spawn(async move {
-            connection::serve(stream, sup, own_uid, shutdown).await;
+            connection::serve(stream, apps, own_uid, shutdown).await;
             drop(permit);
         });
     }

@@ -1,5 +1,6 @@
 //! Every transition of the state table, driven by hand: no process, no clock, no runtime.
 
+use super::table::step;
 use super::*;
 
 const GRACE: Duration = Duration::from_secs(10);

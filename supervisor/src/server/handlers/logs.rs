@@ -5,9 +5,9 @@ use futures_util::StreamExt;
 use piku_proto::{LogsRequest, Response};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::registry::Registry;
 use crate::server::answer;
 use crate::server::wire::{Conn, send};
-use crate::supervisor::Supervisor;
 
 /// The most past lines sent per log file.
 const MAX_TAIL_LINES: usize = 100_000;
@@ -15,7 +15,7 @@ const MAX_TAIL_LINES: usize = 100_000;
 /// Sends the lines itself. Returns the final frame to send, or `None` when the connection
 /// is finished (a follow ended because the client hung up).
 pub async fn handle(
-    sup: &Supervisor,
+    apps: &Registry,
     req: LogsRequest,
     conn: &mut Conn,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
@@ -26,9 +26,9 @@ pub async fn handle(
     // piku shows 100 lines by default; a huge count would only buffer whole files in memory.
     let lines = req.lines.min(MAX_TAIL_LINES);
     // Subscribe before reading the files so that no line falls between the two.
-    let mut live = req.follow.then(|| sup.ctx.logs.subscribe(&req.app));
-    let past = match sup
-        .ctx
+    let mut live = req.follow.then(|| apps.ctx().logs.subscribe(&req.app));
+    let past = match apps
+        .ctx()
         .logs
         .tail(&req.app, req.process.as_deref(), lines)
         .await
@@ -40,7 +40,7 @@ pub async fn handle(
             });
         }
     };
-    if past.is_empty() && !sup.knows(&req.app) {
+    if past.is_empty() && !apps.knows(&req.app) {
         return Some(Response::Error {
             message: format!("no app named {} and no logs for it", req.app),
         });

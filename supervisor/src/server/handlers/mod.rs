@@ -12,13 +12,15 @@ mod stop;
 use piku_proto::{Request, Response};
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
+use crate::registry::Registry;
 use crate::server::wire::Conn;
-use crate::supervisor::Supervisor;
 
 /// Answers one request after the handshake: the final frame, or `None` when the connection
 /// is finished (a `logs --follow` whose client hung up).
 pub async fn handle(
-    sup: &Supervisor,
+    apps: &Arc<Registry>,
     request: Request,
     conn: &mut Conn,
     shutdown: &mut watch::Receiver<bool>,
@@ -27,16 +29,14 @@ pub async fn handle(
         Request::Hello { .. } => Some(Response::Error {
             message: "already greeted".into(),
         }),
-        Request::Apply(spec) => Some(apply::handle(sup, *spec, conn).await),
-        Request::Scale { app, formation } => Some(scale::handle(sup, &app, &formation).await),
-        Request::Restart { app, kind } => {
-            Some(restart::handle(sup, &app, kind.as_deref(), conn).await)
-        }
-        Request::Stop { app } => Some(stop::handle(sup, &app).await),
-        Request::Start { app } => Some(start::handle(sup, &app).await),
-        Request::Remove { app } => Some(remove::handle(sup, &app).await),
-        Request::Status { app } => Some(status::handle(sup, app.as_deref())),
+        Request::Apply(spec) => Some(apply::handle(apps, *spec, conn).await),
+        Request::Scale { app, formation } => Some(scale::handle(apps, &app, formation).await),
+        Request::Restart { app, kind } => Some(restart::handle(apps, &app, kind, conn).await),
+        Request::Stop { app } => Some(stop::handle(apps, &app).await),
+        Request::Start { app } => Some(start::handle(apps, &app, conn).await),
+        Request::Remove { app } => Some(remove::handle(apps, &app).await),
+        Request::Status { app } => Some(status::handle(apps, app.as_deref()).await),
         // Streams its own frames; a following request ends when the client hangs up.
-        Request::Logs(req) => logs::handle(sup, req, conn, shutdown).await,
+        Request::Logs(req) => logs::handle(apps, req, conn, shutdown).await,
     }
 }

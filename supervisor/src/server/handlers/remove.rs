@@ -2,14 +2,15 @@
 
 use piku_proto::Response;
 
+use crate::app::command::Command;
+use crate::registry::Registry;
 use crate::server::answer;
-use crate::supervisor::Supervisor;
 
-pub async fn handle(sup: &Supervisor, app: &str) -> Response {
+pub async fn handle(apps: &Registry, app: &str) -> Response {
     if let Some(refused) = answer::refuse_bad_name(app) {
         return refused;
     }
-    match sup.remove(app).await {
+    match apps.request(app, |reply| Command::Remove { reply }).await {
         Ok(()) => Response::Done {
             message: format!("removed {app}"),
         },
