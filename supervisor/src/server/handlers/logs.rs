@@ -5,6 +5,7 @@ use futures_util::StreamExt;
 use piku_proto::{LogsRequest, Response};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::logs::process_matches;
 use crate::registry::Registry;
 use crate::server::answer;
 use crate::server::wire::{Conn, send};
@@ -63,7 +64,7 @@ pub async fn handle(
         tokio::select! {
             line = live.recv() => {
                 let frame = match line {
-                    Ok(line) if matches_filter(&line.process, req.process.as_deref()) => Response::LogLine {
+                    Ok(line) if req.process.as_deref().is_none_or(|f| process_matches(&line.process, f)) => Response::LogLine {
                         process: line.process,
                         line: line.line,
                     },
@@ -83,28 +84,5 @@ pub async fn handle(
             // The daemon is stopping: the follow ends (the client sees the socket close).
             () = crate::server::shutdown::stopped(shutdown) => return None,
         }
-    }
-}
-
-/// `web` matches every `web.N`; `web.2` only itself; `None` everything.
-fn matches_filter(process: &str, filter: Option<&str>) -> bool {
-    match filter {
-        None => true,
-        Some(f) if f.contains('.') => process == f,
-        Some(f) => process.split_once('.').is_some_and(|(kind, _)| kind == f),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::matches_filter;
-
-    #[test]
-    fn filters_by_kind_or_instance() {
-        assert!(matches_filter("web.1", None));
-        assert!(matches_filter("web.1", Some("web")));
-        assert!(!matches_filter("webhook.1", Some("web")));
-        assert!(matches_filter("web.2", Some("web.2")));
-        assert!(!matches_filter("web.1", Some("web.2")));
     }
 }
