@@ -16,6 +16,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use piku_proto::ApplyReport;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::command::{AppError, AppHandle, Command, Directory, Progress, Reply};
 use super::switch::{Switch, Unhealthy};
@@ -64,6 +65,11 @@ pub(super) struct Actor {
 pub(super) enum Resume {
     /// Nothing more: the work answered its requester itself.
     Answered,
+    /// A first start's web instances are ready, or one is not.
+    Started {
+        start: Box<FirstStart>,
+        ready: Result<(), Unhealthy>,
+    },
     /// A switch's new instances are ready, or one is not.
     Switched {
         switch: Box<Switch>,
@@ -82,6 +88,21 @@ pub(super) enum AfterSwitch {
         reply: Reply<()>,
     },
 }
+
+/// A first start waiting for its web instances (`lifecycle.rs`).
+pub(super) struct FirstStart {
+    /// The app as it was (`None`: new), put back if the start fails.
+    pub previous: Option<SavedApp>,
+    /// What starting the web instances did.
+    pub web: ApplyReport,
+    pub began: Instant,
+    pub progress: Progress,
+    /// Sends the answer to the requester.
+    pub answer: Answer,
+}
+
+/// Sends a command's answer, whatever the command's reply type.
+pub(super) type Answer = Box<dyn FnOnce(Result<ApplyReport, AppError>) + Send>;
 
 impl Actor {
     async fn run(
@@ -165,6 +186,7 @@ impl Actor {
     async fn resume(&mut self, resume: Resume) {
         match resume {
             Resume::Answered => {}
+            Resume::Started { start, ready } => self.started(*start, ready).await,
             Resume::Switched {
                 switch,
                 ready,
@@ -186,11 +208,27 @@ impl Actor {
         reply: Reply<T>,
         answer: Result<T, AppError>,
     ) {
+        self.answer_with(
+            pending,
+            move |result| {
+                let _ = reply.send(result);
+            },
+            answer,
+        );
+    }
+
+    /// [`Actor::answer_after`], answering through `send`.
+    pub(super) fn answer_with<T: Send + 'static>(
+        &mut self,
+        pending: Pending,
+        send: impl FnOnce(Result<T, AppError>) + Send + 'static,
+        answer: Result<T, AppError>,
+    ) {
         let store = self.ctx.store.clone();
         self.busy_with(async move {
             let saved = store.save().await.map_err(AppError::from);
             pending.wait().await;
-            let _ = reply.send(saved.and(answer));
+            send(saved.and(answer));
             Resume::Answered
         });
     }

@@ -14,8 +14,8 @@ use crate::state::SavedApp;
 impl Actor {
     /// `Apply`: the app's desired state becomes `spec` (the app is created if new); the
     /// stopped flag is cleared. Answered once stopped or replaced processes are gone and new
-    /// ones are spawned, or, for web instances behind an open front, once the new ones are
-    /// ready and traffic has moved to them.
+    /// ones are spawned; for web instances behind an open front, once the new ones are
+    /// ready (and, on a redeploy, traffic has moved to them).
     pub(super) async fn apply(
         &mut self,
         spec: AppSpec,
@@ -52,6 +52,13 @@ impl Actor {
             self.undo(previous, is_new);
             let _ = reply.send(Err(e.into()));
             return;
+        }
+        if is_new || previous.stopped {
+            let first = (!is_new).then_some(previous);
+            let send = Box::new(move |result| {
+                let _ = reply.send(result);
+            });
+            return self.launch(first, progress, send);
         }
         let (report, pending) = app.reconcile(&self.ctx);
         tracing::info!(

@@ -6,25 +6,36 @@ use piku_model::InstanceId;
 use piku_proto::ApplyReport;
 
 use super::{App, Ctx, Pending};
+use crate::instance::config::InstanceConfig;
 
 impl App {
     /// Starts what is missing, stops what is no longer wanted, replaces what changed
     /// (release, command, env, workdir, port, schedule) and leaves the rest running.
     pub(super) fn reconcile(&mut self, ctx: &Ctx) -> (ApplyReport, Pending) {
+        self.reconcile_where(ctx, |_| true)
+    }
+
+    /// [`App::reconcile`] of the instances `include` picks; the others are left as they are.
+    pub(super) fn reconcile_where(
+        &mut self,
+        ctx: &Ctx,
+        include: impl Fn(&InstanceConfig) -> bool,
+    ) -> (ApplyReport, Pending) {
         let mut report = ApplyReport {
             app: self.spec.app.clone(),
             release: self.spec.release.clone(),
             ..ApplyReport::default()
         };
         let mut pending = Pending::default();
-        let desired = self.desired();
+        let mut desired = self.desired();
+        desired.retain(|_, config| include(config));
         let (grace, rotation) = (self.grace(), self.rotation());
 
         let gone: Vec<InstanceId> = self
             .instances
-            .keys()
-            .filter(|id| !desired.contains_key(*id))
-            .cloned()
+            .iter()
+            .filter(|(id, handle)| include(&handle.config) && !desired.contains_key(*id))
+            .map(|(id, _)| id.clone())
             .collect();
         // With a front, web instances leave the pool first and are drained before they stop.
         let mut retiring = Vec::new();

@@ -227,6 +227,29 @@ impl Switch {
     }
 }
 
+impl App {
+    /// The web instances that run, to wait for as a first start's candidates.
+    pub(super) fn web_candidates(&self) -> Vec<Candidate> {
+        self.instances
+            .values()
+            .filter_map(|h| {
+                h.config.launch.port.map(|port| Candidate {
+                    id: h.config.id.clone(),
+                    port,
+                    state: h.watch(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// How long new web instances of `spec` get to become ready.
+pub fn ready_deadline(spec: &AppSpec) -> Duration {
+    spec.settings.front.as_ref().map_or(Duration::ZERO, |f| {
+        Duration::from_millis(f.health_deadline_ms)
+    })
+}
+
 /// Waits until every candidate is ready: its actor's readiness probe has passed (the health
 /// path answers 2xx/3xx, or the port accepts). Fails at the first that exits, or is not
 /// ready within `deadline`; says how it goes on `progress`.

@@ -478,3 +478,90 @@ async fn restart_behind_a_front_renews_web_blue_green_then_the_rest() {
     .unwrap();
     assert_eq!(h.instances().await["web.1"].0, new["web.1"].0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_first_apply_behind_a_front_answers_once_its_web_instances_are_ready() {
+    let h = harness();
+    let (report, progress) = h.apply(&fronted("v1", 2)).await;
+    let report = report.unwrap();
+    assert_eq!(names(&report.started), ["web.1", "web.2", "worker.1"]);
+    for needle in [
+        "waiting for web.1 on port",
+        "web.2 healthy after",
+        "2 web instance(s) healthy",
+    ] {
+        assert!(
+            progress.iter().any(|p| p.contains(needle)),
+            "{needle}: {progress:?}"
+        );
+    }
+    // Ready when answered: the front already sends traffic to both.
+    let status = h.status().await.unwrap();
+    assert_eq!(status.front.unwrap().backends, ["web.1", "web.2"]);
+    // Web first, then the rest.
+    let order: Vec<Option<u16>> = h.fake.spawns().iter().map(|s| s.port).collect();
+    assert!(
+        order[..2].iter().all(Option::is_some) && order[2].is_none(),
+        "{order:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_release_that_never_becomes_ready_leaves_nothing_running() {
+    let h = harness();
+    h.fake.world().unready.insert("v1".into());
+    let err = h.apply(&fronted("v1", 2)).await.0.unwrap_err().to_string();
+    assert!(
+        err.contains("not healthy after 3.0s: last probe: connection refused; not started: its processes were stopped"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[piku] started pid"),
+        "the log is quoted: {err}"
+    );
+    assert!(h.fake.alive().is_empty(), "nothing left running");
+    assert!(
+        !h.fake.spawns().iter().any(|s| s.port.is_none()),
+        "the worker never started"
+    );
+    assert!(
+        !h.ctx.store.snapshot().apps.contains_key("shop"),
+        "no app recorded"
+    );
+    // The app does not exist: its actor is gone.
+    h.app.mailbox.closed().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn starting_a_stopped_app_whose_release_fails_keeps_it_stopped() {
+    let h = harness();
+    h.apply(&fronted("v1", 1)).await.0.unwrap();
+    h.call(|reply| Command::Stop { reply }).await.unwrap();
+    h.fake
+        .world()
+        .exit_at_start
+        .insert("v1".into(), "exit 1".into());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let err = h
+        .call(|reply| Command::Start {
+            progress: Progress::to(tx),
+            reply,
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("web.1 exited before it became healthy (exit 1); not started"),
+        "{err}"
+    );
+    assert!(
+        rx.try_recv()
+            .unwrap()
+            .starts_with("waiting for web.1 on port")
+    );
+    let status = h.status().await.unwrap();
+    assert!(status.stopped);
+    assert!(status.front.is_none(), "the front is closed again");
+    assert!(h.fake.alive().is_empty());
+    assert!(h.ctx.store.snapshot().apps["shop"].stopped);
+}
