@@ -103,7 +103,12 @@ pub fn spawn(launch: &Launch, id: &InstanceId, cgroup: Option<&Path>) -> io::Res
     if let Some(procs) = cgroup.and_then(crate::cgroup::procs_file) {
         join_cgroup_before_exec(&mut cmd, procs);
     }
-    let (child, pid) = crate::reaper::spawn_owned(&mut cmd)?;
+    let spawning = crate::reaper::spawning();
+    let child = cmd.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
+    spawning.own(pid);
     Ok(Spawned { child, pid })
 }
 

@@ -233,6 +233,21 @@ impl Actor {
         });
     }
 
+    /// Puts the app back as it was before a change that did not go through (`None`: it did
+    /// not exist), once none of that change's processes run any more.
+    pub(super) fn put_back(&mut self, previous: Option<SavedApp>) {
+        match (previous, self.app.as_mut()) {
+            (Some(previous), Some(app)) => {
+                app.spec = previous.spec;
+                app.stopped = previous.stopped;
+                app.ports = previous.ports;
+            }
+            (Some(previous), None) => self.app = Some(App::from_saved(previous)),
+            (None, _) => self.app = None,
+        }
+        self.record();
+    }
+
     /// Puts the app's desired state (or its absence) in the daemon's state, and its ports
     /// in the port table; written to disk by the next [`Actor::answer_after`].
     pub(super) fn record(&self) {

@@ -9,7 +9,6 @@ use super::App;
 use super::actor::{Actor, AfterSwitch, Resume, existing};
 use super::command::{AppError, Progress, Reply};
 use super::switch::{self, Renew, Switch, Unhealthy};
-use crate::state::SavedApp;
 
 impl Actor {
     /// `Apply`: the app's desired state becomes `spec` (the app is created if new); the
@@ -44,12 +43,12 @@ impl Actor {
         app.spec = spec;
         app.stopped = false;
         if let Err(e) = app.assign_ports(&self.ctx.ports) {
-            self.undo(previous, is_new);
+            self.put_back((!is_new).then_some(previous));
             let _ = reply.send(Err(AppError::Ports(e)));
             return;
         }
         if let Err(e) = app.ensure_front(&self.ctx.ports).await {
-            self.undo(previous, is_new);
+            self.put_back((!is_new).then_some(previous));
             let _ = reply.send(Err(e.into()));
             return;
         }
@@ -71,18 +70,6 @@ impl Actor {
         );
         self.record();
         self.answer_after(pending, reply, Ok(report));
-    }
-
-    /// Puts back the app as it was before a refused change (nothing was started yet).
-    fn undo(&mut self, previous: SavedApp, is_new: bool) {
-        if is_new {
-            self.app = None;
-        } else if let Some(app) = self.app.as_mut() {
-            app.spec = previous.spec;
-            app.stopped = previous.stopped;
-            app.ports = previous.ports;
-        }
-        self.record();
     }
 
     /// `Scale`: new counts for the named kinds; other kinds keep theirs. Answers like an

@@ -137,16 +137,8 @@ impl Actor {
         };
         tracing::warn!(app = %self.name, "first start abandoned: {}", unhealthy.reason);
         let pending = app.stop_all();
-        match previous {
-            Some(previous) => {
-                app.spec = previous.spec;
-                app.stopped = previous.stopped;
-                app.ports = previous.ports;
-            }
-            None => self.app = None,
-        }
+        self.put_back(previous);
         let forget = self.app.is_none();
-        self.record();
         let (store, logs, name) = (
             self.ctx.store.clone(),
             self.ctx.logs.clone(),

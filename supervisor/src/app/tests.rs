@@ -148,6 +148,18 @@ impl Harness {
             .unwrap_or_default()
     }
 
+    /// Sends an `Apply` without waiting for its answer.
+    fn send_apply(&self, spec: AppSpec) -> oneshot::Receiver<Result<ApplyReport, AppError>> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Apply {
+            spec: Box::new(spec),
+            progress: Progress::default(),
+            reply,
+        };
+        self.app.mailbox.send(command).ok().unwrap();
+        answer
+    }
+
     /// Waits until every instance runs.
     async fn all_running(&self) {
         loop {
@@ -379,17 +391,7 @@ async fn status_is_answered_during_a_switch_and_changes_wait_their_turn() {
     h.apply(&fronted("v1", 1)).await.0.unwrap();
     h.all_running().await;
     h.fake.world().unready.insert("v2".into());
-    let (reply, deploy) = oneshot::channel();
-    let v2 = Box::new(fronted("v2", 1));
-    h.app
-        .mailbox
-        .send(Command::Apply {
-            spec: v2,
-            progress: Progress::default(),
-            reply,
-        })
-        .ok()
-        .unwrap();
+    let deploy = h.send_apply(fronted("v2", 1));
     let (reply, mut scale) = oneshot::channel();
     let formation = BTreeMap::from([("worker".to_string(), 2)]);
     h.app
@@ -415,17 +417,7 @@ async fn shutdown_cuts_a_switch_short_and_stops_every_process() {
     h.apply(&fronted("v1", 1)).await.0.unwrap();
     h.all_running().await;
     h.fake.world().unready.insert("v2".into());
-    let (reply, deploy) = oneshot::channel();
-    let v2 = Box::new(fronted("v2", 1));
-    h.app
-        .mailbox
-        .send(Command::Apply {
-            spec: v2,
-            progress: Progress::default(),
-            reply,
-        })
-        .ok()
-        .unwrap();
+    let deploy = h.send_apply(fronted("v2", 1));
     // The switch has started its new instance.
     while !h.fake.spawns().iter().any(|s| s.release == "v2") {
         tokio::task::yield_now().await;
