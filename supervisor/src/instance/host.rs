@@ -23,9 +23,10 @@ use crate::{cgroup, reaper, stop};
 
 /// A port probe gets this long to connect (loopback: plenty)...
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
-/// ...and a health path this long (an app's health endpoint may query its database; the
-/// glue probes again every 100 ms within it).
-const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// ...and a health path this long to answer: an app's health endpoint may query its
+/// database, and a loaded machine answers slowly; a status seen late is still the status
+/// (not a timeout) in a failed deploy's message. The glue probes again every 100 ms within it.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A started process.
 pub struct Child {
