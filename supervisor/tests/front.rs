@@ -353,10 +353,12 @@ fn release_that_never_becomes_healthy_is_not_switched_to() {
     let daemon = root.start();
     let mut v1 = fronted("shop", &root, 2);
     v1.processes.push(sleeper("worker", 1));
+    // A first start waits for readiness too: v1 gets the usual deadline, so that a loaded
+    // machine still starts it; the releases below get 3 s.
+    daemon.apply(&v1);
     if let Some(front) = v1.settings.front.as_mut() {
         front.health_deadline_ms = 3000;
     }
-    daemon.apply(&v1);
     let addr = front_addr(&daemon, "shop");
     wait_backends(&daemon, "shop", 2);
     let old_pids = web_pids(&daemon, "shop");
@@ -597,6 +599,8 @@ fn a_first_release_that_never_becomes_ready_is_refused_and_leaves_nothing_runnin
     let mut silent = fronted("shop", &root, 2);
     silent.processes.push(sleeper("worker", 1));
     silent.env.insert("NEVER_LISTEN".into(), "1".into());
+    // Other tests of this file run the same fixture: this one is told apart by its content.
+    silent.env.insert("CONTENT".into(), "never-ready".into());
     if let Some(front) = silent.settings.front.as_mut() {
         front.health_deadline_ms = 2000;
     }
@@ -620,7 +624,7 @@ fn a_first_release_that_never_becomes_ready_is_refused_and_leaves_nothing_runnin
     );
     // Nothing of it runs, and the daemon does not know it.
     assert!(
-        fixture_processes_with("v1").is_empty(),
+        fixture_processes_with("never-ready").is_empty(),
         "web instances left running"
     );
     let err = daemon
