@@ -68,11 +68,6 @@ pub fn instance_dir(app: &str, name: &str) -> Option<PathBuf> {
     Some(dir)
 }
 
-/// The cgroup of instance `name` of `app`, if cgroups are used (not created).
-pub fn existing_dir(app: &str, name: &str) -> Option<PathBuf> {
-    Some(tree()?.join(app).join(name))
-}
-
 /// `<dir>/cgroup.procs` as a C string, ready for the child to write to before exec.
 pub fn procs_file(dir: &Path) -> Option<CString> {
     CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()

@@ -1,9 +1,11 @@
 //! The daemon's life: take the lock, clean up after a killed predecessor, bring every app
 //! back, listen, tell systemd we are ready, and stop everything cleanly on SIGTERM.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -15,9 +17,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::app::Ctx;
+use crate::instance::Processes;
 use crate::leftovers::{self, Running};
 use crate::logs::LogHub;
-use crate::supervisor::Supervisor;
+use crate::ports::Ports;
+use crate::registry::Registry;
+use crate::state::Store;
 use crate::{cgroup, reaper, server, state};
 
 /// Added to the longest grace period to bound a shutdown (SIGKILLed processes still need
@@ -39,7 +44,7 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     // One daemon per PIKU_ROOT: the lock is held for the whole life of the process.
-    let lock_path = sup_dir.join("daemon.lock");
+    let lock_path = root.daemon_lock();
     let lock_file =
         File::create(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
@@ -63,7 +68,8 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         Err(e @ state::StateError::Parse { .. }) => {
             let aside = state_path.with_extension("json.corrupt");
             tracing::error!(
-                "{e}; moved to {} and starting with no apps",
+                "{}; moved to {} and starting with no apps",
+                crate::report::chain(&e),
                 aside.display()
             );
             fs::rename(&state_path, &aside)
@@ -72,7 +78,7 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let running_path = sup_dir.join("running.json");
+    let running_path = root.running_file();
     let leftover_grace = saved
         .apps
         .values()
@@ -99,18 +105,20 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     tokio::spawn(running.clone().run_writer());
     tokio::spawn(reaper::run());
     let logs = LogHub::new(root.logs());
-    let sup = Supervisor::new(
-        Ctx {
-            logs: logs.clone(),
+    let store = Arc::new(Store::new(state_path, BTreeMap::new()));
+    let apps = Registry::new(Ctx {
+        logs: logs.clone(),
+        launcher: Arc::new(Processes {
             running: running.clone(),
-        },
-        state_path,
-    );
-    sup.restore(saved);
-    sup.save().await?;
+        }),
+        ports: Ports::default(),
+        store: store.clone(),
+    });
+    apps.restore(saved);
+    store.save().await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, sup.clone(), stop_rx));
+    let server = tokio::spawn(server::serve(listener, apps.clone(), stop_rx));
     tracing::info!(socket = %socket.display(), "piku-supervisor ready");
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::warn!("cannot notify systemd: {e}");
@@ -120,7 +128,7 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sighup.recv() => sup.reload().await,
+            _ = sighup.recv() => apps.reload().await,
         }
     }
 
@@ -128,8 +136,8 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     let _ = server.await;
-    let bound = sup.max_grace() + SHUTDOWN_MARGIN;
-    if tokio::time::timeout(bound, sup.shutdown()).await.is_err() {
+    let bound = apps.max_grace() + SHUTDOWN_MARGIN;
+    if tokio::time::timeout(bound, apps.shutdown()).await.is_err() {
         tracing::error!("some processes did not stop within {bound:?}");
     }
     // A hung disk must not hold the shutdown (systemd would SIGKILL us anyway).

@@ -3,11 +3,12 @@
 //! sends traffic to.
 //!
 //! The pool follows the instances' own state: an instance is a backend while its actor says
-//! `running` (its port accepts, or its health path answers). The app manager tells the front
-//! which instances exist ([`AppFront::set_members`], which also applies at once, so an
-//! instance removed from the members leaves the pool before it is drained and stopped); a
-//! small task re-reads their states every [`SYNC_EVERY`] so a crashed instance leaves and a
-//! recovered or scaled-up one joins without anyone asking.
+//! `running` (its port accepts, or its health path answers). The app tells the front which
+//! instances exist ([`AppFront::set_members`], which also applies at once, so an instance
+//! removed from the members leaves the pool before it is drained and stopped); a small task
+//! awaits every change the members' actors publish, so a crashed instance leaves and a
+//! recovered or scaled-up one joins without anyone asking (and nothing wakes when nothing
+//! changes).
 //!
 //! The Unix socket is `0660`: nginx must run in the daemon's group (`www-data` under the
 //! shipped systemd unit) to connect.
@@ -15,27 +16,26 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::future::select_all;
 use hyper_proxy_glue::{Backend, Front, FrontConfig};
-use piku_proto::{FrontSpec, FrontStatus, InstanceState};
+use piku_model::InstanceId;
+use piku_proto::{FrontSpec, FrontStatus};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::snapshot::Shared;
-
-/// How often the pool is compared with the instances' states.
-const SYNC_EVERY: Duration = Duration::from_millis(20);
+use crate::snapshot::Watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontError {
-    #[error("front of {app}: cannot listen on {path}: {source}")]
+    #[error("front of {app}: cannot listen on {path}")]
     Unix {
         app: String,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("front of {app}: cannot listen on {addr}: {source}")]
+    #[error("front of {app}: cannot listen on {addr}")]
     Tcp {
         app: String,
         addr: String,
@@ -46,22 +46,15 @@ pub enum FrontError {
 /// A web instance the front may send traffic to once it is up.
 #[derive(Clone)]
 pub struct Member {
-    /// `web.1`.
-    pub name: String,
+    pub id: InstanceId,
     pub port: u16,
-    pub snapshot: Shared,
+    pub state: Watch,
 }
 
-impl Member {
-    /// The backend id: the name alone is shared by the old and new generation during a
-    /// switch, the port is not.
-    pub fn id(&self) -> String {
-        backend_id(&self.name, self.port)
-    }
-}
-
-pub fn backend_id(name: &str, port: u16) -> String {
-    format!("{name}@{port}")
+/// The backend id of instance `id` on `port`: the name alone is shared by the old and new
+/// generation during a switch, the port is not.
+pub fn backend_id(id: &InstanceId, port: u16) -> String {
+    format!("{id}@{port}")
 }
 
 /// Where a front listens: the part of its settings that needs a rebind when it changes.
@@ -89,8 +82,8 @@ pub struct AppFront {
     app: String,
     listen: Listen,
     front: Front,
-    members: Arc<Mutex<Vec<Member>>>,
-    sync: JoinHandle<()>,
+    members: watch::Sender<Vec<Member>>,
+    follow: JoinHandle<()>,
     serving: Vec<JoinHandle<()>>,
     /// Our own handles on the listening sockets (the glue serves duplicates): a rebind that
     /// keeps a listener hands the same socket to the next front, so not one connection
@@ -103,7 +96,7 @@ impl AppFront {
     /// Binds every listener of `listen` (reusing those `previous` already has for the same
     /// address) and starts serving `members`. Nothing new is left bound if one fails; the
     /// caller closes `previous` once this succeeded.
-    pub fn open(
+    pub async fn open(
         app: &str,
         listen: Listen,
         members: Vec<Member>,
@@ -134,7 +127,7 @@ impl AppFront {
             Some((bind, port)) => {
                 let bound = match reuse_tcp {
                     Some(kept) => kept.try_clone(),
-                    None => bind_tcp(bind, *port),
+                    None => bind_tcp(bind, *port).await,
                 };
                 match bound {
                     Ok(listener) => Some(listener),
@@ -172,24 +165,15 @@ impl AppFront {
             let front = front.clone();
             serving.push(tokio::spawn(async move { front.serve_tcp(listener).await }));
         }
-        let members: Arc<Mutex<Vec<Member>>> = Arc::new(Mutex::new(members));
-        let sync = {
-            let (front, members) = (front.clone(), members.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(SYNC_EVERY).await;
-                    let members = lock(&members).clone();
-                    sync(&front, &members);
-                }
-            })
-        };
+        let (members, watched) = watch::channel(members);
+        let follow = tokio::spawn(follow(front.clone(), watched));
         tracing::info!(app, ?listen, "front listening");
         Ok(AppFront {
             app: app.to_string(),
             listen,
             front,
             members,
-            sync,
+            follow,
             serving,
             kept_unix,
             kept_tcp,
@@ -207,16 +191,15 @@ impl AppFront {
     /// The instances that exist now; the pool follows at once (an instance no longer listed
     /// gets no new request once this returns).
     pub fn set_members(&self, members: Vec<Member>) {
-        let mut current = lock(&self.members);
-        *current = members;
-        sync(&self.front, &current);
+        sync(&self.front, &members);
+        self.members.send_replace(members);
     }
 
     /// Stops listening (open connections finish their request within the glue's grace) and
     /// removes the socket file, unless `successor` (the front replacing this one) serves it.
     pub fn close(self, successor: Option<&AppFront>) {
         self.front.shutdown();
-        self.sync.abort();
+        self.follow.abort();
         drop(self.serving);
         let inherited = successor.is_some_and(|s| s.listen.unix_socket == self.listen.unix_socket);
         if !inherited && let Some(path) = &self.listen.unix_socket {
@@ -250,8 +233,13 @@ impl AppFront {
 fn sync(front: &Front, members: &[Member]) {
     let up: Vec<Backend> = members
         .iter()
-        .filter(|m| m.snapshot.get().state == InstanceState::Running)
-        .map(|m| Backend::new(m.id(), SocketAddr::from(([127, 0, 0, 1], m.port))))
+        .filter(|m| m.state.borrow().ready())
+        .map(|m| {
+            Backend::new(
+                backend_id(&m.id, m.port),
+                SocketAddr::from(([127, 0, 0, 1], m.port)),
+            )
+        })
         .collect();
     if front.backends() != up {
         tracing::debug!(backends = ?up.iter().map(|b| &b.id).collect::<Vec<_>>(), "front pool");
@@ -259,8 +247,42 @@ fn sync(front: &Front, members: &[Member]) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// Keeps the pool in step with the members' states for the front's life: wakes when a
+/// member's actor publishes a change or the members change, never otherwise.
+async fn follow(front: Front, mut members: watch::Receiver<Vec<Member>>) {
+    loop {
+        let mut states: Vec<Watch> = members
+            .borrow_and_update()
+            .iter()
+            .map(|m| m.state.clone())
+            .collect();
+        for state in &mut states {
+            state.mark_unchanged();
+        }
+        sync(&front, &members.borrow());
+        let member_changed = async {
+            if states.is_empty() {
+                return std::future::pending().await;
+            }
+            // An actor that ended publishes nothing more: it no longer wakes us.
+            let changes = states.iter_mut().map(|state| {
+                Box::pin(async move {
+                    if state.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                })
+            });
+            select_all(changes).await;
+        };
+        tokio::select! {
+            changed = members.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = member_changed => {}
+        }
+    }
 }
 
 fn format_addr(bind: &str, port: u16) -> String {
@@ -291,7 +313,7 @@ fn bind_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     Ok(listener)
 }
 
-fn bind_tcp(bind: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
+async fn bind_tcp(bind: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
     let ip: IpAddr = bind.parse().map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -300,14 +322,15 @@ fn bind_tcp(bind: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
     })?;
     // std sets SO_REUSEADDR on Unix, so a port in TIME_WAIT after a restart binds again.
     // A front closed a moment ago (Stop then Start) releases its port when its listener
-    // task has ended, which takes a few milliseconds: retry briefly.
+    // task has ended, which takes a few milliseconds: retry briefly, asleep on the timer
+    // (never blocking an async worker).
     let mut attempts = 0;
     let listener = loop {
         match std::net::TcpListener::bind((ip, port)) {
             Ok(listener) => break listener,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < BIND_RETRIES => {
                 attempts += 1;
-                std::thread::sleep(BIND_RETRY_EVERY);
+                tokio::time::sleep(BIND_RETRY_EVERY).await;
             }
             Err(e) => return Err(e),
         }

@@ -14,13 +14,13 @@ mod logs;
 mod ports;
 mod procinfo;
 mod reaper;
+mod registry;
+mod report;
 mod server;
 mod snapshot;
 mod spawn;
 mod state;
 mod stop;
-mod supervisor;
-mod switch;
 mod validate;
 
 use std::path::PathBuf;

@@ -9,14 +9,12 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
 
-/// Pids spawned through [`spawn_owned`] whose status tokio has not collected yet.
+/// Pids spawned under [`spawning`] whose status tokio has not collected yet.
 static OWNED: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 
 fn owned() -> MutexGuard<'static, BTreeSet<u32>> {
@@ -32,16 +30,19 @@ pub fn become_subreaper() {
     }
 }
 
-/// Spawns `cmd` and records its pid as owned by tokio. The set stays locked across the spawn
-/// so that [`reap_orphans`] can never see the new child before it is recorded.
-pub fn spawn_owned(cmd: &mut Command) -> io::Result<(Child, u32)> {
-    let mut set = owned();
-    let child = cmd.spawn()?;
-    let pid = child
-        .id()
-        .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
-    set.insert(pid);
-    Ok((child, pid))
+/// The table of owned pids, held while a child is spawned so that [`reap_orphans`] can never
+/// see the new child before it is recorded: take it, spawn, then [`Spawning::own`] the pid.
+pub struct Spawning(MutexGuard<'static, BTreeSet<u32>>);
+
+pub fn spawning() -> Spawning {
+    Spawning(owned())
+}
+
+impl Spawning {
+    /// Records `pid` (just spawned through tokio) as tokio's to reap.
+    pub fn own(mut self, pid: u32) {
+        self.0.insert(pid);
+    }
 }
 
 /// Call once tokio has returned the exit status of `pid`.

@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use piku_model::InstanceId;
 use tokio::process::{Child, Command};
 
 /// Everything that decides what an instance runs. Two equal `Launch`es run the same process,
@@ -74,15 +75,10 @@ fn is_simple_command(command: &str) -> bool {
     !COMPOUND_KEYWORDS.contains(&first) && !trimmed.starts_with(['(', '{'])
 }
 
-/// Starts `launch` as instance `index` of `kind`, in its own process group, with stdin from
-/// /dev/null and stdout/stderr piped (the caller hands them to the log sink). With a
-/// `cgroup` (its `cgroup.procs` file) the child joins it before exec.
-pub fn spawn(
-    launch: &Launch,
-    kind: &str,
-    index: u32,
-    cgroup: Option<&Path>,
-) -> io::Result<Spawned> {
+/// Starts `launch` as instance `id`, in its own process group, with stdin from /dev/null and
+/// stdout/stderr piped (the caller hands them to the log sink). With a `cgroup` (its
+/// `cgroup.procs` file) the child joins it before exec.
+pub fn spawn(launch: &Launch, id: &InstanceId, cgroup: Option<&Path>) -> io::Result<Spawned> {
     let argv = argv(&launch.command);
     let (program, args) = argv
         .split_first()
@@ -91,8 +87,8 @@ pub fn spawn(
     cmd.args(args)
         .env_clear()
         .envs(&launch.env)
-        .env("PROC_TYPE", kind)
-        .env("PIKU_INSTANCE", index.to_string())
+        .env("PROC_TYPE", &id.kind)
+        .env("PIKU_INSTANCE", id.index.to_string())
         .current_dir(&launch.workdir)
         .process_group(0)
         .stdin(Stdio::null())
@@ -107,7 +103,12 @@ pub fn spawn(
     if let Some(procs) = cgroup.and_then(crate::cgroup::procs_file) {
         join_cgroup_before_exec(&mut cmd, procs);
     }
-    let (child, pid) = crate::reaper::spawn_owned(&mut cmd)?;
+    let spawning = crate::reaper::spawning();
+    let child = cmd.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
+    spawning.own(pid);
     Ok(Spawned { child, pid })
 }
 

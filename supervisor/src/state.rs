@@ -4,12 +4,18 @@
 //! daemon decided for it (the port of each web instance), so that after a restart or a
 //! reboot every app comes back at its formation, on the same ports, with no redeploy.
 //! Writes are atomic: a temporary file in the same directory, fsync, rename, fsync of the dir.
+//!
+//! [`Store`] holds the state as it is now: each app's actor puts its part after a change and
+//! then writes the whole file.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
+use piku_model::InstanceId;
 use piku_proto::AppSpec;
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +36,7 @@ pub struct SavedApp {
     pub stopped: bool,
     /// `web.1` → port.
     #[serde(default)]
-    pub ports: BTreeMap<String, u16>,
+    pub ports: BTreeMap<InstanceId, u16>,
     /// The front's TCP port when the daemon chose it.
     #[serde(default)]
     pub front_port: Option<u16>,
@@ -38,14 +44,14 @@ pub struct SavedApp {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("{path} is not a valid state file: {source}")]
+    #[error("{path} is not a valid state file")]
     Parse {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: io::Error },
 }
 
@@ -77,6 +83,103 @@ pub fn save(path: &Path, state: &SavedState) -> Result<(), StateError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// The desired state of every app, in memory and on disk.
+pub struct Store {
+    path: PathBuf,
+    apps: Mutex<BTreeMap<String, SavedApp>>,
+    /// Serialises writes of the file, so an older snapshot never overwrites a newer one.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Store {
+    pub fn new(path: PathBuf, apps: BTreeMap<String, SavedApp>) -> Store {
+        Store {
+            path,
+            apps: Mutex::new(apps),
+            writing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// `app`'s part from now on (written by the next [`Store::save`]).
+    pub fn put(&self, app: &str, saved: SavedApp) {
+        self.lock().insert(app.to_string(), saved);
+    }
+
+    pub fn remove(&self, app: &str) {
+        self.lock().remove(app);
+    }
+
+    /// The whole state as it is now.
+    pub fn snapshot(&self) -> SavedState {
+        SavedState {
+            version: STATE_VERSION,
+            apps: self.lock().clone(),
+        }
+    }
+
+    /// The longest stop grace of any app: bounds a shutdown.
+    pub fn max_grace(&self) -> Duration {
+        self.lock()
+            .values()
+            .map(|a| Duration::from_millis(a.spec.settings.stop_grace_ms))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Writes the state as it is when the write begins (atomically, off the async threads).
+    pub async fn save(&self) -> Result<(), StateError> {
+        let _turn = self.writing.lock().await;
+        let snapshot = self.snapshot();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || save(&path, &snapshot))
+            .await
+            .map_err(|e| StateError::Write {
+                path: self.path.clone(),
+                source: io::Error::other(e),
+            })?
+    }
+
+    /// SIGHUP: re-reads the file and reports how it compares with what runs, touching no
+    /// process; the file is rewritten from memory if it is missing or differs.
+    pub async fn reload(&self) {
+        let on_disk = match load(&self.path) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(
+                    "SIGHUP: {}; rewriting it from memory",
+                    crate::report::chain(&e)
+                );
+                self.save_or_log().await;
+                return;
+            }
+        };
+        let in_memory = self.snapshot();
+        if on_disk == in_memory {
+            tracing::info!(
+                apps = in_memory.apps.len(),
+                "SIGHUP: state file re-read, matches what runs; nothing touched"
+            );
+        } else {
+            tracing::warn!(
+                "SIGHUP: state file differs from what runs (edited by hand?); running apps are \
+                 left alone and the file is rewritten from memory: use `piku` to change apps"
+            );
+            self.save_or_log().await;
+        }
+    }
+
+    async fn save_or_log(&self) {
+        if let Err(e) = self.save().await {
+            tracing::error!("SIGHUP: {}", crate::report::chain(&e));
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, SavedApp>> {
+        // Every update is one insert or remove: consistent even if a holder panicked.
+        self.apps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[cfg(test)]
@@ -115,13 +218,19 @@ mod tests {
                 SavedApp {
                     spec,
                     stopped: true,
-                    ports: BTreeMap::from([("web.1".into(), 4001), ("web.2".into(), 4002)]),
+                    ports: BTreeMap::from([
+                        (InstanceId::new("web", 1), 4001),
+                        (InstanceId::new("web", 2), 4002),
+                    ]),
                     front_port: Some(4003),
                 },
             )]),
         };
         save(&path, &state).unwrap();
         assert_eq!(load(&path).unwrap(), state);
+        // Instances are named as everywhere else.
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""web.2": 4002"#), "{text}");
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()

@@ -1,9 +1,10 @@
-//! Stopping a process group: SIGTERM to all, a grace period, SIGKILL to all, and nothing left.
+//! Process groups: signalling one, knowing when it is empty, clearing what a leader left.
 //!
 //! Every instance leads its own process group (spawned with `process_group(0)`), so the
 //! group id is the leader's pid and one `killpg` reaches the app and every child it forked
-//! that did not leave the group. We wait for the whole group, not just the leader: a
-//! grandchild that ignores SIGTERM must still be gone (SIGKILL) when the stop returns.
+//! that did not leave the group. A stop waits for the whole group, not just the leader: a
+//! grandchild that ignores SIGTERM must still be gone (SIGKILL) when the stop is over. The
+//! sequence of a stop (SIGTERM, grace, SIGKILL) is decided by the instance state machine.
 
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -11,8 +12,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::Child;
-use tokio::time::{Instant, sleep, timeout_at};
+use tokio::time::{Instant, sleep};
 
 /// How often the group is polled while waiting for it to empty.
 const GROUP_POLL: Duration = Duration::from_millis(10);
@@ -40,30 +40,12 @@ pub fn group_alive(pgid: u32) -> bool {
     !matches!(killpg(Pid::from_raw(raw), None), Err(Errno::ESRCH))
 }
 
-/// Stops the instance led by `child` (pid `pgid`): SIGTERM (and SIGCONT, so a stopped
-/// process can act on it) to the group, up to `grace` for the whole group to exit, then
-/// SIGKILL to the group. Returns the leader's exit status.
-pub async fn stop_group(child: &mut Child, pgid: u32, grace: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + grace;
-    signal_group(pgid, Signal::SIGTERM);
-    signal_group(pgid, Signal::SIGCONT);
-    let status = match timeout_at(deadline, child.wait()).await {
-        Ok(status) => status.ok(),
-        Err(_) => None,
-    };
-    // The leader may be gone while members that ignore SIGTERM live on: give them the rest
-    // of the grace period.
-    wait_group_empty(pgid, deadline).await;
-    let status = match status {
-        Some(status) => Some(status),
-        None => {
-            signal_group(pgid, Signal::SIGKILL);
-            child.wait().await.ok()
-        }
-    };
-    crate::reaper::disown(pgid);
-    finish_group(pgid).await;
-    status
+/// Resolves once nothing is left of the group (zombies included). Unbounded: the caller
+/// decides how long it waits (the instance state machine's deadlines).
+pub async fn group_gone(pgid: u32) {
+    while group_alive(pgid) {
+        sleep(GROUP_POLL).await;
+    }
 }
 
 /// After a leader exited on its own: members it left behind get the same treatment as in a

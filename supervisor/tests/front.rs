@@ -353,10 +353,12 @@ fn release_that_never_becomes_healthy_is_not_switched_to() {
     let daemon = root.start();
     let mut v1 = fronted("shop", &root, 2);
     v1.processes.push(sleeper("worker", 1));
+    // A first start waits for readiness too: v1 gets the usual deadline, so that a loaded
+    // machine still starts it; the releases below get 3 s.
+    daemon.apply(&v1);
     if let Some(front) = v1.settings.front.as_mut() {
         front.health_deadline_ms = 3000;
     }
-    daemon.apply(&v1);
     let addr = front_addr(&daemon, "shop");
     wait_backends(&daemon, "shop", 2);
     let old_pids = web_pids(&daemon, "shop");
@@ -559,5 +561,86 @@ fn ten_redeploys_in_a_row_under_load_lose_no_request() {
         "10 redeploys in {:.1}s under load: {} requests, 0 failed",
         took.as_secs_f64(),
         bodies.len()
+    );
+}
+
+#[test]
+fn a_first_deploy_is_answered_once_its_web_instances_serve() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let (answer, progress) = apply_with_progress(&daemon, &fronted("shop", &root, 2));
+    assert!(matches!(answer, Ok(Response::Applied(_))), "{answer:?}");
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.contains("waiting for web.1 on port")),
+        "{progress:?}"
+    );
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.contains("2 web instance(s) healthy")),
+        "{progress:?}"
+    );
+    // No waiting here: the answer came once both instances were ready and in the pool.
+    let status = daemon.status("shop");
+    assert_eq!(status.front.as_ref().unwrap().backends, ["web.1", "web.2"]);
+    assert!(
+        get_tcp(&front_addr(&daemon, "shop"))
+            .unwrap()
+            .starts_with("v1 web.")
+    );
+}
+
+#[test]
+fn a_first_release_that_never_becomes_ready_is_refused_and_leaves_nothing_running() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut silent = fronted("shop", &root, 2);
+    silent.processes.push(sleeper("worker", 1));
+    silent.env.insert("NEVER_LISTEN".into(), "1".into());
+    // Other tests of this file run the same fixture: this one is told apart by its content.
+    silent.env.insert("CONTENT".into(), "never-ready".into());
+    if let Some(front) = silent.settings.front.as_mut() {
+        front.health_deadline_ms = 2000;
+    }
+    let (answer, progress) = apply_with_progress(&daemon, &silent);
+    let err = answer.expect_err("a release that never listens is refused");
+    assert!(
+        err.contains("not healthy after 2.0s: last probe: connection refused"),
+        "{err}"
+    );
+    assert!(
+        err.contains("not started: its processes were stopped"),
+        "{err}"
+    );
+    assert!(
+        err.contains("not listening, on purpose"),
+        "the log lines are quoted: {err}"
+    );
+    assert!(
+        progress.iter().any(|p| p.contains("waiting for web.")),
+        "{progress:?}"
+    );
+    // Nothing of it runs, and the daemon does not know it.
+    assert!(
+        fixture_processes_with("never-ready").is_empty(),
+        "web instances left running"
+    );
+    let err = daemon
+        .call(&Request::Status {
+            app: Some("shop".into()),
+        })
+        .unwrap_err();
+    assert!(err.contains("no app named shop"), "{err}");
+    let state = std::fs::read_to_string(root.root().join("supervisor/state.json")).unwrap();
+    assert!(!state.contains("\"shop\""), "{state}");
+    // The same app with a release that works deploys fine afterwards.
+    let (answer, _) = apply_with_progress(&daemon, &fronted("shop", &root, 1));
+    assert!(matches!(answer, Ok(Response::Applied(_))), "{answer:?}");
+    assert!(
+        get_tcp(&front_addr(&daemon, "shop"))
+            .unwrap()
+            .starts_with("v1 web.1")
     );
 }

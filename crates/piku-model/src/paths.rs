@@ -14,7 +14,7 @@
 //! cache/.<tool>     download caches shared by every app (pip, npm, uv)
 //! acme/             HTTP-01 webroot, the ACME account; acme/<app> piku's per-app directory
 //! releases/<app>    immutable releases: v<N>/{src,bin,build.log,release.json}, .lock, .last-push
-//! supervisor/       the daemon's state.json
+//! supervisor/       the daemon's state.json, running.json, daemon.lock
 //! supervisor.sock   the daemon's control socket
 //! uwsgi-available/, uwsgi-enabled/   piku's uWSGI vassals, only on installs migrated from piku
 //! ```
@@ -118,6 +118,15 @@ impl PikuRoot {
     /// `supervisor/state.json`: the persisted desired state of every app.
     pub fn state_file(&self) -> PathBuf {
         self.supervisor_dir().join("state.json")
+    }
+    /// `supervisor/running.json`: pid and start time of every process the daemon runs, so
+    /// that the next daemon can stop what a killed one left behind.
+    pub fn running_file(&self) -> PathBuf {
+        self.supervisor_dir().join("running.json")
+    }
+    /// `supervisor/daemon.lock`: held by the one daemon of this root.
+    pub fn daemon_lock(&self) -> PathBuf {
+        self.supervisor_dir().join("daemon.lock")
     }
     /// `supervisor.sock`: the daemon's control socket.
     pub fn socket(&self) -> PathBuf {
@@ -306,6 +315,8 @@ mod tests {
         assert_eq!(root.scaling_file(&app), Path::new("/r/envs/blog/SCALING"));
         assert_eq!(root.socket(), Path::new("/r/supervisor.sock"));
         assert_eq!(root.state_file(), Path::new("/r/supervisor/state.json"));
+        assert_eq!(root.running_file(), Path::new("/r/supervisor/running.json"));
+        assert_eq!(root.daemon_lock(), Path::new("/r/supervisor/daemon.lock"));
         assert_eq!(root.nginx(), Path::new("/r/nginx"));
         assert_eq!(root.acme(), Path::new("/r/acme"));
         assert_eq!(root.deps_dir(&app), Path::new("/r/envs/blog/deps"));

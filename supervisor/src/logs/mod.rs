@@ -275,6 +275,16 @@ impl LogHub {
     }
 }
 
+/// Whether the process named `process` is what `filter` asks for: "web" matches "web.1" and
+/// "web.12" (not "webhook.1", not "web.x"); "web.2" matches only "web.2". For `logs` both from
+/// the files and live.
+pub fn process_matches(process: &str, filter: &str) -> bool {
+    process == filter
+        || process
+            .parse::<piku_model::InstanceId>()
+            .is_ok_and(|id| id.kind == filter)
+}
+
 /// Keeps a name inside its directory even if a caller passes something odd: `/` and a leading
 /// `.` cannot escape `<logs_root>/<app>/`. Valid app and process names pass unchanged.
 fn path_component(name: &str) -> String {

@@ -15,7 +15,9 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::{LogLine, with_suffix};
+use piku_model::InstanceId;
+
+use super::{LogLine, process_matches, with_suffix};
 
 /// Size of the blocks read backwards from the end of a file.
 const BLOCK: u64 = 64 * 1024;
@@ -67,28 +69,16 @@ fn list_processes(dir: &Path) -> io::Result<Vec<String>> {
     Ok(processes)
 }
 
-/// "web" matches "web.1" and "web.12" (not "webhook.1", not "web.x"); "web.2" matches only
-/// "web.2".
-pub(super) fn process_matches(process: &str, filter: &str) -> bool {
-    process == filter
-        || process.strip_prefix(filter).is_some_and(|rest| {
-            rest.strip_prefix('.')
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-}
-
-/// Orders "kind.n" names by kind, then by n as a number.
+/// Orders instance names by kind, then by number (`web.2` before `web.10`); other names
+/// after the kind they would sort as.
 fn compare_process_names(a: &str, b: &str) -> Ordering {
-    fn split(name: &str) -> (&str, Option<u64>) {
-        match name.rsplit_once('.') {
-            Some((kind, n)) => match n.parse() {
-                Ok(n) => (kind, Some(n)),
-                Err(_) => (name, None),
-            },
-            None => (name, None),
+    fn key(name: &str) -> (String, Option<u32>) {
+        match name.parse::<InstanceId>() {
+            Ok(id) => (id.kind, Some(id.index)),
+            Err(_) => (name.to_owned(), None),
         }
     }
-    split(a).cmp(&split(b)).then_with(|| a.cmp(b))
+    key(a).cmp(&key(b)).then_with(|| a.cmp(b))
 }
 
 /// `.log.old` or `.log.1`, whichever exists and was written last.
@@ -187,6 +177,7 @@ mod tests {
 
     #[test]
     fn filters_match_a_kind_or_one_instance_never_a_prefix() {
+        use super::super::process_matches;
         assert!(process_matches("web.1", "web"));
         assert!(process_matches("web.12", "web"));
         assert!(process_matches("web.2", "web.2"));

@@ -1,29 +1,22 @@
 //! One client connection: peer check, handshake, then requests until the client hangs up.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use piku_proto::{MAX_FRAME_BYTES, PROTOCOL_VERSION, Request, Response};
 use tokio::net::UnixStream;
 use tokio::time::timeout;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, handlers};
-use crate::supervisor::Supervisor;
+use crate::registry::Registry;
+use crate::server::handlers;
+use crate::server::wire::{Conn, send};
 
-pub type Conn = Framed<UnixStream, LengthDelimitedCodec>;
-
-/// Sends one frame; false if the client is gone.
-pub async fn send(conn: &mut Conn, resp: &Response) -> bool {
-    match serde_json::to_vec(resp) {
-        Ok(body) => conn.send(Bytes::from(body)).await.is_ok(),
-        Err(e) => {
-            tracing::error!("cannot serialise a response: {e}");
-            false
-        }
-    }
-}
+/// Time a client has to complete the handshake after connecting.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection may stay silent between requests.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 async fn refuse(conn: &mut Conn, message: String) {
     tracing::debug!("refusing a client: {message}");
@@ -46,7 +39,7 @@ async fn next_request(conn: &mut Conn) -> Result<Option<Request>, String> {
 /// daemon's exit.
 pub async fn serve(
     stream: UnixStream,
-    sup: Arc<Supervisor>,
+    apps: Arc<Registry>,
     own_uid: u32,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -109,24 +102,7 @@ pub async fn serve(
             Ok(Err(message)) => return refuse(&mut conn, message).await,
             Ok(Ok(Some(request))) => request,
         };
-        let response = match request {
-            Request::Hello { .. } => Some(Response::Error {
-                message: "already greeted".into(),
-            }),
-            Request::Apply(spec) => Some(handlers::apply::handle(&sup, *spec, &mut conn).await),
-            Request::Scale { app, formation } => {
-                Some(handlers::scale::handle(&sup, &app, &formation).await)
-            }
-            Request::Restart { app, kind } => {
-                Some(handlers::restart::handle(&sup, &app, kind.as_deref(), &mut conn).await)
-            }
-            Request::Stop { app } => Some(handlers::stop::handle(&sup, &app).await),
-            Request::Start { app } => Some(handlers::start::handle(&sup, &app).await),
-            Request::Remove { app } => Some(handlers::remove::handle(&sup, &app).await),
-            Request::Status { app } => Some(handlers::status::handle(&sup, app.as_deref())),
-            // Streams its own frames; a following request ends when the client hangs up.
-            Request::Logs(req) => handlers::logs::handle(&sup, req, &mut conn, &mut shutdown).await,
-        };
+        let response = handlers::handle(&apps, request, &mut conn, &mut shutdown).await;
         match response {
             Some(resp) => {
                 if !send(&mut conn, &resp).await {

@@ -5,8 +5,11 @@
 //! time, idle time, number of connections), so a misbehaving client can neither crash nor
 //! stall the daemon: at worst it gets an `Error` frame and is closed.
 
+mod answer;
 mod connection;
 mod handlers;
+mod shutdown;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,19 +17,16 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::supervisor::Supervisor;
+use self::shutdown::stopped;
+use crate::registry::Registry;
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
-/// Time a client has to complete the handshake after connecting.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a connection may stay silent between requests.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: UnixListener,
-    sup: Arc<Supervisor>,
+    apps: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -51,15 +51,10 @@ pub async fn serve(
             },
             () = stopped(&mut shutdown) => return,
         };
-        let (sup, shutdown) = (sup.clone(), shutdown.clone());
+        let (apps, shutdown) = (apps.clone(), shutdown.clone());
         tokio::spawn(async move {
-            connection::serve(stream, sup, own_uid, shutdown).await;
+            connection::serve(stream, apps, own_uid, shutdown).await;
             drop(permit);
         });
     }
-}
-
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send: drop it here, inside.
-    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }

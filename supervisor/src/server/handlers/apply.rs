@@ -1,17 +1,25 @@
-//! `Apply`: make an app's processes match its desired state.
+//! `Apply`: make an app's processes match its desired state (deploy, rollback, config:set).
+
+use std::sync::Arc;
 
 use piku_proto::{AppSpec, Response};
 
-use crate::server::connection::Conn;
-use crate::supervisor::Supervisor;
+use crate::registry::Registry;
+use crate::server::answer;
+use crate::server::wire::Conn;
 
-/// Answers `Applied` with the instances started, stopped, restarted and left unchanged;
-/// a zero-downtime switch sends `Progress` frames first.
-pub async fn handle(sup: &Supervisor, spec: AppSpec, conn: &mut Conn) -> Response {
-    super::with_progress(conn, |progress| async move {
-        match sup.apply(spec, &progress).await {
+/// Checks the whole spec first (every problem listed at once; nothing changes on a
+/// refusal), then hands it to the app's actor, created for a new app. Answers `Applied`
+/// with the instances started, stopped, restarted and left unchanged; a zero-downtime switch
+/// sends `Progress` frames first.
+pub async fn handle(apps: &Arc<Registry>, spec: AppSpec, conn: &mut Conn) -> Response {
+    if let Err(problems) = crate::validate::spec(&spec) {
+        return Response::Error { message: problems };
+    }
+    answer::with_progress(conn, |progress| async move {
+        match apps.apply(spec, progress).await {
             Ok(report) => Response::Applied(report),
-            Err(e) => super::error(e),
+            Err(e) => answer::error(e),
         }
     })
     .await

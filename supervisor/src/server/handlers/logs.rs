@@ -5,8 +5,10 @@ use futures_util::StreamExt;
 use piku_proto::{LogsRequest, Response};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::server::connection::{Conn, send};
-use crate::supervisor::Supervisor;
+use crate::logs::process_matches;
+use crate::registry::Registry;
+use crate::server::answer;
+use crate::server::wire::{Conn, send};
 
 /// The most past lines sent per log file.
 const MAX_TAIL_LINES: usize = 100_000;
@@ -14,20 +16,20 @@ const MAX_TAIL_LINES: usize = 100_000;
 /// Sends the lines itself. Returns the final frame to send, or `None` when the connection
 /// is finished (a follow ended because the client hung up).
 pub async fn handle(
-    sup: &Supervisor,
+    apps: &Registry,
     req: LogsRequest,
     conn: &mut Conn,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Response> {
-    if let Some(refused) = super::refuse_bad_name(&req.app) {
+    if let Some(refused) = answer::refuse_bad_name(&req.app) {
         return Some(refused);
     }
     // piku shows 100 lines by default; a huge count would only buffer whole files in memory.
     let lines = req.lines.min(MAX_TAIL_LINES);
     // Subscribe before reading the files so that no line falls between the two.
-    let mut live = req.follow.then(|| sup.ctx.logs.subscribe(&req.app));
-    let past = match sup
-        .ctx
+    let mut live = req.follow.then(|| apps.ctx().logs.subscribe(&req.app));
+    let past = match apps
+        .ctx()
         .logs
         .tail(&req.app, req.process.as_deref(), lines)
         .await
@@ -39,7 +41,7 @@ pub async fn handle(
             });
         }
     };
-    if past.is_empty() && !sup.knows(&req.app) {
+    if past.is_empty() && !apps.knows(&req.app) {
         return Some(Response::Error {
             message: format!("no app named {} and no logs for it", req.app),
         });
@@ -62,7 +64,7 @@ pub async fn handle(
         tokio::select! {
             line = live.recv() => {
                 let frame = match line {
-                    Ok(line) if matches_filter(&line.process, req.process.as_deref()) => Response::LogLine {
+                    Ok(line) if req.process.as_deref().is_none_or(|f| process_matches(&line.process, f)) => Response::LogLine {
                         process: line.process,
                         line: line.line,
                     },
@@ -80,30 +82,7 @@ pub async fn handle(
             // Anything from the client (or EOF) ends the follow: it only hangs up.
             _ = conn.next() => return None,
             // The daemon is stopping: the follow ends (the client sees the socket close).
-            () = crate::server::stopped(shutdown) => return None,
+            () = crate::server::shutdown::stopped(shutdown) => return None,
         }
-    }
-}
-
-/// `web` matches every `web.N`; `web.2` only itself; `None` everything.
-fn matches_filter(process: &str, filter: Option<&str>) -> bool {
-    match filter {
-        None => true,
-        Some(f) if f.contains('.') => process == f,
-        Some(f) => process.split_once('.').is_some_and(|(kind, _)| kind == f),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::matches_filter;
-
-    #[test]
-    fn filters_by_kind_or_instance() {
-        assert!(matches_filter("web.1", None));
-        assert!(matches_filter("web.1", Some("web")));
-        assert!(!matches_filter("webhook.1", Some("web")));
-        assert!(matches_filter("web.2", Some("web.2")));
-        assert!(!matches_filter("web.1", Some("web.2")));
     }
 }

@@ -1,63 +1,42 @@
 //! One file per request kind: find the code of a request by its name.
 
-pub mod apply;
-pub mod logs;
-pub mod remove;
-pub mod restart;
-pub mod scale;
-pub mod start;
-pub mod status;
-pub mod stop;
+mod apply;
+mod logs;
+mod remove;
+mod restart;
+mod scale;
+mod start;
+mod status;
+mod stop;
 
-use std::future::Future;
+use piku_proto::{Request, Response};
+use tokio::sync::watch;
 
-use piku_proto::Response;
-use tokio::sync::mpsc;
+use std::sync::Arc;
 
-use crate::server::connection::{Conn, send};
-use crate::supervisor::SupervisorError;
-use crate::switch::Progress;
+use crate::registry::Registry;
+use crate::server::wire::Conn;
 
-pub fn error(e: SupervisorError) -> Response {
-    Response::Error {
-        message: e.to_string(),
-    }
-}
-
-/// Refuses a request naming an app that could not exist (it would become a path).
-pub fn refuse_bad_name(app: &str) -> Option<Response> {
-    crate::validate::app_name(app)
-        .err()
-        .map(|message| Response::Error { message })
-}
-
-/// Runs `work` while relaying what it reports as `Progress` frames; returns its answer. A
-/// client that hangs up does not cancel the work (a switch half done is worse than one the
-/// client does not see the end of).
-pub async fn with_progress<F, W>(conn: &mut Conn, work: W) -> Response
-where
-    W: FnOnce(Progress) -> F,
-    F: Future<Output = Response>,
-{
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let work = work(Progress::to(tx));
-    tokio::pin!(work);
-    let mut listening = true;
-    loop {
-        tokio::select! {
-            answer = &mut work => {
-                while let Ok(message) = rx.try_recv() {
-                    if listening {
-                        listening = send(conn, &Response::Progress { message }).await;
-                    }
-                }
-                return answer;
-            }
-            Some(message) = rx.recv() => {
-                if listening {
-                    listening = send(conn, &Response::Progress { message }).await;
-                }
-            }
-        }
+/// Answers one request after the handshake: the final frame, or `None` when the connection
+/// is finished (a `logs --follow` whose client hung up).
+pub async fn handle(
+    apps: &Arc<Registry>,
+    request: Request,
+    conn: &mut Conn,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Response> {
+    match request {
+        Request::Hello { .. } => Some(Response::Error {
+            message: "already greeted".into(),
+        }),
+        Request::Apply(spec) => Some(apply::handle(apps, *spec, conn).await),
+        Request::Scale { app, formation } => Some(scale::handle(apps, &app, formation).await),
+        Request::Restart { app, kind } => Some(restart::handle(apps, &app, kind, conn).await),
+        Request::Stop { app } => Some(stop::handle(apps, &app).await),
+        Request::Start { app } => Some(start::handle(apps, &app, conn).await),
+        Request::Remove { app } => Some(remove::handle(apps, &app).await),
+        Request::Status { app } => Some(status::handle(apps, app.as_deref()).await),
+        // Streams its own frames; a following request ends when the client hangs up.
+        Request::Logs(req) => logs::handle(apps, req, conn, shutdown).await,
     }
 }

@@ -2,16 +2,18 @@
 
 use piku_proto::Response;
 
-use crate::supervisor::Supervisor;
+use crate::app::command::Command;
+use crate::registry::Registry;
+use crate::server::answer;
 
-pub async fn handle(sup: &Supervisor, app: &str) -> Response {
-    if let Some(refused) = super::refuse_bad_name(app) {
+pub async fn handle(apps: &Registry, app: &str) -> Response {
+    if let Some(refused) = answer::refuse_bad_name(app) {
         return refused;
     }
-    match sup.remove(app).await {
+    match apps.request(app, |reply| Command::Remove { reply }).await {
         Ok(()) => Response::Done {
             message: format!("removed {app}"),
         },
-        Err(e) => super::error(e),
+        Err(e) => answer::error(e),
     }
 }

@@ -2,33 +2,32 @@
 
 use piku_proto::Response;
 
-use crate::server::connection::Conn;
-use crate::supervisor::Supervisor;
+use crate::app::command::Command;
+use crate::registry::Registry;
+use crate::server::answer;
+use crate::server::wire::Conn;
 
 /// With a front, web instances are renewed blue/green and `Progress` frames come first.
-pub async fn handle(sup: &Supervisor, app: &str, kind: Option<&str>, conn: &mut Conn) -> Response {
-    if let Some(refused) = super::refuse_bad_name(app) {
+pub async fn handle(apps: &Registry, app: &str, kind: Option<String>, conn: &mut Conn) -> Response {
+    if let Some(refused) = answer::refuse_bad_name(app) {
         return refused;
     }
-    super::with_progress(conn, |progress| async move {
-        restart(sup, app, kind, &progress).await
+    let message = match &kind {
+        Some(kind) => format!("restarted {app} {kind}"),
+        None => format!("restarted {app}"),
+    };
+    answer::with_progress(conn, |progress| async move {
+        let restarted = apps
+            .request(app, |reply| Command::Restart {
+                kind,
+                progress,
+                reply,
+            })
+            .await;
+        match restarted {
+            Ok(()) => Response::Done { message },
+            Err(e) => answer::error(e),
+        }
     })
     .await
-}
-
-async fn restart(
-    sup: &Supervisor,
-    app: &str,
-    kind: Option<&str>,
-    progress: &crate::switch::Progress,
-) -> Response {
-    match sup.restart(app, kind, progress).await {
-        Ok(()) => Response::Done {
-            message: match kind {
-                Some(kind) => format!("restarted {app} {kind}"),
-                None => format!("restarted {app}"),
-            },
-        },
-        Err(e) => super::error(e),
-    }
 }

@@ -1,18 +1,24 @@
-//! `Scale`: change the count of some kinds; the others keep theirs.
+//! `Scale`: change the count of some kinds (`ps:scale`); the others keep theirs.
 
 use std::collections::BTreeMap;
 
 use piku_proto::Response;
 
-use crate::supervisor::Supervisor;
+use crate::app::command::Command;
+use crate::registry::Registry;
+use crate::server::answer;
 
-/// Answers `Applied`, like an apply: which instances started and stopped.
-pub async fn handle(sup: &Supervisor, app: &str, formation: &BTreeMap<String, u32>) -> Response {
-    if let Some(refused) = super::refuse_bad_name(app) {
+/// Answers `Applied`, like an apply: which instances started and stopped. Unknown kinds and
+/// counts over the caps are refused by the app's actor, which knows the kinds.
+pub async fn handle(apps: &Registry, app: &str, formation: BTreeMap<String, u32>) -> Response {
+    if let Some(refused) = answer::refuse_bad_name(app) {
         return refused;
     }
-    match sup.scale(app, formation).await {
+    match apps
+        .request(app, |reply| Command::Scale { formation, reply })
+        .await
+    {
         Ok(report) => Response::Applied(report),
-        Err(e) => super::error(e),
+        Err(e) => answer::error(e),
     }
 }

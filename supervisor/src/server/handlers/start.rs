@@ -2,19 +2,28 @@
 
 use piku_proto::Response;
 
-use crate::supervisor::Supervisor;
+use crate::app::command::Command;
+use crate::registry::Registry;
+use crate::server::answer;
+use crate::server::wire::Conn;
 
-pub async fn handle(sup: &Supervisor, app: &str) -> Response {
-    if let Some(refused) = super::refuse_bad_name(app) {
+pub async fn handle(apps: &Registry, app: &str, conn: &mut Conn) -> Response {
+    if let Some(refused) = answer::refuse_bad_name(app) {
         return refused;
     }
-    match sup.start(app).await {
-        Ok(report) => Response::Done {
-            message: format!(
-                "started {app} ({} processes)",
-                report.started.len() + report.unchanged.len()
-            ),
-        },
-        Err(e) => super::error(e),
-    }
+    answer::with_progress(conn, |progress| async move {
+        match apps
+            .request(app, |reply| Command::Start { progress, reply })
+            .await
+        {
+            Ok(report) => Response::Done {
+                message: format!(
+                    "started {app} ({} processes)",
+                    report.started.len() + report.unchanged.len()
+                ),
+            },
+            Err(e) => answer::error(e),
+        }
+    })
+    .await
 }

@@ -1,0 +1,181 @@
+//! What an instance's shell does to the world, behind a trait so that tests can put a fake
+//! child in its place: spawn the process, signal its group, wait for the group to be gone,
+//! probe readiness, write notes. [`ProcessHost`] is the real one.
+//!
+//! A process is known by its pid (= its process group id) and a future of its exit, not by a
+//! tokio `Child`: the shell never needs more, and a process adopted from an earlier daemon
+//! can be watched the same way.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use hyper_proxy_glue::{HealthCheck, wait_healthy};
+use nix::sys::signal::Signal;
+
+use super::config::InstanceConfig;
+use crate::leftovers::Running;
+use crate::logs::LogSink;
+use crate::spawn::{self, Spawned};
+use crate::{cgroup, reaper, stop};
+
+/// A port probe gets this long to connect (loopback: plenty)...
+const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+/// ...and a health path this long to answer: an app's health endpoint may query its
+/// database, and a loaded machine answers slowly; a status seen late is still the status
+/// (not a timeout) in a failed deploy's message. The glue probes again every 100 ms within it.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A started process.
+pub struct Child {
+    pub pid: u32,
+    /// Resolves when the process has exited (and is reaped), with how: `exit 1`, `signal 9`.
+    pub exit: BoxFuture<'static, String>,
+}
+
+/// The two signals a stop sends to a process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupSignal {
+    /// SIGTERM, and SIGCONT so that a stopped process can act on it.
+    Term,
+    Kill,
+}
+
+/// The world as an instance's shell sees it.
+pub trait Host: Send + 'static {
+    /// Starts the instance's process; the error says why it could not.
+    fn spawn(&mut self) -> Result<Child, String>;
+    fn signal(&mut self, pgid: u32, signal: GroupSignal);
+    /// Resolves once nothing is left of the group nor of the instance's cgroup.
+    fn group_gone(&mut self, pgid: u32) -> BoxFuture<'static, ()>;
+    /// Clears what an exited leader left in its group, in the background.
+    fn clear_group(&mut self, pgid: u32, grace: Duration);
+    /// One readiness probe: `Ok` with what to note, `Err` with what it saw.
+    fn probe(&mut self) -> BoxFuture<'static, Result<String, String>>;
+    fn set_health_path(&mut self, path: Option<String>);
+    /// A `[piku]` line in the instance's log.
+    fn note(&mut self, msg: &str);
+    /// The instance has ended: release what it held.
+    fn ended(&mut self);
+}
+
+/// Real processes: process groups, cgroups, the running table and the log sink.
+pub struct ProcessHost {
+    config: InstanceConfig,
+    sink: LogSink,
+    running: Arc<Running>,
+    /// The instance's cgroup; made at its first spawn, once the instance it replaces (which
+    /// removes the cgroup when it ends) is gone.
+    cgroup: Option<Option<PathBuf>>,
+}
+
+impl ProcessHost {
+    pub fn new(config: InstanceConfig, sink: LogSink, running: Arc<Running>) -> ProcessHost {
+        ProcessHost {
+            config,
+            sink,
+            running,
+            cgroup: None,
+        }
+    }
+
+    fn cgroup(&mut self) -> Option<PathBuf> {
+        let (app, slot) = (&self.config.app, self.config.slot());
+        self.cgroup
+            .get_or_insert_with(|| cgroup::instance_dir(app, &slot))
+            .clone()
+    }
+}
+
+impl Host for ProcessHost {
+    fn spawn(&mut self) -> Result<Child, String> {
+        let cgroup = self.cgroup();
+        let Spawned { mut child, pid } =
+            spawn::spawn(&self.config.launch, &self.config.id, cgroup.as_deref())
+                .map_err(|e| format!("cannot start `{}`: {e}", self.config.launch.command))?;
+        if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
+            self.sink.attach(out, err);
+        }
+        let key = self.config.running_key();
+        self.running.insert(key.clone(), pid);
+        let running = self.running.clone();
+        let exit = Box::pin(async move {
+            let status = child.wait().await;
+            // tokio has reaped it: orphans of the group are the reaper's from now on.
+            reaper::disown(pid);
+            running.remove(&key, pid);
+            match status {
+                Ok(status) => stop::describe_exit(&status),
+                Err(e) => format!("wait failed: {e}"),
+            }
+        });
+        Ok(Child { pid, exit })
+    }
+
+    fn signal(&mut self, pgid: u32, signal: GroupSignal) {
+        match signal {
+            GroupSignal::Term => {
+                stop::signal_group(pgid, Signal::SIGTERM);
+                stop::signal_group(pgid, Signal::SIGCONT);
+            }
+            GroupSignal::Kill => stop::signal_group(pgid, Signal::SIGKILL),
+        }
+    }
+
+    fn group_gone(&mut self, pgid: u32) -> BoxFuture<'static, ()> {
+        let cgroup = self.cgroup.clone().flatten();
+        Box::pin(async move {
+            stop::group_gone(pgid).await;
+            // What left the process group (setsid) is still in the cgroup.
+            if let Some(dir) = cgroup {
+                cgroup::kill(&dir).await;
+            }
+        })
+    }
+
+    fn clear_group(&mut self, pgid: u32, grace: Duration) {
+        tokio::spawn(stop::clear_group(pgid, grace));
+    }
+
+    fn probe(&mut self) -> BoxFuture<'static, Result<String, String>> {
+        let Some(port) = self.config.launch.port else {
+            return Box::pin(async { Ok("running (no port to probe)".to_string()) });
+        };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let (check, timeout, ready) = match &self.config.health_path {
+            Some(path) => (
+                HealthCheck::Http { path: path.clone() },
+                HEALTH_PROBE_TIMEOUT,
+                format!("healthy on port {port} ({path} answers)"),
+            ),
+            None => (
+                HealthCheck::Tcp,
+                PROBE_TIMEOUT,
+                format!("accepting connections on port {port}"),
+            ),
+        };
+        Box::pin(async move {
+            wait_healthy(addr, &check, timeout)
+                .await
+                .map(|()| ready)
+                .map_err(|e| e.last.to_string())
+        })
+    }
+
+    fn set_health_path(&mut self, path: Option<String>) {
+        self.config.health_path = path;
+    }
+
+    fn note(&mut self, msg: &str) {
+        tracing::info!(app = %self.config.app, instance = %self.config.id, "{msg}");
+        self.sink.note(msg);
+    }
+
+    fn ended(&mut self) {
+        if let Some(Some(dir)) = &self.cgroup {
+            cgroup::remove(dir);
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! One instance (`web.2`, `worker.1`, `cron1.1`): an actor that owns its process.
+//!
+//! The decisions are a pure state machine ([`machine`]); this module is its thin async
+//! shell: it waits for the next event (the process exiting, the state's deadline, a probe's
+//! result, the group gone, a cron entry due, a request), steps the machine and carries out
+//! the actions through a [`Host`] ([`host`]). Every step is published on a `watch` channel
+//! ([`Snapshot`]) that status reads and the switch and the front await. Nothing else touches
+//! the process, so there is no race between a crash and a stop.
+
+pub mod config;
+#[cfg(test)]
+pub mod fake;
+pub mod host;
+pub mod machine;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep, sleep_until};
+
+use self::config::InstanceConfig;
+use self::host::{GroupSignal, Host, ProcessHost};
+use self::machine::{Action, Event, Machine, Probe, State};
+use crate::cron::{NextRun, Schedule, SystemClock};
+use crate::leftovers::Running;
+use crate::logs::LogSink;
+use crate::snapshot::{Snapshot, Watch};
+
+/// Requests to the actor.
+enum Control {
+    /// Stop the process (if any) and start a fresh one now, forgetting the back-off; the
+    /// sender fires once that is done.
+    Restart(oneshot::Sender<()>),
+    /// Stop the process and end the actor.
+    Stop,
+    /// A new stop grace period (settings changed by an apply that left the process alone).
+    SetGrace(Duration),
+    /// A new health path for the readiness probe, from the next probe on.
+    SetHealthPath(Option<String>),
+}
+
+/// Resolves once an actor has ended (its process stopped and reaped).
+#[derive(Clone)]
+pub struct Done(watch::Receiver<bool>);
+
+impl Done {
+    /// A `Done` and the sender that completes it.
+    pub fn channel() -> (watch::Sender<bool>, Done) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Done(rx))
+    }
+
+    pub async fn wait(mut self) {
+        // An Err means the actor is gone, which is what we wait for.
+        let _ = self.0.wait_for(|done| *done).await;
+    }
+}
+
+/// How an app starts its instances: as processes ([`Processes`]), or as fakes in tests.
+pub trait Launcher: Send + Sync {
+    /// Starts an instance actor; its first process starts once `after` (the instance it
+    /// replaces) has stopped.
+    fn launch(
+        &self,
+        config: InstanceConfig,
+        grace: Duration,
+        sink: LogSink,
+        after: Option<Done>,
+    ) -> InstanceHandle;
+}
+
+/// Instances as real processes, recorded in the running table.
+pub struct Processes {
+    pub running: Arc<Running>,
+}
+
+impl Launcher for Processes {
+    fn launch(
+        &self,
+        config: InstanceConfig,
+        grace: Duration,
+        sink: LogSink,
+        after: Option<Done>,
+    ) -> InstanceHandle {
+        InstanceHandle::start(config, grace, sink, self.running.clone(), after)
+    }
+}
+
+/// The app's handle on an instance actor. Dropping it stops the instance.
+pub struct InstanceHandle {
+    pub config: InstanceConfig,
+    pub sink: LogSink,
+    control: mpsc::UnboundedSender<Control>,
+    state: Watch,
+    done: Done,
+}
+
+impl InstanceHandle {
+    /// Starts the actor; its first process is spawned once `after` (the instance it
+    /// replaces) has stopped, so the two never run at once (a web port can be bound by one).
+    pub fn start(
+        config: InstanceConfig,
+        grace: Duration,
+        sink: LogSink,
+        running: Arc<Running>,
+        after: Option<Done>,
+    ) -> InstanceHandle {
+        let host = ProcessHost::new(config.clone(), sink.clone(), running);
+        let schedule = config
+            .schedule
+            .clone()
+            .map(|cron| Schedule::new(cron, SystemClock));
+        InstanceHandle::with_host(config, grace, sink, host, schedule, after)
+    }
+
+    /// [`InstanceHandle::start`] with any host and schedule clock (tests use fakes).
+    pub fn with_host(
+        config: InstanceConfig,
+        grace: Duration,
+        sink: LogSink,
+        host: impl Host,
+        schedule: Option<Schedule>,
+        after: Option<Done>,
+    ) -> InstanceHandle {
+        let (control, requests) = mpsc::unbounded_channel();
+        let (done_tx, done) = Done::channel();
+        let machine = Machine::new(config.duty(), grace);
+        let (published, state) = watch::channel(Snapshot::new(machine.shown_as()));
+        let shell = Shell {
+            machine,
+            host,
+            schedule,
+            next_run: None,
+            published,
+            exit: None,
+            probe: None,
+            group: None,
+            restarted: Vec::new(),
+        };
+        tokio::spawn(async move {
+            shell.run(requests, after).await;
+            let _ = done_tx.send(true);
+        });
+        InstanceHandle {
+            config,
+            sink,
+            control,
+            state,
+            done,
+        }
+    }
+
+    /// Asks for a restart; the receiver fires once it is done (a fresh process spawned, or
+    /// a cron entry waiting again), or errs if the instance ended instead.
+    pub fn restart(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.control.send(Control::Restart(tx));
+        rx
+    }
+
+    pub fn set_grace(&self, grace: Duration) {
+        let _ = self.control.send(Control::SetGrace(grace));
+    }
+
+    pub fn set_health_path(&mut self, path: Option<String>) {
+        if self.config.health_path != path {
+            self.config.health_path.clone_from(&path);
+            let _ = self.control.send(Control::SetHealthPath(path));
+        }
+    }
+
+    /// Asks the actor to stop; the returned [`Done`] resolves when it has.
+    pub fn stop(self) -> Done {
+        let _ = self.control.send(Control::Stop);
+        self.done
+    }
+
+    /// The state the actor publishes (the switch and the front await it).
+    pub fn watch(&self) -> Watch {
+        self.state.clone()
+    }
+
+    pub fn status(&self) -> piku_proto::InstanceStatus {
+        self.state.borrow().status(
+            &self.config.id,
+            self.config.launch.port,
+            self.sink.dropped(),
+        )
+    }
+}
+
+/// What woke the shell.
+enum Woke {
+    Event(Event),
+    Control(Option<Control>),
+    /// A cron timer fired before the wall clock reached the run (the clock was set back).
+    Early,
+}
+
+/// The actor: the machine, the host it acts through, and what it is waiting for.
+struct Shell<H: Host> {
+    machine: Machine,
+    host: H,
+    schedule: Option<Schedule>,
+    next_run: Option<NextRun>,
+    published: watch::Sender<Snapshot>,
+    /// The running process's exit.
+    exit: Option<BoxFuture<'static, String>>,
+    /// The readiness probe in flight.
+    probe: Option<BoxFuture<'static, Result<String, String>>>,
+    /// The group emptying after its leader exited, during a stop.
+    group: Option<BoxFuture<'static, ()>>,
+    /// Requesters of a restart, answered once it is carried out.
+    restarted: Vec<oneshot::Sender<()>>,
+}
+
+impl<H: Host> Shell<H> {
+    async fn run(mut self, requests: mpsc::UnboundedReceiver<Control>, after: Option<Done>) {
+        let mut requests = Some(requests);
+        let mut after = after.map(|done| Box::pin(done.wait()));
+        if after.is_none() {
+            self.feed(Event::Start);
+        }
+        while !self.machine.is_stopped() {
+            self.next_run = match (&self.schedule, &self.machine.state) {
+                (Some(schedule), state) if *state != State::Idle => schedule.next(),
+                _ => None,
+            };
+            self.publish();
+            let deadline = self.machine.deadline();
+            let due_in = self.next_run.as_ref().map(|run| run.wait);
+            let woke = tokio::select! {
+                // Exits first: a crash must be seen (and respawned) before anything else.
+                biased;
+                what = some(&mut self.exit) => Woke::Event(Event::Exited(what)),
+                () = some(&mut self.group) => Woke::Event(Event::GroupGone),
+                control = recv(&mut requests) => Woke::Control(control),
+                () = some(&mut after) => Woke::Event(Event::Start),
+                seen = some(&mut self.probe) => Woke::Event(Event::Probed(seen)),
+                () = until(deadline) => Woke::Event(Event::Deadline),
+                () = wait(due_in) => match (&self.schedule, &self.next_run) {
+                    (Some(schedule), Some(run)) if schedule.is_due(run) => Woke::Event(Event::Due),
+                    _ => Woke::Early,
+                },
+            };
+            let event = match woke {
+                Woke::Event(event) => event,
+                Woke::Control(control) => {
+                    if control.is_none() {
+                        // The handle is gone: nothing more can be asked.
+                        requests = None;
+                    }
+                    match self.control(control) {
+                        Some(event) => event,
+                        None => continue,
+                    }
+                }
+                Woke::Early => continue,
+            };
+            match &event {
+                Event::Exited(_) => self.exit = None,
+                Event::GroupGone => self.group = None,
+                Event::Probed(_) => self.probe = None,
+                Event::Start => after = None,
+                _ => {}
+            }
+            self.feed(event);
+        }
+        self.next_run = None;
+        self.publish();
+        self.host.ended();
+    }
+
+    /// A request, as an event for the machine (or handled here).
+    fn control(&mut self, control: Option<Control>) -> Option<Event> {
+        match control {
+            // The handle was dropped without a stop: treated as a stop, never as an orphaned
+            // process.
+            None | Some(Control::Stop) => Some(Event::Stop),
+            Some(Control::Restart(reply)) => {
+                self.restarted.push(reply);
+                Some(Event::Restart)
+            }
+            Some(Control::SetGrace(grace)) => {
+                self.machine.set_grace(grace);
+                None
+            }
+            Some(Control::SetHealthPath(path)) => {
+                self.host.set_health_path(path);
+                None
+            }
+        }
+    }
+
+    /// Steps the machine with `event`, carries out its actions, and feeds back what they
+    /// report at once (a spawn's result) before anything else can happen.
+    fn feed(&mut self, event: Event) {
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            let (machine, actions) =
+                machine::table::step(self.machine.clone(), event, Instant::now());
+            self.machine = machine;
+            for action in actions {
+                match action {
+                    Action::Spawn => match self.host.spawn() {
+                        Ok(child) => {
+                            self.exit = Some(child.exit);
+                            events.push_back(Event::Spawned { pid: child.pid });
+                        }
+                        Err(why) => events.push_back(Event::SpawnFailed(why)),
+                    },
+                    Action::Probe => self.probe = Some(self.host.probe()),
+                    Action::Terminate { pgid } => self.host.signal(pgid, GroupSignal::Term),
+                    Action::Kill { pgid } => self.host.signal(pgid, GroupSignal::Kill),
+                    Action::AwaitGroupGone { pgid } => {
+                        self.group = Some(self.host.group_gone(pgid))
+                    }
+                    Action::ClearGroup { pgid, grace } => self.host.clear_group(pgid, grace),
+                    Action::Note(msg) => self.host.note(&msg),
+                }
+            }
+        }
+        // Waits for what the machine no longer waits for are dropped (a probe of a process
+        // that has since exited must not report on the next one).
+        if !matches!(self.machine.state, State::Stopping { .. }) {
+            self.group = None;
+        }
+        if !matches!(
+            self.machine.state,
+            State::Starting {
+                probe: Probe::InFlight { .. },
+                ..
+            }
+        ) {
+            self.probe = None;
+        }
+        if self.machine.is_stopped() {
+            // Ended instead: the requesters hear that no restart happened.
+            self.restarted.clear();
+        } else if self.machine.settled() {
+            for reply in self.restarted.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let (pid, since) = self.machine.process();
+        let snapshot = Snapshot {
+            state: self.machine.shown_as(),
+            pid,
+            started: since.map(Instant::into_std),
+            restarts: self.machine.restarts(),
+            exits: self.machine.exits(),
+            last_exit: self.machine.last_exit().map(str::to_owned),
+            last_probe: self.machine.last_probe().map(str::to_owned),
+            next_run: self.next_run.as_ref().map(NextRun::shown),
+        };
+        self.published.send_if_modified(|current| {
+            let changed = *current != snapshot;
+            *current = snapshot;
+            changed
+        });
+    }
+}
+
+/// Awaits the future in `slot`, or forever when there is none.
+async fn some<T>(slot: &mut Option<impl Future<Output = T> + Unpin>) -> T {
+    match slot {
+        Some(fut) => fut.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv<T>(requests: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match requests {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait(duration: Option<Duration>) {
+    match duration {
+        Some(d) => sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
