@@ -78,10 +78,19 @@ pub(crate) fn check_isolated(
     conf: &Path,
     root_tests_later: bool,
 ) -> Result<Verdict, NginxError> {
+    check_with(isolation(), binary, features, conf, root_tests_later)
+}
+
+fn check_with(
+    isolation: Isolation,
+    binary: &Path,
+    features: NginxFeatures,
+    conf: &Path,
+    root_tests_later: bool,
+) -> Result<Verdict, NginxError> {
     let dir = CheckDir::create()?;
     let main = dir.path.join("nginx.conf");
     let d = dir.path.display();
-    let isolation = isolation();
     // As (namespace) root, nginx would hand its temp directories to `nobody`, a uid the
     // namespace does not map (chown fails with EINVAL); keep them with the one uid it maps.
     let user = match isolation {
@@ -194,6 +203,82 @@ impl Drop for CheckDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NGINX: &str = "/usr/sbin/nginx";
+
+    /// A server on an address this machine does not have (TEST-NET-1), port 80.
+    fn elsewhere_on_port_80(dir: &Path) -> PathBuf {
+        let conf = dir.join("app.conf");
+        std::fs::write(
+            &conf,
+            "server {\n  listen 192.0.2.7:80;\n  server_name x.test;\n  return 204;\n}\n",
+        )
+        .unwrap();
+        conf
+    }
+
+    fn features() -> NginxFeatures {
+        crate::NginxCommand::new(NGINX, crate::ReloadMode::None)
+            .features()
+            .unwrap()
+    }
+
+    #[test]
+    fn in_the_namespace_any_address_and_port_can_be_checked() {
+        assert_eq!(
+            isolation(),
+            Isolation::Namespace,
+            "`unshare --user --map-root-user --net true` fails on this machine: the check's main path cannot be tested here"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let conf = elsewhere_on_port_80(dir.path());
+        assert_eq!(
+            check_with(
+                Isolation::Namespace,
+                Path::new(NGINX),
+                features(),
+                &conf,
+                false
+            )
+            .unwrap(),
+            Verdict::Passed
+        );
+    }
+
+    #[test]
+    fn without_a_namespace_a_bind_failure_is_left_to_the_full_test() {
+        // As root the bind fails for the address (99), as anyone else for the port (13):
+        // either way nginx read the whole config first, and the full test decides.
+        let dir = tempfile::tempdir().unwrap();
+        let conf = elsewhere_on_port_80(dir.path());
+        let verdict = check_with(
+            Isolation::Unavailable,
+            Path::new(NGINX),
+            features(),
+            &conf,
+            false,
+        )
+        .unwrap();
+        let Verdict::Deferred(line) = &verdict else {
+            panic!("expected a deferral, got {verdict:?}");
+        };
+        assert!(line.contains("bind() to 192.0.2.7:80 failed"), "{line}");
+        // What is wrong with the config itself is still refused before any bind.
+        std::fs::write(&conf, "server {\n  listen 192.0.2.7:80;\n  bogus on;\n}\n").unwrap();
+        let err = check_with(
+            Isolation::Unavailable,
+            Path::new(NGINX),
+            features(),
+            &conf,
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("[emerg] unknown directive \"bogus\""),
+            "{err}"
+        );
+    }
 
     #[test]
     fn failures_are_told_apart_by_nginx_line() {
