@@ -28,9 +28,9 @@ expect_not_in() {
 
 # eventually SECONDS WHAT CMD…: CMD succeeds within SECONDS (polled every 0.5 s).
 eventually() {
-    local secs=$1 what=$2 i
+    local secs=$1 what=$2
     shift 2
-    for i in $(seq $((secs * 2))); do
+    for _ in $(seq $((secs * 2))); do
         "$@" >/dev/null 2>&1 && return 0
         sleep 0.5
     done
@@ -118,6 +118,21 @@ check_install() {
     host_root test -L /etc/nginx/sites-enabled/piku.conf || fail "the nginx site is not enabled"
     host_root nginx -t
     host_root systemctl is-active --quiet nginx.service || fail "nginx is not running"
+}
+
+# The shape the nginx check must work in: the kernel's default privileged ports, nginx (root)
+# on :80, and the piku user able to make the check's user + network namespace here, with
+# `ip_nonlocal_bind` settable inside it (else the check falls back, see piku-nginx's check.rs).
+check_piku_can_check_port_80() {
+    [ "$(host_root cat /proc/sys/net/ipv4/ip_unprivileged_port_start)" = 1024 ] ||
+        fail "ports below 1024 are not privileged in the container"
+    host_root ss -ltnp | grep -q ':80 .*nginx' || fail "nginx does not listen on :80"
+    local out
+    out=$(host_root runuser -u piku -- unshare --user --map-root-user --net -- /bin/sh -c \
+        'echo 1 >/proc/sys/net/ipv4/ip_nonlocal_bind && cat /proc/sys/net/ipv4/ip_nonlocal_bind && id -u' 2>&1)
+    [ "$out" = $'1\n0' ] || fail "piku cannot make the check's namespace: $out"
+    ! host_root runuser -u piku -- /usr/sbin/nginx -t -q 2>/dev/null ||
+        fail "nginx -t as piku on root's config should fail (it cannot bind :80 or open root's logs)"
 }
 
 # A developer's account on the "machine" (the client), and the admin authorizing its key, as
@@ -482,8 +497,8 @@ check_manual_install() {
     cp -r "$E2E_REPO/systemd" "$E2E_REPO/nginx" "$HOST_RUN/share/repo/"
     cp "$E2E_REPO"/target/release/{piku,piku-supervisor,piku-nginx-reload} "$HOST_RUN/share/repo/target/release/"
     cp -r "$E2E_REPO/examples/web-python" "$HOST_RUN/share/examples/"
-    host_up
     trap 'host_destroy' EXIT
+    host_up
     host_root bash -c 'echo "127.0.0.1 myserver manual.example.com" >>/etc/hosts'
     host_root useradd --create-home --shell /bin/bash client
     host_client "ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519 && printf 'Host myserver\n  StrictHostKeyChecking accept-new\n' >~/.ssh/config"

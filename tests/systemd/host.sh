@@ -38,7 +38,8 @@ host_key() { printf '%s\n' "$HOST_SUITE" "$@" | sha256sum | cut -c1-12; }
 # The cached root tree (built on first use, under a lock, published by rename so a killed
 # debootstrap never leaves a half tree behind). Prints its path.
 host_base() {
-    local base="$HOST_CACHE/$HOST_SUITE-$(host_key "${HOST_PACKAGES[@]}")"
+    local base
+    base="$HOST_CACHE/$HOST_SUITE-$(host_key "${HOST_PACKAGES[@]}")"
     mkdir -p "$HOST_CACHE"
     (
         flock 9
@@ -66,7 +67,8 @@ host_base() {
 # Python wheels for the Flask example, from PyPI on this machine: the container has no
 # network, so its pip reads them from a directory (the lab shortcut; a real host asks PyPI).
 host_wheels() {
-    local dir="$HOST_CACHE/wheels-$(host_key "${HOST_WHEELS_FOR[@]}")"
+    local dir
+    dir="$HOST_CACHE/wheels-$(host_key "${HOST_WHEELS_FOR[@]}")"
     (
         flock 9
         [ -e "$dir/.complete" ] && exit 0
@@ -78,7 +80,7 @@ host_wheels() {
     echo "$dir"
 }
 
-HOST_RUN= HOST_PID= HOST_LEADER= HOST_CG= HOST_BOOTS=0 HOST_BASE= HOST_BINDS=()
+HOST_RUN='' HOST_PID='' HOST_LEADER='' HOST_CG='' HOST_BOOTS=0 HOST_BASE='' HOST_BINDS=()
 
 # A new host: a fresh upper layer over the cached tree. $1: a name for its directory.
 host_new() {
@@ -116,8 +118,7 @@ host_up() {
         exec unshare --mount --propagation private -- /bin/sh -c "$HOST_INNER" sh "${args[@]}"
     ) </dev/null >>"$HOST_RUN/console.log" 2>&1 &
     HOST_PID=$!
-    local i
-    for i in $(seq 600); do
+    for _ in $(seq 600); do
         HOST_LEADER=$(pgrep -P "$HOST_PID" -x systemd | head -n1 || true)
         [ -n "$HOST_LEADER" ] && break
         if ! kill -0 "$HOST_PID" 2>/dev/null; then
@@ -127,7 +128,7 @@ host_up() {
     done
     [ -n "$HOST_LEADER" ] || { host_log "no PID 1 after 60 s"; host_down; return 1; }
     local state=
-    for i in $(seq 120); do
+    for _ in $(seq 120); do
         state=$(host_root timeout 30 systemctl is-system-running --wait 2>/dev/null) && break
         case "$state" in running | degraded) break ;; esac
         sleep 0.5
@@ -142,31 +143,31 @@ host_up() {
 # Powers the container off (systemd stops every service, as on a real host), then removes
 # whatever is left: nspawn's cgroups are killed and removed. Non-zero if it had to kill.
 host_down() {
-    local i h rc=0
+    local rc=0
     if [ -n "$HOST_PID" ] && kill -0 "$HOST_PID" 2>/dev/null; then
         [ -n "$HOST_LEADER" ] && host_root systemctl poweroff >/dev/null 2>&1
-        for i in $(seq 600); do kill -0 "$HOST_PID" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 600); do kill -0 "$HOST_PID" 2>/dev/null || break; sleep 0.1; done
         if kill -0 "$HOST_PID" 2>/dev/null; then
             host_log "poweroff took over 60 s: SIGTERM to nspawn"; kill -TERM "$HOST_PID"; rc=1
-            for i in $(seq 100); do kill -0 "$HOST_PID" 2>/dev/null || break; sleep 0.1; done
+            for _ in $(seq 100); do kill -0 "$HOST_PID" 2>/dev/null || break; sleep 0.1; done
         fi
     fi
     if [ -n "$HOST_CG" ]; then
         host_kill_cgroup "$HOST_CG" || rc=1
     fi
     [ -n "$HOST_PID" ] && wait "$HOST_PID" 2>/dev/null
-    HOST_PID= HOST_LEADER= HOST_CG=
+    HOST_PID='' HOST_LEADER='' HOST_CG=
     return $rc
 }
 
 # cgroup.kill on one of our cgroups (only processes this script started live there), then
 # removes it from both hierarchies.
 host_kill_cgroup() {
-    local cg=$1 h rc=0 i
+    local cg=$1 h rc=0
     local unified="/sys/fs/cgroup/unified/$cg"
     if [ -d "$unified" ] && [ -n "$(find "$unified" -name cgroup.procs -exec cat {} + 2>/dev/null)" ]; then
         host_log "killing what is left in $cg"; echo 1 >"$unified/cgroup.kill"; rc=1
-        for i in $(seq 50); do
+        for _ in $(seq 50); do
             [ -z "$(find "$unified" -name cgroup.procs -exec cat {} + 2>/dev/null)" ] && break
             sleep 0.1
         done
@@ -233,6 +234,18 @@ host_run_unbooted() {
     ) </dev/null
     rc=$?
     host_kill_cgroup "$cg" || true
+    return $rc
+}
+
+# Whatever this run still has in its cgroups (a check's extra host that was not torn down):
+# killed and removed. Non-zero if there was anything.
+host_reap_own() {
+    local cg rc=0
+    for cg in /sys/fs/cgroup/unified/piku-e2e."$$".* /sys/fs/cgroup/systemd/piku-e2e."$$".*; do
+        [ -d "$cg" ] || continue
+        host_kill_cgroup "$(basename "$cg")" || true
+        rc=1
+    done
     return $rc
 }
 

@@ -31,6 +31,23 @@ fn shop_with_include(site: &Site, include: &str) -> piku_nginx::NginxSettings {
     site.settings(&app, &env)
 }
 
+/// `shop` configured and served through the running nginx: its settings and live config text.
+fn serving_shop(site: &Site, nginx: &common::RunningNginx) -> (piku_nginx::NginxSettings, String) {
+    let good = shop_with_include(site, "client_max_body_size 1m;\n");
+    start_backend(&good.socket_path());
+    nginx.reloaded(|| configure(&good, &site.command()).unwrap());
+    let live = std::fs::read_to_string(good.conf_path()).unwrap();
+    (good, live)
+}
+
+/// The old config still serves `shop` (over HTTPS: the app is HTTPS only).
+fn still_serves(site: &Site, path: &str) {
+    assert_eq!(
+        body_over_tls(site, path),
+        format!("backend shop.test {path} upgrade= connection=\n")
+    );
+}
+
 /// GET over HTTPS through the test nginx (the app is HTTPS only).
 fn body_over_tls(site: &Site, path: &str) -> String {
     let (ok, body, err) = common::curl_https("shop.test", site.https_port, path, None);
@@ -42,10 +59,7 @@ fn body_over_tls(site: &Site, path: &str) -> String {
 fn what_nginx_refuses_is_refused_with_its_line_and_the_old_config_serves() {
     let site = Site::new();
     let nginx = site.start_nginx();
-    let good = shop_with_include(&site, "client_max_body_size 1m;\n");
-    start_backend(&good.socket_path());
-    nginx.reloaded(|| configure(&good, &site.command()).unwrap());
-    let live = std::fs::read_to_string(good.conf_path()).unwrap();
+    let (good, live) = serving_shop(&site, &nginx);
 
     for (include, expected) in [
         (
@@ -79,10 +93,7 @@ fn what_nginx_refuses_is_refused_with_its_line_and_the_old_config_serves() {
             "{include:?}"
         );
     }
-    assert_eq!(
-        body_over_tls(&site, "/still"),
-        "backend shop.test /still upgrade= connection=\n"
-    );
+    still_serves(&site, "/still");
 }
 
 #[test]
@@ -124,10 +135,7 @@ fn what_nginx_accepts_passes_even_on_addresses_and_ports_the_checker_cannot_bind
 fn a_clash_only_the_full_test_sees_puts_the_old_config_back() {
     let site = Site::new();
     let nginx = site.start_nginx();
-    let good = shop_with_include(&site, "client_max_body_size 1m;\n");
-    start_backend(&good.socket_path());
-    nginx.reloaded(|| configure(&good, &site.command()).unwrap());
-    let live = std::fs::read_to_string(good.conf_path()).unwrap();
+    let (good, live) = serving_shop(&site, &nginx);
 
     // Alone this is a fine server; with the main config's default server on the same
     // address:port it is a second default, which only the whole configuration shows.
@@ -156,10 +164,7 @@ fn a_clash_only_the_full_test_sees_puts_the_old_config_back() {
         "{message}"
     );
     assert_eq!(std::fs::read_to_string(good.conf_path()).unwrap(), live);
-    assert_eq!(
-        body_over_tls(&site, "/after"),
-        "backend shop.test /after upgrade= connection=\n"
-    );
+    still_serves(&site, "/after");
 }
 
 #[test]
