@@ -69,6 +69,7 @@ host_base() {
 host_wheels() {
     local dir
     dir="$HOST_CACHE/wheels-$(host_key "${HOST_WHEELS_FOR[@]}")"
+    mkdir -p "$HOST_CACHE"
     (
         flock 9
         [ -e "$dir/.complete" ] && exit 0
