@@ -14,10 +14,11 @@
 //! piku user's rights (the namespace maps only that uid), so it reads exactly what piku may
 //! read.
 //!
-//! What this check cannot judge is left to the check that always follows it: before any reload,
-//! nginx's own user runs `nginx -T` on the whole configuration ([`crate::reload`]), and a
-//! config root's nginx refuses is put back. Two kinds of failure are therefore not verdicts
-//! here ([`Verdict::Deferred`]):
+//! What this check cannot judge is left to the check that follows it: before a reload in the
+//! `path`, `sudo` and `signal` modes, nginx's own user runs `nginx -T` on the whole
+//! configuration ([`crate::reload`]), and a config it refuses at this app's file is put back
+//! (`systemctl` and `none` reload without that test). Two kinds of failure are therefore not
+//! verdicts here ([`Verdict::Deferred`]):
 //! - a failed `bind()`: it depends on who binds and on the host's addresses. Inside the
 //!   namespace it does not happen; where unprivileged user namespaces are disabled
 //!   (`kernel.unprivileged_userns_clone=0`, `user.max_user_namespaces=0`, AppArmor's
