@@ -17,6 +17,13 @@ pub enum NginxError {
     /// `nginx -t` rejected a new config; `message` is nginx's `[emerg]` line.
     #[error("nginx rejected {}: {message}", path.display())]
     Rejected { path: PathBuf, message: String },
+    /// The full test before a reload (`nginx -T`, as nginx's own user) refused the
+    /// configuration; `message` is nginx's line, naming the file at fault.
+    #[error("nginx refused to reload: {message}")]
+    Refused { message: String },
+    /// The reload did not happen, or nginx did not show that it had (one line, with the fix).
+    #[error("{message}")]
+    NotReloaded { message: String },
     /// nginx (or systemctl) could not be run or failed to reload.
     #[error("{command}: {message}")]
     Command { command: String, message: String },

@@ -4,7 +4,12 @@
 //!
 //! - [`settings`]: `NGINX_*` ENV values → typed, validated [`NginxSettings`].
 //! - [`render`](mod@render): settings → config text.
-//! - [`install`](mod@install): `nginx -t` in isolation, atomic swap, reload; [`remove`].
+//! - [`install`](mod@install): the check, atomic swap and reload of one app's config; [`remove`].
+//! - [`check`]: the isolated `nginx -t` (a private user + network namespace, so the piku user
+//!   can check `listen 80`).
+//! - [`reload`](mod@reload): the full `nginx -T`, SIGHUP and the sign that nginx loaded it.
+//! - [`watch`]: reloads by the root-owned `piku-nginx.path` watcher (or `sudo`) and the status
+//!   a deploy waits for.
 //! - [`version`]: what the nginx binary supports (`nginx -V`).
 //! - [`tls`]: self-signed certificates, expiry ([`needs_renewal`]), atomic key/chain writes.
 //! - [`acme`]: certificates from an ACME CA over HTTP-01.
@@ -17,19 +22,23 @@
 //! [`needs_renewal`] and [`issue_certificate`].
 
 pub mod acme;
+pub mod check;
 pub mod cloudflare;
 pub mod error;
 pub mod install;
+pub mod reload;
 pub mod render;
 pub mod settings;
 pub mod standalone;
 pub mod tls;
 pub mod version;
+pub mod watch;
 
 pub use acme::{
     AcmeConfig, Issued, LETS_ENCRYPT_DIRECTORY, acme_names, issue_certificate,
     issue_certificate_blocking,
 };
+pub use check::Verdict;
 pub use error::NginxError;
 pub use install::{
     InstallOutcome, NginxCommand, Reload, ReloadMode, install, nginx_problem, remove,

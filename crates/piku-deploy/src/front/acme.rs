@@ -28,7 +28,7 @@ pub const RENEWAL_KIND: &str = "acme-renew";
 const RENEWAL_SCHEDULE: &str = "17 3 * * *";
 /// Process-environment settings the renewal run needs that the app's env may not carry (the
 /// supervisor starts it with the app's env only).
-const RENEWAL_PASSED_ON: [&str; 7] = [
+const RENEWAL_PASSED_ON: [&str; 10] = [
     "PIKU_ACME_DIRECTORY",
     "PIKU_ACME_EMAIL",
     "PIKU_ACME_CA",
@@ -36,6 +36,9 @@ const RENEWAL_PASSED_ON: [&str; 7] = [
     "PIKU_NGINX_RELOAD",
     "PIKU_NGINX_CONF",
     "PIKU_NGINX_PREFIX",
+    "PIKU_NGINX_STATUS",
+    "PIKU_NGINX_RELOAD_TIMEOUT",
+    "PIKU_NGINX_RELOADER",
 ];
 
 /// The expiry (RFC 3339) of the app's certificate when it is CA-issued, covers every name
