@@ -45,6 +45,8 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_env("PIKU_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: journald and log files store them raw.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let root = match args.root {
         // Absolute, so that the paths in logs and state files mean the same from anywhere.
