@@ -50,11 +50,8 @@ fn setup_ssh_registers_a_forced_command_key() {
     // A file that is not a public key is refused, and nothing is added.
     let bad = piku.tmp.path().join("not-a-key.pub");
     fs::write(&bad, "this is not a key\n").expect("write");
-    let mut cmd = std::process::Command::new(&piku.bins.piku);
-    cmd.arg("setup:ssh")
-        .arg(&bad)
-        .env("PIKU_ROOT", &piku.root)
-        .env("HOME", &piku.home);
+    let mut cmd = piku.server_command(&piku.bins.piku);
+    cmd.arg("setup:ssh").arg(&bad);
     piku_e2e::run_with_timeout(cmd, None, Duration::from_secs(30)).assert_failed();
     let after =
         fs::read_to_string(piku.home.join(".ssh/authorized_keys")).expect("authorized_keys");
