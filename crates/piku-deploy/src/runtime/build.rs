@@ -43,6 +43,22 @@ pub struct BuiltRelease<'a> {
     pub bin: &'a Path,
 }
 
+impl BuiltRelease<'_> {
+    /// The release's `bin` first on `PATH`, for runtimes that build executables there (Go,
+    /// Rust); nothing if the build made none.
+    pub fn bin_on_path(&self) -> RuntimeEnv {
+        RuntimeEnv {
+            path: self
+                .bin
+                .is_dir()
+                .then(|| self.bin.to_path_buf())
+                .into_iter()
+                .collect(),
+            vars: EnvMap::new(),
+        }
+    }
+}
+
 /// What a runtime adds to its processes' environment so they find what the build installed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RuntimeEnv {

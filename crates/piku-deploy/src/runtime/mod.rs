@@ -10,7 +10,7 @@
 //! | [`java`] | `pom.xml`, `build.gradle[.kts]` | `mvn package`, `gradle build` |
 //! | [`go`] | `go.mod`, `Godeps`, `*.go` | `go build` into the release's `bin` |
 //! | [`clojure`] | `deps.edn`, `project.clj` | `clojure -T:build release`, `lein uberjar` |
-//! | [`rust`] | `Cargo.toml` | `cargo build --release` |
+//! | [`rust`] | `Cargo.toml` | `cargo install` into the release's `bin` |
 //! | [`generic`] | any process in the Procfile | nothing |
 //! | [`static_site`] | a `static:` entry only | nothing |
 //!
@@ -139,7 +139,8 @@ impl Runtime {
         }
     }
 
-    /// Programs the build runs, each with the Debian package(s) that provide it.
+    /// Programs the build runs, each with the Debian package(s) that provide it, or, for a
+    /// tool Debian does not package, where to get it (a text with a URL).
     pub fn toolchain(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Runtime::Python(tool) => tool.toolchain(),
@@ -160,9 +161,13 @@ impl Runtime {
             .iter()
             .find(|(program, _)| find_program(program, path).is_none())
             .map(|(program, package)| {
+                let how = if package.contains("://") {
+                    format!("install {package}")
+                } else {
+                    format!("Debian/Ubuntu: apt-get install {package}")
+                };
                 format!(
-                    "{} app needs '{program}', which is not installed on the server \
-                     (Debian/Ubuntu: apt-get install {package})",
+                    "{} app needs '{program}', which is not installed on the server ({how})",
                     self.label()
                 )
             })
@@ -198,6 +203,7 @@ pub fn env(name: Option<&str>, release: &BuiltRelease) -> RuntimeEnv {
         Some(ruby::NAME) => ruby::env(release),
         Some(node::NAME) => node::env(release),
         Some(go::NAME) => go::env(release),
+        Some(rust::NAME) => rust::env(release),
         _ => RuntimeEnv::default(),
     }
 }
