@@ -301,6 +301,14 @@ fn config_set_logs_and_run() {
     );
     let exit = piku.ssh(&format!("run {app} -- sh -c 'exit 3'"));
     assert_eq!(exit.code, Some(3), "exit status not passed through: {exit}");
+    // As piku runs it: the words joined and given to a shell, so `&&` chains and `$VAR`
+    // expands from the app's environment, and the shell's status is the session's.
+    let chained = piku.ssh(&format!("run {app} -- echo one && echo $GREETING"));
+    assert_eq!(chained.stdout, "one\nhowdy\n", "{chained}");
+    let status = piku.ssh(&format!("run {app} -- test -f VERSION && exit 7"));
+    assert_eq!(status.code, Some(7), "{status}");
+    let missing = piku.ssh(&format!("run {app} no-such-program"));
+    assert_eq!(missing.code, Some(127), "{missing}");
     // With `ssh -t` the command gets a real terminal; without it, none.
     let tty = piku.ssh_flags(&["-tt"], &format!("run {app} -- tty"));
     assert!(
