@@ -149,6 +149,17 @@ fn ruby_app_runs_bundle_install() {
 }
 
 #[test]
+fn rack_app_is_served_by_puma_for_an_rwsgi_entry() {
+    let piku = Piku::start();
+    let app = "rackweb";
+    let (repo, first) = first_deploy(&piku, "ruby-rack", app, "rack");
+    let (_, body) = expect_version(&piku, app, "rack", "v1");
+    assert!(body.contains("puma"), "not served by puma: {body}");
+    let again = redeploy(&piku, &repo, app, "rack");
+    report("Ruby (Rack, rwsgi)", &first, &again);
+}
+
+#[test]
 fn node_app_installs_from_npm_and_node_version_is_checked() {
     let piku = Piku::start();
     let app = "nodeweb";

@@ -4,8 +4,9 @@
 //! environment (bootstrap, the release's runtime, the repo's `ENV`, the `config:set`
 //! overrides), the front ([`crate::front`]), the formation from `SCALING` (Procfile kinds
 //! default to 1; kinds no longer in the Procfile are dropped), and the processes (`wsgi`
-//! becomes the WSGI server command, `web`/`wsgi` are web processes, `cron*` cron entries, the
-//! rest workers; `static`, `release` and `preflight` are not processes).
+//! becomes the WSGI server command and `rwsgi` puma's, `web`/`wsgi`/`rwsgi` are web
+//! processes, `cron*` cron entries, the rest workers; `static`, `release` and `preflight` are
+//! not processes).
 //! [`Activation::apply`] installs the nginx config, sends the spec to the supervisor as one
 //! `Request::Apply`, and only when it accepts rewrites `LIVE_ENV` and `SCALING`.
 //! [`activate_existing`] does both for a release built earlier (rollback, config change).
@@ -27,6 +28,7 @@ use crate::front::{acme, nginx};
 use crate::runtime;
 use crate::runtime::build::BuiltRelease;
 use crate::runtime::python::wsgi::Server;
+use crate::runtime::rack::Puma;
 use crate::settings;
 use crate::store::{ReleaseRecord, Store};
 use crate::supervisor;
@@ -61,6 +63,7 @@ pub fn processes(
     procfile: &Procfile,
     formation: &BTreeMap<String, u32>,
     wsgi: Option<&WsgiRunner>,
+    rack: Puma,
     env: &EnvMap,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<ProcessSpec>, DeployError> {
@@ -79,6 +82,7 @@ pub fn processes(
                     .command(runner.venv, &entry.command, env, warnings);
                 (cmd, Role::Web)
             }
+            ProcessClass::Rack => (rack.command(&entry.command, env, warnings), Role::Web),
             ProcessClass::Web => (entry.command.clone(), Role::Web),
             ProcessClass::Cron(schedule) => (
                 entry.command.clone(),
@@ -173,7 +177,15 @@ pub fn prepare(
     app_settings.front = front.spec.clone();
     let existing = current_scaling(root, app, log);
     let formation = formation(procfile, &existing);
-    let mut processes = processes(procfile, &formation, runner.as_ref(), &env, &mut warnings)?;
+    let rack = Puma::for_checkout(&src)?;
+    let mut processes = processes(
+        procfile,
+        &formation,
+        runner.as_ref(),
+        rack,
+        &env,
+        &mut warnings,
+    )?;
     processes.extend(acme::renewal_process(root, app, &front, &env, procfile)?);
     for warning in warnings {
         log.step(warning);
@@ -330,6 +342,7 @@ mod tests {
             &procfile,
             &f,
             Some(&runner),
+            Puma::System,
             &EnvMap::new(),
             &mut Vec::new(),
         )
@@ -347,6 +360,16 @@ mod tests {
             }
         );
         assert_eq!(specs[2].command, "./tick");
-        assert!(processes(&procfile, &f, None, &EnvMap::new(), &mut Vec::new()).is_err());
+        assert!(
+            processes(
+                &procfile,
+                &f,
+                None,
+                Puma::System,
+                &EnvMap::new(),
+                &mut Vec::new()
+            )
+            .is_err()
+        );
     }
 }

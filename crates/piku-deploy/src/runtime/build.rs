@@ -11,6 +11,7 @@ use piku_model::{AppName, EnvMap, PikuRoot};
 use crate::checkout::{clean_git_env, read_bytes};
 use crate::error::{DeployError, IoContext};
 use crate::runtime::python::wsgi::Server;
+use crate::runtime::rack::Puma;
 
 /// What a build needs to know.
 pub struct BuildCtx<'a> {
@@ -25,6 +26,8 @@ pub struct BuildCtx<'a> {
     pub env: &'a EnvMap,
     /// The WSGI server to install, if the Procfile has a `wsgi:` entry.
     pub wsgi: Option<Server>,
+    /// Where the Rack server comes from, if the Procfile has an `rwsgi:` entry.
+    pub rack: Option<Puma>,
 }
 
 /// What the build produced, recorded in `release.json`.

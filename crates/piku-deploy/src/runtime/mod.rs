@@ -15,7 +15,7 @@
 //! | [`static_site`] | a `static:` entry only | nothing |
 //!
 //! Shared parts: [`build`] (what a build gets and gives back), [`deps`] (dependency
-//! environments keyed by manifest hash).
+//! environments keyed by manifest hash), [`rack`] (the server of `rwsgi:` entries).
 
 pub mod build;
 pub mod clojure;
@@ -25,6 +25,7 @@ pub mod go;
 pub mod java;
 pub mod node;
 pub mod python;
+pub mod rack;
 pub mod ruby;
 pub mod rust;
 pub mod static_site;
@@ -181,6 +182,16 @@ impl Runtime {
                  found a {} app",
                 self.label()
             )));
+        }
+        if let Some(puma) = ctx.rack {
+            if !matches!(self, Runtime::Ruby | Runtime::Generic) {
+                return Err(DeployError::refused(format!(
+                    "'rwsgi:' entries need a Ruby app (a Gemfile) or no runtime at all; \
+                     found a {} app",
+                    self.label()
+                )));
+            }
+            puma.check(ctx.path())?;
         }
         match self {
             Runtime::Python(tool) => python::build(tool, ctx, log),
