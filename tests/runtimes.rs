@@ -160,6 +160,22 @@ fn rack_app_is_served_by_puma_for_an_rwsgi_entry() {
 }
 
 #[test]
+fn php_app_is_served_by_php_fpm_behind_the_instances_nginx() {
+    let piku = Piku::start();
+    let app = "phpweb";
+    let (repo, first) = first_deploy(&piku, "php-web", app, "php");
+    assert!(first.combined().contains("PHP app detected"), "{first}");
+    let (port, _) = expect_version(&piku, app, "php", "v1");
+    // nginx serves the docroot's files itself and sends unknown paths to index.php.
+    let css = piku_e2e::http_get(port, "/style.css").expect("GET /style.css");
+    assert_eq!(css, (200, "body { font-family: sans-serif; }\n".to_string()));
+    let fallback = piku_e2e::http_get(port, "/some/route").expect("GET /some/route");
+    assert!(fallback.1.starts_with("hello from phpweb php v1"), "{fallback:?}");
+    let again = redeploy(&piku, &repo, app, "php");
+    report("PHP (php-fpm)", &first, &again);
+}
+
+#[test]
 fn node_app_installs_from_npm_and_node_version_is_checked() {
     let piku = Piku::start();
     let app = "nodeweb";

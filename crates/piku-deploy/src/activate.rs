@@ -4,8 +4,8 @@
 //! environment (bootstrap, the release's runtime, the repo's `ENV`, the `config:set`
 //! overrides), the front ([`crate::front`]), the formation from `SCALING` (Procfile kinds
 //! default to 1; kinds no longer in the Procfile are dropped), and the processes (`wsgi`
-//! becomes the WSGI server command and `rwsgi` puma's, `web`/`wsgi`/`rwsgi` are web
-//! processes, `cron*` cron entries, the rest workers; `static`, `release` and `preflight` are
+//! becomes the WSGI server command, `rwsgi` puma's and `php` the release's php-fpm + nginx
+//! script, `web`/`wsgi`/`rwsgi`/`php` are web processes, `cron*` cron entries, the rest workers; `static`, `release` and `preflight` are
 //! not processes).
 //! [`Activation::apply`] installs the nginx config, sends the spec to the supervisor as one
 //! `Request::Apply`, and only when it accepts rewrites `LIVE_ENV` and `SCALING`.
@@ -27,6 +27,7 @@ use crate::front::spec::{Front, describe, plan};
 use crate::front::{acme, nginx};
 use crate::runtime;
 use crate::runtime::build::BuiltRelease;
+use crate::runtime::php;
 use crate::runtime::python::wsgi::Server;
 use crate::runtime::rack::Puma;
 use crate::settings;
@@ -83,6 +84,7 @@ pub fn processes(
                 (cmd, Role::Web)
             }
             ProcessClass::Rack => (rack.command(&entry.command, env, warnings), Role::Web),
+            ProcessClass::Php => (php::command(&entry.command), Role::Web),
             ProcessClass::Web => (entry.command.clone(), Role::Web),
             ProcessClass::Cron(schedule) => (
                 entry.command.clone(),

@@ -4,10 +4,10 @@
 //! - Blank lines and lines starting with `#` (after leading spaces) are ignored.
 //! - Each line is `kind: command`, split on the **first** `:`; both sides are trimmed.
 //! - Kind names must match `[A-Za-z0-9_-]+`: they become file names (`<kind>.<n>.log`).
-//! - Classes: `wsgi`, `rwsgi`, `web`, `static`, `release`, `preflight`; any kind starting with
-//!   `cron` is a [`ProcessClass::Cron`] whose value is `<schedule> <command>` (see
-//!   [`crate::cron`]); everything else is a worker. `jwsgi` and `php` are refused as not
-//!   supported.
+//! - Classes: `wsgi`, `rwsgi`, `php`, `web`, `static`, `release`, `preflight`; any kind
+//!   starting with `cron` is a [`ProcessClass::Cron`] whose value is `<schedule> <command>`
+//!   (see [`crate::cron`]); everything else is a worker. `jwsgi` (Java in uWSGI's JVM plugin)
+//!   is refused as not supported.
 //! - A duplicate kind is a warning and the last one wins (keeping the first one's position).
 //! - `wsgi` or `rwsgi` with `web`: `web` is dropped with a warning, as in piku.
 //! - A line without `:`, an empty kind or command, or a Procfile without entries is an error.
@@ -30,6 +30,8 @@ pub enum ProcessClass {
     /// `rwsgi`: a Rack app's rackup file (`config.ru`), run through a Rack server as a web
     /// process.
     Rack,
+    /// `php`: a docroot served by php-fpm behind the instance's own nginx, as a web process.
+    Php,
     /// Any command that listens on `$PORT`.
     Web,
     /// A static-files path or `/url:path,…` mapping served by the front; no process.
@@ -94,12 +96,13 @@ pub enum ProcfileError {
 }
 
 /// Kinds piku ran through uWSGI plugins that we do not run.
-const UNSUPPORTED_KINDS: [&str; 2] = ["jwsgi", "php"];
+const UNSUPPORTED_KINDS: [&str; 1] = ["jwsgi"];
 
 fn classify(kind: &str, command: &str) -> Result<(ProcessClass, String), ProcfileProblem> {
     let class = match kind {
         "wsgi" => ProcessClass::Wsgi,
         "rwsgi" => ProcessClass::Rack,
+        "php" => ProcessClass::Php,
         "web" => ProcessClass::Web,
         "static" => ProcessClass::Static,
         "release" => ProcessClass::Release,
@@ -207,6 +210,7 @@ impl ProcessClass {
         match self {
             ProcessClass::Wsgi
             | ProcessClass::Rack
+            | ProcessClass::Php
             | ProcessClass::Web
             | ProcessClass::Cron(_)
             | ProcessClass::Worker => true,
@@ -214,11 +218,11 @@ impl ProcessClass {
         }
     }
 
-    /// True for classes that serve HTTP on `$PORT` (wsgi, rwsgi and web).
+    /// True for classes that serve HTTP on `$PORT` (wsgi, rwsgi, php and web).
     pub fn is_web(&self) -> bool {
         matches!(
             self,
-            ProcessClass::Wsgi | ProcessClass::Rack | ProcessClass::Web
+            ProcessClass::Wsgi | ProcessClass::Rack | ProcessClass::Php | ProcessClass::Web
         )
     }
 }
@@ -338,7 +342,7 @@ mod tests {
 
     #[test]
     fn unsupported_kinds_are_named() {
-        for kind in ["jwsgi", "php"] {
+        for kind in ["jwsgi"] {
             assert_eq!(
                 err(&format!("web: x\n{kind}: something")),
                 format!(

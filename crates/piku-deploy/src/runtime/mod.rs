@@ -11,6 +11,7 @@
 //! | [`go`] | `go.mod`, `Godeps`, `*.go` | `go build` into the release's `bin` |
 //! | [`clojure`] | `deps.edn`, `project.clj` | `clojure -T:build release`, `lein uberjar` |
 //! | [`rust`] | `Cargo.toml` | `cargo install` into the release's `bin` |
+//! | [`php`] | a `php:` entry | the instance's php-fpm + nginx start script |
 //! | [`generic`] | any process in the Procfile | nothing |
 //! | [`static_site`] | a `static:` entry only | nothing |
 //!
@@ -24,6 +25,7 @@ pub mod generic;
 pub mod go;
 pub mod java;
 pub mod node;
+pub mod php;
 pub mod python;
 pub mod rack;
 pub mod ruby;
@@ -49,6 +51,8 @@ pub enum Runtime {
     Go,
     Clojure(clojure::Tool),
     Rust,
+    /// A `php:` entry and no language runtime: php-fpm behind the instance's nginx.
+    Php,
     /// Only a `static:` entry: nothing to build or run.
     Static,
     /// Processes in the Procfile and no recognised runtime: nothing to build.
@@ -65,6 +69,8 @@ pub enum DetectError {
          (add e.g. 'web: <command that listens on $PORT>')"
     )]
     Nothing,
+    #[error("a 'php:' entry needs an app with no other runtime; found a {0} app")]
+    PhpBeside(&'static str),
 }
 
 impl From<DetectError> for DeployError {
@@ -77,6 +83,15 @@ impl From<DetectError> for DeployError {
 /// longer needs `rust-toolchain.toml`, and a plain `web:` app needs no `release:` line).
 /// `path` is the PATH the build will use, to choose between poetry and uv.
 pub fn detect(src: &Path, procfile: &Procfile, path: &OsStr) -> Result<Runtime, DetectError> {
+    let runtime = detect_in_order(src, procfile, path)?;
+    // Only the PHP runtime puts the serve script on the processes' PATH.
+    if php::detect(procfile) && runtime != Runtime::Php {
+        return Err(DetectError::PhpBeside(runtime.label()));
+    }
+    Ok(runtime)
+}
+
+fn detect_in_order(src: &Path, procfile: &Procfile, path: &OsStr) -> Result<Runtime, DetectError> {
     if let Some(tool) = python::detect(src, path) {
         return tool
             .map(Runtime::Python)
@@ -96,6 +111,9 @@ pub fn detect(src: &Path, procfile: &Procfile, path: &OsStr) -> Result<Runtime, 
     }
     if let Some(tool) = clojure::detect(src) {
         return Ok(Runtime::Clojure(tool));
+    }
+    if php::detect(procfile) {
+        return Ok(Runtime::Php);
     }
     if rust::detect(src) {
         return Ok(Runtime::Rust);
@@ -120,6 +138,7 @@ impl Runtime {
             Runtime::Go => go::NAME,
             Runtime::Clojure(tool) => tool.name(),
             Runtime::Rust => rust::NAME,
+            Runtime::Php => php::NAME,
             Runtime::Static => static_site::NAME,
             Runtime::Generic => generic::NAME,
         }
@@ -135,6 +154,7 @@ impl Runtime {
             Runtime::Go => go::LABEL,
             Runtime::Clojure(tool) => tool.label(),
             Runtime::Rust => rust::LABEL,
+            Runtime::Php => php::LABEL,
             Runtime::Static => static_site::LABEL,
             Runtime::Generic => generic::LABEL,
         }
@@ -151,7 +171,8 @@ impl Runtime {
             Runtime::Go => go::TOOLCHAIN,
             Runtime::Clojure(tool) => tool.toolchain(),
             Runtime::Rust => rust::TOOLCHAIN,
-            Runtime::Static | Runtime::Generic => &[],
+            // php-fpm and nginx live in sbin, off the piku user's PATH: php::build finds them.
+            Runtime::Php | Runtime::Static | Runtime::Generic => &[],
         }
     }
 
@@ -201,6 +222,7 @@ impl Runtime {
             Runtime::Go => go::build(ctx, log),
             Runtime::Clojure(tool) => clojure::build(tool, ctx, log),
             Runtime::Rust => rust::build(ctx, log),
+            Runtime::Php => php::build(ctx, log),
             Runtime::Static | Runtime::Generic => Ok(Built::default()),
         }
     }
@@ -215,6 +237,7 @@ pub fn env(name: Option<&str>, release: &BuiltRelease) -> RuntimeEnv {
         Some(node::NAME) => node::env(release),
         Some(go::NAME) => go::env(release),
         Some(rust::NAME) => rust::env(release),
+        Some(php::NAME) => php::env(release),
         _ => RuntimeEnv::default(),
     }
 }
@@ -271,6 +294,15 @@ mod tests {
         assert_eq!(
             detect_in(&["x"], "release: ./migrate"),
             Err(DetectError::Nothing)
+        );
+    }
+
+    #[test]
+    fn a_php_entry_is_php_alone_and_refused_beside_another_runtime() {
+        assert_eq!(detect_in(&["index.php"], "php: ."), Ok(Runtime::Php));
+        assert_eq!(
+            detect_in(&["package.json"], "php: ."),
+            Err(DetectError::PhpBeside("Node"))
         );
     }
 
