@@ -168,9 +168,15 @@ fn php_app_is_served_by_php_fpm_behind_the_instances_nginx() {
     let (port, _) = expect_version(&piku, app, "php", "v1");
     // nginx serves the docroot's files itself and sends unknown paths to index.php.
     let css = piku_e2e::http_get(port, "/style.css").expect("GET /style.css");
-    assert_eq!(css, (200, "body { font-family: sans-serif; }\n".to_string()));
+    assert_eq!(
+        css,
+        (200, "body { font-family: sans-serif; }\n".to_string())
+    );
     let fallback = piku_e2e::http_get(port, "/some/route").expect("GET /some/route");
-    assert!(fallback.1.starts_with("hello from phpweb php v1"), "{fallback:?}");
+    assert!(
+        fallback.1.starts_with("hello from phpweb php v1"),
+        "{fallback:?}"
+    );
     let again = redeploy(&piku, &repo, app, "php");
     report("PHP (php-fpm)", &first, &again);
 }
