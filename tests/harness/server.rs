@@ -87,17 +87,8 @@ impl Piku {
     }
 
     fn start_opts(with_nginx: bool) -> Piku {
-        let bins = binaries();
         let owner = server_user();
-        for program in [&bins.piku, &bins.supervisor] {
-            assert!(
-                owner.can_execute(program),
-                "e2e harness: {} cannot run {} (every directory above it must be \
-                 traversable by others)",
-                owner.name,
-                program.display()
-            );
-        }
+        let bins = owner.reachable(binaries());
         // As root, the whole test lives in the server account's home: its parts must be
         // reachable by that account, as `~piku/.piku` is in production.
         let parent = if owner.switched {

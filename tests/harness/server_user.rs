@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use nix::unistd::{Gid, Uid, User};
 
+use crate::binaries::Binaries;
 use crate::process::run_with_timeout;
 
 /// The dedicated account's name.
@@ -134,6 +135,51 @@ impl ServerUser {
                 stack.extend(entries.flatten().map(|e| e.path()));
             }
         }
+    }
+
+    /// `bins`, or copies of them in this account's home when it cannot reach them (a
+    /// checkout under root's 0700 home): the forced command and the supervisor run as it.
+    /// The copies are keyed by size and modification time, so test processes share them.
+    pub fn reachable(&self, bins: &'static Binaries) -> &'static Binaries {
+        static COPIES: OnceLock<Binaries> = OnceLock::new();
+        if self.can_execute(&bins.piku) && self.can_execute(&bins.supervisor) {
+            return bins;
+        }
+        COPIES.get_or_init(|| {
+            let key = |p: &Path| {
+                let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                format!("{}-{mtime}", m.len())
+            };
+            let dir = self.home.join(".e2e-bin").join(format!(
+                "{}-{}",
+                key(&bins.piku),
+                key(&bins.supervisor)
+            ));
+            std::fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            let copy = |from: &Path| {
+                let name = from.file_name().unwrap_or_default();
+                let to = dir.join(name);
+                if !to.exists() {
+                    // Copied beside, then renamed: a concurrent test process never runs half a file.
+                    let partial =
+                        dir.join(format!("{}.{}", name.to_string_lossy(), std::process::id()));
+                    std::fs::copy(from, &partial)
+                        .and_then(|_| std::fs::rename(&partial, &to))
+                        .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+                }
+                to
+            };
+            Binaries {
+                piku: copy(&bins.piku),
+                supervisor: copy(&bins.supervisor),
+            }
+        })
     }
 
     /// Whether this account can reach and run `path` (its directories must be traversable).
