@@ -7,9 +7,9 @@
 //!
 //! Running: `cargo test -p piku-e2e` (the harness builds the binaries first; set
 //! `PIKU_E2E_BIN_DIR` to use prebuilt ones). Needs `sshd`, `ssh`, `ssh-keygen`, `git`,
-//! `python3` with venv, `nginx` and `wrk` (the HTTP front tests, [`Nginx`]), and PyPI for the
-//! one Flask test — `scripts/install-test-deps`
-//! installs them as root. sshd logs in with a key whose forced command is our `piku`: as the
+//! `python3` with venv, `nginx` and `wrk` (the HTTP front tests, [`Nginx`]), every runtime's
+//! toolchain (`tests/runtimes.rs`), and PyPI, npm and crates.io for the apps that use them —
+//! `scripts/install-test-deps` installs them as root. sshd logs in with a key whose forced command is our `piku`: as the
 //! current user, or, when the tests run as root (CI), as the dedicated unprivileged account of
 //! [`server_user`], which runs the whole server side; as root the harness creates `/run/sshd`
 //! if needed.
