@@ -273,34 +273,46 @@ fn python_poetry_app_installs_with_poetry_and_names_a_missing_interpreter() {
     expect_version(&piku, app, "poetry", "v3");
 }
 
+/// A JVM app: first deploy (its build tool's `success` line in the push), a redeploy.
+fn jvm_app(example: &str, app: &str, tool: &str, success: &str, label: &str) {
+    let piku = Piku::start();
+    let (repo, first) = first_deploy(&piku, example, app, tool);
+    assert!(first.combined().contains(success), "{first}");
+    let again = redeploy(&piku, &repo, app, tool);
+    report(label, &first, &again);
+}
+
 #[test]
 fn java_maven_app_builds_from_debians_maven_repository() {
-    let piku = Piku::start();
-    let app = "mavenweb";
-    let (repo, first) = first_deploy(&piku, "java-maven", app, "maven");
-    assert!(first.combined().contains("BUILD SUCCESS"), "{first}");
-    let again = redeploy(&piku, &repo, app, "maven");
-    report("Java (Maven)", &first, &again);
+    jvm_app(
+        "java-maven",
+        "mavenweb",
+        "maven",
+        "BUILD SUCCESS",
+        "Java (Maven)",
+    );
 }
 
 #[test]
 fn java_gradle_app_builds_with_debians_gradle() {
-    let piku = Piku::start();
-    let app = "gradleweb";
-    let (repo, first) = first_deploy(&piku, "java-gradle", app, "gradle");
-    assert!(first.combined().contains("BUILD SUCCESSFUL"), "{first}");
-    let again = redeploy(&piku, &repo, app, "gradle");
-    report("Java (Gradle)", &first, &again);
+    jvm_app(
+        "java-gradle",
+        "gradleweb",
+        "gradle",
+        "BUILD SUCCESSFUL",
+        "Java (Gradle)",
+    );
 }
 
 #[test]
 fn clojure_leiningen_app_builds_an_uberjar_from_debians_clojure() {
-    let piku = Piku::start();
-    let app = "leinweb";
-    let (repo, first) = first_deploy(&piku, "clojure-lein", app, "clojure");
-    assert!(first.combined().contains("Created"), "{first}");
-    let again = redeploy(&piku, &repo, app, "clojure");
-    report("Clojure (Leiningen)", &first, &again);
+    jvm_app(
+        "clojure-lein",
+        "leinweb",
+        "clojure",
+        "Created",
+        "Clojure (Leiningen)",
+    );
 }
 
 #[test]
