@@ -179,6 +179,49 @@ fn php_app_is_served_by_php_fpm_behind_the_instances_nginx() {
     );
     let again = redeploy(&piku, &repo, app, "php");
     report("PHP (php-fpm)", &first, &again);
+
+    // php-fpm leaves the instance's process group and hides its environment; it must still
+    // go with its instance: v1's once the switch has drained it, v2's when the server stops.
+    let (port_v2, _) = expect_version(&piku, app, "php", "v2");
+    let fpm_of = |port: u16| php_fpm_masters(&format!("/piku-php-{app}-{port}/"));
+    let gone = |port: u16| {
+        piku_e2e::wait_until(Duration::from_secs(60), || {
+            fpm_of(port).is_empty().then_some(())
+        })
+    };
+    assert!(
+        !fpm_of(port_v2).is_empty(),
+        "no php-fpm for v2 on {port_v2}"
+    );
+    if port != port_v2 {
+        assert!(
+            gone(port).is_some(),
+            "v1's php-fpm outlived its instance: {:?}",
+            fpm_of(port)
+        );
+    }
+    drop(piku);
+    assert!(
+        gone(port_v2).is_some(),
+        "php-fpm outlived the server: {:?}",
+        fpm_of(port_v2)
+    );
+}
+
+/// PIDs of php-fpm master processes whose config path contains `marker`.
+fn php_fpm_masters(marker: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("php-fpm: master") && cmdline.contains(marker)
+        })
+        .collect()
 }
 
 #[test]

@@ -8,7 +8,15 @@
 //! the docroot, `*.php` and unknown paths to `index.php` through FastCGI, as uWSGI's php
 //! plugin served them. So a PHP instance is an HTTP server on its port like every other web
 //! process, and the supervisor's health checks, scaling and zero-downtime switches apply as
-//! they are. Stopping the instance signals the group: nginx and php-fpm both exit.
+//! they are.
+//!
+//! php-fpm always starts a session of its own (`setsid`), so a stop of the instance's process
+//! group would miss it, and it overwrites its environment with its process title, so nothing
+//! can find it by its environment either. It is therefore started through `setpriv
+//! --pdeathsig TERM` (util-linux): when nginx, its parent, exits for any reason — SIGTERM from
+//! a stop, SIGKILL after the grace period, a crash — the kernel sends php-fpm SIGTERM, and it
+//! stops its workers and exits. The run directory stays until an instance on the same port
+//! starts again.
 //!
 //! php-fpm and nginx live in `sbin`, which is not on the piku user's `PATH`: the build finds
 //! them there and writes their absolute paths into the script. Composer is not run (its
@@ -49,6 +57,12 @@ pub fn build(ctx: &BuildCtx, log: &mut BuildLog) -> Result<Built, DeployError> {
              (Debian/Ubuntu: apt-get install php-fpm)",
         )
     })?;
+    let setpriv = find_program("setpriv", &path).ok_or_else(|| {
+        DeployError::refused(
+            "PHP app needs setpriv to tie php-fpm to its instance, which is not installed on \
+             the server (Debian/Ubuntu: apt-get install util-linux)",
+        )
+    })?;
     let nginx = find_program("nginx", &path).ok_or_else(|| {
         DeployError::refused(
             "PHP app needs nginx in front of php-fpm, which is not installed on the server \
@@ -63,7 +77,11 @@ pub fn build(ctx: &BuildCtx, log: &mut BuildLog) -> Result<Built, DeployError> {
     files::create_dir(ctx.release_bin)?;
     let script = ctx.release_bin.join(SERVE);
     // Executable by the piku user (and its group), like the binaries Go and cargo put here.
-    files::write(&script, serve_script(&fpm, &nginx).as_bytes(), 0o750)?;
+    files::write(
+        &script,
+        serve_script(&setpriv, &fpm, &nginx).as_bytes(),
+        0o750,
+    )?;
     Ok(Built::default())
 }
 
@@ -103,7 +121,8 @@ fn find_fpm(path: &OsStr) -> Option<PathBuf> {
 
 /// The instance's start script (see the module docs). Hand-written shell: it must configure
 /// and start two daemons in one process group the supervisor can stop, which no crate does.
-fn serve_script(fpm: &Path, nginx: &Path) -> String {
+fn serve_script(setpriv: &Path, fpm: &Path, nginx: &Path) -> String {
+    let setpriv = shell_words::quote(&setpriv.to_string_lossy()).into_owned();
     let fpm = shell_words::quote(&fpm.to_string_lossy()).into_owned();
     let nginx = shell_words::quote(&nginx.to_string_lossy()).into_owned();
     format!(
@@ -154,7 +173,8 @@ http {{
   }}
 }}
 CONF
-{fpm} --nodaemonize --fpm-config "$run/fpm.conf" &
+# php-fpm leaves this process group; its parent's death (this shell, then nginx) stops it.
+{setpriv} --pdeathsig TERM {fpm} --nodaemonize --fpm-config "$run/fpm.conf" &
 # nginx answering before php-fpm listens would turn the first requests into 502s.
 tries=0
 until [ -S "$run/fpm.sock" ]; do
@@ -199,10 +219,14 @@ mod tests {
     #[test]
     fn the_script_names_both_daemons_by_absolute_path() {
         let script = serve_script(
+            Path::new("/usr/bin/setpriv"),
             Path::new("/usr/sbin/php-fpm8.2"),
             Path::new("/usr/sbin/nginx"),
         );
-        assert!(script.contains("\n/usr/sbin/php-fpm8.2 --nodaemonize"));
+        assert!(
+            script
+                .contains("\n/usr/bin/setpriv --pdeathsig TERM /usr/sbin/php-fpm8.2 --nodaemonize")
+        );
         assert!(script.contains("\nexec /usr/sbin/nginx -e stderr"));
         assert!(script.contains("listen $BIND_ADDRESS:$PORT;"));
     }
