@@ -206,6 +206,10 @@ fn php_app_is_served_by_php_fpm_behind_the_instances_nginx() {
         "php-fpm outlived the server: {:?}",
         fpm_of(port_v2)
     );
+    // The instances' run directories stay (until a start on the same port): the test's go.
+    for port in [port, port_v2] {
+        let _ = fs::remove_dir_all(std::env::temp_dir().join(format!("piku-php-{app}-{port}")));
+    }
 }
 
 /// PIDs of php-fpm master processes whose config path contains `marker`.
