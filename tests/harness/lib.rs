@@ -11,7 +11,7 @@
 //! toolchain (`tests/runtimes.rs`), and PyPI, npm and crates.io for the apps that use them —
 //! `scripts/install-test-deps` installs them as root. sshd logs in with a key whose forced command is our `piku`: as the
 //! current user, or, when the tests run as root (CI), as the dedicated unprivileged account of
-//! [`server_user`], which runs the whole server side; as root the harness creates `/run/sshd`
+//! [`server_user()`], which runs the whole server side; as root the harness creates `/run/sshd`
 //! if needed.
 
 pub mod apps;

@@ -2,7 +2,7 @@
 //! running on it, and a real `sshd` on a free loopback port whose `authorized_keys` runs our
 //! `piku` as the forced command — the same path `git push piku main` takes in production.
 //! When the tests run as root, the forced command, the supervisor, every build and every app
-//! run as the unprivileged [`crate::server_user`] account, as they do in production; sshd
+//! run as the unprivileged [`crate::server_user()`] account, as they do in production; sshd
 //! stays root (it must switch users).
 //!
 //! Everything lives in one temp dir; [`Piku`]'s `Drop` stops the supervisor and sshd by PID and
