@@ -50,11 +50,8 @@ fn setup_ssh_registers_a_forced_command_key() {
     // A file that is not a public key is refused, and nothing is added.
     let bad = piku.tmp.path().join("not-a-key.pub");
     fs::write(&bad, "this is not a key\n").expect("write");
-    let mut cmd = std::process::Command::new(&piku.bins.piku);
-    cmd.arg("setup:ssh")
-        .arg(&bad)
-        .env("PIKU_ROOT", &piku.root)
-        .env("HOME", &piku.home);
+    let mut cmd = piku.server_command(&piku.bins.piku);
+    cmd.arg("setup:ssh").arg(&bad);
     piku_e2e::run_with_timeout(cmd, None, Duration::from_secs(30)).assert_failed();
     let after =
         fs::read_to_string(piku.home.join(".ssh/authorized_keys")).expect("authorized_keys");
@@ -304,6 +301,14 @@ fn config_set_logs_and_run() {
     );
     let exit = piku.ssh(&format!("run {app} -- sh -c 'exit 3'"));
     assert_eq!(exit.code, Some(3), "exit status not passed through: {exit}");
+    // As piku runs it: the words joined and given to a shell, so `&&` chains and `$VAR`
+    // expands from the app's environment, and the shell's status is the session's.
+    let chained = piku.ssh(&format!("run {app} -- echo one && echo $GREETING"));
+    assert_eq!(chained.stdout, "one\nhowdy\n", "{chained}");
+    let status = piku.ssh(&format!("run {app} -- test -f VERSION && exit 7"));
+    assert_eq!(status.code, Some(7), "{status}");
+    let missing = piku.ssh(&format!("run {app} no-such-program"));
+    assert_eq!(missing.code, Some(127), "{missing}");
     // With `ssh -t` the command gets a real terminal; without it, none.
     let tty = piku.ssh_flags(&["-tt"], &format!("run {app} -- tty"));
     assert!(

@@ -19,7 +19,8 @@
 //! shell). piku instead let the login shell word-split `$SSH_ORIGINAL_COMMAND` unquoted, which
 //! kept quotes literally and broke values with spaces (piku#297); existing piku lines of the form
 //! `command="… piku $SSH_ORIGINAL_COMMAND"` still work with this binary because the variable is
-//! re-parsed properly whatever argv the shell produced. The variable is then removed from our
+//! re-parsed properly whatever argv the shell produced (`run` alone goes back to the text, to
+//! run it through a shell as piku did). The variable is then removed from our
 //! environment so nothing we start (git, the post-receive hook calling `piku git-hook`, builds,
 //! `piku run`) mistakes itself for a fresh ssh session.
 //!
@@ -41,7 +42,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 
 fn main() -> ExitCode {
-    let result = command_words().and_then(commands::dispatch);
+    let result = command_words().and_then(|(words, original)| commands::dispatch(words, original));
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
@@ -51,9 +52,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The command to run: `SSH_ORIGINAL_COMMAND` split into shell words when sshd set it,
-/// otherwise argv without the program name.
-fn command_words() -> anyhow::Result<Vec<String>> {
+/// The command to run: `SSH_ORIGINAL_COMMAND` split into shell words when sshd set it (with
+/// the text itself, which `run` needs), otherwise argv without the program name.
+fn command_words() -> anyhow::Result<(Vec<String>, Option<String>)> {
     if let Some(original) = std::env::var_os("SSH_ORIGINAL_COMMAND") {
         // SAFETY: nothing has started a thread yet (this runs first thing in `main`, before any
         // command code), so no other thread can be reading the environment concurrently.
@@ -61,15 +62,16 @@ fn command_words() -> anyhow::Result<Vec<String>> {
         let original = original
             .into_string()
             .map_err(|_| anyhow!("the ssh command is not valid UTF-8"))?;
-        return split_command(&original);
+        return Ok((split_command(&original)?, Some(original)));
     }
-    std::env::args_os()
+    let words = std::env::args_os()
         .skip(1)
         .map(|arg| {
             arg.into_string()
                 .map_err(|arg| anyhow!("argument {arg:?} is not valid UTF-8"))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((words, None))
 }
 
 /// Splits an ssh command line into words with POSIX shell quoting rules, without expanding

@@ -348,7 +348,7 @@ fn apps_are_sorted_and_json_is_stable() {
 }
 
 #[test]
-fn run_execs_directly_with_the_live_env_and_cwd() {
+fn run_goes_through_a_shell_with_the_live_env_and_cwd() {
     let s = Sandbox::new();
     let checkout = s.deployed_app("app", "GREETING=hello  world\nRAW=$HOME\n", "web:1\n");
     let run = s.ssh(r#"run app sh -c 'echo "$GREETING|$RAW|$PWD|${SSH_ORIGINAL_COMMAND-unset}"'"#);
@@ -360,9 +360,11 @@ fn run_execs_directly_with_the_live_env_and_cwd() {
     );
     assert!(checkout.is_dir());
 
-    // Words reach the program as they were quoted; nothing is re-parsed by a shell.
+    // As piku: the words go to a shell, which reads the quotes as the client sent them.
     let run = s.ssh("run app printf '%s\\n' 'a b' '$(id)' ';'");
     assert_eq!(run.ok().stdout, "a b\n$(id)\n;\n");
+    let run = s.ssh("run app -- echo one && echo $GREETING");
+    assert_eq!(run.ok().stdout, "one\nhello world\n");
     // piku's `run app ls -- -al` form: the first `--` is dropped.
     fs::write(checkout.join("marker"), "").unwrap();
     assert!(s.ssh("run app -- ls -a").ok().stdout.contains("marker"));
@@ -372,7 +374,7 @@ fn run_execs_directly_with_the_live_env_and_cwd() {
     let missing = s.ssh("run app no-such-program-here");
     assert_eq!(missing.code, Some(127));
     assert!(
-        missing.stderr.contains("cannot run 'no-such-program-here'"),
+        missing.stderr.contains("no-such-program-here: not found"),
         "{missing:?}"
     );
     s.ssh("run app").fails_with("missing command");

@@ -108,14 +108,25 @@ fn run_download_and_help() {
     let s = Sandbox::new();
     let checkout = s.deployed_app("app", "GREETING=hello there\n", "web:1\n");
     let cwd = s.tmp.path();
+    // As with piku's client, the words are one line for the server's shell: quote for it.
     let run = client(
         &s,
         cwd,
         ENV,
-        &["run", "--", "sh", "-c", "echo \"$GREETING\" $1", "-", "x y"],
+        &[
+            "run",
+            "--",
+            "echo \"$GREETING\"",
+            "&&",
+            "sh",
+            "-c",
+            "'echo $1'",
+            "-",
+            "'x y'",
+        ],
     );
-    assert_eq!(run.stdout, "hello there x y\n", "{run:?}");
-    let status = client(&s, cwd, ENV, &["run", "sh", "-c", "exit 3"]);
+    assert_eq!(run.stdout, "hello there\nx y\n", "{run:?}");
+    let status = client(&s, cwd, ENV, &["run", "exit 3"]);
     assert_eq!(status.code, Some(3), "{status:?}");
 
     fs::create_dir_all(checkout.join("sub dir")).unwrap();

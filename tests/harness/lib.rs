@@ -7,10 +7,12 @@
 //!
 //! Running: `cargo test -p piku-e2e` (the harness builds the binaries first; set
 //! `PIKU_E2E_BIN_DIR` to use prebuilt ones). Needs `sshd`, `ssh`, `ssh-keygen`, `git`,
-//! `python3` with venv, `nginx` and `wrk` (the HTTP front tests, [`Nginx`]), and PyPI for the
-//! one Flask test — `scripts/install-test-deps`
-//! installs them as root. sshd logs in the current user (root in CI) with a key whose
-//! forced command is our `piku`; as root the harness creates `/run/sshd` if needed.
+//! `python3` with venv, `nginx` and `wrk` (the HTTP front tests, [`Nginx`]), every runtime's
+//! toolchain (`tests/runtimes.rs`), and PyPI, npm and crates.io for the apps that use them —
+//! `scripts/install-test-deps` installs them as root. sshd logs in with a key whose forced command is our `piku`: as the
+//! current user, or, when the tests run as root (CI), as the dedicated unprivileged account of
+//! [`server_user()`], which runs the whole server side; as root the harness creates `/run/sshd`
+//! if needed.
 
 pub mod apps;
 pub mod binaries;
@@ -18,6 +20,7 @@ pub mod http;
 pub mod nginx;
 pub mod process;
 pub mod server;
+pub mod server_user;
 pub mod wait;
 
 pub use apps::{AppRepo, copy_tree, example_dir, make_app_repo};
@@ -26,6 +29,7 @@ pub use http::{Answer, get_ok, http_get, http_get_host};
 pub use nginx::Nginx;
 pub use process::{Run, Streaming, run_with_timeout};
 pub use server::{Instance, Piku, free_port, git_command, instances_in, sweep};
+pub use server_user::{ServerUser, server_user};
 pub use wait::wait_until;
 
 use std::time::Duration;

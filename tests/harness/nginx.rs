@@ -3,6 +3,11 @@
 //! code the crate's own tests use), moved to free 127.0.0.1 ports and including the test's
 //! `$PIKU_ROOT/nginx/*.conf`. The forced `piku` reloads it by signal (`PIKU_NGINX_*` set in
 //! sshd's `SetEnv`, see [`Nginx::forced_command_env`]). Stopped by PID when dropped.
+//!
+//! Lab shortcut: this nginx runs as the server account itself (an nginx of the piku user's
+//! own, on free high loopback ports), so the forced command can signal it. Production's shape
+//! — Debian's nginx as root on :80/:443 with www-data workers, reloaded by the root-owned
+//! watcher — is covered by the systemd-nspawn test host (`scripts/systemd-e2e`).
 
 use std::fs;
 use std::net::TcpStream;
@@ -15,6 +20,7 @@ use piku_nginx::standalone::{Standalone, main_conf};
 use crate::binaries::repo_root;
 use crate::process::Guarded;
 use crate::server::free_port;
+use crate::server_user::ServerUser;
 use crate::wait::wait_until;
 
 pub const NGINX: &str = "/usr/sbin/nginx";
@@ -31,10 +37,12 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx for the piku root `root`, in `prefix`; panics with its error log if it does
     /// not come up.
-    pub fn start(prefix: &Path, root: &Path) -> Nginx {
+    pub fn start(prefix: &Path, root: &Path, owner: &ServerUser) -> Nginx {
         fs::create_dir_all(prefix).expect("mkdir nginx prefix");
+        owner.own(prefix);
         let apps_dir = root.join("nginx");
         fs::create_dir_all(&apps_dir).expect("mkdir nginx dir");
+        owner.own(&apps_dir);
         let snippet =
             fs::read_to_string(repo_root().join("nginx/piku.conf")).expect("nginx/piku.conf");
         let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
@@ -55,16 +63,17 @@ impl Nginx {
                 http_port,
                 https_port,
                 // nginx only takes `user` from root; as anyone else it warns.
-                user: nix::unistd::geteuid()
-                    .is_root()
+                user: (nix::unistd::geteuid().is_root() && !owner.switched)
                     .then_some(user.as_deref())
                     .flatten(),
                 mime_types: mime.exists().then_some(mime),
             };
             let conf = prefix.join("nginx.conf");
             fs::write(&conf, main_conf(&snippet, &at)).expect("write nginx.conf");
+            owner.own(&conf);
             let log = prefix.join("error.log");
             let mut cmd = Command::new(NGINX);
+            owner.apply(&mut cmd);
             cmd.arg("-p")
                 .arg(prefix)
                 .arg("-c")

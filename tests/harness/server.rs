@@ -1,6 +1,9 @@
 //! The server side of an end-to-end test: a throwaway `PIKU_ROOT`, the real `piku-supervisor`
 //! running on it, and a real `sshd` on a free loopback port whose `authorized_keys` runs our
 //! `piku` as the forced command — the same path `git push piku main` takes in production.
+//! When the tests run as root, the forced command, the supervisor, every build and every app
+//! run as the unprivileged [`crate::server_user()`] account, as they do in production; sshd
+//! stays root (it must switch users).
 //!
 //! Everything lives in one temp dir; [`Piku`]'s `Drop` stops the supervisor and sshd by PID and
 //! then kills, by PID, any leftover process whose environment points into that temp dir (app
@@ -21,6 +24,7 @@ use crate::binaries::{Binaries, binaries};
 use crate::http::get_ok;
 use crate::nginx::Nginx;
 use crate::process::{Guarded, Run, Streaming, pid_alive, run_with_timeout, signal_pid};
+use crate::server_user::{ServerUser, server_user};
 use crate::wait::wait_until;
 
 /// Default deadline for one `ssh … <command>`.
@@ -50,8 +54,10 @@ pub struct Piku {
     pub home: PathBuf,
     /// The client's private key.
     pub client_key: PathBuf,
-    /// The user sshd lets in (the current user).
+    /// The user sshd lets in: the account the server side runs as ([`server_user`]).
     pub user: String,
+    /// That account, to run more of the server side as it ([`Piku::server_command`]).
+    pub owner: &'static ServerUser,
     /// sshd's port on 127.0.0.1.
     pub port: u16,
     /// What `piku setup:ssh <key>` did; the harness falls back to writing the line itself if
@@ -81,10 +87,18 @@ impl Piku {
     }
 
     fn start_opts(with_nginx: bool) -> Piku {
-        let bins = binaries();
+        let owner = server_user();
+        let bins = owner.reachable(binaries());
+        // As root, the whole test lives in the server account's home: its parts must be
+        // reachable by that account, as `~piku/.piku` is in production.
+        let parent = if owner.switched {
+            owner.home.clone()
+        } else {
+            std::env::temp_dir()
+        };
         let tmp = tempfile::Builder::new()
             .prefix("piku-e2e-")
-            .tempdir()
+            .tempdir_in(&parent)
             .expect("temp dir");
         let base = tmp.path().to_path_buf();
         let root = base.join("srv").join("root");
@@ -93,7 +107,16 @@ impl Piku {
         for d in [&root, &home.join(".ssh"), &bin_dir, &base.join("sshd")] {
             fs::create_dir_all(d).expect("mkdir");
         }
-        let user = current_user();
+        // The server side owns PIKU_ROOT and its HOME; sshd's keys and config, the client's
+        // key and the client-side tools stay the test's.
+        owner.own(&base.join("srv"));
+        owner.own(&home);
+        if owner.switched {
+            std::os::unix::fs::lchown(&base, Some(owner.uid.as_raw()), Some(owner.gid.as_raw()))
+                .expect("chown the test dir");
+            make_mode(&base, 0o750);
+        }
+        let user = owner.name.clone();
 
         // Keys: sshd's host key and the client's key pair.
         let host_key = base.join("sshd").join("host_ed25519");
@@ -109,6 +132,7 @@ impl Piku {
         // `piku setup`, then `piku setup:ssh <key>` as an operator would.
         let local = |args: &[&str]| {
             let mut cmd = Command::new(&bins.piku);
+            owner.apply(&mut cmd);
             cmd.args(args)
                 .env("PIKU_ROOT", &root)
                 .env("HOME", &home)
@@ -144,6 +168,7 @@ impl Piku {
         // The supervisor, in the foreground, as our child.
         let supervisor_log = base.join("supervisor.log");
         let mut cmd = Command::new(&bins.supervisor);
+        owner.apply(&mut cmd);
         cmd.arg("--root")
             .arg(&root)
             .env("PIKU_ROOT", &root)
@@ -170,7 +195,7 @@ impl Piku {
             );
         }
 
-        let nginx = with_nginx.then(|| Nginx::start(&base.join("nginx-run"), &root));
+        let nginx = with_nginx.then(|| Nginx::start(&base.join("nginx-run"), &root, owner));
         let extra_env = nginx
             .as_ref()
             .map(Nginx::forced_command_env)
@@ -195,6 +220,7 @@ impl Piku {
             home,
             client_key,
             user,
+            owner,
             port,
             setup_ssh,
             setup_ssh_used,
@@ -204,6 +230,17 @@ impl Piku {
             supervisor: Some(supervisor),
             sshd: Some(sshd),
         }
+    }
+
+    /// `program` set to run on the server side: as the server account, with this server's
+    /// `PIKU_ROOT` and `HOME` (as an operator's `su - piku -c …` would).
+    pub fn server_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        self.owner.apply(&mut cmd);
+        cmd.env("PIKU_ROOT", &self.root)
+            .env("HOME", &self.home)
+            .current_dir(&self.home);
+        cmd
     }
 
     /// `user@127.0.0.1`, the ssh destination.
@@ -677,13 +714,10 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
-fn current_user() -> String {
-    let uid = nix::unistd::getuid();
-    nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "root".into()))
+fn make_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
 }
 
 fn log_file(path: &Path) -> Stdio {

@@ -4,17 +4,19 @@
 //! environment (bootstrap, the release's runtime, the repo's `ENV`, the `config:set`
 //! overrides), the front ([`crate::front`]), the formation from `SCALING` (Procfile kinds
 //! default to 1; kinds no longer in the Procfile are dropped), and the processes (`wsgi`
-//! becomes the WSGI server command, `web`/`wsgi` are web processes, `cron*` cron entries, the
-//! rest workers; `static`, `release` and `preflight` are not processes).
+//! becomes the WSGI server command, `rwsgi` puma's and `php` the release's php-fpm + nginx
+//! script, `web`/`wsgi`/`rwsgi`/`php` are web processes, `cron*` cron entries, the rest workers; `static`, `release` and `preflight` are
+//! not processes).
 //! [`Activation::apply`] installs the nginx config, sends the spec to the supervisor as one
 //! `Request::Apply`, and only when it accepts rewrites `LIVE_ENV` and `SCALING`.
 //! [`activate_existing`] does both for a release built earlier (rollback, config change).
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use piku_model::{AppName, EnvMap, InstanceId, PikuRoot, ProcessClass, Procfile};
-use piku_proto::{AppSpec, Client, ProcessSpec, Request, Response, Role};
+use piku_proto::{AppSpec, AppStatus, Client, ProcessSpec, Request, Response, Role};
 
 use crate::app_config;
 use crate::buildlog::BuildLog;
@@ -22,11 +24,13 @@ use crate::checkout::{read_file, read_procfile};
 use crate::env::{self, Bootstrap};
 use crate::error::{Context, DeployError};
 use crate::files;
-use crate::front::spec::{Front, describe, plan};
-use crate::front::{acme, nginx};
+use crate::front::spec::{DEFAULT_HEALTH_SECS, Front, describe, plan};
+use crate::front::{acme, nginx, ready};
 use crate::runtime;
 use crate::runtime::build::BuiltRelease;
+use crate::runtime::php;
 use crate::runtime::python::wsgi::Server;
+use crate::runtime::rack::Puma;
 use crate::settings;
 use crate::store::{ReleaseRecord, Store};
 use crate::supervisor;
@@ -61,6 +65,7 @@ pub fn processes(
     procfile: &Procfile,
     formation: &BTreeMap<String, u32>,
     wsgi: Option<&WsgiRunner>,
+    rack: Puma,
     env: &EnvMap,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<ProcessSpec>, DeployError> {
@@ -79,6 +84,8 @@ pub fn processes(
                     .command(runner.venv, &entry.command, env, warnings);
                 (cmd, Role::Web)
             }
+            ProcessClass::Rack => (rack.command(&entry.command, env, warnings), Role::Web),
+            ProcessClass::Php => (php::command(&entry.command), Role::Web),
             ProcessClass::Web => (entry.command.clone(), Role::Web),
             ProcessClass::Cron(schedule) => (
                 entry.command.clone(),
@@ -173,7 +180,15 @@ pub fn prepare(
     app_settings.front = front.spec.clone();
     let existing = current_scaling(root, app, log);
     let formation = formation(procfile, &existing);
-    let mut processes = processes(procfile, &formation, runner.as_ref(), &env, &mut warnings)?;
+    let rack = Puma::for_checkout(&src)?;
+    let mut processes = processes(
+        procfile,
+        &formation,
+        runner.as_ref(),
+        rack,
+        &env,
+        &mut warnings,
+    )?;
     processes.extend(acme::renewal_process(root, app, &front, &env, procfile)?);
     for warning in warnings {
         log.step(warning);
@@ -264,8 +279,8 @@ impl Activation {
     }
 }
 
-/// Prints where the app answers: its front, or without one each web instance's port.
-/// Only informative: a failure here does not fail the deploy.
+/// Prints where the app answers: its front, once it answers there ([`ready`]), or without
+/// one each web instance's port. Only informative: a failure here does not fail the deploy.
 fn announce(client: &mut Client, app: &AppName, env: &EnvMap, front: &Front, log: &mut BuildLog) {
     let request = Request::Status {
         app: Some(app.to_string()),
@@ -280,7 +295,31 @@ fn announce(client: &mut Client, app: &AppName, env: &EnvMap, front: &Front, log
     for status in apps.iter().filter(|s| s.app == app.as_str()) {
         let names = front.nginx.as_ref().map(|n| n.server_names.as_slice());
         if let Some(line) = describe(status, names) {
-            log.step(line);
+            let Some(probe) = probe_for(status, front, env) else {
+                log.step(line);
+                continue;
+            };
+            let deadline = front
+                .spec
+                .as_ref()
+                .map_or(Duration::from_secs_f64(DEFAULT_HEALTH_SECS), |s| {
+                    Duration::from_millis(s.health_deadline_ms)
+                });
+            match probe.wait(deadline) {
+                Ok(()) => log.step(line),
+                Err(seen) => log.step(format!(
+                    "Warning: '{app}' is live but did not answer on {} (Host: {}) within {:.0} s: \
+                     {seen}{}",
+                    probe.addr,
+                    probe.host,
+                    deadline.as_secs_f64(),
+                    if probe.via_nginx {
+                        "; has nginx reloaded? (piku-nginx.path, or PIKU_NGINX_RELOAD)"
+                    } else {
+                        ""
+                    }
+                )),
+            }
             continue;
         }
         for instance in &status.instances {
@@ -290,6 +329,36 @@ fn announce(client: &mut Client, app: &AppName, env: &EnvMap, front: &Front, log
             }
         }
     }
+}
+
+/// Where users reach the app, to ask before saying it answers there: nginx's HTTP port with
+/// the app's host name, or piku's public TCP port. `None` when there is nothing to ask (a
+/// front on a Unix socket only, regex-only host names).
+fn probe_for(status: &AppStatus, front: &Front, env: &EnvMap) -> Option<ready::Probe> {
+    let path = env
+        .get("PIKU_HEALTHCHECK")
+        .map(|p| p.trim())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/")
+        .to_owned();
+    if let Some(nginx) = &front.nginx {
+        return Some(ready::Probe {
+            addr: ready::reachable(&nginx.listen.ipv4, nginx.listen.http_port),
+            host: ready::host_for(&nginx.server_names)?,
+            path,
+            via_nginx: true,
+        });
+    }
+    let tcp = status.front.as_ref()?.tcp.as_deref()?;
+    let (bind, port) = tcp.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let addr = ready::reachable(bind, port);
+    Some(ready::Probe {
+        host: addr.clone(),
+        addr,
+        path,
+        via_nginx: false,
+    })
 }
 
 #[cfg(test)]
@@ -330,6 +399,7 @@ mod tests {
             &procfile,
             &f,
             Some(&runner),
+            Puma::System,
             &EnvMap::new(),
             &mut Vec::new(),
         )
@@ -347,6 +417,16 @@ mod tests {
             }
         );
         assert_eq!(specs[2].command, "./tick");
-        assert!(processes(&procfile, &f, None, &EnvMap::new(), &mut Vec::new()).is_err());
+        assert!(
+            processes(
+                &procfile,
+                &f,
+                None,
+                Puma::System,
+                &EnvMap::new(),
+                &mut Vec::new()
+            )
+            .is_err()
+        );
     }
 }

@@ -10,7 +10,8 @@
 //! 2. [`pipeline::deploy`]: a new release in the [`store`], [`checkout`] of the commit,
 //!    `preflight`, the runtime's build ([`runtime`], one file per runtime), the `release`
 //!    command.
-//! 3. [`activate`]: the environment ([`env`](mod@env)), the front ([`front`]: nginx config, ACME), the
+//! 3. [`activate`]: the environment ([`env`](mod@env)), the front ([`front`]: nginx config, ACME,
+//!    the wait until the app answers), the
 //!    supervisor's `Request::Apply` ([`supervisor`]), then `LIVE_ENV`/`SCALING`
 //!    ([`app_config`]) and `apps/<app>` switched to the new checkout.
 //!

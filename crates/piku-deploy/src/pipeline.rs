@@ -20,6 +20,7 @@ use crate::lock;
 use crate::pushed;
 use crate::runtime::build::{BuildCtx, RuntimeEnv};
 use crate::runtime::python::wsgi::Server;
+use crate::runtime::rack::Puma;
 use crate::runtime::{self};
 use crate::settings::{DEFAULT_KEEP_RELEASES, keep_releases};
 use crate::store::{ReleaseRecord, Status, Store};
@@ -184,6 +185,10 @@ fn build_and_activate(
         Some(_) => Some(Server::from_env(&config_env)?),
         None => None,
     };
+    let rack = match procfile.get("rwsgi") {
+        Some(_) => Some(Puma::for_checkout(&src)?),
+        None => None,
+    };
     let path = std::ffi::OsString::from(config_env.get("PATH").cloned().unwrap_or_default());
     let runtime = runtime::detect(&src, &procfile, &path)?;
     log.step(format!("{} app detected.", runtime.label()));
@@ -198,6 +203,7 @@ fn build_and_activate(
         commit: &record.commit,
         env: &config_env,
         wsgi,
+        rack,
     };
     let built = runtime.build(&ctx, log)?;
     record.runtime = Some(runtime.name().to_owned());

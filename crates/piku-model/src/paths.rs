@@ -7,6 +7,7 @@
 //! repos/<app>       bare git repository; hooks/pre-receive runs the deploy
 //! envs/<app>        ENV (config:set overrides), LIVE_ENV, SCALING
 //! envs/<app>/deps/  dependency environments (venv, node_modules…), keyed by manifest hash
+//! envs/<app>/cache/ what one build keeps for the next (cargo's target/); no release needs it
 //! logs/<app>        <kind>.<n>.log
 //! nginx/            <app>.conf, <app>.sock, <app>.crt, <app>.key
 //! data/<app>        persistent data, survives destroy ($DATA_ROOT)
@@ -170,6 +171,12 @@ impl PikuRoot {
     /// `envs/<app>/deps`: the app's dependency environments, one directory per manifest hash.
     pub fn deps_dir(&self, app: &AppName) -> PathBuf {
         self.env_dir(app).join("deps")
+    }
+    /// `envs/<app>/cache/<tool>`: what a build keeps for the app's next build (cargo's target
+    /// directory, so a redeploy compiles only what changed). No release refers to it: deleting
+    /// it only makes the next build slower.
+    pub fn build_cache(&self, app: &AppName, tool: &str) -> PathBuf {
+        self.env_dir(app).join("cache").join(tool)
     }
     /// `repos/<app>/hooks`: where the deploy's `pre-receive` hook goes.
     pub fn repo_hooks(&self, app: &AppName) -> PathBuf {

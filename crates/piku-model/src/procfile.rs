@@ -4,11 +4,12 @@
 //! - Blank lines and lines starting with `#` (after leading spaces) are ignored.
 //! - Each line is `kind: command`, split on the **first** `:`; both sides are trimmed.
 //! - Kind names must match `[A-Za-z0-9_-]+`: they become file names (`<kind>.<n>.log`).
-//! - Classes: `wsgi`, `web`, `static`, `release`, `preflight`; any kind starting with `cron`
-//!   is a [`ProcessClass::Cron`] whose value is `<schedule> <command>` (see [`crate::cron`]);
-//!   everything else is a worker. `jwsgi`, `rwsgi` and `php` are refused as not supported yet.
+//! - Classes: `wsgi`, `rwsgi`, `php`, `web`, `static`, `release`, `preflight`; any kind
+//!   starting with `cron` is a [`ProcessClass::Cron`] whose value is `<schedule> <command>`
+//!   (see [`crate::cron`]); everything else is a worker. `jwsgi` (Java in uWSGI's JVM plugin)
+//!   is refused as not supported.
 //! - A duplicate kind is a warning and the last one wins (keeping the first one's position).
-//! - `wsgi` and `web` together: `web` is dropped with a warning, as in piku.
+//! - `wsgi` or `rwsgi` with `web`: `web` is dropped with a warning, as in piku.
 //! - A line without `:`, an empty kind or command, or a Procfile without entries is an error.
 //!   Parsing goes on past a bad line: every bad line is reported at once ([`Problems`]).
 //! - A leading UTF-8 byte-order mark is ignored.
@@ -26,6 +27,11 @@ use crate::problems::Problems;
 pub enum ProcessClass {
     /// A Python WSGI `module:callable`, run by the CLI through gunicorn as a web process.
     Wsgi,
+    /// `rwsgi`: a Rack app's rackup file (`config.ru`), run through a Rack server as a web
+    /// process.
+    Rack,
+    /// `php`: a docroot served by php-fpm behind the instance's own nginx, as a web process.
+    Php,
     /// Any command that listens on `$PORT`.
     Web,
     /// A static-files path or `/url:path,…` mapping served by the front; no process.
@@ -89,12 +95,14 @@ pub enum ProcfileError {
     Empty,
 }
 
-/// Kinds piku ran through uWSGI plugins that we do not run yet.
-const UNSUPPORTED_KINDS: [&str; 3] = ["jwsgi", "rwsgi", "php"];
+/// Kinds piku ran through uWSGI plugins that we do not run.
+const UNSUPPORTED_KINDS: [&str; 1] = ["jwsgi"];
 
 fn classify(kind: &str, command: &str) -> Result<(ProcessClass, String), ProcfileProblem> {
     let class = match kind {
         "wsgi" => ProcessClass::Wsgi,
+        "rwsgi" => ProcessClass::Rack,
+        "php" => ProcessClass::Php,
         "web" => ProcessClass::Web,
         "static" => ProcessClass::Static,
         "release" => ProcessClass::Release,
@@ -170,11 +178,13 @@ pub fn parse_procfile(text: &str) -> Result<Procfile, ProcfileErrors> {
             None => procfile.entries.push(entry),
         }
     }
-    if procfile.get("wsgi").is_some() && procfile.get("web").is_some() {
-        procfile.entries.retain(|e| e.kind != "web");
-        procfile
-            .warnings
-            .push("found both 'wsgi' and 'web' workers, disabling 'web'".to_owned());
+    for server in ["wsgi", "rwsgi"] {
+        if procfile.get(server).is_some() && procfile.get("web").is_some() {
+            procfile.entries.retain(|e| e.kind != "web");
+            procfile.warnings.push(format!(
+                "found both '{server}' and 'web' workers, disabling 'web'"
+            ));
+        }
     }
     if procfile.entries.is_empty() && problems.is_empty() {
         problems.push(ProcfileError::Empty);
@@ -199,6 +209,8 @@ impl ProcessClass {
     pub fn is_process(&self) -> bool {
         match self {
             ProcessClass::Wsgi
+            | ProcessClass::Rack
+            | ProcessClass::Php
             | ProcessClass::Web
             | ProcessClass::Cron(_)
             | ProcessClass::Worker => true,
@@ -206,9 +218,12 @@ impl ProcessClass {
         }
     }
 
-    /// True for classes that serve HTTP on `$PORT` (wsgi and web).
+    /// True for classes that serve HTTP on `$PORT` (wsgi, rwsgi, php and web).
     pub fn is_web(&self) -> bool {
-        matches!(self, ProcessClass::Wsgi | ProcessClass::Web)
+        matches!(
+            self,
+            ProcessClass::Wsgi | ProcessClass::Rack | ProcessClass::Php | ProcessClass::Web
+        )
     }
 }
 
@@ -314,15 +329,23 @@ mod tests {
     }
 
     #[test]
+    fn rwsgi_is_a_rack_app_and_disables_web() {
+        let p = parse_procfile("web: ./server\nrwsgi: config.ru\n").unwrap();
+        assert!(p.get("web").is_none());
+        assert_eq!(p.get("rwsgi").unwrap().class, ProcessClass::Rack);
+        assert!(p.get("rwsgi").unwrap().class.is_web());
+        assert_eq!(
+            p.warnings,
+            ["found both 'rwsgi' and 'web' workers, disabling 'web'"]
+        );
+    }
+
+    #[test]
     fn unsupported_kinds_are_named() {
-        for kind in ["jwsgi", "rwsgi", "php"] {
-            assert_eq!(
-                err(&format!("web: x\n{kind}: something")),
-                format!(
-                    "Procfile line 2: process kind '{kind}' is not supported yet; run it as a 'web:' command that listens on $PORT"
-                )
-            );
-        }
+        assert_eq!(
+            err("web: x\njwsgi: something"),
+            "Procfile line 2: process kind 'jwsgi' is not supported yet; run it as a 'web:' command that listens on $PORT"
+        );
     }
 
     #[test]

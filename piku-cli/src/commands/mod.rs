@@ -21,9 +21,11 @@ mod setup;
 use anyhow::bail;
 use piku_model::PikuRoot;
 
-/// What every command gets: where the piku installation lives.
+/// What every command gets: where the piku installation lives, and the ssh command as sshd
+/// passed it (`SSH_ORIGINAL_COMMAND`), if it came over ssh.
 pub struct Ctx {
     pub root: PikuRoot,
+    pub ssh_command: Option<String>,
 }
 
 /// One entry of the dispatch table.
@@ -206,7 +208,7 @@ const RETIRED: &[(&str, &str)] = &[
 ];
 
 /// Runs the command named by the first word; returns its exit status.
-pub fn dispatch(words: Vec<String>) -> anyhow::Result<i32> {
+pub fn dispatch(words: Vec<String>, ssh_command: Option<String>) -> anyhow::Result<i32> {
     let Some((name, rest)) = words.split_first() else {
         help::print();
         return Ok(0);
@@ -231,6 +233,7 @@ pub fn dispatch(words: Vec<String>) -> anyhow::Result<i32> {
     }
     let ctx = Ctx {
         root: PikuRoot::from_env()?,
+        ssh_command,
     };
     (command.run)(&ctx, rest)
 }

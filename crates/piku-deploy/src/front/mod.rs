@@ -7,6 +7,8 @@
 //! - [`nginx`]: the nginx config in front of it: checked and installed before the supervisor's
 //!   `Apply`, put back if the supervisor refuses, removed with the app; the one nginx reload.
 //! - [`acme`]: certificates from an ACME CA after the `Apply`, and the daily renewal entry.
+//! - [`ready`]: after the `Apply`, waiting until the app answers where users reach it (nginx
+//!   routing its host name, or piku's public port) before the push says so.
 //!
 //! Order matters for "a bad push changes nothing": the nginx config is checked (`nginx -t`)
 //! and installed *before* the supervisor's `Apply`, so a broken `NGINX_INCLUDE_FILE` fails the
@@ -16,4 +18,5 @@
 
 pub mod acme;
 pub mod nginx;
+pub mod ready;
 pub mod spec;

@@ -14,7 +14,7 @@ use crate::error::DeployError;
 use crate::settings::number;
 
 /// The health check deadline when `PIKU_HEALTHCHECK_TIMEOUT` is unset, in seconds.
-const DEFAULT_HEALTH_SECS: f64 = 30.0;
+pub const DEFAULT_HEALTH_SECS: f64 = 30.0;
 /// The drain bound when `PIKU_DRAIN_TIMEOUT` is unset, in seconds.
 const DEFAULT_DRAIN_SECS: f64 = 10.0;
 

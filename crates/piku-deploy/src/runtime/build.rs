@@ -11,6 +11,7 @@ use piku_model::{AppName, EnvMap, PikuRoot};
 use crate::checkout::{clean_git_env, read_bytes};
 use crate::error::{DeployError, IoContext};
 use crate::runtime::python::wsgi::Server;
+use crate::runtime::rack::Puma;
 
 /// What a build needs to know.
 pub struct BuildCtx<'a> {
@@ -25,6 +26,8 @@ pub struct BuildCtx<'a> {
     pub env: &'a EnvMap,
     /// The WSGI server to install, if the Procfile has a `wsgi:` entry.
     pub wsgi: Option<Server>,
+    /// Where the Rack server comes from, if the Procfile has an `rwsgi:` entry.
+    pub rack: Option<Puma>,
 }
 
 /// What the build produced, recorded in `release.json`.
@@ -41,6 +44,22 @@ pub struct BuiltRelease<'a> {
     pub deps: Option<&'a Path>,
     /// `releases/<app>/<id>/bin`.
     pub bin: &'a Path,
+}
+
+impl BuiltRelease<'_> {
+    /// The release's `bin` first on `PATH`, for runtimes that build executables there (Go,
+    /// Rust); nothing if the build made none.
+    pub fn bin_on_path(&self) -> RuntimeEnv {
+        RuntimeEnv {
+            path: self
+                .bin
+                .is_dir()
+                .then(|| self.bin.to_path_buf())
+                .into_iter()
+                .collect(),
+            vars: EnvMap::new(),
+        }
+    }
 }
 
 /// What a runtime adds to its processes' environment so they find what the build installed.

@@ -43,13 +43,28 @@ impl Tool {
 
     pub fn toolchain(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Tool::Cli => &[("java", "default-jdk"), ("clojure", "clojure")],
+            // Debian's `clojure` package is only the language (`clojure.main`), not the CLI.
+            Tool::Cli => &[
+                ("java", "default-jdk"),
+                (
+                    "clojure",
+                    "the Clojure CLI, https://clojure.org/guides/install_clojure; Debian's \
+                     'clojure' package is only the language",
+                ),
+            ],
             Tool::Leiningen => &[("java", "default-jdk"), ("lein", "leiningen")],
         }
     }
 }
 
 pub fn build(tool: Tool, ctx: &BuildCtx, log: &mut BuildLog) -> Result<Built, DeployError> {
+    if tool == Tool::Cli && !is_clojure_cli(ctx) {
+        return Err(DeployError::refused(
+            "Clojure CLI app (deps.edn) needs the Clojure CLI, but the server's 'clojure' is \
+             not it (Debian's 'clojure' package runs only clojure.main); install the CLI from \
+             https://clojure.org/guides/install_clojure",
+        ));
+    }
     let (program, args, what) = match tool {
         Tool::Cli => ("clojure", &["-T:build", "release"][..], "clojure build"),
         Tool::Leiningen => ("lein", &["uberjar"][..], "lein uberjar"),
@@ -63,6 +78,18 @@ pub fn build(tool: Tool, ctx: &BuildCtx, log: &mut BuildLog) -> Result<Built, De
     cmd.args(args);
     log.run(cmd, what)?;
     Ok(Built::default())
+}
+
+/// Whether the `clojure` on the build's `PATH` is the Clojure CLI: only the CLI knows
+/// `-Sdescribe` (Debian's `clojure.main` wrapper takes it for a file and fails).
+fn is_clojure_cli(ctx: &BuildCtx) -> bool {
+    ctx.command("clojure", ctx.src)
+        .arg("-Sdescribe")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[cfg(test)]

@@ -89,6 +89,7 @@ mod tests {
             commit: "c",
             env: &env,
             wsgi: None,
+            rack: None,
         };
         let first = Deps::open(&ctx, "python", &[b"x"]).unwrap();
         assert!(!first.ready);

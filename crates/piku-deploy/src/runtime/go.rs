@@ -39,15 +39,7 @@ pub fn build(ctx: &BuildCtx, log: &mut BuildLog) -> Result<Built, DeployError> {
 
 /// The release's `bin` first on `PATH`.
 pub fn env(release: &BuiltRelease) -> RuntimeEnv {
-    RuntimeEnv {
-        path: release
-            .bin
-            .is_dir()
-            .then(|| release.bin.to_path_buf())
-            .into_iter()
-            .collect(),
-        vars: Default::default(),
-    }
+    release.bin_on_path()
 }
 
 #[cfg(test)]

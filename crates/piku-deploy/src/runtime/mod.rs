@@ -10,12 +10,13 @@
 //! | [`java`] | `pom.xml`, `build.gradle[.kts]` | `mvn package`, `gradle build` |
 //! | [`go`] | `go.mod`, `Godeps`, `*.go` | `go build` into the release's `bin` |
 //! | [`clojure`] | `deps.edn`, `project.clj` | `clojure -T:build release`, `lein uberjar` |
-//! | [`rust`] | `Cargo.toml` | `cargo build --release` |
+//! | [`rust`] | `Cargo.toml` | `cargo install` into the release's `bin` |
+//! | [`php`] | a `php:` entry | the instance's php-fpm + nginx start script |
 //! | [`generic`] | any process in the Procfile | nothing |
 //! | [`static_site`] | a `static:` entry only | nothing |
 //!
 //! Shared parts: [`build`] (what a build gets and gives back), [`deps`] (dependency
-//! environments keyed by manifest hash).
+//! environments keyed by manifest hash), [`rack`] (the server of `rwsgi:` entries).
 
 pub mod build;
 pub mod clojure;
@@ -24,7 +25,9 @@ pub mod generic;
 pub mod go;
 pub mod java;
 pub mod node;
+pub mod php;
 pub mod python;
+pub mod rack;
 pub mod ruby;
 pub mod rust;
 pub mod static_site;
@@ -48,6 +51,8 @@ pub enum Runtime {
     Go,
     Clojure(clojure::Tool),
     Rust,
+    /// A `php:` entry and no language runtime: php-fpm behind the instance's nginx.
+    Php,
     /// Only a `static:` entry: nothing to build or run.
     Static,
     /// Processes in the Procfile and no recognised runtime: nothing to build.
@@ -64,6 +69,8 @@ pub enum DetectError {
          (add e.g. 'web: <command that listens on $PORT>')"
     )]
     Nothing,
+    #[error("a 'php:' entry needs an app with no other runtime; found a {0} app")]
+    PhpBeside(&'static str),
 }
 
 impl From<DetectError> for DeployError {
@@ -76,6 +83,15 @@ impl From<DetectError> for DeployError {
 /// longer needs `rust-toolchain.toml`, and a plain `web:` app needs no `release:` line).
 /// `path` is the PATH the build will use, to choose between poetry and uv.
 pub fn detect(src: &Path, procfile: &Procfile, path: &OsStr) -> Result<Runtime, DetectError> {
+    let runtime = detect_in_order(src, procfile, path)?;
+    // Only the PHP runtime puts the serve script on the processes' PATH.
+    if php::detect(procfile) && runtime != Runtime::Php {
+        return Err(DetectError::PhpBeside(runtime.label()));
+    }
+    Ok(runtime)
+}
+
+fn detect_in_order(src: &Path, procfile: &Procfile, path: &OsStr) -> Result<Runtime, DetectError> {
     if let Some(tool) = python::detect(src, path) {
         return tool
             .map(Runtime::Python)
@@ -95,6 +111,9 @@ pub fn detect(src: &Path, procfile: &Procfile, path: &OsStr) -> Result<Runtime, 
     }
     if let Some(tool) = clojure::detect(src) {
         return Ok(Runtime::Clojure(tool));
+    }
+    if php::detect(procfile) {
+        return Ok(Runtime::Php);
     }
     if rust::detect(src) {
         return Ok(Runtime::Rust);
@@ -119,6 +138,7 @@ impl Runtime {
             Runtime::Go => go::NAME,
             Runtime::Clojure(tool) => tool.name(),
             Runtime::Rust => rust::NAME,
+            Runtime::Php => php::NAME,
             Runtime::Static => static_site::NAME,
             Runtime::Generic => generic::NAME,
         }
@@ -134,12 +154,14 @@ impl Runtime {
             Runtime::Go => go::LABEL,
             Runtime::Clojure(tool) => tool.label(),
             Runtime::Rust => rust::LABEL,
+            Runtime::Php => php::LABEL,
             Runtime::Static => static_site::LABEL,
             Runtime::Generic => generic::LABEL,
         }
     }
 
-    /// Programs the build runs, each with the Debian package(s) that provide it.
+    /// Programs the build runs, each with the Debian package(s) that provide it, or, for a
+    /// tool Debian does not package, where to get it (a text with a URL).
     pub fn toolchain(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Runtime::Python(tool) => tool.toolchain(),
@@ -149,7 +171,8 @@ impl Runtime {
             Runtime::Go => go::TOOLCHAIN,
             Runtime::Clojure(tool) => tool.toolchain(),
             Runtime::Rust => rust::TOOLCHAIN,
-            Runtime::Static | Runtime::Generic => &[],
+            // php-fpm and nginx live in sbin, off the piku user's PATH: php::build finds them.
+            Runtime::Php | Runtime::Static | Runtime::Generic => &[],
         }
     }
 
@@ -160,9 +183,13 @@ impl Runtime {
             .iter()
             .find(|(program, _)| find_program(program, path).is_none())
             .map(|(program, package)| {
+                let how = if package.contains("://") {
+                    format!("install {package}")
+                } else {
+                    format!("Debian/Ubuntu: apt-get install {package}")
+                };
                 format!(
-                    "{} app needs '{program}', which is not installed on the server \
-                     (Debian/Ubuntu: apt-get install {package})",
+                    "{} app needs '{program}', which is not installed on the server ({how})",
                     self.label()
                 )
             })
@@ -177,6 +204,16 @@ impl Runtime {
                 self.label()
             )));
         }
+        if let Some(puma) = ctx.rack {
+            if !matches!(self, Runtime::Ruby | Runtime::Generic) {
+                return Err(DeployError::refused(format!(
+                    "'rwsgi:' entries need a Ruby app (a Gemfile) or no runtime at all; \
+                     found a {} app",
+                    self.label()
+                )));
+            }
+            puma.check(ctx.path())?;
+        }
         match self {
             Runtime::Python(tool) => python::build(tool, ctx, log),
             Runtime::Ruby => ruby::build(ctx, log),
@@ -185,6 +222,7 @@ impl Runtime {
             Runtime::Go => go::build(ctx, log),
             Runtime::Clojure(tool) => clojure::build(tool, ctx, log),
             Runtime::Rust => rust::build(ctx, log),
+            Runtime::Php => php::build(ctx, log),
             Runtime::Static | Runtime::Generic => Ok(Built::default()),
         }
     }
@@ -198,6 +236,8 @@ pub fn env(name: Option<&str>, release: &BuiltRelease) -> RuntimeEnv {
         Some(ruby::NAME) => ruby::env(release),
         Some(node::NAME) => node::env(release),
         Some(go::NAME) => go::env(release),
+        Some(rust::NAME) => rust::env(release),
+        Some(php::NAME) => php::env(release),
         _ => RuntimeEnv::default(),
     }
 }
@@ -254,6 +294,15 @@ mod tests {
         assert_eq!(
             detect_in(&["x"], "release: ./migrate"),
             Err(DetectError::Nothing)
+        );
+    }
+
+    #[test]
+    fn a_php_entry_is_php_alone_and_refused_beside_another_runtime() {
+        assert_eq!(detect_in(&["index.php"], "php: ."), Ok(Runtime::Php));
+        assert_eq!(
+            detect_in(&["package.json"], "php: ."),
+            Err(DetectError::PhpBeside("Node"))
         );
     }
 

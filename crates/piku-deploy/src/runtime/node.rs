@@ -5,6 +5,10 @@
 //! symlink to them, because module resolution walks up from the script (`NODE_PATH` alone
 //! does not reach ES modules). `node_modules/.bin` goes on `PATH` and `NODE_PATH` points at the
 //! packages, as piku set them.
+//!
+//! `NODE_VERSION` (`20`, `20.11`, `20.11.1`) is honoured when the server's `node` is that
+//! version; otherwise the push is refused, naming both. piku would download the version with
+//! `nodeenv`; we build with what the operator installed.
 
 use std::path::Path;
 
@@ -30,6 +34,17 @@ pub fn build(ctx: &BuildCtx, log: &mut BuildLog) -> Result<Built, DeployError> {
     let lock = ctx.read_manifest("package-lock.json")?;
     let shrinkwrap = ctx.read_manifest("npm-shrinkwrap.json")?;
     let version = ctx.version_of("node")?;
+    if let Some(wanted) = ctx
+        .env
+        .get("NODE_VERSION")
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+    {
+        check_version(wanted, &version)?;
+        log.step(format!(
+            "NODE_VERSION={wanted}: the server's Node is {version}"
+        ));
+    }
     let deps = Deps::open(
         ctx,
         "node",
@@ -74,6 +89,30 @@ pub fn build(ctx: &BuildCtx, log: &mut BuildLog) -> Result<Built, DeployError> {
     })
 }
 
+/// Whether `installed` (`node --version`: `v20.11.1`) is the `wanted` version or one of its
+/// releases (`20` and `20.11` take any `20.11.x`).
+fn check_version(wanted: &str, installed: &str) -> Result<(), DeployError> {
+    let bare = wanted.strip_prefix('v').unwrap_or(wanted);
+    let is_version = !bare.is_empty()
+        && bare
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if !is_version {
+        return Err(DeployError::refused(format!(
+            "NODE_VERSION='{wanted}' is not a Node version like 20 or 20.11.1"
+        )));
+    }
+    let have = installed.strip_prefix('v').unwrap_or(installed);
+    if have == bare || have.starts_with(&format!("{bare}.")) {
+        return Ok(());
+    }
+    Err(DeployError::refused(format!(
+        "NODE_VERSION={wanted} asks for Node {bare}, but the server's node is {installed}; \
+         install Node {bare} on the server (piku builds with the 'node' on PATH) or change \
+         NODE_VERSION"
+    )))
+}
+
 /// The environment's `bin`, then `node_modules/.bin`, on `PATH`; `NODE_PATH` at the packages.
 pub fn env(release: &BuiltRelease) -> RuntimeEnv {
     let mut env = RuntimeEnv::default();
@@ -95,6 +134,21 @@ pub fn env(release: &BuiltRelease) -> RuntimeEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_version_matches_the_installed_release_line() {
+        assert!(check_version("20", "v20.20.2").is_ok());
+        assert!(check_version("v20.20", "v20.20.2").is_ok());
+        assert!(check_version("20.20.2", "v20.20.2").is_ok());
+        assert!(check_version("2", "v20.20.2").is_err());
+        let err = check_version("18", "v20.20.2").unwrap_err().to_string();
+        assert!(
+            err.starts_with("NODE_VERSION=18 asks for Node 18, but the server's node is v20.20.2"),
+            "{err}"
+        );
+        let err = check_version("lts", "v20.20.2").unwrap_err().to_string();
+        assert!(err.contains("not a Node version"), "{err}");
+    }
 
     #[test]
     fn node_modules_bin_and_node_path_come_from_the_deps_dir() {

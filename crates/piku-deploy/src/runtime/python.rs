@@ -2,11 +2,13 @@
 //! (`pyproject.toml`), plus the WSGI server a `wsgi:` entry needs ([`wsgi`]).
 //!
 //! Detection follows piku: `requirements.txt` means pip; `pyproject.toml` means poetry or uv,
-//! whichever is installed (the lock file decides when both are). The interpreter is `python3`,
-//! or `python<PYTHON_VERSION>` when that is set (uv picks its own from `.python-version` or
-//! `PYTHON_VERSION`). The venv is the release's dependency environment: its `bin` goes first on
-//! the processes' `PATH` and `VIRTUAL_ENV` points at it.
+//! whichever is installed (the lock file decides when both are). The interpreter is the one
+//! the app asks for when the server has it ([`version`]), and a Django app gets Heroku's
+//! `collectstatic` after the install ([`django`]). The venv is the release's dependency
+//! environment: its `bin` goes first on the processes' `PATH` and `VIRTUAL_ENV` points at it.
 
+pub mod django;
+pub mod version;
 pub mod wsgi;
 
 use std::ffi::OsStr;
@@ -78,7 +80,7 @@ impl Tool {
                 ("python3", "python3 python3-venv"),
                 ("poetry", "python3-poetry"),
             ],
-            Tool::Uv => &[("uv", "uv (https://docs.astral.sh/uv/)")],
+            Tool::Uv => &[("uv", "uv, https://docs.astral.sh/uv/ or `pip install uv`")],
         }
     }
 }
@@ -93,17 +95,26 @@ pub fn env(release: &BuiltRelease) -> RuntimeEnv {
 
 /// Fills (or reuses) the venv for the checkout's dependencies and the WSGI server.
 pub fn build(tool: Tool, ctx: &BuildCtx, log: &mut BuildLog) -> Result<Built, DeployError> {
-    let python = python_program(ctx.env);
-    if tool != Tool::Uv && find_program(&python, ctx.path()).is_none() {
-        return Err(DeployError::refused(format!(
-            "Python app needs '{python}', which is not installed on the server \
-             (Debian/Ubuntu: apt-get install python3 python3-venv)"
-        )));
-    }
+    let wanted = version::wanted(ctx.env, ctx.src)?;
     let deps = match tool {
-        Tool::Pip => pip_install(ctx, &python, log)?,
-        Tool::Poetry => poetry_install(ctx, &python, log)?,
-        Tool::Uv => uv_sync(ctx, log)?,
+        Tool::Pip | Tool::Poetry => {
+            let (python, why) = version::interpreter(wanted.as_ref(), ctx.path());
+            if let Some(why) = why {
+                log.step(why);
+            }
+            if find_program(&python, ctx.path()).is_none() {
+                return Err(DeployError::refused(format!(
+                    "Python app needs '{python}', which is not installed on the server \
+                     (Debian/Ubuntu: apt-get install python3 python3-venv)"
+                )));
+            }
+            if tool == Tool::Pip {
+                pip_install(ctx, &python, log)?
+            } else {
+                poetry_install(ctx, &python, log)?
+            }
+        }
+        Tool::Uv => uv_sync(ctx, wanted.as_ref(), log)?,
     };
     let server = match ctx.wsgi {
         Some(server) if !deps.ready => {
@@ -113,6 +124,7 @@ pub fn build(tool: Tool, ctx: &BuildCtx, log: &mut BuildLog) -> Result<Built, De
         other => other,
     };
     deps.mark_ready()?;
+    django::collectstatic(ctx, &deps.dir, log)?;
     Ok(Built {
         deps: Some(deps.name),
         wsgi_server: server,
@@ -191,16 +203,19 @@ fn poetry_install(ctx: &BuildCtx, python: &str, log: &mut BuildLog) -> Result<De
     Ok(deps)
 }
 
-fn uv_sync(ctx: &BuildCtx, log: &mut BuildLog) -> Result<Deps, DeployError> {
-    let wanted = ctx.env.get("PYTHON_VERSION").cloned().unwrap_or_default();
+fn uv_sync(
+    ctx: &BuildCtx,
+    wanted: Option<&version::Wanted>,
+    log: &mut BuildLog,
+) -> Result<Deps, DeployError> {
+    let python = uv_python(ctx, wanted, log);
     let deps = Deps::open(
         ctx,
         "uv",
         &[
             &ctx.read_manifest("pyproject.toml")?,
             &ctx.read_manifest("uv.lock")?,
-            &ctx.read_manifest(".python-version")?,
-            wanted.as_bytes(),
+            python.as_deref().unwrap_or("").as_bytes(),
             server_key(ctx).as_bytes(),
         ],
     )?;
@@ -218,18 +233,41 @@ fn uv_sync(ctx: &BuildCtx, log: &mut BuildLog) -> Result<Deps, DeployError> {
     if !ctx.env.contains_key("UV_PYTHON_PREFERENCE") {
         cmd.env("UV_PYTHON_PREFERENCE", "managed");
     }
-    if !wanted.trim().is_empty() {
-        cmd.args(["--python", wanted.trim()]);
+    if let Some(python) = &python {
+        cmd.args(["--python", python]);
     }
     log.run(cmd, "uv sync")?;
     Ok(deps)
 }
 
-/// The interpreter `PYTHON_VERSION` asks for: `python3` by default, `python3.12` for `3.12`.
-fn python_program(env: &EnvMap) -> String {
-    match env.get("PYTHON_VERSION").map(|v| v.trim()) {
-        None | Some("") => "python3".to_owned(),
-        Some(v) => format!("python{v}"),
+/// What `uv sync --python` gets: the version the app asks for when uv finds it on the server
+/// (uv reads `.python-version` itself, but not `runtime.txt`, and would try to download a
+/// missing one), else the default interpreter, said in one line. `None`: the app asks for
+/// nothing and uv picks.
+fn uv_python(
+    ctx: &BuildCtx,
+    wanted: Option<&version::Wanted>,
+    log: &mut BuildLog,
+) -> Option<String> {
+    let wanted = wanted?;
+    let mut find = ctx.command("uv", ctx.src);
+    find.args(["python", "find", "--no-python-downloads", &wanted.version])
+        .stdin(std::process::Stdio::null());
+    if !ctx.env.contains_key("UV_PYTHON_PREFERENCE") {
+        find.env("UV_PYTHON_PREFERENCE", "managed");
+    }
+    match find.output() {
+        Ok(out) if out.status.success() => Some(wanted.version.clone()),
+        _ => {
+            log.step(format!(
+                "Python {} (from {}) is not installed on the server (uv python find found \
+                 none); using {}",
+                wanted.version,
+                wanted.source,
+                version::DEFAULT
+            ));
+            Some(version::DEFAULT.to_owned())
+        }
     }
 }
 
@@ -341,13 +379,6 @@ mod tests {
         assert!(requirements_use_source("flask\n-e .\n"));
         assert!(requirements_use_source("./vendored/pkg\n"));
         assert!(!requirements_use_source("flask==3.0\n# -e .\n"));
-    }
-
-    #[test]
-    fn python_version_picks_the_interpreter() {
-        assert_eq!(python_program(&EnvMap::new()), "python3");
-        let env = EnvMap::from([("PYTHON_VERSION".into(), "3.12".into())]);
-        assert_eq!(python_program(&env), "python3.12");
     }
 
     #[test]
