@@ -103,11 +103,18 @@ impl Pool {
         exclude: &[Arc<BackendState>],
         until: Instant,
     ) -> Result<InFlightGuard, NoPick> {
-        // The common case takes no lock beyond the set's read lock.
+        // The common case takes no lock beyond the set's read lock and registers no waiter.
         match self.try_pick(exclude) {
-            Err(NoPick::Busy) => {}
-            decided => return decided,
+            Err(NoPick::Busy) => self.wait_for_place(exclude, until).await,
+            decided => decided,
         }
+    }
+
+    async fn wait_for_place(
+        &self,
+        exclude: &[Arc<BackendState>],
+        until: Instant,
+    ) -> Result<InFlightGuard, NoPick> {
         loop {
             // Registered before checking, so a place freed in between is not missed.
             let released = self.signals.released.notified();
