@@ -68,6 +68,8 @@ where
     tokio::pin!(watchdog);
     loop {
         tokio::select! {
+            // The connection first: it is what wakes this task nearly every time.
+            biased;
             result = connection.as_mut() => {
                 if let Err(err) = result {
                     tracing::debug!(%err, "client connection ended with an error");

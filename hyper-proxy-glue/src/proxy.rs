@@ -248,6 +248,8 @@ async fn forward(
         };
 
         let sent = tokio::select! {
+            // The answer first: no coin toss per request, and an answer that is there wins.
+            biased;
             sent = send(&mut conn, reused, request) => sent,
             () = &mut deadline => {
                 tracing::warn!(
