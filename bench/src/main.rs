@@ -80,8 +80,9 @@ enum Cmd {
     All,
     /// Print the table (and write the Markdown) from the results file, measuring nothing.
     Report,
-    /// Issue 4: nginx → app vs nginx → glue → app (req/s, p50/p99, the glue's RSS); with
-    /// --markdown, writes only its own section of that file.
+    /// Issues 4 and 13: nginx → app vs nginx → glue → app vs nginx → nginx → app (req/s,
+    /// p50/p99, CPU per request of the hop, the glue's RSS); with --markdown, writes only its
+    /// own section of that file. `scripts/bench` runs it after `all`.
     Front,
     /// The app `front` measures (a keep-alive HTTP server on $PORT); started by the supervisor.
     #[command(hide = true)]

@@ -1,20 +1,23 @@
-//! One backend instance as the front sees it: its address, how many requests it is serving
-//! right now, whether it recently refused a connection, and its idle keep-alive connections.
+//! One instance as the front sees it: its address, the requests on it right now (bounded), how
+//! its recent requests went (refused, answered, timed out — and so whether it is *wedged*),
+//! what it reports to the supervisor, and its idle keep-alive connections.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::upstream::Sender;
 
 /// An app instance the front may send requests to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Backend {
-    /// Names the instance for [`Front::in_flight`](crate::Front::in_flight) and
-    /// [`Front::drained`](crate::Front::drained), e.g. `"web.1@v3"`. Unique within a front.
+    /// Names the instance in [`Front::in_flight`](crate::Front::in_flight),
+    /// [`Front::drained`](crate::Front::drained), [`BackendEvent`]s and logs, e.g.
+    /// `"web.1@41234"`. Unique within a front.
     pub id: String,
     /// Where the instance listens (its `$PORT`).
     pub addr: SocketAddr,
@@ -29,33 +32,95 @@ impl Backend {
     }
 }
 
+/// What the front tells the supervisor about an instance, on
+/// [`Front::events`](crate::Front::events). Each is sent once per change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// The instance's last `timeouts` requests all went unanswered past the response timeout
+    /// (see [`FrontConfig::wedged_after`](crate::FrontConfig::wedged_after)). The front now
+    /// avoids it while another instance can take requests; it stays wedged until it answers
+    /// again. The supervisor should recycle it (start a replacement, switch, stop this one):
+    /// its stuck requests may hold every worker it has.
+    Wedged { id: String, timeouts: u32 },
+    /// A wedged instance answered a request again.
+    Recovered { id: String },
+}
+
+/// Counters of one instance since it joined the front, from
+/// [`Front::backend_stats`](crate::Front::backend_stats).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendStats {
+    pub id: String,
+    pub addr: SocketAddr,
+    /// Requests (and open upgraded connections) on it now.
+    pub in_flight: usize,
+    /// Response heads it sent.
+    pub answered: u64,
+    /// Requests answered 504 by the front because it did not answer in time.
+    pub timed_out: u64,
+    /// Requests whose connection broke after they were sent (answered 502, never replayed):
+    /// usually the instance crashed.
+    pub failed: u64,
+    /// Connection attempts it refused (or that timed out).
+    pub refused: u64,
+    /// See [`BackendEvent::Wedged`].
+    pub wedged: bool,
+}
+
 /// An unused keep-alive connection and when it became unused.
 struct IdleConn {
     sender: Sender,
     since: Instant,
 }
 
+/// What the requests of one instance tell the rest of the front: `released` is notified when
+/// an instance's in-flight count drops to zero (drain waiters) or from its cap (requests
+/// waiting for a free place).
+pub(crate) struct Signals {
+    pub(crate) released: Notify,
+}
+
 /// The live state of one backend, shared by the current set, in-flight requests and their bodies.
 pub(crate) struct BackendState {
     pub(crate) backend: Backend,
+    max_in_flight: usize,
     in_flight: AtomicUsize,
-    /// Milliseconds after `born` until which the backend is avoided; 0 = never marked.
-    down_until_ms: AtomicU64,
     born: Instant,
+    /// Milliseconds after `born` until which the backend is avoided after a refusal; 0 = never.
+    down_until_ms: AtomicU64,
+    wedged: AtomicBool,
+    /// While wedged: milliseconds after `born` before which no request is tried on it.
+    retry_at_ms: AtomicU64,
+    consecutive_timeouts: AtomicU32,
+    answered: AtomicU64,
+    timed_out: AtomicU64,
+    failed: AtomicU64,
+    refused: AtomicU64,
     idle: Mutex<Vec<IdleConn>>,
-    /// Shared with the pool: woken whenever some backend's in-flight count drops to zero.
-    drained: Arc<Notify>,
+    signals: Arc<Signals>,
 }
 
 impl BackendState {
-    pub(crate) fn new(backend: Backend, drained: Arc<Notify>) -> BackendState {
+    pub(crate) fn new(
+        backend: Backend,
+        max_in_flight: usize,
+        signals: Arc<Signals>,
+    ) -> BackendState {
         BackendState {
             backend,
+            max_in_flight: max_in_flight.max(1),
             in_flight: AtomicUsize::new(0),
-            down_until_ms: AtomicU64::new(0),
             born: Instant::now(),
+            down_until_ms: AtomicU64::new(0),
+            wedged: AtomicBool::new(false),
+            retry_at_ms: AtomicU64::new(0),
+            consecutive_timeouts: AtomicU32::new(0),
+            answered: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
-            drained,
+            signals,
         }
     }
 
@@ -63,19 +128,109 @@ impl BackendState {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    pub(crate) fn is_up(&self) -> bool {
-        let until = self.down_until_ms.load(Ordering::Relaxed);
-        until == 0 || self.millis_since_born() >= until
+    pub(crate) fn is_full(&self) -> bool {
+        self.in_flight() >= self.max_in_flight
     }
 
-    pub(crate) fn mark_down(&self, period: Duration) {
-        let until = self.millis_since_born() + period.as_millis() as u64;
-        // `max(1)`: 0 means "never marked".
-        self.down_until_ms.store(until.max(1), Ordering::Relaxed);
+    /// Neither recently refusing nor wedged and waiting for its next try.
+    pub(crate) fn is_healthy(&self) -> bool {
+        let now = self.millis_since_born();
+        now >= self.down_until_ms.load(Ordering::Relaxed)
+            && !(self.wedged.load(Ordering::Relaxed)
+                && now < self.retry_at_ms.load(Ordering::Relaxed))
+    }
+
+    /// Counts one more request on this backend unless it is full.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<InFlightGuard> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_in_flight).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InFlightGuard {
+            state: Arc::clone(self),
+        })
+    }
+
+    /// A wedged backend chosen for a request: the one try it gets per `retry` period. `false`
+    /// if another request took that try first.
+    pub(crate) fn claim_retry(&self, retry: Duration) -> bool {
+        if !self.wedged.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = self.millis_since_born();
+        let due = self.retry_at_ms.load(Ordering::Relaxed);
+        now >= due
+            && self
+                .retry_at_ms
+                .compare_exchange(
+                    due,
+                    now + millis(retry),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    pub(crate) fn mark_refused(&self, period: Duration) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let until = self.millis_since_born() + millis(period);
+        self.down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// The instance sent a response head.
+    pub(crate) fn record_answer(&self) -> Option<BackendEvent> {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        // Plain loads first: on the hot path nothing needs writing.
+        if self.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
+            self.consecutive_timeouts.store(0, Ordering::Relaxed);
+        }
+        (self.wedged.load(Ordering::Relaxed) && self.wedged.swap(false, Ordering::Relaxed)).then(
+            || BackendEvent::Recovered {
+                id: self.backend.id.clone(),
+            },
+        )
+    }
+
+    /// A request on it went unanswered past the response timeout.
+    pub(crate) fn record_timeout(
+        &self,
+        wedged_after: u32,
+        retry: Duration,
+    ) -> Option<BackendEvent> {
+        self.timed_out.fetch_add(1, Ordering::Relaxed);
+        let timeouts = self.consecutive_timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+        if timeouts < wedged_after.max(1) {
+            return None;
+        }
+        self.retry_at_ms
+            .store(self.millis_since_born() + millis(retry), Ordering::Relaxed);
+        (!self.wedged.swap(true, Ordering::Relaxed)).then(|| BackendEvent::Wedged {
+            id: self.backend.id.clone(),
+            timeouts,
+        })
+    }
+
+    /// A request's connection broke after the request was sent.
+    pub(crate) fn record_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> BackendStats {
+        BackendStats {
+            id: self.backend.id.clone(),
+            addr: self.backend.addr,
+            in_flight: self.in_flight(),
+            answered: self.answered.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            wedged: self.wedged.load(Ordering::Relaxed),
+        }
     }
 
     fn millis_since_born(&self) -> u64 {
-        self.born.elapsed().as_millis() as u64
+        millis(self.born.elapsed())
     }
 
     /// The most recently used idle connection that is still open and younger than `max_age`.
@@ -105,17 +260,16 @@ impl BackendState {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Counts one request as in flight on a backend for as long as it lives.
 pub(crate) struct InFlightGuard {
     state: Arc<BackendState>,
 }
 
 impl InFlightGuard {
-    pub(crate) fn new(state: Arc<BackendState>) -> InFlightGuard {
-        state.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlightGuard { state }
-    }
-
     pub(crate) fn backend(&self) -> &Arc<BackendState> {
         &self.state
     }
@@ -123,8 +277,84 @@ impl InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        if self.state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.state.drained.notify_waiters();
+        let before = self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if before == 1 || before == self.state.max_in_flight {
+            self.state.signals.released.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(max_in_flight: usize) -> Arc<BackendState> {
+        Arc::new(BackendState::new(
+            Backend::new("web.1", SocketAddr::from(([127, 0, 0, 1], 1))),
+            max_in_flight,
+            Arc::new(Signals {
+                released: Notify::new(),
+            }),
+        ))
+    }
+
+    #[test]
+    fn in_flight_is_capped_and_released() {
+        let backend = state(2);
+        let first = backend.try_acquire().unwrap();
+        let second = backend.try_acquire().unwrap();
+        assert!(backend.is_full());
+        assert!(backend.try_acquire().is_none());
+        drop(first);
+        assert_eq!(backend.in_flight(), 1);
+        assert!(backend.try_acquire().is_some());
+        drop(second);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_timeouts_wedge_once_and_an_answer_recovers() {
+        let backend = state(8);
+        let retry = Duration::from_secs(10);
+        assert_eq!(backend.record_timeout(3, retry), None);
+        // An answer in between resets the run.
+        assert_eq!(backend.record_answer(), None);
+        assert_eq!(backend.record_timeout(3, retry), None);
+        assert_eq!(backend.record_timeout(3, retry), None);
+        assert_eq!(
+            backend.record_timeout(3, retry),
+            Some(BackendEvent::Wedged {
+                id: "web.1".into(),
+                timeouts: 3
+            })
+        );
+        assert!(!backend.is_healthy());
+        assert_eq!(backend.record_timeout(3, retry), None, "reported once");
+        assert!(backend.stats().wedged);
+
+        tokio::time::advance(retry).await;
+        assert!(backend.is_healthy(), "due for one try");
+        assert!(backend.claim_retry(retry));
+        assert!(!backend.claim_retry(retry), "one try per period");
+        assert!(!backend.is_healthy());
+        assert_eq!(
+            backend.record_answer(),
+            Some(BackendEvent::Recovered { id: "web.1".into() })
+        );
+        assert!(backend.is_healthy());
+        let stats = backend.stats();
+        assert_eq!(
+            (stats.answered, stats.timed_out, stats.wedged),
+            (2, 5, false)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_avoids_the_backend_for_the_period() {
+        let backend = state(8);
+        backend.mark_refused(Duration::from_secs(2));
+        assert!(!backend.is_healthy());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(backend.is_healthy());
+        assert_eq!(backend.stats().refused, 1);
     }
 }

@@ -1,27 +1,49 @@
-//! Bodies as they pass through the front: streamed frame by frame (never collected), cut when
-//! they stall, and — for responses — tied to the backend connection and in-flight count they use.
+//! Bodies passing through the front: streamed frame by frame (never collected), cut when their
+//! producer stalls, and able to say when they have been read to the end. The size limit is
+//! http-body-util's `Limited`; [`cause`] tells these failures apart from hyper's own.
 
+use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http_body_util::LengthLimitError;
+use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use crate::backend::{BackendState, InFlightGuard};
-use crate::upstream::Sender;
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A body produced no data for longer than the front's idle timeout.
+/// A body produced no data for longer than the front's body idle timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("body stalled: no data for {0:?}")]
 pub(crate) struct BodyStalled(Duration);
+
+/// Why a body failed, when the front itself made it fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cut {
+    Stalled,
+    TooLarge,
+}
+
+/// Finds a [`BodyStalled`] or a size-limit error anywhere in `err`'s chain of causes (hyper
+/// wraps a body's error in its own).
+pub(crate) fn cause(err: &(dyn StdError + 'static)) -> Option<Cut> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if err.is::<BodyStalled>() {
+            return Some(Cut::Stalled);
+        }
+        if err.is::<LengthLimitError>() {
+            return Some(Cut::TooLarge);
+        }
+        next = err.source();
+    }
+    None
+}
 
 pin_project! {
     /// Passes `B` through, failing it when `B` keeps the reader waiting for `limit` (a producer
@@ -111,74 +133,73 @@ where
     }
 }
 
-/// What a response body gives back when it ends: the connection (reusable now) and the
-/// in-flight count (released after the connection is back in the pool).
-pub(crate) struct Release {
-    pub(crate) conn: Sender,
-    pub(crate) max_idle: usize,
-    pub(crate) guard: InFlightGuard,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, Limited};
 
-impl Release {
-    pub(crate) fn finish(self) {
-        let backend: &Arc<BackendState> = self.guard.backend();
-        backend.put_idle(self.conn, self.max_idle);
-        drop(self.guard);
-    }
-}
+    /// A body fed frame by frame from a channel.
+    struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
 
-pin_project! {
-    /// A backend's response body on its way to the client. When it ends cleanly the backend
-    /// connection goes back to the pool; if it is dropped early or fails, the connection is
-    /// closed. Either way the request stops counting as in flight.
-    pub(crate) struct ResponseBody {
-        #[pin]
-        inner: IdleTimeout<Incoming>,
-        release: Option<Release>,
-    }
-}
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = BoxError;
 
-impl ResponseBody {
-    pub(crate) fn new(inner: Incoming, idle: Duration, release: Release) -> ResponseBody {
-        ResponseBody {
-            inner: IdleTimeout::new(inner, idle),
-            release: Some(release),
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|data| data.map(|data| Ok(Frame::data(data))))
         }
     }
-}
 
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let polled = ready!(this.inner.as_mut().poll_frame(cx));
-        match &polled {
-            // hyper may stop polling once a Content-Length is satisfied, so "ended" is checked
-            // after each frame too, not only on `None`.
-            Some(Ok(_)) if !this.inner.is_end_stream() => {}
-            Some(Ok(_)) | None => {
-                if let Some(release) = this.release.take() {
-                    release.finish();
-                }
-            }
-            Some(Err(_)) => {
-                // The connection is in an unknown state: dropping it closes it.
-                this.release.take();
-            }
-        }
-        Poll::Ready(polled)
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_producer_fails_after_the_limit_and_reports_it() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut body = Box::pin(IdleTimeout::new(Fed(rx), Duration::from_secs(5)));
+        tx.send(Bytes::from_static(b"a")).await.unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        let started = Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(cause(err.as_ref()), Some(Cut::Stalled));
+        drop(tx);
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_producer_is_not_cut() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let feeder = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                tx.send(Bytes::from_static(b"a")).await.unwrap();
+            }
+        });
+        let body = IdleTimeout::new(Fed(rx), Duration::from_secs(5));
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 10);
+        feeder.await.unwrap();
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    #[tokio::test]
+    async fn the_end_signal_fires_once_the_body_is_read() {
+        let (done, ended) = oneshot::channel();
+        let body = IdleTimeout::new(
+            Full::new(Bytes::from_static(b"abc")),
+            Duration::from_secs(5),
+        )
+        .with_end_signal(done);
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, "abc");
+        assert!(ended.await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_size_limit_error_is_recognised_through_the_idle_wrapper() {
+        let body = Limited::new(Full::new(Bytes::from_static(b"0123456789")), 4);
+        let body = IdleTimeout::new(body, Duration::from_secs(5));
+        let err = body.collect().await.unwrap_err();
+        assert_eq!(cause(err.as_ref()), Some(Cut::TooLarge));
     }
 }

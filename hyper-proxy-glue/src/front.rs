@@ -1,31 +1,21 @@
-//! `Front`: the reverse proxy for one app — its listeners, its backend set and its shutdown.
+//! `Front`: the public handle of one app's reverse proxy — its listeners and their connection
+//! cap, its backend set, what it reports about instances, and its shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinSet;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendEvent, BackendStats};
 use crate::config::FrontConfig;
+use crate::connection;
 use crate::headers::Peer;
-use crate::pool::Pool;
-use crate::proxy;
-
-/// What every listener task and request of a front shares.
-pub(crate) struct Shared {
-    pub(crate) config: FrontConfig,
-    pub(crate) pool: Pool,
-    /// `true` once [`Front::shutdown`] was called.
-    pub(crate) shutdown: watch::Sender<bool>,
-}
+use crate::proxy::Proxy;
 
 /// The HTTP/1.1 reverse proxy for one app. Cheap to clone; clones share everything.
 ///
@@ -34,14 +24,17 @@ pub(crate) struct Shared {
 /// [`drained`](Front::drained) with the old ids and a bound, then stop the old instances.
 #[derive(Clone)]
 pub struct Front {
-    shared: Arc<Shared>,
+    proxy: Arc<Proxy>,
+    /// One permit per open client connection, shared by every listener of the front.
+    slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Front {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Front")
             .field("backends", &self.backends())
-            .field("config", &self.shared.config)
+            .field("connections", &self.connections())
+            .field("config", &self.proxy.config)
             .finish()
     }
 }
@@ -49,28 +42,26 @@ impl std::fmt::Debug for Front {
 impl Front {
     /// A front with no backends (requests get 502 until [`set_backends`](Front::set_backends)).
     pub fn new(config: FrontConfig) -> Front {
+        let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
         Front {
-            shared: Arc::new(Shared {
-                config,
-                pool: Pool::new(),
-                shutdown: watch::Sender::new(false),
-            }),
+            proxy: Arc::new(Proxy::new(config)),
+            slots,
         }
     }
 
     pub fn config(&self) -> &FrontConfig {
-        &self.shared.config
+        &self.proxy.config
     }
 
     /// Replaces the backend set atomically: once this returns, every new request goes to the
     /// new set; requests already on old backends finish there.
     pub fn set_backends(&self, backends: Vec<Backend>) {
-        self.shared.pool.set(backends);
+        self.proxy.pool.set(backends);
     }
 
     /// The current backend set.
     pub fn backends(&self) -> Vec<Backend> {
-        self.shared
+        self.proxy
             .pool
             .snapshot()
             .iter()
@@ -78,27 +69,51 @@ impl Front {
             .collect()
     }
 
+    /// Counters and health of every backend in the current set.
+    pub fn backend_stats(&self) -> Vec<BackendStats> {
+        self.proxy.pool.stats()
+    }
+
+    /// Changes of an instance's health as the front sees them (today: wedged, recovered).
+    /// Every subscriber gets every event sent after it subscribed; one that falls more than 64
+    /// events behind misses the oldest (its next `recv` says how many) and can read the
+    /// current state from [`backend_stats`](Front::backend_stats).
+    pub fn events(&self) -> broadcast::Receiver<BackendEvent> {
+        self.proxy.events.subscribe()
+    }
+
     /// Requests (and open upgraded connections) currently on the backend `id`, whether or not
     /// it is still in the set. 0 for an unknown id.
     pub fn in_flight(&self, id: &str) -> usize {
-        self.shared.pool.in_flight(id)
+        self.proxy.pool.in_flight(id)
     }
 
     /// Waits until none of `ids` has a request in flight; `false` if some still do after `timeout`.
     pub async fn drained<S: AsRef<str>>(&self, ids: &[S], timeout: Duration) -> bool {
-        self.shared.pool.drained(ids, timeout).await
+        self.proxy.pool.drained(ids, timeout).await
+    }
+
+    /// Open client connections (upgraded ones included), at most
+    /// [`FrontConfig::max_connections`].
+    pub fn connections(&self) -> usize {
+        self.proxy
+            .config
+            .max_connections
+            .max(1)
+            .saturating_sub(self.slots.available_permits())
     }
 
     /// Stops every `serve_*` of this front (and its open tunnels). Idempotent and final: a
     /// `serve_*` called afterwards returns at once.
     pub fn shutdown(&self) {
-        self.shared.shutdown.send_replace(true);
+        self.proxy.shutdown.trigger();
     }
 
     /// Serves clients accepted on `listener` (the app's public `$BIND_ADDRESS:$PORT`) until
     /// [`shutdown`](Front::shutdown); then lets open connections finish their current request
-    /// for up to `shutdown_grace` and returns. Clients' `X-Forwarded-Proto/Host/Port` are
-    /// overwritten here: anyone can reach this port.
+    /// for up to `shutdown_grace` and returns. Anyone can reach this port, so the client
+    /// address fields the app sees (`X-Forwarded-*`, `X-Real-IP`, `X-Remote-Address`) are
+    /// set here from the peer, never taken from the client.
     pub async fn serve_tcp(&self, listener: TcpListener) {
         self.serve(|| async {
             let (stream, remote) = listener.accept().await?;
@@ -113,8 +128,8 @@ impl Front {
         .await;
     }
 
-    /// Like [`serve_tcp`](Front::serve_tcp) for the Unix socket nginx proxies to; the
-    /// `X-Forwarded-*` nginx sets are kept.
+    /// Like [`serve_tcp`](Front::serve_tcp) for the Unix socket nginx proxies to; the client
+    /// address fields nginx sets are kept.
     pub async fn serve_unix(&self, listener: UnixListener) {
         self.serve(|| async {
             let (stream, _) = listener.accept().await?;
@@ -134,38 +149,56 @@ impl Front {
         F: Future<Output = std::io::Result<(S, Peer)>>,
         A: FnMut() -> F,
     {
-        let mut shutdown = self.shared.shutdown.subscribe();
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            // Covers both a slow request head and a keep-alive connection left idle: hyper
-            // starts this timer whenever it waits for a request head.
-            .header_read_timeout(self.shared.config.idle_timeout)
-            .keep_alive(true);
+        let mut shutdown = self.proxy.shutdown.subscribe();
         let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        connections.spawn(serve_connection(
-                            Arc::clone(&self.shared),
-                            builder.clone(),
-                            stream,
-                            peer,
-                        ));
+        'serving: while !self.proxy.shutdown.is_triggered() {
+            // A place under the cap first, then a connection: past the cap new clients wait in
+            // the listen backlog (holding none of the daemon's file descriptors) until an open
+            // connection closes.
+            let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    tracing::warn!(
+                        cap = self.proxy.config.max_connections,
+                        "front at its connection cap; new connections wait until one closes"
+                    );
+                    loop {
+                        tokio::select! {
+                            slot = Arc::clone(&self.slots).acquire_owned() => match slot {
+                                Ok(slot) => break slot,
+                                Err(_) => break 'serving,
+                            },
+                            () = shutdown.wait() => break 'serving,
+                            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                        }
                     }
-                    Err(err) => {
-                        // Out of file descriptors and the like: the listener itself is fine.
-                        tracing::warn!(%err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = stopped(&mut shutdown) => break,
-                // Reap finished connection tasks so the set does not grow without bound.
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            };
+            loop {
+                tokio::select! {
+                    accepted = accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            connections.spawn(connection::serve(
+                                Arc::clone(&self.proxy),
+                                stream,
+                                peer,
+                                Arc::new(slot),
+                            ));
+                            break;
+                        }
+                        Err(err) => {
+                            // Out of file descriptors and the like: the listener itself is fine.
+                            tracing::warn!(%err, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    () = shutdown.wait() => break 'serving,
+                    // Reap finished connection tasks so the set does not grow without bound.
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
             }
         }
-        let grace = self.shared.config.shutdown_grace;
+        let grace = self.proxy.config.shutdown_grace;
         let finished = tokio::time::timeout(grace, async {
             while connections.join_next().await.is_some() {}
         })
@@ -178,35 +211,4 @@ impl Front {
             connections.shutdown().await;
         }
     }
-}
-
-async fn serve_connection<S>(shared: Arc<Shared>, builder: http1::Builder, stream: S, peer: Peer)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut shutdown = shared.shutdown.subscribe();
-    let service = {
-        let shared = Arc::clone(&shared);
-        service_fn(move |request| proxy::handle(Arc::clone(&shared), peer, request))
-    };
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stopped(&mut shutdown) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(err) = result {
-        tracing::debug!(%err, "client connection ended with an error");
-    }
-}
-
-/// Resolves once the front is shut down (or dropped). The borrow of the watched value ends
-/// inside, so callers' futures stay `Send`.
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }

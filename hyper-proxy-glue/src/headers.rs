@@ -1,28 +1,47 @@
-//! Header rewriting at the proxy boundary: hop-by-hop fields removed (RFC 9110 §7.6.1),
-//! `X-Forwarded-*` added, and the `Upgrade` handshake fields kept when a protocol switch is asked.
+//! Header rewriting at the proxy boundary: hop-by-hop fields removed (RFC 9110 §7.6.1), the
+//! client's address fields set from who the client really is, the `Upgrade` handshake kept when
+//! a protocol switch is asked, and the `Host` rules of RFC 9112 §3.2 checked.
+//!
+//! Trust: on the Unix socket the client is nginx, which sets `X-Forwarded-*`,
+//! `X-Remote-Address` (and the rest of piku's proxy headers) itself, so they pass as nginx sent
+//! them. On the public TCP port anyone can connect, so every client-address field a client
+//! sent is dropped and the front sets its own from the peer address.
 
 use std::net::IpAddr;
 
-use hyper::HeaderMap;
 use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{HeaderMap, Version};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_REMOTE_ADDRESS: HeaderName = HeaderName::from_static("x-remote-address");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Who is on the other end of a client connection, and whether their `X-Forwarded-*` can be believed.
+/// Who is on the other end of a client connection, and whether their client-address fields
+/// can be believed.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Peer {
-    /// The client's address (TCP); `None` on the Unix socket, where nginx already added it.
+    /// The client's address (TCP); `None` on the Unix socket, where nginx already set it.
     pub(crate) ip: Option<IpAddr>,
     /// The port the client connected to (TCP).
     pub(crate) local_port: Option<u16>,
-    /// True on the Unix socket: only nginx can reach it, so its `X-Forwarded-Proto/Host/Port`
-    /// are kept. On the public TCP listener they are overwritten, since any client could forge them.
+    /// True on the Unix socket: only nginx can reach it (the socket is 0660, group www-data).
     pub(crate) trusted: bool,
+}
+
+/// Why a request is refused with 400 before it reaches an instance.
+pub(crate) fn host_problem(version: Version, headers: &HeaderMap) -> Option<&'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some("more than one Host field"),
+        (None, _) if version == Version::HTTP_11 => Some("HTTP/1.1 request without a Host field"),
+        _ => None,
+    }
 }
 
 /// True when the client asks to switch protocols (websocket and friends): an `Upgrade` field
@@ -42,30 +61,50 @@ pub(crate) fn rewrite_request(headers: &mut HeaderMap, upgrade: bool, peer: &Pee
     headers.remove(header::TE);
     headers.remove(header::EXPECT);
 
-    if let Some(ip) = peer.ip {
-        let appended = match joined(headers, &X_FORWARDED_FOR) {
-            Some(earlier) => format!("{earlier}, {ip}"),
-            None => ip.to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&appended) {
-            headers.insert(X_FORWARDED_FOR.clone(), value);
+    if peer.trusted {
+        // nginx sets these; fill in what a hand-written nginx config may have left out.
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         }
+        if !headers.contains_key(&X_FORWARDED_HOST)
+            && let Some(host) = headers.get(header::HOST).cloned()
+        {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        return;
     }
 
-    if !peer.trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    remove_client_address_fields(headers);
+    if let Some(ip) = peer.ip {
+        let ip = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
+        headers.insert(X_REAL_IP.clone(), ip.clone());
+        headers.insert(X_REMOTE_ADDRESS.clone(), ip);
     }
-    if !peer.trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-        match headers.get(header::HOST).cloned() {
-            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
-            None => headers.remove(&X_FORWARDED_HOST),
-        };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    if !peer.trusted || !headers.contains_key(&X_FORWARDED_PORT) {
-        match peer.local_port {
-            Some(port) => headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(port)),
-            None => headers.remove(&X_FORWARDED_PORT),
-        };
+    if let Some(port) = peer.local_port {
+        headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(port));
+    }
+}
+
+/// Drops every field an untrusted client could use to claim another address, scheme, host or
+/// port: `Forwarded`, `X-Real-IP`, `X-Remote-Address` and the whole `X-Forwarded-*` family
+/// (`-For`, `-Proto`, `-Host`, `-Port`, `-Ssl`, `-Prefix`, ...), however many times each occurs.
+fn remove_client_address_fields(headers: &mut HeaderMap) {
+    headers.remove(&FORWARDED);
+    headers.remove(&X_REAL_IP);
+    headers.remove(&X_REMOTE_ADDRESS);
+    let forwarded: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in forwarded {
+        headers.remove(name);
     }
 }
 
@@ -77,13 +116,17 @@ pub(crate) fn rewrite_response(headers: &mut HeaderMap, upgrade: bool) {
 /// Removes the fields that describe one connection rather than the message: those named in
 /// `Connection`, and the fixed list. With `keep_upgrade`, `Upgrade` stays and `Connection` is
 /// reduced to `upgrade`, so the next hop sees the handshake.
+///
+/// `Host` is never removed, whatever `Connection` names: it is the request's target, not a
+/// property of the connection, and `Connection: close, Host` would otherwise deliver a
+/// request without one.
 fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
         let options: Vec<HeaderName> = connection_options(headers)
             .filter_map(|option| HeaderName::from_bytes(option.as_bytes()).ok())
             .collect();
         for name in options {
-            if !(keep_upgrade && name == header::UPGRADE) {
+            if name != header::HOST && !(keep_upgrade && name == header::UPGRADE) {
                 headers.remove(name);
             }
         }
@@ -115,22 +158,6 @@ fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .flat_map(|value| value.split(','))
         .map(str::trim)
         .filter(|option| !option.is_empty())
-}
-
-/// All values of `name` joined with ", " (a list field may arrive split over several lines).
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut out: Option<String> = None;
-    for value in headers.get_all(name) {
-        let Ok(text) = value.to_str() else { continue };
-        match &mut out {
-            Some(list) => {
-                list.push_str(", ");
-                list.push_str(text);
-            }
-            None => out = Some(text.to_owned()),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -199,27 +226,59 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_is_appended_over_split_fields() {
-        let mut map = headers(&[
-            ("x-forwarded-for", "1.1.1.1"),
-            ("x-forwarded-for", "2.2.2.2"),
-        ]);
-        rewrite_request(&mut map, false, &TCP_PEER);
-        assert_eq!(map["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
-    }
-
-    #[test]
-    fn untrusted_peer_cannot_forge_proto_host_or_port() {
+    fn untrusted_peer_cannot_forge_any_client_address_field() {
         let mut map = headers(&[
             ("host", "app.example:5000"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-real-ip", "1.1.1.1"),
+            ("x-remote-address", "1.1.1.1"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil.example"),
             ("x-forwarded-port", "443"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-prefix", "/admin"),
+            ("forwarded", "for=1.1.1.1;proto=https"),
         ]);
         rewrite_request(&mut map, false, &TCP_PEER);
-        assert_eq!(map["x-forwarded-proto"], "http");
-        assert_eq!(map["x-forwarded-host"], "app.example:5000");
-        assert_eq!(map["x-forwarded-port"], "5000");
+        for (name, value) in [
+            ("x-forwarded-for", "10.0.0.7"),
+            ("x-real-ip", "10.0.0.7"),
+            ("x-remote-address", "10.0.0.7"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "app.example:5000"),
+            ("x-forwarded-port", "5000"),
+        ] {
+            let values: Vec<_> = map.get_all(name).iter().collect();
+            assert_eq!(values, [value], "{name}");
+        }
+        for gone in ["x-forwarded-ssl", "x-forwarded-prefix", "forwarded"] {
+            assert!(!map.contains_key(gone), "{gone} should be removed");
+        }
+    }
+
+    #[test]
+    fn connection_cannot_strip_host() {
+        let mut map = headers(&[("connection", "close, Host"), ("host", "app.example")]);
+        rewrite_request(&mut map, false, &TCP_PEER);
+        assert_eq!(map["host"], "app.example");
+        assert!(!map.contains_key("connection"));
+    }
+
+    #[test]
+    fn host_is_required_once_in_http_1_1() {
+        assert_eq!(
+            host_problem(Version::HTTP_11, &headers(&[("host", "a")])),
+            None
+        );
+        assert!(host_problem(Version::HTTP_11, &headers(&[])).is_some());
+        assert!(
+            host_problem(Version::HTTP_11, &headers(&[("host", "a"), ("host", "b")])).is_some()
+        );
+        assert_eq!(host_problem(Version::HTTP_10, &headers(&[])), None);
+        assert!(
+            host_problem(Version::HTTP_10, &headers(&[("host", "a"), ("host", "b")])).is_some()
+        );
     }
 
     #[test]
@@ -233,11 +292,13 @@ mod tests {
             ("host", "app.example"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-for", "203.0.113.9"),
+            ("x-remote-address", "203.0.113.9"),
             ("x-forwarded-port", "443"),
         ]);
         rewrite_request(&mut map, false, &nginx);
         assert_eq!(map["x-forwarded-proto"], "https");
         assert_eq!(map["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(map["x-remote-address"], "203.0.113.9");
         assert_eq!(map["x-forwarded-host"], "app.example");
         assert_eq!(map["x-forwarded-port"], "443");
     }

@@ -2,10 +2,11 @@
 //!
 //! A [`Front`] accepts HTTP/1.1 on a Unix socket (nginx's upstream) and/or a TCP port (the
 //! app's public `$BIND_ADDRESS:$PORT` when it has no server name), and relays each request to
-//! one of its [`Backend`]s: streamed both ways, upgrades tunnelled, `X-Forwarded-*` added,
-//! bounded by timeouts. The supervisor owns the listeners and the instances; it tells the front
-//! which instances exist with [`Front::set_backends`], asks [`wait_healthy`] before adding one,
-//! and [`Front::drained`] before stopping one.
+//! one of its [`Backend`]s: streamed both ways, upgrades tunnelled, client address fields set
+//! only by who may set them, never sent twice where it may have arrived, bounded by timeouts
+//! and caps. The supervisor owns the listeners and the instances; it tells
+//! the front which instances exist with [`Front::set_backends`], asks [`wait_healthy`] before
+//! adding one, and [`Front::drained`] before stopping one.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -35,23 +36,33 @@
 //! # }
 //! ```
 //!
-//! Modules: `front` (listeners, shutdown, public handle), `proxy` (one request), `pool`
-//! (backend set and choice), `backend` (one instance's state), `upstream` (connections to
-//! instances), `body` (streaming bodies with idle limits), `headers` (rewriting), `upgrade`
-//! (tunnels), `health` (readiness probes), `config`.
+//! What the supervisor wires per app: the [`FrontConfig`] (timeouts, caps, body limit; each
+//! field documents its default and how it relates to nginx), [`Front::events`] (an instance is
+//! wedged: recycle it) and [`Front::backend_stats`] (counters for `ps`).
+//!
+//! Modules, each depending only on those listed after it: `front` (public handle, listeners,
+//! connection cap) → `connection` (one client connection, its idle and header timeouts) →
+//! `proxy` (one request: checks, choice, no replay, response timeout) → `tunnel` (upgrades),
+//! `relay` (response bodies giving their connection back) → `pool` (the backend set and the
+//! choice) → `backend` (one instance: load, health, events, idle connections) → `upstream`
+//! (connections to instances) → `body` (stall and size limits); `headers` (rewriting and the
+//! Host rules), `shutdown`, `config` and `health` (readiness probes) stand alone.
 
 mod backend;
 mod body;
 mod config;
+mod connection;
 mod front;
 mod headers;
 mod health;
 mod pool;
 mod proxy;
-mod upgrade;
+mod relay;
+mod shutdown;
+mod tunnel;
 mod upstream;
 
-pub use backend::Backend;
+pub use backend::{Backend, BackendEvent, BackendStats};
 pub use config::FrontConfig;
 pub use front::Front;
 pub use health::{HealthCheck, HealthError, LastSeen, wait_healthy};

@@ -1,6 +1,7 @@
 //! The set of backends a front spreads requests over: atomic replacement of the set, choice of
-//! a backend per request (least in flight, round-robin among equals, refusing ones avoided),
-//! and the in-flight bookkeeping that tells the supervisor when an old instance is drained.
+//! a backend per request (least in flight, round-robin among equals, refusing and wedged ones
+//! avoided, full ones skipped or waited for), and the in-flight bookkeeping that tells the
+//! supervisor when an old instance is drained.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,8 +9,20 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-use crate::backend::{Backend, BackendState, InFlightGuard};
+use crate::backend::{Backend, BackendState, BackendStats, InFlightGuard, Signals};
+
+/// Why no backend was chosen for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NoPick {
+    /// The set is empty.
+    Empty,
+    /// Every backend was tried for this request and refused.
+    Unreachable,
+    /// Every usable backend stayed full until the deadline.
+    Busy,
+}
 
 pub(crate) struct Pool {
     current: RwLock<Arc<[Arc<BackendState>]>>,
@@ -18,21 +31,27 @@ pub(crate) struct Pool {
     known: Mutex<HashMap<String, Vec<Weak<BackendState>>>>,
     /// Rotates the starting point of the scan so equal backends take turns.
     next: AtomicUsize,
-    drained: Arc<Notify>,
+    signals: Arc<Signals>,
+    max_in_flight: usize,
+    wedged_retry: Duration,
 }
 
 impl Pool {
-    pub(crate) fn new() -> Pool {
+    pub(crate) fn new(max_in_flight: usize, wedged_retry: Duration) -> Pool {
         Pool {
             current: RwLock::new(Arc::from(Vec::new())),
             known: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
-            drained: Arc::new(Notify::new()),
+            signals: Arc::new(Signals {
+                released: Notify::new(),
+            }),
+            max_in_flight,
+            wedged_retry,
         }
     }
 
     /// Replaces the set. A backend with the same id and address as before keeps its state
-    /// (in-flight count, idle connections, down mark); others start fresh.
+    /// (in-flight count, idle connections, health); others start fresh.
     pub(crate) fn set(&self, backends: Vec<Backend>) {
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         let old = self.snapshot();
@@ -42,7 +61,11 @@ impl Pool {
                 |backend| match old.iter().find(|state| state.backend == backend) {
                     Some(state) => Arc::clone(state),
                     None => {
-                        let state = Arc::new(BackendState::new(backend, Arc::clone(&self.drained)));
+                        let state = Arc::new(BackendState::new(
+                            backend,
+                            self.max_in_flight,
+                            Arc::clone(&self.signals),
+                        ));
                         known
                             .entry(state.backend.id.clone())
                             .or_default()
@@ -61,39 +84,104 @@ impl Pool {
             states.retain(|state| state.strong_count() > 0);
             !states.is_empty()
         });
+        // Requests waiting for a free place may find one in the new set.
+        self.signals.released.notify_waiters();
     }
 
     pub(crate) fn snapshot(&self) -> Arc<[Arc<BackendState>]> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Chooses a backend for one request and counts the request on it. Backends marked down are
-    /// used only when no other is left (a recovered one should not wait out its mark).
-    pub(crate) fn pick(&self, exclude: &[Arc<BackendState>]) -> Option<InFlightGuard> {
+    pub(crate) fn stats(&self) -> Vec<BackendStats> {
+        self.snapshot().iter().map(|state| state.stats()).collect()
+    }
+
+    /// Chooses a backend for one request, not one of `exclude`, and counts the request on it.
+    /// When every usable backend is full, waits for a place until `until`.
+    pub(crate) async fn pick(
+        &self,
+        exclude: &[Arc<BackendState>],
+        until: Instant,
+    ) -> Result<InFlightGuard, NoPick> {
+        // The common case takes no lock beyond the set's read lock and registers no waiter.
+        match self.try_pick(exclude) {
+            Err(NoPick::Busy) => self.wait_for_place(exclude, until).await,
+            decided => decided,
+        }
+    }
+
+    async fn wait_for_place(
+        &self,
+        exclude: &[Arc<BackendState>],
+        until: Instant,
+    ) -> Result<InFlightGuard, NoPick> {
+        loop {
+            // Registered before checking, so a place freed in between is not missed.
+            let released = self.signals.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.try_pick(exclude) {
+                Err(NoPick::Busy) => {}
+                decided => return decided,
+            }
+            if tokio::time::timeout_at(until, released).await.is_err() {
+                return self.try_pick(exclude);
+            }
+        }
+    }
+
+    /// One scan of the set. Healthy backends come first; refusing or wedged ones are used only
+    /// when no healthy one is left at all (a recovered one should not wait out its mark), not
+    /// merely when the healthy ones are full.
+    fn try_pick(&self, exclude: &[Arc<BackendState>]) -> Result<InFlightGuard, NoPick> {
         let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
         let count = current.len();
         if count == 0 {
-            return None;
+            return Err(NoPick::Empty);
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut best: Option<(&Arc<BackendState>, bool, usize)> = None;
-        for offset in 0..count {
-            let state = &current[(start + offset) % count];
-            if exclude.iter().any(|excluded| Arc::ptr_eq(excluded, state)) {
+        // A scan can lose its choice to a concurrent request (the place is taken, or the
+        // wedged backend's one try is): scan again, a bounded number of times.
+        for _ in 0..4 {
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            let mut best: Option<(&Arc<BackendState>, bool, usize)> = None;
+            let mut candidates = false;
+            let mut healthy_but_full = false;
+            for offset in 0..count {
+                let state = &current[(start + offset) % count];
+                if exclude.iter().any(|excluded| Arc::ptr_eq(excluded, state)) {
+                    continue;
+                }
+                candidates = true;
+                let healthy = state.is_healthy();
+                if state.is_full() {
+                    healthy_but_full |= healthy;
+                    continue;
+                }
+                let load = state.in_flight();
+                let better = match best {
+                    None => true,
+                    Some((_, best_healthy, best_load)) => {
+                        (healthy && !best_healthy) || (healthy == best_healthy && load < best_load)
+                    }
+                };
+                if better {
+                    best = Some((state, healthy, load));
+                }
+            }
+            let (state, healthy) = match best {
+                _ if !candidates => return Err(NoPick::Unreachable),
+                None => return Err(NoPick::Busy),
+                Some((_, false, _)) if healthy_but_full => return Err(NoPick::Busy),
+                Some((state, healthy, _)) => (state, healthy),
+            };
+            if healthy && !state.claim_retry(self.wedged_retry) {
                 continue;
             }
-            let (up, load) = (state.is_up(), state.in_flight());
-            let better = match best {
-                None => true,
-                Some((_, best_up, best_load)) => {
-                    (up && !best_up) || (up == best_up && load < best_load)
-                }
-            };
-            if better {
-                best = Some((state, up, load));
+            if let Some(guard) = state.try_acquire() {
+                return Ok(guard);
             }
         }
-        best.map(|(state, _, _)| InFlightGuard::new(Arc::clone(state)))
+        Err(NoPick::Busy)
     }
 
     pub(crate) fn in_flight(&self, id: &str) -> usize {
@@ -112,10 +200,10 @@ impl Pool {
 
     /// Waits until none of `ids` has a request in flight, for at most `timeout`.
     pub(crate) async fn drained<S: AsRef<str>>(&self, ids: &[S], timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             // Registered before checking, so a count reaching zero in between is not missed.
-            let notified = self.drained.notified();
+            let notified = self.signals.released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if ids.iter().all(|id| self.in_flight(id.as_ref()) == 0) {
@@ -125,5 +213,123 @@ impl Pool {
                 return ids.iter().all(|id| self.in_flight(id.as_ref()) == 0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn backends(names: &[&str]) -> Vec<Backend> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(n, name)| Backend::new(*name, SocketAddr::from(([127, 0, 0, 1], 1 + n as u16))))
+            .collect()
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[tokio::test]
+    async fn least_loaded_first_and_equals_take_turns() {
+        let pool = Pool::new(8, Duration::from_secs(10));
+        pool.set(backends(&["a", "b"]));
+        let first = pool.pick(&[], far()).await.unwrap();
+        let second = pool.pick(&[], far()).await.unwrap();
+        assert_ne!(first.backend().backend.id, second.backend().backend.id);
+        drop(second);
+        // `first`'s backend has one in flight: the other is chosen, whatever the rotation.
+        for _ in 0..4 {
+            let next = pool.pick(&[], far()).await.unwrap();
+            assert_ne!(next.backend().backend.id, first.backend().backend.id);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_set_waits_for_a_place_then_gives_up() {
+        let pool = Arc::new(Pool::new(1, Duration::from_secs(10)));
+        pool.set(backends(&["a"]));
+        let held = pool.pick(&[], far()).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        assert_eq!(pool.pick(&[], until).await.err(), Some(NoPick::Busy));
+        assert_eq!(Instant::now(), until);
+
+        let waiter = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.pick(&[], far()).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        assert!(waiter.await.unwrap(), "the freed place goes to the waiter");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn avoided_backends_serve_only_when_no_healthy_one_exists() {
+        let pool = Pool::new(1, Duration::from_secs(10));
+        pool.set(backends(&["a", "b"]));
+        let a = Arc::clone(&pool.snapshot()[0]);
+        a.mark_refused(Duration::from_secs(2));
+        let on_b = pool.pick(&[], far()).await.unwrap();
+        assert_eq!(on_b.backend().backend.id, "b");
+        // b is full but healthy: wait for it rather than use the refusing a.
+        let until = Instant::now() + Duration::from_millis(500);
+        assert_eq!(pool.pick(&[], until).await.err(), Some(NoPick::Busy));
+        // Without b at all, a is used despite its mark.
+        let b = Arc::clone(on_b.backend());
+        assert_eq!(
+            pool.pick(&[b], far()).await.unwrap().backend().backend.id,
+            "a"
+        );
+        let both = pool.snapshot().to_vec();
+        assert_eq!(
+            pool.pick(&both, far()).await.err(),
+            Some(NoPick::Unreachable)
+        );
+        pool.set(Vec::new());
+        assert_eq!(pool.pick(&[], far()).await.err(), Some(NoPick::Empty));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wedged_backend_gets_one_try_per_retry_period() {
+        let retry = Duration::from_secs(10);
+        let pool = Pool::new(8, retry);
+        pool.set(backends(&["a", "b"]));
+        let a = Arc::clone(&pool.snapshot()[0]);
+        assert!(a.record_timeout(1, retry).is_some());
+        for _ in 0..6 {
+            assert_eq!(
+                pool.pick(&[], far()).await.unwrap().backend().backend.id,
+                "b"
+            );
+        }
+        tokio::time::advance(retry).await;
+        let picks: Vec<String> = {
+            let mut held = Vec::new();
+            for _ in 0..6 {
+                held.push(pool.pick(&[], far()).await.unwrap());
+            }
+            held.iter()
+                .map(|g| g.backend().backend.id.clone())
+                .collect()
+        };
+        assert_eq!(picks.iter().filter(|id| *id == "a").count(), 1, "{picks:?}");
+    }
+
+    #[tokio::test]
+    async fn a_kept_backend_keeps_its_state_across_set() {
+        let pool = Pool::new(8, Duration::from_secs(10));
+        pool.set(backends(&["a"]));
+        let guard = pool.pick(&[], far()).await.unwrap();
+        pool.set(backends(&["a", "b"]));
+        assert_eq!(pool.in_flight("a"), 1);
+        pool.set(backends(&["b"]));
+        assert_eq!(pool.in_flight("a"), 1, "still counted after removal");
+        assert!(!pool.drained(&["a"], Duration::from_millis(10)).await);
+        drop(guard);
+        assert!(pool.drained(&["a"], Duration::from_secs(1)).await);
     }
 }

@@ -1,34 +1,76 @@
-//! One request through the front: choose a backend, hand the request over (retrying where
-//! nothing can have reached the app), and turn the outcome into the client's response.
+//! One request through the front: checked, handed to an instance (tried elsewhere only when it
+//! provably never reached one), bounded by the response timeout, and turned into the client's
+//! response. Also what every request shares: [`Proxy`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Empty, Full, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use tokio::sync::oneshot;
+use hyper::{Request, Response, StatusCode, Uri};
+use tokio::sync::{broadcast, oneshot};
+use tokio::time::Instant;
 
-use crate::backend::{BackendState, InFlightGuard};
-use crate::body::{IdleTimeout, Release, ResponseBody};
-use crate::front::Shared;
+use crate::backend::{BackendEvent, BackendState, InFlightGuard};
+use crate::body::{self, Cut, IdleTimeout};
+use crate::config::FrontConfig;
 use crate::headers::{self, Peer};
-use crate::upgrade;
+use crate::pool::{NoPick, Pool};
+use crate::relay::{Release, ResponseBody};
+use crate::shutdown::Shutdown;
+use crate::tunnel;
 use crate::upstream::{self, Sender, UpstreamBody};
 
-/// What the client receives: a backend's streamed body, or a short text the front wrote.
+/// What every listener, connection and request of one front shares.
+pub(crate) struct Proxy {
+    pub(crate) config: FrontConfig,
+    pub(crate) pool: Pool,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) events: broadcast::Sender<BackendEvent>,
+}
+
+impl Proxy {
+    pub(crate) fn new(config: FrontConfig) -> Proxy {
+        Proxy {
+            pool: Pool::new(config.max_in_flight_per_backend, config.wedged_retry),
+            config,
+            shutdown: Shutdown::new(),
+            // Events are rare (one per change of an instance's health); a supervisor that
+            // falls this far behind reads the rest from `backend_stats`.
+            events: broadcast::Sender::new(64),
+        }
+    }
+
+    fn report(&self, event: Option<BackendEvent>) {
+        if let Some(event) = event {
+            tracing::warn!(?event, "instance health changed");
+            // No subscriber is fine: the state is in `backend_stats` as well.
+            let _ = self.events.send(event);
+        }
+    }
+}
+
+/// What the client receives: an instance's streamed body, or a short text the front wrote.
 pub(crate) type ClientBody = Either<ResponseBody, Full<Bytes>>;
 
-/// Why no backend response could be relayed.
+/// Why no instance's response could be relayed.
 #[derive(Debug, thiserror::Error)]
 enum Failure {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request body larger than the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("the request body stalled")]
+    UploadStalled,
     #[error("no instance of this app is running")]
     NoBackend,
     #[error("no instance accepted the connection")]
     Unreachable,
+    #[error("every instance of this app is busy")]
+    Busy,
     #[error("the app closed the connection without answering")]
     Broken,
     #[error("the app did not answer in time")]
@@ -38,82 +80,58 @@ enum Failure {
 impl Failure {
     fn status(&self) -> StatusCode {
         match self {
+            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::UploadStalled => StatusCode::REQUEST_TIMEOUT,
+            Failure::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Failure::TimedOut => StatusCode::GATEWAY_TIMEOUT,
             Failure::NoBackend | Failure::Unreachable | Failure::Broken => StatusCode::BAD_GATEWAY,
         }
     }
 }
 
-/// A backend's answer and what it is holding on to.
+/// An instance's answer and what it is holding on to.
 struct Answer {
     response: Response<Incoming>,
     conn: Sender,
     guard: InFlightGuard,
 }
 
-/// Method, target and fields of a bodiless request, kept to send it again on a fresh
-/// connection if a reused one turns out to have been closed by the backend.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn of(request: &Request<UpstreamBody>) -> Replay {
-        Replay {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            headers: request.headers().clone(),
-        }
-    }
-
-    fn into_request(self) -> Request<UpstreamBody> {
-        let mut request = Request::new(Either::Right(Empty::new()));
-        *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
-        request
-    }
-}
-
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
+/// Handles one request; `hold` is kept alive by a tunnel if the request becomes one.
+pub(crate) async fn handle<H: Send + 'static>(
+    proxy: Arc<Proxy>,
     peer: Peer,
+    hold: H,
     mut request: Request<Incoming>,
 ) -> Result<Response<ClientBody>, Infallible> {
+    let config = &proxy.config;
+    to_origin_form(&mut request);
+    if let Some(problem) = headers::host_problem(request.version(), request.headers()) {
+        return Ok(failure_response(&Failure::BadRequest(problem)));
+    }
+    if let Some(limit) = config.max_request_body
+        && request.body().size_hint().lower() > limit
+    {
+        return Ok(failure_response(&Failure::TooLarge(limit)));
+    }
     let wants_upgrade = headers::wants_upgrade(request.headers());
     headers::rewrite_request(request.headers_mut(), wants_upgrade, &peer);
-    to_origin_form(request.uri_mut());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
 
     let (parts, body) = request.into_parts();
-    // Replaying is only safe when nothing but the head is sent and sending it twice is harmless.
-    let replayable = body.is_end_stream()
-        && !wants_upgrade
-        && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let mut body = IdleTimeout::new(body, shared.config.idle_timeout);
-    let body_done = if body.is_end_stream() {
-        None
-    } else {
-        let (done, body_done) = oneshot::channel();
-        body = body.with_end_signal(done);
-        Some(body_done)
-    };
-    let request = Request::from_parts(parts, Either::Left(body));
+    // Kept for the log line of a failure (a cheap clone: the URI shares the request's buffer).
+    let target = parts.uri.clone();
+    let (body, body_sent) = upstream_body(body, config);
+    let request = Request::from_parts(parts, body);
 
-    let answer = match forward(&shared, request, replayable, body_done).await {
-        Ok(answer) => answer,
-        Err(failure) => return Ok(failure_response(&failure)),
-    };
     let Answer {
         mut response,
         conn,
         guard,
-    } = answer;
+    } = match forward(&proxy, request, body_sent, &target).await {
+        Ok(answer) => answer,
+        Err(failure) => return Ok(failure_response(&failure)),
+    };
 
     if let Some(client_upgrade) = client_upgrade
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -121,13 +139,14 @@ pub(crate) async fn handle(
         let backend_upgrade = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
         headers::rewrite_response(&mut parts.headers, true);
-        // The backend connection now belongs to the tunnel; the sender is of no further use.
+        // The instance connection now belongs to the tunnel; the sender is of no further use.
         drop(conn);
-        upgrade::spawn_tunnel(
+        tunnel::spawn(
             client_upgrade,
             backend_upgrade,
             guard,
-            shared.shutdown.subscribe(),
+            hold,
+            proxy.shutdown.subscribe(),
         );
         return Ok(Response::from_parts(parts, Either::Right(Full::default())));
     }
@@ -136,7 +155,7 @@ pub(crate) async fn handle(
     headers::rewrite_response(&mut parts.headers, false);
     let release = Release {
         conn,
-        max_idle: shared.config.max_idle_per_backend,
+        max_idle: config.max_idle_per_backend,
         guard,
     };
     let body = if body.is_end_stream() {
@@ -145,43 +164,73 @@ pub(crate) async fn handle(
         release.finish();
         Either::Right(Full::default())
     } else {
-        Either::Left(ResponseBody::new(body, shared.config.idle_timeout, release))
+        Either::Left(ResponseBody::new(body, config.body_idle_timeout, release))
     };
     Ok(Response::from_parts(parts, body))
 }
 
-/// Sends `request` to a backend and waits for the response head.
+/// The client's body as the instance gets it, and a receiver that resolves once it has been
+/// sent to its end (`None`: there is no body).
+fn upstream_body(
+    body: Incoming,
+    config: &FrontConfig,
+) -> (UpstreamBody, Option<oneshot::Receiver<()>>) {
+    if body.is_end_stream() {
+        return (Either::Right(Empty::new()), None);
+    }
+    let limit = config.max_request_body.map_or(usize::MAX, |limit| {
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    });
+    let (done, sent) = oneshot::channel();
+    let body =
+        IdleTimeout::new(Limited::new(body, limit), config.body_idle_timeout).with_end_signal(done);
+    (Either::Left(body), Some(sent))
+}
+
+/// Sends `request` to an instance and waits for the response head.
 ///
-/// Retries, all bounded: a backend refusing the connection (or not connecting in time) is
-/// marked down and the request goes to another backend, each tried at most once — nothing was
-/// sent, so this is safe for any request, and two instances crashing together still cost no
-/// request while a third is up; a reused connection that closed before the request was written
-/// is replaced; a bodiless GET/HEAD/OPTIONS that met a reused connection closing under it is
-/// sent once more, and so is one whose fresh connection broke before any answer (the instance
-/// died under it), to another backend.
+/// No request is ever sent twice to where it may have arrived (a request that crashed an
+/// instance must not crash a second one): a request moves on only when it provably reached no
+/// instance — its connect was refused or timed out (that instance is then avoided and another
+/// tried, each at most once), or hyper hands it back unwritten because the kept-alive
+/// connection it was given had closed. Once any byte may have been written, a broken
+/// connection is answered 502 and nothing else.
 ///
-/// The response-head timeout runs from when the request body has been sent (`body_done`), so a
-/// long upload is bounded by the idle timeout instead.
+/// The response timeout runs from when the request body has been sent (`body_sent`), so a
+/// long upload is bounded by the body idle timeout instead; a bodiless request's runs from
+/// its arrival, waiting for a free place included.
 async fn forward(
-    shared: &Shared,
+    proxy: &Proxy,
     mut request: Request<UpstreamBody>,
-    replayable: bool,
-    mut body_done: Option<oneshot::Receiver<()>>,
+    body_sent: Option<oneshot::Receiver<()>>,
+    target: &Uri,
 ) -> Result<Answer, Failure> {
-    let config = &shared.config;
-    // Backends that failed to connect for this request (allocates only on that path).
+    let config = &proxy.config;
+    let arrived = Instant::now();
+    let deadline = async {
+        match body_sent {
+            Some(sent) => {
+                // Dropped unfinished counts as done: the send then fails on its own.
+                let _ = sent.await;
+                tokio::time::sleep(config.response_timeout).await;
+            }
+            None => tokio::time::sleep_until(arrived + config.response_timeout).await,
+        }
+    };
+    tokio::pin!(deadline);
+    // Instances that refused this request (allocates only on that path).
     let mut unreachable: Vec<Arc<BackendState>> = Vec::new();
-    let mut replayed = false;
-    // Each round takes a pooled connection out of circulation or tries a backend not tried
-    // yet, so the loop ends anyway; the bound only caps pathological churn.
+    // Each round either takes a kept-alive connection out of circulation or tries an instance
+    // not tried yet, so the loop ends anyway; the bound only caps pathological churn.
     for _ in 0..(config.max_idle_per_backend + 8) {
-        let guard = shared
+        let guard = proxy
             .pool
-            .pick(&unreachable)
-            .ok_or(if unreachable.is_empty() {
-                Failure::NoBackend
-            } else {
-                Failure::Unreachable
+            .pick(&unreachable, arrived + config.response_timeout)
+            .await
+            .map_err(|no| match no {
+                NoPick::Empty => Failure::NoBackend,
+                NoPick::Unreachable => Failure::Unreachable,
+                NoPick::Busy => Failure::Busy,
             })?;
         let backend = Arc::clone(guard.backend());
 
@@ -190,86 +239,101 @@ async fn forward(
             None => match upstream::connect(backend.backend.addr, config.connect_timeout).await {
                 Ok(conn) => (conn, false),
                 Err(err) => {
-                    tracing::warn!(backend = %backend.backend.id, %err, "backend unreachable");
-                    backend.mark_down(config.down_after_refusal);
+                    tracing::warn!(instance = %backend.backend.id, %err, "instance unreachable");
+                    backend.mark_refused(config.down_after_refusal);
                     unreachable.push(backend);
                     continue;
                 }
             },
         };
-        if reused
-            && tokio::time::timeout(config.connect_timeout, conn.ready())
-                .await
-                .map_or(true, |ready| ready.is_err())
-        {
-            continue;
-        }
 
-        // Kept for one more try: on a reused connection the backend may have closed it just
-        // before the request went out; on a fresh one the instance may have died (crash,
-        // kill) with the request in its socket. A bodiless GET/HEAD/OPTIONS is safe to send
-        // again either way (RFC 9110 §9.2.2).
-        let replay = (replayable && !replayed).then(|| Replay::of(&request));
         let sent = tokio::select! {
-            sent = conn.try_send_request(request) => Ok(sent),
-            () = async {
-                body_sent(&mut body_done).await;
-                tokio::time::sleep(config.response_header_timeout).await;
-            } => Err(()),
+            // The answer first: no coin toss per request, and an answer that is there wins.
+            biased;
+            sent = send(&mut conn, reused, request) => sent,
+            () = &mut deadline => {
+                tracing::warn!(
+                    instance = %backend.backend.id,
+                    path = %target,
+                    "no response head within {:?}; answered 504",
+                    config.response_timeout,
+                );
+                proxy.report(backend.record_timeout(config.wedged_after, config.wedged_retry));
+                // Dropping the in-flight send closes the connection: its state is unknown.
+                return Err(Failure::TimedOut);
+            }
         };
         match sent {
-            Ok(Ok(response)) => {
+            Ok(response) => {
+                proxy.report(backend.record_answer());
                 return Ok(Answer {
                     response,
                     conn,
                     guard,
                 });
             }
-            Ok(Err(mut err)) => {
-                if let Some(unsent) = err.take_message() {
-                    request = unsent;
-                    continue;
-                }
-                if let Some(replay) = replay {
-                    tracing::debug!(backend = %backend.backend.id, reused, err = %err.error(), "connection failed before an answer; replaying");
-                    if !reused {
-                        // A fresh connection failing is the instance's fault: try another.
-                        backend.mark_down(config.down_after_refusal);
-                        unreachable.push(backend);
-                    }
-                    replayed = true;
-                    request = replay.into_request();
-                    continue;
-                }
-                tracing::warn!(backend = %backend.backend.id, err = %err.into_error(), "request to backend failed");
-                return Err(Failure::Broken);
+            Err(NotAnswered::Unsent(unsent)) => {
+                tracing::debug!(instance = %backend.backend.id, "kept-alive connection closed before the request was written; using another");
+                request = *unsent;
             }
-            Err(()) => {
-                tracing::warn!(backend = %backend.backend.id, "no response head within {:?}", config.response_header_timeout);
-                return Err(Failure::TimedOut);
+            Err(NotAnswered::Sent(err)) => {
+                return Err(match body::cause(&err) {
+                    Some(Cut::TooLarge) => {
+                        Failure::TooLarge(config.max_request_body.unwrap_or(u64::MAX))
+                    }
+                    Some(Cut::Stalled) => Failure::UploadStalled,
+                    None => {
+                        tracing::warn!(instance = %backend.backend.id, path = %target, %err, "connection to the instance broke after the request was sent; answered 502, not replayed");
+                        backend.record_failure();
+                        Failure::Broken
+                    }
+                });
             }
         }
     }
     Err(Failure::Broken)
 }
 
-/// Resolves once the request body has been read to its end or dropped (at once if there is none).
-async fn body_sent(body_done: &mut Option<oneshot::Receiver<()>>) {
-    if let Some(done) = body_done {
-        let _ = done.await;
-    }
-    // A finished receiver must not be polled again.
-    *body_done = None;
+enum NotAnswered {
+    /// The request, given back: no byte of it was written. (Boxed: the rare path pays.)
+    Unsent(Box<Request<UpstreamBody>>),
+    /// The request may have reached the instance.
+    Sent(hyper::Error),
 }
 
-/// Backends get `/path?query`; a client may have sent the absolute form `http://host/path`.
-fn to_origin_form(uri: &mut Uri) {
-    if uri.scheme().is_some() || uri.authority().is_some() {
-        let path = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *uri = Uri::from(path);
+async fn send(
+    conn: &mut Sender,
+    reused: bool,
+    request: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, NotAnswered> {
+    if reused && conn.ready().await.is_err() {
+        return Err(NotAnswered::Unsent(Box::new(request)));
+    }
+    conn.try_send_request(request)
+        .await
+        .map_err(|mut err| match err.take_message() {
+            Some(request) => NotAnswered::Unsent(Box::new(request)),
+            None => NotAnswered::Sent(err.into_error()),
+        })
+}
+
+/// Backends get `/path?query`. A client may have sent the absolute form `http://host/path`,
+/// whose authority then replaces any `Host` field (RFC 9112 §3.2.2).
+fn to_origin_form(request: &mut Request<Incoming>) {
+    let uri = request.uri();
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return;
+    }
+    let authority = uri
+        .authority()
+        .map(|authority| authority.as_str().to_owned());
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *request.uri_mut() = Uri::from(path);
+    if let Some(host) = authority.and_then(|host| HeaderValue::from_str(&host).ok()) {
+        request.headers_mut().insert(header::HOST, host);
     }
 }
 
@@ -282,9 +346,20 @@ fn failure_response(failure: &Failure) -> Response<ClientBody> {
     );
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    match failure {
+        Failure::Busy => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        // The rest of the client's body was not read: the connection cannot carry another request.
+        Failure::TooLarge(_) | Failure::UploadStalled => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        _ => {}
+    }
     response
 }

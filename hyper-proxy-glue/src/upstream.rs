@@ -1,17 +1,18 @@
-//! Opening HTTP/1.1 connections to a backend: TCP connect and handshake under one deadline,
+//! Opening HTTP/1.1 connections to an instance: TCP connect and handshake under one deadline,
 //! with the connection driven by its own task.
 //!
 //! Connections are hand-rolled with `hyper::client::conn::http1` rather than hyper-util's
-//! legacy client so that the front decides per backend what happens: a refused connect is
-//! known to have sent nothing (safe to retry elsewhere, and a reason to mark the backend
-//! down), in-flight counts and idle connections live with the backend they belong to, and a
-//! connection is returned for reuse only when its response body has ended.
+//! legacy client so that the front decides per instance what happens: a refused connect is
+//! known to have sent nothing (safe to try elsewhere, and a reason to avoid the instance), a
+//! request hyper hands back unsent is known never to have been written, in-flight counts and
+//! idle connections live with the instance they belong to, and a connection is returned for
+//! reuse only when its response body has ended.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -19,11 +20,11 @@ use tokio::net::TcpStream;
 
 use crate::body::IdleTimeout;
 
-/// What the front sends to a backend: the client's body, or nothing when a bodiless request
-/// is replayed on a fresh connection.
-pub(crate) type UpstreamBody = Either<IdleTimeout<Incoming>, Empty<Bytes>>;
+/// What the front sends to an instance: the client's body (cut when it stalls or passes the
+/// size limit), or nothing for a bodiless request.
+pub(crate) type UpstreamBody = Either<IdleTimeout<Limited<Incoming>>, Empty<Bytes>>;
 
-/// One open connection to a backend, able to carry one request at a time.
+/// One open connection to an instance, able to carry one request at a time.
 pub(crate) type Sender = SendRequest<UpstreamBody>;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +44,7 @@ pub(crate) enum ConnectError {
 }
 
 /// Opens a connection to `addr` and spawns the task that drives it (it ends when the
-/// [`Sender`] is dropped and the last response is read, or the backend closes).
+/// [`Sender`] is dropped and the last response is read, or the instance closes).
 pub(crate) async fn connect(addr: SocketAddr, within: Duration) -> Result<Sender, ConnectError> {
     let attempt = async {
         let stream = TcpStream::connect(addr)
@@ -57,7 +58,7 @@ pub(crate) async fn connect(addr: SocketAddr, within: Duration) -> Result<Sender
             .map_err(|source| ConnectError::Handshake { addr, source })?;
         tokio::spawn(async move {
             if let Err(err) = conn.with_upgrades().await {
-                tracing::debug!(%addr, %err, "backend connection ended with an error");
+                tracing::debug!(%addr, %err, "instance connection ended with an error");
             }
         });
         Ok(sender)

@@ -418,8 +418,12 @@ fn release_that_never_becomes_healthy_is_not_switched_to() {
     });
 }
 
+/// A SIGKILLed instance costs at most the requests it had in flight (4 load threads, one
+/// request each), each answered 502 once: the front never sends a request that may have
+/// reached the dead instance to another one (issue 14 item 3: it may be what killed it).
+/// Every other request is served while web.2 is replaced.
 #[test]
-fn crash_of_one_instance_under_load_loses_no_request() {
+fn crash_of_one_instance_under_load_costs_only_its_requests_in_flight() {
     let root = TestRoot::new();
     let daemon = root.start();
     daemon.apply(&fronted("shop", &root, 3));
@@ -437,12 +441,20 @@ fn crash_of_one_instance_under_load_loses_no_request() {
     load.wait_more(30);
     let (bodies, failures) = load.finish();
     assert!(
-        failures.is_empty(),
+        failures.len() <= 4
+            && failures
+                .iter()
+                .all(|f| f
+                    .contains("502 Bad Gateway: the app closed the connection without answering")),
         "{} failed: {:?}",
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-    eprintln!("crash under load: {} requests, 0 failed", bodies.len());
+    eprintln!(
+        "crash under load: {} requests, {} answered 502 (in flight on the killed instance)",
+        bodies.len(),
+        failures.len()
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,10 +27,18 @@ pub const UNSET: u64 = u64::MAX;
 
 /// Byte counters shared by a generator on one side and the first reader on the other, to
 /// prove a body streams: the reader notes how much had been produced when its first data came.
+/// Also what the app behind it has seen, and whether it answers at all.
 #[derive(Default)]
 pub struct Flow {
     pub produced: AtomicU64,
     pub produced_at_first_read: AtomicU64,
+    /// Requests whose head reached the app.
+    pub requests: AtomicU64,
+    /// While set, the app answers nothing (every request hangs): a wedged instance.
+    pub wedged: AtomicBool,
+    /// Requests being handled now, and the most there ever were at once.
+    pub active: AtomicU64,
+    pub max_active: AtomicU64,
 }
 
 impl Flow {
@@ -38,6 +46,10 @@ impl Flow {
         Arc::new(Flow {
             produced: AtomicU64::new(0),
             produced_at_first_read: AtomicU64::new(UNSET),
+            requests: AtomicU64::new(0),
+            wedged: AtomicBool::new(false),
+            active: AtomicU64::new(0),
+            max_active: AtomicU64::new(0),
         })
     }
 
@@ -61,6 +73,8 @@ pub struct Generated {
     pace: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     stall_after_first: bool,
     sent_any: bool,
+    /// Whether the length is announced (Content-Length) or left open (chunked).
+    sized: bool,
 }
 
 impl Generated {
@@ -72,6 +86,15 @@ impl Generated {
             pace: None,
             stall_after_first: false,
             sent_any: false,
+            sized: true,
+        }
+    }
+
+    /// `total` bytes without an announced length: sent chunked.
+    pub fn chunked(total: u64) -> Generated {
+        Generated {
+            sized: false,
+            ..Generated::new(total, Flow::new())
         }
     }
 
@@ -120,7 +143,11 @@ impl Body for Generated {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        if self.sized {
+            SizeHint::with_exact(self.remaining)
+        } else {
+            SizeHint::default()
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -158,6 +185,13 @@ async fn app(
     flow: Arc<Flow>,
     mut request: Request<Incoming>,
 ) -> Result<Response<TestBody>, Infallible> {
+    flow.requests.fetch_add(1, Ordering::SeqCst);
+    let active = flow.active.fetch_add(1, Ordering::SeqCst) + 1;
+    flow.max_active.fetch_max(active, Ordering::SeqCst);
+    let _active = Active(Arc::clone(&flow));
+    if flow.wedged.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
     let response = match request.uri().path() {
         "/name" => text(StatusCode::OK, name.to_string()),
         "/headers" => {
@@ -233,6 +267,15 @@ async fn app(
         _ => text(StatusCode::OK, "ok"),
     };
     Ok(response)
+}
+
+/// Ends one request's count in `Flow::active`.
+struct Active(Arc<Flow>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A running test app. Dropping it (or `stop`) closes its listener and every open connection,
@@ -316,7 +359,11 @@ impl RunningFront {
     pub async fn start(config: FrontConfig, backends: Vec<Backend>) -> RunningFront {
         let front = Front::new(config);
         front.set_backends(backends);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A backlog of 1024 (std's and mio's bind use 128), so a flood test's connections past
+        // the front's cap wait in the kernel instead of being dropped by it.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1024).unwrap();
         let addr = listener.local_addr().unwrap();
         let serving = front.clone();
         let task = tokio::spawn(async move { serving.serve_tcp(listener).await });
@@ -387,4 +434,108 @@ impl Drop for Client {
 /// GET over a fresh connection.
 pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
     Client::connect(addr).await.get(path).await.unwrap()
+}
+
+/// An instance that dies of every request: it reads the request head, then closes the
+/// connection without a byte of answer (what a segfaulting worker looks like from outside).
+/// Counts the requests that reached it.
+pub struct CrashingBackend {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl CrashingBackend {
+    pub async fn start() -> CrashingBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&hits);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    drop(stream);
+                });
+            }
+        });
+        CrashingBackend { addr, hits, task }
+    }
+}
+
+impl Drop for CrashingBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Writes `request` as is on a fresh connection and reads until the front closes it (send
+/// `Connection: close`, or expect the front to close).
+pub async fn raw(addr: SocketAddr, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 response (0 if there is none).
+pub fn status_of(answer: &str) -> u16 {
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Collects what the glue logs while the returned guard lives (this thread only: use it in
+/// current-thread tests).
+pub fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    (logs.clone(), tracing::subscriber::set_default(subscriber))
+}
+
+#[derive(Clone, Default)]
+pub struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
 }

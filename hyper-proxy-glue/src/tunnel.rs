@@ -1,21 +1,22 @@
 //! The tunnel after a protocol switch (websocket, or any `Upgrade`): once both the client and
-//! the backend have switched, bytes are copied both ways until either side closes.
+//! the instance have switched, bytes are copied both ways until either side closes.
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 
 use crate::backend::InFlightGuard;
-use crate::front::stopped;
+use crate::shutdown::Stopped;
 
-/// Runs the tunnel on its own task. The request stays counted in flight on its backend for as
+/// Runs the tunnel on its own task. The request stays counted in flight on its instance for as
 /// long as the tunnel is open, so draining an instance waits for its websockets (up to the
-/// drain bound). A front shutdown closes the tunnel.
-pub(crate) fn spawn_tunnel(
+/// drain bound); `hold` (the client connection's place under the front's connection cap) is
+/// kept as long, since hyper has handed the connection over. A front shutdown closes the tunnel.
+pub(crate) fn spawn(
     client: OnUpgrade,
     backend: OnUpgrade,
     guard: InFlightGuard,
-    mut shutdown: watch::Receiver<bool>,
+    hold: impl Send + 'static,
+    mut shutdown: Stopped,
 ) {
     tokio::spawn(async move {
         let (client, backend) = match tokio::try_join!(client, backend) {
@@ -33,8 +34,9 @@ pub(crate) fn spawn_tunnel(
                     tracing::debug!(%err, "upgraded connection ended with an error");
                 }
             }
-            _ = stopped(&mut shutdown) => {}
+            () = shutdown.wait() => {}
         }
         drop(guard);
+        drop(hold);
     });
 }
