@@ -51,6 +51,7 @@ pub fn app_settings(env: &EnvMap, warnings: &mut Vec<String>) -> AppSettings {
         log_max_bytes: number(env, "UWSGI_LOG_MAXSIZE", defaults.log_max_bytes, warnings),
         log_backups: defaults.log_backups,
         front: None,
+        limits: defaults.limits,
     }
 }
 

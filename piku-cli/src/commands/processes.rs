@@ -267,6 +267,7 @@ mod tests {
             restarts: 0,
             last_exit: None,
             rss_bytes: Some(3 * 1024 * 1024),
+            memory_bytes: None,
             cpu_secs: Some(0.5),
             next_run: None,
             log_lines_dropped: 0,
@@ -285,6 +286,7 @@ mod tests {
                 instance("worker", 1, InstanceState::CrashLooping),
             ],
             front: None,
+            limits: Default::default(),
         };
         let text = render_ps(&status);
         let lines: Vec<&str> = text.lines().collect();
