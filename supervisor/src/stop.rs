@@ -6,7 +6,6 @@
 //! grandchild that ignores SIGTERM must still be gone (SIGKILL) when the stop is over. The
 //! sequence of a stop (SIGTERM, grace, SIGKILL) is decided by the instance state machine.
 
-use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -81,15 +80,5 @@ async fn wait_group_empty(pgid: u32, deadline: Instant) -> bool {
             return false;
         }
         sleep(GROUP_POLL).await;
-    }
-}
-
-/// `exit 1`, `signal 9`: how status and logs name an exit.
-pub fn describe_exit(status: &ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit {code}"),
-        (None, Some(sig)) => format!("signal {sig}"),
-        (None, None) => "unknown exit".to_string(),
     }
 }

@@ -195,7 +195,7 @@ impl fmt::Display for Size {
             let scale = 1u64 << shift;
             if bytes >= scale {
                 let value = bytes as f64 / scale as f64;
-                return if bytes % scale == 0 {
+                return if bytes.is_multiple_of(scale) {
                     write!(f, "{}{unit}", bytes / scale)
                 } else {
                     write!(f, "{value:.1}{unit}")

@@ -139,9 +139,9 @@ impl Host for Fake {
             w.ignores_term
         };
         match signal {
-            GroupSignal::Term if !ignores_term => self.exit(pgid, "signal 15"),
+            GroupSignal::Term if !ignores_term => self.exit(pgid, "SIGTERM"),
             GroupSignal::Term => {}
-            GroupSignal::Kill => self.exit(pgid, "signal 9"),
+            GroupSignal::Kill => self.exit(pgid, "SIGKILL"),
         }
     }
 

@@ -31,7 +31,7 @@ const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A started process.
 pub struct Child {
     pub pid: u32,
-    /// Resolves when the process has exited (and is reaped), with how: `exit 1`, `signal 9`.
+    /// Resolves when the process has exited (and is reaped), with how: `exit 1`, `SIGKILL`, `oom-killed`.
     pub exit: BoxFuture<'static, String>,
 }
 
@@ -107,7 +107,7 @@ impl Host for ProcessHost {
             reaper::disown(pid);
             running.remove(&key, pid);
             match status {
-                Ok(status) => stop::describe_exit(&status),
+                Ok(status) => crate::exit::describe(&status),
                 Err(e) => format!("wait failed: {e}"),
             }
         });

@@ -49,16 +49,37 @@ async fn until(handle: &InstanceHandle, f: impl FnMut(&Snapshot) -> bool) -> Sna
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_killed_process_is_respawned_at_once_then_with_back_off() {
+async fn a_process_killed_every_4s_is_respawned_at_once_every_time() {
+    let fake = Fake::default();
+    let worker = start(&fake, config("worker", None, None), None);
+    for pid in 1..=20 {
+        until(&worker, |s| s.pid == Some(pid)).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let killed = Instant::now();
+        fake.exit(pid, "SIGKILL");
+        let s = until(&worker, |s| s.pid == Some(pid + 1)).await;
+        assert_eq!(
+            Instant::now(),
+            killed,
+            "kill {pid}: respawned with no delay at all"
+        );
+        assert_eq!((s.restarts, s.last_exit.as_deref()), (pid, Some("SIGKILL")));
+        assert_eq!(s.state, InstanceState::Running);
+    }
+    worker.stop().wait().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_that_dies_at_once_is_respawned_at_once_then_with_back_off() {
     let fake = Fake::default();
     let worker = start(&fake, config("worker", None, None), None);
     until(&worker, |s| s.pid == Some(1)).await;
     let killed = Instant::now();
-    fake.exit(1, "signal 9");
+    fake.exit(1, "SIGKILL");
     let s = until(&worker, |s| s.pid == Some(2)).await;
     assert_eq!(Instant::now(), killed, "respawned with no delay at all");
-    assert_eq!((s.restarts, s.last_exit.as_deref()), (1, Some("signal 9")));
-    fake.exit(2, "signal 9");
+    assert_eq!((s.restarts, s.last_exit.as_deref()), (1, Some("SIGKILL")));
+    fake.exit(2, "SIGKILL");
     let s = until(&worker, |s| s.state == InstanceState::Backoff).await;
     assert_eq!(s.pid, None);
     until(&worker, |s| s.pid == Some(3)).await;
@@ -299,10 +320,10 @@ async fn stopping_a_cron_entry_stops_its_run() {
     entry.stop().wait().await;
     let s = state.borrow_and_update().clone();
     assert_eq!(s.state, InstanceState::Stopped);
-    assert_eq!(s.last_exit.as_deref(), Some("signal 15"));
+    assert_eq!(s.last_exit.as_deref(), Some("SIGTERM"));
     assert_eq!(s.next_run, None);
     assert!(
         fake.log()
-            .contains(&"note run finished: signal 15".to_string())
+            .contains(&"note run finished: SIGTERM".to_string())
     );
 }

@@ -55,6 +55,34 @@ impl TestRoot {
         Daemon::start(self)
     }
 
+    /// When (ns since the epoch) the daemons of this root first logged a line containing
+    /// `needle` (their own log, `PIKU_LOG=debug`, timestamps in UTC); waits for it.
+    pub fn daemon_log_time(&self, needle: &str) -> u128 {
+        wait_for(
+            &format!("{needle:?} in the daemon's log"),
+            Duration::from_secs(10),
+            || {
+                fs::read_dir(self.dir.path())
+                    .ok()?
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("daemon-"))
+                    .filter_map(|e| fs::read_to_string(e.path()).ok())
+                    .flat_map(|log| {
+                        log.lines()
+                            .filter(|l| l.contains(needle))
+                            .map(str::to_owned)
+                            .collect::<Vec<_>>()
+                    })
+                    .find_map(|line| {
+                        let line = strip_ansi(&line);
+                        let stamp = line.split_whitespace().next()?;
+                        let at = chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
+                        u128::try_from(at.timestamp_nanos_opt()?).ok()
+                    })
+            },
+        )
+    }
+
     /// Waits until the log of `process` contains `needle` (the daemon writes logs
     /// asynchronously), and returns the log.
     pub fn wait_log(&self, app: &str, process: &str, needle: &str) -> String {
@@ -214,6 +242,24 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// `text` without its terminal colour codes (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn signal(pid: u32, sig: Signal) {
