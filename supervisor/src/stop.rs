@@ -28,6 +28,15 @@ pub fn signal_group(pgid: u32, signal: Signal) {
     }
 }
 
+/// Signals one process; one that is already gone is not an error.
+pub fn signal_pid(pid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    match nix::sys::signal::kill(Pid::from_raw(raw), signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => tracing::warn!("kill({pid}, {signal}) failed: {e}"),
+    }
+}
+
 /// Whether any process (zombies included) still belongs to the group. Orphans re-parented
 /// to us are reaped first, so a dead one does not count as alive.
 pub fn group_alive(pgid: u32) -> bool {

@@ -30,6 +30,7 @@ fn config(kind: &str, port: Option<u16>, schedule: Option<&str>) -> InstanceConf
         },
         health_path: None,
         schedule: schedule.map(|s| CronSchedule::parse(s).unwrap()),
+        limits: Default::default(),
     }
 }
 
@@ -39,7 +40,21 @@ fn sink() -> LogSink {
 }
 
 fn start(fake: &Fake, config: InstanceConfig, schedule: Option<Schedule>) -> InstanceHandle {
-    InstanceHandle::with_host(config, GRACE, sink(), fake.clone(), schedule, None)
+    start_after(fake, config, schedule, None)
+}
+
+fn start_after(
+    fake: &Fake,
+    config: InstanceConfig,
+    schedule: Option<Schedule>,
+    after: Option<Done>,
+) -> InstanceHandle {
+    let with = With {
+        host: fake.clone(),
+        schedule,
+        meter: Arc::new(fake.clone()),
+    };
+    InstanceHandle::with(config, GRACE, sink(), with, after)
 }
 
 /// Waits (on the paused clock, so instantly) until the published state satisfies `f`.
@@ -200,14 +215,7 @@ async fn an_instance_starts_only_once_the_one_it_replaces_is_gone() {
     until(&old, |s| s.pid == Some(1)).await;
     fake.world().ignores_term = true;
     let done = old.stop();
-    let new = InstanceHandle::with_host(
-        config("worker", None, None),
-        GRACE,
-        sink(),
-        fake.clone(),
-        None,
-        Some(done),
-    );
+    let new = start_after(&fake, config("worker", None, None), None, Some(done));
     until(&new, |s| s.pid == Some(2)).await;
     let spawns = fake.spawns();
     assert_eq!(
