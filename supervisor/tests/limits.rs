@@ -175,6 +175,61 @@ fn a_leaking_worker_is_restarted_gracefully_at_the_soft_mark_before_the_kernel_k
     );
 }
 
+/// A supervisor that may write no cgroup: a non-root one on a host whose cgroup v1
+/// controllers are not its own (systemd delegates only v2, and this machine's v2 has no
+/// controllers). Every limit is a warning of the Apply answer, the process runs unconfined,
+/// and the soft mark still restarts a leaking instance, measured by the PSS of its group.
+#[test]
+fn a_supervisor_without_cgroups_warns_about_each_limit_and_keeps_the_soft_mark() {
+    let root = TestRoot::new();
+    let daemon = Daemon::start_as_nobody(&root);
+    // The system's interpreter: the test's own may live under root's home, out of reach.
+    let spec = limited(
+        "nocg",
+        &root,
+        memhog(40, 2.0, 0.0).replacen(&python(), "/usr/bin/python3", 1),
+        ResourceLimits {
+            memory_max_bytes: Some(64 << 20),
+            cpu_quota_percent: Some(50),
+            tasks_max: Some(32),
+        },
+    );
+    let report = daemon.apply(&spec);
+    println!("{:#?}", report.warnings);
+    assert_eq!(report.warnings.len(), 3, "{:?}", report.warnings);
+    for setting in [
+        "PIKU_MEMORY_MAX=64M",
+        "PIKU_CPU_QUOTA=50%",
+        "PIKU_TASKS_MAX=32",
+    ] {
+        assert!(!enforced(&report, setting));
+    }
+    assert!(report.warnings[0].contains("restarted gracefully when they cross 90 %"));
+    let first = daemon
+        .wait_state("nocg", "worker.1", InstanceState::Running)
+        .pid
+        .unwrap();
+    assert!(
+        !fs::read_to_string(format!("/proc/{first}/cgroup"))
+            .unwrap()
+            .contains("/piku-"),
+        "no cgroup of ours"
+    );
+    let recycled = wait_for(
+        "a restart at the soft mark",
+        Duration::from_secs(40),
+        || {
+            let i = daemon.instance("nocg", "worker.1");
+            (i.last_exit.is_some() && i.pid.is_some_and(|p| p != first)).then_some(i)
+        },
+    );
+    assert_eq!(
+        recycled.last_exit.as_deref(),
+        Some("memory-soft-limit restart")
+    );
+    root.wait_log("nocg", "worker.1", "crossed the soft mark 57.6M");
+}
+
 #[test]
 fn ps_memory_counts_every_process_of_an_instance() {
     let root = TestRoot::new();

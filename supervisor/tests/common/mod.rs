@@ -107,12 +107,34 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(root: &TestRoot) -> Daemon {
+        Daemon::start_with(root, |_| {})
+    }
+
+    /// A daemon running as `nobody`, as a non-root supervisor does: its root (and the test's
+    /// scratch directory, where the apps run) are made reachable and its own.
+    pub fn start_as_nobody(root: &TestRoot) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        const NOBODY: u32 = 65534;
+        fs::set_permissions(root.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        for dir in [root.root(), root.scratch()] {
+            fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        Daemon::start_with(root, |cmd| {
+            cmd.uid(NOBODY).gid(NOBODY);
+        })
+    }
+
+    fn start_with(root: &TestRoot, adjust: impl FnOnce(&mut Command)) -> Daemon {
         let log = fs::File::create(root.dir.path().join(format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos() + u128::from(std::process::id())
         )))
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_piku-supervisor"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_piku-supervisor"));
+        adjust(&mut command);
+        let child = command
             .arg("--root")
             .arg(root.root())
             .env("PIKU_LOG", "debug")
