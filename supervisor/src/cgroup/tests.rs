@@ -3,7 +3,7 @@
 //! A fake cannot refuse a write as the kernel does (EBUSY, EINVAL), nor enforce anything:
 //! the real v1 path is tested in `tests/limits.rs`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::detect::own;
 use super::*;
@@ -25,7 +25,26 @@ fn ids_are_stable_and_distinct() {
     assert_ne!(fnv1a(b"/home/piku/.piku"), fnv1a(b"/tmp/other"));
 }
 
-/// A pure v2 host: the service's cgroup offers the controllers; the daemon is alone in it.
+/// A pure v2 host in a temporary directory: the service's cgroup (`unit`) offers the
+/// controllers, and the daemon (`pid`) is alone in it.
+struct FakeUnit {
+    _dir: tempfile::TempDir,
+    unit: PathBuf,
+    own: Own,
+}
+
+fn fake_v2_unit(pid: u32) -> FakeUnit {
+    let dir = tempfile::tempdir().unwrap();
+    let own = fake_v2_service(dir.path(), pid);
+    FakeUnit {
+        unit: dir
+            .path()
+            .join("sys/fs/cgroup/system.slice/piku-supervisor.service"),
+        _dir: dir,
+        own,
+    }
+}
+
 fn fake_v2_service(fs_root: &Path, pid: u32) -> Own {
     let unit = fs_root.join("sys/fs/cgroup/system.slice/piku-supervisor.service");
     fs::create_dir_all(unit.join("piku-1234")).unwrap();
@@ -46,11 +65,7 @@ fn fake_v2_service(fs_root: &Path, pid: u32) -> Own {
 
 #[test]
 fn on_v2_the_daemon_leaves_its_unit_cgroup_and_hands_the_controllers_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let unit = dir
-        .path()
-        .join("sys/fs/cgroup/system.slice/piku-supervisor.service");
-    let own = fake_v2_service(dir.path(), 4242);
+    let FakeUnit { unit, own, _dir } = fake_v2_unit(4242);
     let tree = Tree::set_up(&own, "1234", 4242);
     assert_eq!(tree.unified, Some(unit.join("piku-1234")));
     assert_eq!(tree.v2, BTreeSet::from(Controller::ALL));
@@ -97,11 +112,7 @@ fn on_v2_the_daemon_leaves_its_unit_cgroup_and_hands_the_controllers_down() {
 
 #[test]
 fn a_unit_cgroup_that_refuses_controllers_until_the_daemon_moves_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let unit = dir
-        .path()
-        .join("sys/fs/cgroup/system.slice/piku-supervisor.service");
-    let own = fake_v2_service(dir.path(), 4242);
+    let FakeUnit { unit, own, _dir } = fake_v2_unit(4242);
     // A directory where a file is expected makes the first write fail, as the kernel's
     // EBUSY would; the move creates the leaf and then the write is retried...
     fs::create_dir_all(unit.join("cgroup.subtree_control")).unwrap();
@@ -114,11 +125,7 @@ fn a_unit_cgroup_that_refuses_controllers_until_the_daemon_moves_out() {
     assert_eq!(tree.unenforced(&LIMITS).len(), 3);
 
     // With another process in the unit, the daemon does not move.
-    let dir = tempfile::tempdir().unwrap();
-    let unit = dir
-        .path()
-        .join("sys/fs/cgroup/system.slice/piku-supervisor.service");
-    let own = fake_v2_service(dir.path(), 4242);
+    let FakeUnit { unit, own, _dir } = fake_v2_unit(4242);
     fs::write(unit.join("cgroup.procs"), "4242\n99\n").unwrap();
     fs::create_dir_all(unit.join("cgroup.subtree_control")).unwrap();
     let tree = Tree::set_up(&own, "1234", 4242);
