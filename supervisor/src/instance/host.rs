@@ -31,7 +31,8 @@ const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A started process.
 pub struct Child {
     pub pid: u32,
-    /// Resolves when the process has exited (and is reaped), with how: `exit 1`, `SIGKILL`, `oom-killed`.
+    /// Resolves when the process has exited (and is reaped), with how: `exit 1`, `SIGKILL`,
+    /// `oom-killed`.
     pub exit: BoxFuture<'static, String>,
 }
 
@@ -60,11 +61,6 @@ pub trait Host: Send + 'static {
     /// The instance has ended: release what it held.
     fn ended(&mut self);
 }
-
-/// How long after a SIGKILL exit the OOM counter gets to show the kill, if it has not yet:
-/// the kernel counts an OOM kill just after it sends the signal, so the count is nearly
-/// always there before we even see the exit.
-const OOM_COUNT_SETTLE: Duration = Duration::from_millis(20);
 
 /// Real processes: process groups, cgroups, the running table and the log sink.
 pub struct ProcessHost {
@@ -124,14 +120,11 @@ impl Host for ProcessHost {
                 Ok(status) => exit::describe(&status),
                 Err(e) => return format!("wait failed: {e}"),
             };
-            if exit::is_sigkill(&what) && oom_kills.is_some() {
-                let killed_by_oom = || cgroup.oom_kills() > oom_kills;
-                if killed_by_oom() || {
-                    tokio::time::sleep(OOM_COUNT_SETTLE).await;
-                    killed_by_oom()
-                } {
-                    return exit::OOM_KILLED.to_owned();
-                }
+            // The kernel counts an OOM kill before it sends the SIGKILL (mm/oom_kill.c:
+            // "Raise event before sending signal"), so the count is up by the time the
+            // victim has died and been reaped: one read, no wait on the respawn path.
+            if exit::is_sigkill(&what) && oom_kills.is_some() && cgroup.oom_kills() > oom_kills {
+                return exit::OOM_KILLED.to_owned();
             }
             what
         });
