@@ -274,6 +274,26 @@ fn config_round_trip_without_a_supervisor() {
 }
 
 #[test]
+fn a_malformed_limit_is_refused_in_one_line_and_nothing_is_saved() {
+    let s = Sandbox::new();
+    s.pushed_app("app");
+    s.ssh("config:set app A=1").ok();
+    s.ssh("config:set app B=2 PIKU_MEMORY_MAX=lots")
+        .fails_with("PIKU_MEMORY_MAX='lots' must be a size such as 256M");
+    s.ssh("config:set app PIKU_CPU_QUOTA=50")
+        .fails_with("PIKU_CPU_QUOTA='50' must be a whole percentage");
+    s.ssh("config:set app PIKU_TASKS_MAX=-1")
+        .fails_with("PIKU_TASKS_MAX='-1' must be a number");
+    assert_eq!(s.ssh("config app").ok().stdout, "A=1\n");
+    s.ssh("config:set app PIKU_MEMORY_MAX=256M PIKU_CPU_QUOTA=50% PIKU_TASKS_MAX=64")
+        .ok();
+    assert_eq!(
+        s.ssh("config:get app PIKU_MEMORY_MAX").ok().stdout,
+        "256M\n"
+    );
+}
+
+#[test]
 fn config_set_on_a_deployed_app_keeps_the_file_when_it_cannot_apply() {
     let s = Sandbox::new();
     s.deployed_app("app", "A=1\n", "web:1\n");

@@ -113,6 +113,28 @@ fn ps_stop_start_restart_and_apps() {
         assert!(lines[1].contains(header), "{header}: {}", ps.stdout);
     }
     assert!(ps.stdout.contains("quiet.1"), "{}", ps.stdout);
+    // The app's memory in all, with each instance's in --json.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("memory: ") && l.ends_with(" in all")),
+        "{}",
+        ps.stdout
+    );
+    let json = ps_json(&s, "app");
+    let each: Vec<u64> = json["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["memory_bytes"].as_u64())
+        .collect();
+    assert_eq!(each.len(), 2, "{json}");
+    assert_eq!(
+        json["memory_bytes"].as_u64(),
+        Some(each.iter().sum()),
+        "{json}"
+    );
+    assert_eq!(json["limits"]["memory_max_bytes"], Value::Null, "{json}");
     assert!(
         lines
             .iter()

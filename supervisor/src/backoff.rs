@@ -1,33 +1,46 @@
-//! When to restart a crashed instance: every timing of the restart policy lives here.
+//! When to restart an instance whose process ended: every timing of the restart policy
+//! lives here.
 //!
-//! The first crash restarts at once (uWSGI waits ≥ 1 s, s6 1 s; we aim for < 10 ms). Crashes
-//! that keep coming back off exponentially, and a process that stayed up long enough is
-//! forgiven. The daemon never gives up: past [`CRASH_LOOP_AFTER`] quick crashes the instance
-//! is shown as `crash-looping` but is still retried with the capped delay.
+//! A process that had *started* — been up [`START_THRESHOLD`] and, for a web instance,
+//! passed its readiness probe — and then exits (a `kill -9`, an OOM kill, a segfault after
+//! an hour of service) is restarted at once, whatever happened before: it worked, so its
+//! next start most likely will too. The back-off is for processes that fail while starting:
+//! the first such failure is retried at once (uWSGI waits ≥ 1 s, s6 1 s; we aim for < 10 ms),
+//! the ones that follow back off exponentially. The daemon never gives up: past
+//! [`CRASH_LOOP_AFTER`] failed starts in a row the instance is shown as `crash-looping` but
+//! is still retried with the capped delay.
 
 use std::time::Duration;
 
-/// Delay before the second consecutive restart; doubles for each further crash.
+/// How long a process must have been up (and, for a web instance, ready) to count as
+/// started. It also bounds how often a process that starts and soon dies is restarted
+/// without a back-off: once per second at most.
+pub const START_THRESHOLD: Duration = Duration::from_secs(1);
+/// Delay before the second consecutive restart; doubles for each further failed start.
 pub const FIRST_DELAY: Duration = Duration::from_millis(100);
 /// The longest wait between two attempts.
 pub const MAX_DELAY: Duration = Duration::from_secs(30);
-/// A process that ran at least this long before exiting resets the crash count.
-pub const STABLE_AFTER: Duration = Duration::from_secs(30);
-/// Consecutive quick crashes after which the instance is reported as crash-looping.
+/// Failed starts in a row after which the instance is reported as crash-looping.
 pub const CRASH_LOOP_AFTER: u32 = 5;
 
-/// The crash history of one instance.
+/// Whether a process that ended had started: up for [`START_THRESHOLD`], and `ready`.
+pub fn had_started(ready: bool, uptime: Duration) -> bool {
+    ready && uptime >= START_THRESHOLD
+}
+
+/// The start history of one instance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backoff {
-    /// Quick crashes in a row, the one just recorded included.
+    /// Failed starts in a row, the one just recorded included.
     consecutive: u32,
 }
 
 impl Backoff {
-    /// Records an exit (or a failed spawn) after `uptime` of running.
-    pub fn record_crash(&mut self, uptime: Duration) {
-        if uptime >= STABLE_AFTER {
-            self.consecutive = 1;
+    /// Records how a process ended (or that a spawn failed): after it had `started`, or
+    /// while starting.
+    pub fn record_exit(&mut self, started: bool) {
+        if started {
+            self.consecutive = 0;
         } else {
             self.consecutive = self.consecutive.saturating_add(1);
         }
@@ -60,23 +73,23 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    fn after_quick_crashes(n: u32) -> Backoff {
+    fn after_failed_starts(n: u32) -> Backoff {
         let mut b = Backoff::default();
         for _ in 0..n {
-            b.record_crash(Duration::from_millis(5));
+            b.record_exit(false);
         }
         b
     }
 
     #[test]
-    fn first_crash_restarts_immediately() {
-        assert_eq!(after_quick_crashes(1).delay(), Duration::ZERO);
+    fn the_first_failed_start_is_retried_at_once() {
+        assert_eq!(after_failed_starts(1).delay(), Duration::ZERO);
     }
 
     #[test]
-    fn repeated_crashes_double_up_to_the_cap() {
+    fn failed_starts_double_up_to_the_cap() {
         let delays: Vec<u128> = (2..=12)
-            .map(|n| after_quick_crashes(n).delay().as_millis())
+            .map(|n| after_failed_starts(n).delay().as_millis())
             .collect();
         assert_eq!(
             delays,
@@ -84,28 +97,43 @@ mod tests {
                 100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000
             ]
         );
-        assert_eq!(after_quick_crashes(1000).delay(), MAX_DELAY);
+        assert_eq!(after_failed_starts(1000).delay(), MAX_DELAY);
     }
 
     #[test]
-    fn crash_looping_after_five_quick_crashes() {
-        assert!(!after_quick_crashes(CRASH_LOOP_AFTER - 1).crash_looping());
-        assert!(after_quick_crashes(CRASH_LOOP_AFTER).crash_looping());
+    fn crash_looping_after_five_failed_starts() {
+        assert!(!after_failed_starts(CRASH_LOOP_AFTER - 1).crash_looping());
+        assert!(after_failed_starts(CRASH_LOOP_AFTER).crash_looping());
     }
 
     #[test]
-    fn a_stable_run_forgives_the_past() {
-        let mut b = after_quick_crashes(8);
-        b.record_crash(STABLE_AFTER);
+    fn an_exit_after_a_start_restarts_at_once_whatever_came_before() {
+        let mut b = after_failed_starts(8);
+        b.record_exit(true);
         assert_eq!(b.delay(), Duration::ZERO);
         assert!(!b.crash_looping());
+        // ... and again, however often it happens.
+        for _ in 0..100 {
+            b.record_exit(true);
+            assert_eq!(b.delay(), Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn started_means_ready_and_up_past_the_threshold() {
+        assert!(had_started(true, START_THRESHOLD));
+        assert!(!had_started(
+            true,
+            START_THRESHOLD - Duration::from_millis(1)
+        ));
+        assert!(!had_started(false, Duration::from_secs(3600)));
     }
 
     #[test]
     fn reset_starts_clean() {
-        let mut b = after_quick_crashes(8);
+        let mut b = after_failed_starts(8);
         b.reset();
-        b.record_crash(Duration::ZERO);
+        b.record_exit(false);
         assert_eq!(b.delay(), Duration::ZERO);
     }
 }

@@ -92,7 +92,7 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     }
     // Then whatever they left outside their process groups.
     cgroup::init(root.path());
-    let escaped = cgroup::kill_leftovers().await;
+    let escaped = cgroup::tree().kill_leftovers().await;
     if escaped > 0 {
         tracing::warn!(
             instances = escaped,
@@ -148,7 +148,7 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         tracing::error!("log files not flushed within {FLUSH_BOUND:?}; some lines may be lost");
     }
     running.write_now();
-    cgroup::remove_tree();
+    cgroup::tree().remove_tree();
     let _ = fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())

@@ -7,6 +7,7 @@ mod backoff;
 mod cgroup;
 mod cron;
 mod daemon;
+mod exit;
 mod front;
 mod instance;
 mod leftovers;

@@ -1,7 +1,8 @@
 //! What the kernel says about a running process: memory, CPU time, start time, group.
 //!
-//! Read from `/proc/<pid>/stat` and `/proc/<pid>/statm`; every function returns `None` when
-//! the process is gone or the file does not parse, because a process can vanish at any time.
+//! Read from `/proc/<pid>/stat`, `statm` and `smaps_rollup`; every function returns `None`
+//! when the process is gone or the file does not parse, because a process can vanish at any
+//! time.
 
 use std::fs;
 use std::sync::OnceLock;
@@ -46,6 +47,51 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * page_size())
+}
+
+/// Proportional set size in bytes: the process's private memory plus its share of what it
+/// shares (a forked worker's pages it still shares with its master count half to each), so
+/// that a sum over processes counts every page once.
+pub fn pss_bytes(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The processes of process group `pgid`, zombies aside.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            stat(*pid).is_some_and(|s| i64::from(s.pgrp) == i64::from(pgid) && s.state != 'Z')
+        })
+        .collect()
+}
+
+/// The memory of every process of group `pgid`: PSS summed (RSS for a process whose PSS
+/// cannot be read). `None` when the group is gone.
+pub fn group_memory_bytes(pgid: u32) -> Option<u64> {
+    let members = group_members(pgid);
+    if members.is_empty() {
+        return None;
+    }
+    Some(
+        members
+            .into_iter()
+            .filter_map(|pid| pss_bytes(pid).or_else(|| rss_bytes(pid)))
+            .sum(),
+    )
 }
 
 /// CPU time (user + system) in seconds.
@@ -110,5 +156,37 @@ mod tests {
         let s = stat(me).unwrap();
         assert!(same_process(me, s.start_ticks));
         assert!(!same_process(me, s.start_ticks + 1));
+        let pss = pss_bytes(me).unwrap();
+        assert!(pss > 0 && pss <= rss_bytes(me).unwrap() * 2, "{pss}");
+    }
+
+    /// A group of three: the sum covers all of them (each at least its own PSS).
+    #[test]
+    fn a_group_is_measured_whole() {
+        use std::os::unix::process::CommandExt;
+        let mut leader = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = leader.id();
+        let mut members = Vec::new();
+        for _ in 0..500 {
+            members = group_members(pgid);
+            if members.len() == 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let total = group_memory_bytes(pgid);
+        let one = pss_bytes(pgid);
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let _ = leader.wait();
+        assert_eq!(members.len(), 3, "{members:?}");
+        assert!(total.unwrap() > one.unwrap(), "{total:?} vs {one:?}");
     }
 }

@@ -61,6 +61,7 @@ impl Snapshot {
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
             rss_bytes: self.pid.and_then(procinfo::rss_bytes),
+            memory_bytes: None,
             cpu_secs: self.pid.and_then(procinfo::cpu_secs),
             next_run: self.next_run.clone(),
             log_lines_dropped: dropped,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use piku_model::InstanceId;
@@ -76,9 +76,9 @@ fn is_simple_command(command: &str) -> bool {
 }
 
 /// Starts `launch` as instance `id`, in its own process group, with stdin from /dev/null and
-/// stdout/stderr piped (the caller hands them to the log sink). With a `cgroup` (its
-/// `cgroup.procs` file) the child joins it before exec.
-pub fn spawn(launch: &Launch, id: &InstanceId, cgroup: Option<&Path>) -> io::Result<Spawned> {
+/// stdout/stderr piped (the caller hands them to the log sink). The child writes itself into
+/// each of `cgroups` (`cgroup.procs` files) before exec.
+pub fn spawn(launch: &Launch, id: &InstanceId, cgroups: Vec<CString>) -> io::Result<Spawned> {
     let argv = argv(&launch.command);
     let (program, args) = argv
         .split_first()
@@ -100,8 +100,8 @@ pub fn spawn(launch: &Launch, id: &InstanceId, cgroup: Option<&Path>) -> io::Res
     if let Some(port) = launch.port {
         cmd.env("PORT", port.to_string());
     }
-    if let Some(procs) = cgroup.and_then(crate::cgroup::procs_file) {
-        join_cgroup_before_exec(&mut cmd, procs);
+    if !cgroups.is_empty() {
+        join_cgroups_before_exec(&mut cmd, cgroups);
     }
     let spawning = crate::reaper::spawning();
     let child = cmd.spawn()?;
@@ -112,19 +112,22 @@ pub fn spawn(launch: &Launch, id: &InstanceId, cgroup: Option<&Path>) -> io::Res
     Ok(Spawned { child, pid })
 }
 
-/// Makes the child write itself ("0") into `procs` between fork and exec, so that it is in
-/// its cgroup before it can fork anything. Failure leaves it where the daemon is (the
-/// process group still confines it), never fails the spawn.
-fn join_cgroup_before_exec(cmd: &mut Command, procs: CString) {
+/// Makes the child write itself ("0") into each `cgroup.procs` file between fork and exec,
+/// so that it is in its cgroups before it can fork anything. A failure leaves it where the
+/// daemon is in that hierarchy (the process group still confines it; a limit of that
+/// cgroup does not apply), never fails the spawn.
+fn join_cgroups_before_exec(cmd: &mut Command, procs: Vec<CString>) {
     // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
-    // allowed; it calls open, write and close on a C string allocated before the fork, and
-    // allocates nothing.
+    // allowed; it iterates a vector of C strings allocated before the fork and calls open,
+    // write and close on them, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
+            for file in &procs {
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
             }
             Ok(())
         });

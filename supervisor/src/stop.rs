@@ -6,7 +6,6 @@
 //! grandchild that ignores SIGTERM must still be gone (SIGKILL) when the stop is over. The
 //! sequence of a stop (SIGTERM, grace, SIGKILL) is decided by the instance state machine.
 
-use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -26,6 +25,15 @@ pub fn signal_group(pgid: u32, signal: Signal) {
     match killpg(Pid::from_raw(raw), signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
         Err(e) => tracing::warn!("killpg({pgid}, {signal}) failed: {e}"),
+    }
+}
+
+/// Signals one process; one that is already gone is not an error.
+pub fn signal_pid(pid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    match nix::sys::signal::kill(Pid::from_raw(raw), signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => tracing::warn!("kill({pid}, {signal}) failed: {e}"),
     }
 }
 
@@ -81,15 +89,5 @@ async fn wait_group_empty(pgid: u32, deadline: Instant) -> bool {
             return false;
         }
         sleep(GROUP_POLL).await;
-    }
-}
-
-/// `exit 1`, `signal 9`: how status and logs name an exit.
-pub fn describe_exit(status: &ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit {code}"),
-        (None, Some(sig)) => format!("signal {sig}"),
-        (None, None) => "unknown exit".to_string(),
     }
 }

@@ -65,6 +65,28 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
     if spec.settings.log_max_bytes == 0 {
         problems.push("log_max_bytes must be above 0".to_string());
     }
+    let limits = &spec.settings.limits;
+    if limits
+        .memory_max_bytes
+        .is_some_and(|b| b < piku_model::limits::MIN_MEMORY_MAX)
+    {
+        problems.push(format!(
+            "memory_max_bytes must be at least {} (4 MiB)",
+            piku_model::limits::MIN_MEMORY_MAX
+        ));
+    }
+    if limits
+        .cpu_quota_percent
+        .is_some_and(|p| !(1..=piku_model::limits::MAX_CPU_QUOTA_PERCENT).contains(&p))
+    {
+        problems.push(format!(
+            "cpu_quota_percent must be from 1 to {}",
+            piku_model::limits::MAX_CPU_QUOTA_PERCENT
+        ));
+    }
+    if limits.tasks_max == Some(0) {
+        problems.push("tasks_max must be at least 1".to_string());
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -126,6 +148,18 @@ mod tests {
             "cron1 appears twice",
             "cron entry cron1",
         ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let mut s = good();
+        s.settings.limits.memory_max_bytes = Some(1024);
+        s.settings.limits.cpu_quota_percent = Some(0);
+        s.settings.limits.tasks_max = Some(0);
+        let err = spec(&s).unwrap_err();
+        for needle in ["memory_max_bytes", "cpu_quota_percent", "tasks_max"] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
     }

@@ -656,3 +656,64 @@ fn a_first_release_that_never_becomes_ready_is_refused_and_leaves_nothing_runnin
             .starts_with("v1 web.1")
     );
 }
+
+/// Issue 14's memory ceiling behind the front: a web instance whose memory crosses the soft
+/// mark (90 % of `PIKU_MEMORY_MAX`) is replaced through the switch, a new one beside it,
+/// and no request is lost.
+#[test]
+fn a_leaking_web_instance_is_replaced_at_the_soft_mark_without_losing_a_request() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut spec = fronted("leaky", &root, 1);
+    // 60 MiB at once, then 2 MiB/s: the soft mark (90M) a few seconds in, the limit 5 s
+    // after it; the replacement and the drain take well under that.
+    spec.env.insert("LEAK_START_MIB".into(), "60".into());
+    spec.env.insert("LEAK_MIB_PER_SEC".into(), "2".into());
+    spec.env.insert("CONTENT".into(), "leaky".into());
+    spec.settings.limits.memory_max_bytes = Some(100 << 20);
+    let report = daemon.apply(&spec);
+    println!("apply warnings: {:?}", report.warnings);
+    let addr = front_addr(&daemon, "leaky");
+    wait_backends(&daemon, "leaky", 1);
+    let old = daemon.wait_state("leaky", "web.1", InstanceState::Running);
+    let load = Load::start(&addr);
+    load.wait_more(20);
+    let new = wait_for(
+        "web.1 to be replaced at the soft mark",
+        Duration::from_secs(60),
+        || {
+            let i = daemon.instance("leaky", "web.1");
+            (i.pid != old.pid && i.state == InstanceState::Running).then_some(i)
+        },
+    );
+    wait_for("the old instance to stop", Duration::from_secs(20), || {
+        (!alive(old.pid.unwrap())).then_some(())
+    });
+    load.wait_more(20);
+    let (bodies, failures) = load.finish();
+    assert!(failures.is_empty(), "lost requests: {failures:?}");
+    assert_eq!(
+        new.last_exit.as_deref(),
+        Some("memory-soft-limit restart"),
+        "{new:?}"
+    );
+    assert_eq!(new.restarts, 1);
+    assert_ne!(new.port, old.port, "the replacement ran beside the old one");
+    let served_by = |pid: Option<u32>| {
+        let pid = format!(" {}", pid.unwrap());
+        bodies
+            .iter()
+            .filter(|b| b.trim_end().ends_with(&pid))
+            .count()
+    };
+    println!(
+        "{} requests during the replacement: {} by the old instance, {} by the new, 0 failed",
+        bodies.len(),
+        served_by(old.pid),
+        served_by(new.pid)
+    );
+    assert!(served_by(old.pid) > 0 && served_by(new.pid) > 0);
+    let log = root.wait_log("leaky", "web.1", "a new instance takes over first");
+    assert!(log.contains("crossed the soft mark 90M"), "{log}");
+    assert!(!log.contains("oom-killed"), "{log}");
+}

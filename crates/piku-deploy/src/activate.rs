@@ -176,6 +176,7 @@ pub fn prepare(
         _ => None,
     };
     let mut app_settings = settings::app_settings(&env, &mut warnings);
+    app_settings.limits = settings::limits(&env)?;
     let front = plan(root, app, &env, procfile, &src, &mut warnings)?;
     app_settings.front = front.spec.clone();
     let existing = current_scaling(root, app, log);
@@ -268,6 +269,9 @@ impl Activation {
         }
         for n in &report.stopped {
             log.step(format!("terminating {}", name(n)));
+        }
+        for warning in &report.warnings {
+            log.step(format!("Warning: {warning}"));
         }
 
         app_config::write_live_env(root, app, &self.spec.env)?;

@@ -1,10 +1,12 @@
 //! The deploy's own settings, read from the app's merged environment: how numbers and booleans
 //! are read (a bad value is a warning and the default, as piku did), and the supervisor knobs
-//! that ride in the app's spec (`PIKU_STOP_GRACE`, `UWSGI_LOG_MAXSIZE`), plus
-//! `PIKU_KEEP_RELEASES`.
+//! that ride in the app's spec (`PIKU_STOP_GRACE`, `UWSGI_LOG_MAXSIZE`, and the resource
+//! limits, which are refused when malformed), plus `PIKU_KEEP_RELEASES`.
 
-use piku_model::EnvMap;
-use piku_proto::AppSettings;
+use piku_model::{EnvMap, Limits};
+use piku_proto::{AppSettings, ResourceLimits};
+
+use crate::error::DeployError;
 
 /// Successful releases kept for rollback when `PIKU_KEEP_RELEASES` is unset.
 pub const DEFAULT_KEEP_RELEASES: usize = 5;
@@ -51,7 +53,20 @@ pub fn app_settings(env: &EnvMap, warnings: &mut Vec<String>) -> AppSettings {
         log_max_bytes: number(env, "UWSGI_LOG_MAXSIZE", defaults.log_max_bytes, warnings),
         log_backups: defaults.log_backups,
         front: None,
+        limits: defaults.limits,
     }
+}
+
+/// `PIKU_MEMORY_MAX`, `PIKU_CPU_QUOTA`, `PIKU_TASKS_MAX` (piku-model's parser, as
+/// `config:set` uses). Unlike the knobs above, a malformed limit refuses the deploy: a
+/// limit silently dropped is one the user believes in.
+pub fn limits(env: &EnvMap) -> Result<ResourceLimits, DeployError> {
+    let limits = Limits::from_env(env).map_err(DeployError::refused)?;
+    Ok(ResourceLimits {
+        memory_max_bytes: limits.memory_max_bytes,
+        cpu_quota_percent: limits.cpu_quota_percent,
+        tasks_max: limits.tasks_max,
+    })
 }
 
 /// `PIKU_KEEP_RELEASES`, default 5, at least 1.
@@ -77,5 +92,20 @@ mod tests {
         assert_eq!(keep_releases(&EnvMap::new(), &mut warnings), 5);
         assert!(is_true(Some(&"Yes".to_owned())));
         assert!(!is_true(Some(&"0".to_owned())));
+    }
+
+    #[test]
+    fn limits_are_read_and_a_malformed_one_refuses() {
+        let env = EnvMap::from([
+            ("PIKU_MEMORY_MAX".into(), "256M".into()),
+            ("PIKU_CPU_QUOTA".into(), "50%".into()),
+        ]);
+        let limits = limits(&env).unwrap();
+        assert_eq!(limits.memory_max_bytes, Some(256 << 20));
+        assert_eq!(limits.cpu_quota_percent, Some(50));
+        assert_eq!(limits.tasks_max, None);
+        let env = EnvMap::from([("PIKU_TASKS_MAX".into(), "lots".into())]);
+        let err = super::limits(&env).unwrap_err().to_string();
+        assert!(err.starts_with("PIKU_TASKS_MAX='lots' must be"), "{err}");
     }
 }

@@ -7,6 +7,7 @@
 //! - [`scaling`]: `SCALING` files and `ps:scale` arguments ([`parse_scaling`]).
 //! - [`kind`]: process kind names, instance caps and [`InstanceId`] (`web.1`).
 //! - [`cron`]: cron schedules for `cron*` Procfile kinds ([`CronSchedule`]).
+//! - [`limits`]: per-instance resource limits (`PIKU_MEMORY_MAX`, …) ([`Limits`]).
 //! - [`problems`]: [`Problems`], every problem of one input at once.
 //!
 //! The crate is pure: it never touches the disk except [`PikuRoot::create_layout`], and it
@@ -19,6 +20,7 @@ pub mod app_name;
 pub mod cron;
 pub mod env;
 pub mod kind;
+pub mod limits;
 pub mod paths;
 pub mod problems;
 pub mod procfile;
@@ -34,6 +36,7 @@ pub use kind::{
     InstanceId, KindError, MAX_INSTANCES_PER_KIND, MAX_KIND_LEN, check_count, check_kind,
     is_valid_kind, running_count,
 };
+pub use limits::{LimitError, Limits};
 pub use paths::{ModelError, PikuRoot};
 pub use problems::Problems;
 pub use procfile::{

@@ -118,6 +118,29 @@ pub struct AppSettings {
     /// The app's HTTP front (hyper-proxy-glue inside the daemon). `None`: web instances are
     /// reached on their own ports only, and a deploy restarts them in place.
     pub front: Option<FrontSpec>,
+    /// Resource limits of each instance (`PIKU_MEMORY_MAX`, `PIKU_CPU_QUOTA`,
+    /// `PIKU_TASKS_MAX`), applied in its cgroup.
+    pub limits: ResourceLimits,
+}
+
+/// What one instance (all of its processes) may use, as systemd's `MemoryMax=`, `CPUQuota=`
+/// and `TasksMax=` set it. `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourceLimits {
+    /// Memory of the instance's cgroup, in bytes: the kernel's OOM killer acts beyond it,
+    /// and the daemon restarts the instance gracefully when its working set crosses 90 % of it.
+    pub memory_max_bytes: Option<u64>,
+    /// CPU time per wall time, in percent of one CPU (`200` = two CPUs).
+    pub cpu_quota_percent: Option<u32>,
+    /// Processes and threads.
+    pub tasks_max: Option<u64>,
+}
+
+impl ResourceLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == ResourceLimits::default()
+    }
 }
 
 /// Where the daemon listens for an app's HTTP traffic, and how it knows an instance is ready.
@@ -168,6 +191,7 @@ impl Default for AppSettings {
             log_max_bytes: 1024 * 1024,
             log_backups: 1,
             front: None,
+            limits: ResourceLimits::default(),
         }
     }
 }
@@ -211,6 +235,10 @@ pub struct ApplyReport {
     pub stopped: Vec<String>,
     pub restarted: Vec<String>,
     pub unchanged: Vec<String>,
+    /// What the daemon could not do as asked, for the user's terminal (`PIKU_MEMORY_MAX`
+    /// on a host without a memory cgroup controller).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// The state of one app as the daemon sees it.
@@ -225,6 +253,9 @@ pub struct AppStatus {
     /// The HTTP front, when the app has one.
     #[serde(default)]
     pub front: Option<FrontStatus>,
+    /// The limits each instance runs under.
+    #[serde(default)]
+    pub limits: ResourceLimits,
 }
 
 /// What the app's HTTP front is doing.
@@ -249,9 +280,15 @@ pub struct InstanceStatus {
     pub uptime_secs: Option<u64>,
     /// Restarts after the process exited on its own (crashes), since the last apply.
     pub restarts: u32,
-    /// `exit 1`, `signal 9`, … of the previous process.
+    /// How the previous process ended: `exit 1`, `SIGKILL`, `SIGSEGV (core dumped)`,
+    /// `oom-killed`, `memory-soft-limit restart`, or why it could not start.
     pub last_exit: Option<String>,
+    /// Resident memory of the instance's main process alone.
     pub rss_bytes: Option<u64>,
+    /// Memory of all of the instance's processes: its cgroup's working set (usage less
+    /// inactive file cache), else the PSS summed over its process group.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
     /// CPU time (user + system) used by the current process, in seconds.
     pub cpu_secs: Option<f64>,
     /// For cron entries: the next run, RFC 3339 in local time.
@@ -346,6 +383,28 @@ mod tests {
             panic!("not an apply")
         };
         assert_eq!(spec.settings, AppSettings::default());
+    }
+
+    #[test]
+    fn limits_default_to_none_in_older_state_and_round_trip() {
+        let old = r#"{"stop_grace_ms":1000,"log_max_bytes":5,"log_backups":1,"front":null}"#;
+        let settings: AppSettings = serde_json::from_str(old).unwrap();
+        assert!(settings.limits.is_empty());
+        let limits = ResourceLimits {
+            memory_max_bytes: Some(256 << 20),
+            cpu_quota_percent: Some(50),
+            tasks_max: Some(64),
+        };
+        let json = serde_json::to_string(&limits).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ResourceLimits>(&json).unwrap(),
+            limits
+        );
+        let report: ApplyReport = serde_json::from_str(
+            r#"{"app":"a","release":"v1","started":[],"stopped":[],"restarted":[],"unchanged":[]}"#,
+        )
+        .unwrap();
+        assert!(report.warnings.is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use piku_deploy::app_config::{read_overrides, write_overrides};
 use piku_deploy::files::read_optional;
 use piku_deploy::releases;
-use piku_model::{AppName, EnvMap, check_env_key};
+use piku_model::{AppName, EnvMap, check_env_key, limits};
 
 use super::Ctx;
 use super::args::{Args, is_deployed};
@@ -113,6 +113,8 @@ fn parse_setting(setting: &str) -> anyhow::Result<(String, String)> {
     if value.contains(['\n', '\r', '\0']) {
         bail!("the value of '{key}' must be a single line");
     }
+    // A limit the next deploy would refuse is refused now, before anything is saved.
+    limits::check_setting(key, value)?;
     Ok((key.to_owned(), value.to_owned()))
 }
 
@@ -153,5 +155,22 @@ mod tests {
         );
         assert!(parse_setting("1X=y").is_err());
         assert!(parse_setting("X=a\nY=b").is_err());
+    }
+
+    #[test]
+    fn malformed_limits_are_refused_in_one_line() {
+        assert_eq!(
+            parse_setting("PIKU_MEMORY_MAX=256M").unwrap(),
+            ("PIKU_MEMORY_MAX".into(), "256M".into())
+        );
+        let err = parse_setting("PIKU_CPU_QUOTA=half")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("PIKU_CPU_QUOTA='half' must be a whole percentage"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+        assert!(parse_setting("PIKU_TASKS_MAX=0").is_err());
     }
 }

@@ -7,7 +7,7 @@ use anyhow::bail;
 use piku_deploy::app_config::{read_scaling, write_scaling};
 use piku_deploy::front::spec::answers;
 use piku_model::{is_valid_kind, parse_scale_args};
-use piku_proto::{AppStatus, InstanceState, InstanceStatus, Request};
+use piku_proto::{AppStatus, InstanceState, InstanceStatus, Request, ResourceLimits};
 use serde::Serialize;
 
 use super::Ctx;
@@ -23,6 +23,10 @@ struct PsJson {
     stopped: bool,
     formation: BTreeMap<String, u32>,
     processes: Vec<ProcessJson>,
+    /// The memory of every process of the app (the sum of `processes[].memory_bytes`).
+    memory_bytes: Option<u64>,
+    /// What each instance may use (`null`: no limit).
+    limits: ResourceLimits,
     /// The HTTP front, when the app has one (listener and the instances behind it).
     #[serde(skip_serializing_if = "Option::is_none")]
     front: Option<piku_proto::FrontStatus>,
@@ -38,6 +42,9 @@ struct ProcessJson {
     port: Option<u16>,
     uptime_secs: Option<u64>,
     restarts: u32,
+    /// All of the instance's processes (its cgroup's working set, or their PSS).
+    memory_bytes: Option<u64>,
+    /// Its main process alone.
     rss_bytes: Option<u64>,
     cpu_secs: Option<f64>,
     last_exit: Option<String>,
@@ -55,6 +62,7 @@ impl From<&InstanceStatus> for ProcessJson {
             port: i.port,
             uptime_secs: i.uptime_secs,
             restarts: i.restarts,
+            memory_bytes: memory(i),
             rss_bytes: i.rss_bytes,
             cpu_secs: i.cpu_secs,
             last_exit: i.last_exit.clone(),
@@ -78,6 +86,8 @@ pub fn ps(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
             stopped: status.stopped,
             formation: status.formation.clone(),
             processes: status.instances.iter().map(ProcessJson::from).collect(),
+            memory_bytes: total_memory(&status),
+            limits: status.limits,
             front: status.front.clone(),
         })?;
     } else {
@@ -95,7 +105,37 @@ pub fn ps(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The `ps` text: a summary line, then one row per instance.
+/// The memory of an instance: all of its processes, or its main one from an older daemon.
+fn memory(i: &InstanceStatus) -> Option<u64> {
+    i.memory_bytes.or(i.rss_bytes)
+}
+
+/// The memory of every instance that runs.
+fn total_memory(status: &AppStatus) -> Option<u64> {
+    status
+        .instances
+        .iter()
+        .filter_map(memory)
+        .reduce(|a, b| a + b)
+}
+
+/// `memory 256M, cpu 50%, tasks 64`, or `None` without limits.
+fn render_limits(limits: &ResourceLimits) -> Option<String> {
+    let parts: Vec<String> = [
+        limits
+            .memory_max_bytes
+            .map(|b| format!("memory {}", piku_model::limits::Size(b))),
+        limits.cpu_quota_percent.map(|p| format!("cpu {p}%")),
+        limits.tasks_max.map(|n| format!("tasks {n}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// The `ps` text: a summary line, then one row per instance, then the app's total memory
+/// and its limits.
 fn render_ps(status: &AppStatus) -> String {
     let formation = status
         .formation
@@ -143,7 +183,7 @@ fn render_ps(status: &AppStatus) -> String {
             i.port.map_or_else(dash, |p| p.to_string()),
             i.uptime_secs.map_or_else(dash, human_duration),
             i.restarts.to_string(),
-            i.rss_bytes.map_or_else(dash, human_bytes),
+            memory(i).map_or_else(dash, human_bytes),
             i.cpu_secs.map_or_else(dash, human_cpu),
             i.last_exit.clone().unwrap_or_else(dash),
         ];
@@ -153,6 +193,15 @@ fn render_ps(status: &AppStatus) -> String {
         table.row(row);
     }
     text.push_str(&table.render());
+    let mut total = format!(
+        "memory: {} in all",
+        total_memory(status).map_or_else(dash, human_bytes)
+    );
+    if let Some(limits) = render_limits(&status.limits) {
+        total.push_str(&format!("; limits per instance: {limits}"));
+    }
+    text.push_str(&total);
+    text.push('\n');
     let crashing: Vec<String> = status
         .instances
         .iter()
@@ -267,6 +316,7 @@ mod tests {
             restarts: 0,
             last_exit: None,
             rss_bytes: Some(3 * 1024 * 1024),
+            memory_bytes: (kind == "web").then_some(40 * 1024 * 1024),
             cpu_secs: Some(0.5),
             next_run: None,
             log_lines_dropped: 0,
@@ -285,6 +335,11 @@ mod tests {
                 instance("worker", 1, InstanceState::CrashLooping),
             ],
             front: None,
+            limits: ResourceLimits {
+                memory_max_bytes: Some(256 << 20),
+                cpu_quota_percent: Some(50),
+                tasks_max: None,
+            },
         };
         let text = render_ps(&status);
         let lines: Vec<&str> = text.lines().collect();
@@ -294,11 +349,17 @@ mod tests {
             lines[2].starts_with("web.1     running        4242  5001  1m15s"),
             "{text}"
         );
-        assert!(lines[2].contains("3.0M"), "{text}");
+        // All of web.1's processes; worker.1 from an older daemon: its main process.
+        assert!(lines[2].contains("40.0M"), "{text}");
+        assert!(lines[3].contains("3.0M"), "{text}");
         assert!(
             lines[3].starts_with("worker.1  crash-looping  4242  -"),
             "{text}"
         );
-        assert!(lines[4].contains("crash-looping: worker.1"), "{text}");
+        assert_eq!(
+            lines[4],
+            "memory: 43.0M in all; limits per instance: memory 256M, cpu 50%"
+        );
+        assert!(lines[5].contains("crash-looping: worker.1"), "{text}");
     }
 }

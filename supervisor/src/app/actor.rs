@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use piku_model::InstanceId;
 use piku_proto::ApplyReport;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 use super::command::{AppError, AppHandle, Command, Directory, Progress, Reply};
 use super::switch::{Switch, Unhealthy};
 use super::{App, Ctx, Pending};
+use crate::logs::LogSink;
 use crate::state::SavedApp;
 
 /// Starts the actor of `name`: with the app saved in the state file (`restore`, at boot),
@@ -42,6 +44,7 @@ pub fn spawn(
         busy: None,
         queue: VecDeque::new(),
         shutting_down: false,
+        ceiling_at: None,
     };
     tokio::spawn(actor.run(commands, restore));
     AppHandle { id, mailbox }
@@ -59,6 +62,8 @@ pub(super) struct Actor {
     /// Changing commands that arrived while busy.
     queue: VecDeque<Command>,
     shutting_down: bool,
+    /// When the memory ceiling is next checked (`ceiling.rs`).
+    pub(super) ceiling_at: Option<Instant>,
 }
 
 /// What the actor does once the work it was busy with is over.
@@ -87,6 +92,13 @@ pub(super) enum AfterSwitch {
         kind: Option<String>,
         reply: Reply<()>,
     },
+    /// A web instance replaced for its memory: the new one takes over its history
+    /// (`restarts` + 1); a failure is noted in the old one's log (`sink`).
+    Recycle {
+        id: InstanceId,
+        restarts: u32,
+        sink: LogSink,
+    },
 }
 
 /// A first start waiting for its web instances (`lifecycle.rs`).
@@ -114,6 +126,7 @@ impl Actor {
             self.restore(saved).await;
         }
         loop {
+            let ceiling = self.next_ceiling_check();
             let resumed = tokio::select! {
                 biased;
                 resume = busy(&mut self.busy) => Some(resume),
@@ -125,6 +138,10 @@ impl Actor {
                     // The registry is gone: the daemon is exiting.
                     None => return,
                 },
+                () = until(ceiling) => {
+                    self.check_ceiling();
+                    None
+                }
             };
             if let Some(resume) = resumed {
                 self.busy = None;
@@ -180,6 +197,14 @@ impl Actor {
                 let _ = reply.send(self.app.as_ref().map(App::status));
             }
             Command::Shutdown { reply } => self.shutdown(reply),
+            Command::Recycle { id, pid } => self.recycle(id, pid),
+        }
+    }
+
+    /// Queues a command of the actor's own, carried out in turn.
+    pub(super) fn post(&mut self, command: Command) {
+        if !self.shutting_down {
+            self.queue.push_back(command);
         }
     }
 
@@ -293,6 +318,13 @@ pub(super) fn existing<'a, T>(
             let _ = reply.send(Err(AppError::UnknownApp(name.to_string())));
             None
         }
+    }
+}
+
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

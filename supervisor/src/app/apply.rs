@@ -9,6 +9,7 @@ use super::App;
 use super::actor::{Actor, AfterSwitch, Resume, existing};
 use super::command::{AppError, Progress, Reply};
 use super::switch::{self, Renew, Switch, Unhealthy};
+use crate::exit::MEMORY_SOFT_LIMIT;
 
 impl Actor {
     /// `Apply`: the app's desired state becomes `spec` (the app is created if new); the
@@ -178,6 +179,14 @@ impl Actor {
                 self.record();
                 self.answer_after(pending, reply, Ok(()));
             }
+            AfterSwitch::Recycle { id, restarts, .. } => {
+                if let Some(new) = app.instances.get(&id) {
+                    new.inherit(restarts + 1, MEMORY_SOFT_LIMIT);
+                }
+                // Its new port is saved; the old instance is drained and stopped meanwhile.
+                self.record();
+                self.answer_with(pending, |_: Result<(), AppError>| {}, Ok(()));
+            }
         }
     }
 }
@@ -191,6 +200,11 @@ impl AfterSwitch {
             AfterSwitch::Restart { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
+            AfterSwitch::Recycle { sink, .. } => sink.note(&format!(
+                "the replacement was abandoned ({}); this instance keeps serving up to the \
+                 kernel's limit",
+                crate::report::chain(&error)
+            )),
         }
     }
 }

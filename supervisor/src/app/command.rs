@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use piku_model::InstanceId;
 use piku_proto::{AppSpec, AppStatus, ApplyReport};
 use tokio::sync::{mpsc, oneshot};
 
@@ -51,6 +52,12 @@ pub enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Replace web instance `id` through the switch if it still runs process `pid`: its
+    /// memory crossed the soft mark (`ceiling.rs`). The actor posts it to itself.
+    Recycle {
+        id: InstanceId,
+        pid: u32,
+    },
 }
 
 impl Command {
@@ -73,6 +80,8 @@ impl Command {
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
             }
+            // Asked by nobody: nothing to answer.
+            Command::Recycle { .. } => {}
         }
     }
 }

@@ -55,6 +55,7 @@ impl App {
                     },
                     health_path,
                     schedule: schedule.clone(),
+                    limits: self.spec.settings.limits,
                 };
                 out.insert(id, config);
             }

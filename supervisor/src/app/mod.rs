@@ -11,10 +11,12 @@
 //! - `reconcile.rs`: starting, stopping and replacing instances to match.
 //! - `listen.rs`: the app's front (listeners opened, rebound, closed; its members).
 //! - `switch.rs`: the zero-downtime switch of web instances, and readiness waits.
+//! - `ceiling.rs`: the memory soft mark of `PIKU_MEMORY_MAX` (`Recycle`).
 //! - `status.rs`: what `Status` shows.
 
 pub mod actor;
 mod apply;
+mod ceiling;
 pub mod command;
 mod formation;
 mod lifecycle;
@@ -64,6 +66,10 @@ pub struct App {
     front: Option<AppFront>,
     /// New web instances of a switch in progress, started beside those in `instances`.
     switching: BTreeMap<InstanceId, InstanceHandle>,
+    /// The process of each instance last recycled for its memory (recycled once).
+    recycled: BTreeMap<InstanceId, u32>,
+    /// The OOM kills last seen in each instance's cgroup, and the process it then ran.
+    oom_kills_seen: BTreeMap<InstanceId, (u32, u64)>,
 }
 
 impl App {
@@ -85,6 +91,8 @@ impl App {
             instances: BTreeMap::new(),
             front: None,
             switching: BTreeMap::new(),
+            recycled: BTreeMap::new(),
+            oom_kills_seen: BTreeMap::new(),
         }
     }
 

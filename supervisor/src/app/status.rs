@@ -37,6 +37,7 @@ impl App {
                 .collect(),
             instances,
             front: self.front_status(),
+            limits: self.spec.settings.limits,
         }
     }
 }
@@ -52,6 +53,7 @@ fn stopped(id: &InstanceId, port: Option<u16>) -> InstanceStatus {
         restarts: 0,
         last_exit: None,
         rss_bytes: None,
+        memory_bytes: None,
         cpu_secs: None,
         next_run: None,
         log_lines_dropped: 0,

@@ -32,6 +32,8 @@ pub enum Renew {
     All,
     /// Those of one kind (`Restart web`).
     Kind(String),
+    /// One instance (recycled for its memory).
+    Instance(InstanceId),
 }
 
 /// A new web instance to wait for.
@@ -88,6 +90,7 @@ impl Switch {
                             .is_none_or(|old| !old.config.same_process_as(want)),
                         Renew::All => true,
                         Renew::Kind(kind) => *kind == id.kind,
+                        Renew::Instance(one) => one == id,
                     }
             })
             .collect();

@@ -557,3 +557,118 @@ async fn starting_a_stopped_app_whose_release_fails_keeps_it_stopped() {
     assert!(h.fake.alive().is_empty());
     assert!(h.ctx.store.snapshot().apps["shop"].stopped);
 }
+
+/// `fronted` with `PIKU_MEMORY_MAX=100M` (soft mark 90M).
+fn capped(release: &str) -> AppSpec {
+    let mut spec = fronted(release, 1);
+    spec.settings.limits.memory_max_bytes = Some(100 << 20);
+    spec
+}
+
+impl Harness {
+    /// The status of one instance.
+    async fn instance(&self, name: &str) -> piku_proto::InstanceStatus {
+        let status = self.status().await.expect("the app exists");
+        status
+            .instances
+            .into_iter()
+            .find(|i| i.name() == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_the_soft_mark_nothing_happens() {
+    let h = harness();
+    h.apply(&capped("v1")).await.0.unwrap();
+    h.all_running().await;
+    let before = h.instances().await;
+    for (pid, _, _) in before.values() {
+        h.fake.world().memory.insert(pid.unwrap(), 89 << 20);
+    }
+    tokio::time::sleep(super::ceiling::CHECK_EVERY * 5).await;
+    assert_eq!(h.instances().await, before);
+    assert!(!h.fake.log().iter().any(|l| l.contains("soft mark")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_over_the_soft_mark_is_restarted_in_place_and_says_why() {
+    let h = harness();
+    h.apply(&capped("v1")).await.0.unwrap();
+    h.all_running().await;
+    let old = h.instance("worker.1").await.pid.unwrap();
+    h.fake.world().memory.insert(old, 91 << 20);
+    tokio::time::sleep(super::ceiling::CHECK_EVERY * 2).await;
+    h.all_running().await;
+    let worker = h.instance("worker.1").await;
+    assert_ne!(worker.pid, Some(old));
+    assert_eq!(
+        worker.last_exit.as_deref(),
+        Some("memory-soft-limit restart")
+    );
+    assert_eq!(worker.restarts, 1);
+    let log = h.fake.log();
+    let note = log
+        .iter()
+        .position(|l| l.contains("crossed the soft mark 90M (90 % of PIKU_MEMORY_MAX=100M)"))
+        .unwrap_or_else(|| panic!("{log:?}"));
+    assert_eq!(log[note + 1], format!("term {old}"), "{log:?}");
+    // Asked once per process: the old one's figure does not ask again.
+    assert_eq!(
+        log.iter().filter(|l| l.contains("soft mark")).count(),
+        1,
+        "{log:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_web_instance_over_the_soft_mark_is_replaced_through_the_switch() {
+    let h = harness();
+    h.apply(&capped("v1")).await.0.unwrap();
+    h.all_running().await;
+    let old = h.instance("web.1").await;
+    let worker = h.instance("worker.1").await.pid;
+    h.fake.world().memory.insert(old.pid.unwrap(), 95 << 20);
+    // The check, the new instance's readiness, the drain of the old one.
+    tokio::time::sleep(super::ceiling::CHECK_EVERY * 3).await;
+    h.all_running().await;
+    let new = h.instance("web.1").await;
+    assert_ne!(new.pid, old.pid);
+    assert_ne!(
+        new.port, old.port,
+        "a replacement on a fresh port, beside the old one"
+    );
+    assert_eq!(new.last_exit.as_deref(), Some("memory-soft-limit restart"));
+    assert_eq!(new.restarts, 1);
+    assert_eq!(
+        h.instance("worker.1").await.pid,
+        worker,
+        "the worker is left alone"
+    );
+    let log = h.fake.log();
+    // The new one was spawned before the old one was told to stop.
+    let spawned = log
+        .iter()
+        .position(|l| *l == format!("spawn {}", new.pid.unwrap()))
+        .unwrap();
+    let stopped = log
+        .iter()
+        .position(|l| *l == format!("term {}", old.pid.unwrap()))
+        .unwrap_or_else(|| panic!("the old one is stopped: {log:?}"));
+    assert!(spawned < stopped, "{log:?}");
+    h.ctx.logs.flush_all().await;
+    let lines: Vec<String> = h
+        .ctx
+        .logs
+        .tail("shop", Some("web.1"), 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("crossed the soft mark 90M")
+            && l.ends_with("a new instance takes over first")),
+        "{lines:?}"
+    );
+}

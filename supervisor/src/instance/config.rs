@@ -3,6 +3,7 @@
 //! that an instance can be left alone.
 
 use piku_model::{CronSchedule, InstanceId};
+use piku_proto::ResourceLimits;
 
 use super::machine::Duty;
 use crate::spawn::Launch;
@@ -21,12 +22,18 @@ pub struct InstanceConfig {
     pub health_path: Option<String>,
     /// `Some` for a cron entry.
     pub schedule: Option<CronSchedule>,
+    /// What the instance's cgroup allows it (set when its cgroup is made, before its first
+    /// process: a change needs a new instance).
+    pub limits: ResourceLimits,
 }
 
 impl InstanceConfig {
     /// Whether a process started for `self` is what `want` asks for.
     pub fn same_process_as(&self, want: &InstanceConfig) -> bool {
-        self.launch == want.launch && self.release == want.release && self.schedule == want.schedule
+        self.launch == want.launch
+            && self.release == want.release
+            && self.schedule == want.schedule
+            && self.limits == want.limits
     }
 
     pub fn duty(&self) -> Duty {

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::config::InstanceConfig;
 use super::host::{Child, GroupSignal, Host};
-use super::{Done, InstanceHandle, Launcher};
+use super::{Done, InstanceHandle, Launcher, Meter, With};
 use crate::logs::LogSink;
 
 /// What the fake children do, and what the shells did to them.
@@ -36,6 +36,8 @@ pub struct World {
     pub unready: BTreeSet<String>,
     /// Releases whose processes exit at once, with this.
     pub exit_at_start: BTreeMap<String, String>,
+    /// What the meter says each process uses (none: unknown).
+    pub memory: BTreeMap<u32, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,9 +141,9 @@ impl Host for Fake {
             w.ignores_term
         };
         match signal {
-            GroupSignal::Term if !ignores_term => self.exit(pgid, "signal 15"),
+            GroupSignal::Term if !ignores_term => self.exit(pgid, "SIGTERM"),
             GroupSignal::Term => {}
-            GroupSignal::Kill => self.exit(pgid, "signal 9"),
+            GroupSignal::Kill => self.exit(pgid, "SIGKILL"),
         }
     }
 
@@ -203,6 +205,22 @@ impl Launcher for FakeLauncher {
             sink: Some(sink.clone()),
         };
         // Cron entries are not exercised through the launcher.
-        InstanceHandle::with_host(config, grace, sink, host, None, after)
+        let with = With {
+            host,
+            schedule: None,
+            meter: Arc::new(self.fake.clone()),
+        };
+        InstanceHandle::with(config, grace, sink, with, after)
+    }
+}
+
+/// The fake's memory figures, as the world says.
+impl Meter for Fake {
+    fn memory_bytes(&self, _config: &InstanceConfig, pid: u32) -> Option<u64> {
+        self.world().memory.get(&pid).copied()
+    }
+
+    fn oom_kills(&self, _config: &InstanceConfig) -> Option<u64> {
+        None
     }
 }

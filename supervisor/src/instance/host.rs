@@ -7,7 +7,6 @@
 //! can be watched the same way.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +15,11 @@ use hyper_proxy_glue::{HealthCheck, wait_healthy};
 use nix::sys::signal::Signal;
 
 use super::config::InstanceConfig;
+use crate::cgroup::{self, InstanceCgroup};
 use crate::leftovers::Running;
 use crate::logs::LogSink;
 use crate::spawn::{self, Spawned};
-use crate::{cgroup, reaper, stop};
+use crate::{exit, reaper, stop};
 
 /// A port probe gets this long to connect (loopback: plenty)...
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
@@ -31,7 +31,8 @@ const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A started process.
 pub struct Child {
     pub pid: u32,
-    /// Resolves when the process has exited (and is reaped), with how: `exit 1`, `signal 9`.
+    /// Resolves when the process has exited (and is reaped), with how: `exit 1`, `SIGKILL`,
+    /// `oom-killed`.
     pub exit: BoxFuture<'static, String>,
 }
 
@@ -66,9 +67,9 @@ pub struct ProcessHost {
     config: InstanceConfig,
     sink: LogSink,
     running: Arc<Running>,
-    /// The instance's cgroup; made at its first spawn, once the instance it replaces (which
-    /// removes the cgroup when it ends) is gone.
-    cgroup: Option<Option<PathBuf>>,
+    /// The instance's cgroups; made (with its limits) at its first spawn, once the instance
+    /// it replaces (which removes them when it ends) is gone.
+    cgroup: Option<InstanceCgroup>,
 }
 
 impl ProcessHost {
@@ -81,19 +82,28 @@ impl ProcessHost {
         }
     }
 
-    fn cgroup(&mut self) -> Option<PathBuf> {
-        let (app, slot) = (&self.config.app, self.config.slot());
-        self.cgroup
-            .get_or_insert_with(|| cgroup::instance_dir(app, &slot))
-            .clone()
+    fn cgroup(&mut self) -> InstanceCgroup {
+        if let Some(cgroup) = &self.cgroup {
+            return cgroup.clone();
+        }
+        let cgroup = cgroup::tree().instance(&self.config.app, &self.config.slot());
+        for problem in cgroup.create(&self.config.limits) {
+            self.note(&problem);
+        }
+        self.cgroup = Some(cgroup.clone());
+        cgroup
     }
 }
 
 impl Host for ProcessHost {
     fn spawn(&mut self) -> Result<Child, String> {
         let cgroup = self.cgroup();
+        // An OOM kill of another of its processes before the leader's own SIGKILL would be
+        // taken for the leader's: rare (an OOM-killed child, then a manual kill -9), and
+        // only the name of that exit would be wrong.
+        let oom_kills = cgroup.oom_kills();
         let Spawned { mut child, pid } =
-            spawn::spawn(&self.config.launch, &self.config.id, cgroup.as_deref())
+            spawn::spawn(&self.config.launch, &self.config.id, cgroup.procs_files())
                 .map_err(|e| format!("cannot start `{}`: {e}", self.config.launch.command))?;
         if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
             self.sink.attach(out, err);
@@ -106,10 +116,17 @@ impl Host for ProcessHost {
             // tokio has reaped it: orphans of the group are the reaper's from now on.
             reaper::disown(pid);
             running.remove(&key, pid);
-            match status {
-                Ok(status) => stop::describe_exit(&status),
-                Err(e) => format!("wait failed: {e}"),
+            let what = match status {
+                Ok(status) => exit::describe(&status),
+                Err(e) => return format!("wait failed: {e}"),
+            };
+            // The kernel counts an OOM kill before it sends the SIGKILL (mm/oom_kill.c:
+            // "Raise event before sending signal"), so the count is up by the time the
+            // victim has died and been reaped: one read, no wait on the respawn path.
+            if exit::is_sigkill(&what) && oom_kills.is_some() && cgroup.oom_kills() > oom_kills {
+                return exit::OOM_KILLED.to_owned();
             }
+            what
         });
         Ok(Child { pid, exit })
     }
@@ -125,12 +142,12 @@ impl Host for ProcessHost {
     }
 
     fn group_gone(&mut self, pgid: u32) -> BoxFuture<'static, ()> {
-        let cgroup = self.cgroup.clone().flatten();
+        let cgroup = self.cgroup.clone();
         Box::pin(async move {
             stop::group_gone(pgid).await;
             // What left the process group (setsid) is still in the cgroup.
-            if let Some(dir) = cgroup {
-                cgroup::kill(&dir).await;
+            if let Some(cgroup) = cgroup {
+                cgroup.kill().await;
             }
         })
     }
@@ -174,8 +191,8 @@ impl Host for ProcessHost {
     }
 
     fn ended(&mut self) {
-        if let Some(Some(dir)) = &self.cgroup {
-            cgroup::remove(dir);
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.remove();
         }
     }
 }

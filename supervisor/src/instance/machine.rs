@@ -8,9 +8,10 @@
 //! deadline }`, the probe's `at`), so nothing here blocks: an exit or a stop request that
 //! arrives while a process is stopping is an event like any other.
 //!
-//! Long-running instances (`Duty::Service`, `Duty::Web`) restart when they exit, at once the
-//! first time and then with the back-off of `backoff.rs`; a web instance is `Starting` until
-//! its readiness probe passes. Cron entries (`Duty::Cron`) use the same machine: `Waiting`
+//! Long-running instances (`Duty::Service`, `Duty::Web`) restart when they exit: at once if
+//! the process had started (`backoff::had_started`), else with the back-off of
+//! `backoff.rs`; a web instance is `Starting` until its readiness probe passes. A `Recycle`
+//! (the app's memory ceiling) restarts one gracefully and says why in its last exit. Cron entries (`Duty::Cron`) use the same machine: `Waiting`
 //! between runs, one run per `Due` event, a due run finding the previous one still going
 //! skipped and noted.
 
@@ -117,7 +118,7 @@ pub enum Event {
     },
     /// The process could not be started (the reason, for status and the log).
     SpawnFailed(String),
-    /// The process (the group's leader) exited: `exit 1`, `signal 9`.
+    /// The process (the group's leader) exited: `exit 1`, `SIGKILL`, `oom-killed`.
     Exited(String),
     /// The current state's deadline has passed.
     Deadline,
@@ -131,6 +132,12 @@ pub enum Event {
     Restart,
     /// Stop the process, if any, and end.
     Stop,
+    /// Restart the process gracefully (a stop, then a fresh one) because of `reason`, which
+    /// becomes its last exit (`memory-soft-limit restart`); `note` explains it in the log.
+    Recycle {
+        reason: String,
+        note: String,
+    },
 }
 
 /// What the shell must do, in order.
@@ -169,6 +176,8 @@ pub struct Machine {
     last_exit: Option<String>,
     /// What the last failed readiness probe saw (a switch quotes it when it gives up).
     last_probe: Option<String>,
+    /// Why the stop in progress was asked for, when it is a recycle: the last exit once done.
+    recycling: Option<String>,
 }
 
 impl Machine {
@@ -182,7 +191,15 @@ impl Machine {
             exits: 0,
             last_exit: None,
             last_probe: None,
+            recycling: None,
         }
+    }
+
+    /// Takes over the history of the instance this one replaces for the same reason it
+    /// would have restarted itself (a web instance recycled through a switch).
+    pub fn inherit(&mut self, restarts: u32, last_exit: String) {
+        self.restarts = restarts;
+        self.last_exit = Some(last_exit);
     }
 
     /// A new grace period, from the next stop on (an apply changed the settings only).

@@ -30,6 +30,7 @@ use crate::cron::{NextRun, Schedule, SystemClock};
 use crate::leftovers::Running;
 use crate::logs::LogSink;
 use crate::snapshot::{Snapshot, Watch};
+use crate::{cgroup, procinfo};
 
 /// Requests to the actor.
 enum Control {
@@ -42,6 +43,10 @@ enum Control {
     SetGrace(Duration),
     /// A new health path for the readiness probe, from the next probe on.
     SetHealthPath(Option<String>),
+    /// Restart the process gracefully because of `reason` (its next last exit).
+    Recycle { reason: String, note: String },
+    /// Take over the history of the instance this one replaced.
+    Inherit { restarts: u32, last_exit: String },
 }
 
 /// Resolves once an actor has ended (its process stopped and reaped).
@@ -74,6 +79,33 @@ pub trait Launcher: Send + Sync {
     ) -> InstanceHandle;
 }
 
+/// How an instance's memory is measured: [`CgroupMeter`] for real processes, a fake in
+/// tests.
+pub trait Meter: Send + Sync {
+    /// The memory of all of the instance's processes, `pid` leading them.
+    fn memory_bytes(&self, config: &InstanceConfig, pid: u32) -> Option<u64>;
+    /// OOM kills in the instance's memory cgroup so far (`None` without one).
+    fn oom_kills(&self, config: &InstanceConfig) -> Option<u64>;
+}
+
+/// The instance's cgroup's working set, else the PSS of its process group.
+pub struct CgroupMeter;
+
+impl Meter for CgroupMeter {
+    fn memory_bytes(&self, config: &InstanceConfig, pid: u32) -> Option<u64> {
+        cgroup::tree()
+            .instance(&config.app, &config.slot())
+            .memory_bytes()
+            .or_else(|| procinfo::group_memory_bytes(pid))
+    }
+
+    fn oom_kills(&self, config: &InstanceConfig) -> Option<u64> {
+        cgroup::tree()
+            .instance(&config.app, &config.slot())
+            .oom_kills()
+    }
+}
+
 /// Instances as real processes, recorded in the running table.
 pub struct Processes {
     pub running: Arc<Running>,
@@ -98,6 +130,14 @@ pub struct InstanceHandle {
     control: mpsc::UnboundedSender<Control>,
     state: Watch,
     done: Done,
+    meter: Arc<dyn Meter>,
+}
+
+/// What an instance actor acts through: its host, its cron clock, its meter.
+pub struct With<H: Host> {
+    pub host: H,
+    pub schedule: Option<Schedule>,
+    pub meter: Arc<dyn Meter>,
 }
 
 impl InstanceHandle {
@@ -115,18 +155,27 @@ impl InstanceHandle {
             .schedule
             .clone()
             .map(|cron| Schedule::new(cron, SystemClock));
-        InstanceHandle::with_host(config, grace, sink, host, schedule, after)
+        let with = With {
+            host,
+            schedule,
+            meter: Arc::new(CgroupMeter),
+        };
+        InstanceHandle::with(config, grace, sink, with, after)
     }
 
-    /// [`InstanceHandle::start`] with any host and schedule clock (tests use fakes).
-    pub fn with_host(
+    /// [`InstanceHandle::start`] with any host, schedule clock and meter (tests use fakes).
+    pub fn with(
         config: InstanceConfig,
         grace: Duration,
         sink: LogSink,
-        host: impl Host,
-        schedule: Option<Schedule>,
+        with: With<impl Host>,
         after: Option<Done>,
     ) -> InstanceHandle {
+        let With {
+            host,
+            schedule,
+            meter,
+        } = with;
         let (control, requests) = mpsc::unbounded_channel();
         let (done_tx, done) = Done::channel();
         let machine = Machine::new(config.duty(), grace);
@@ -152,6 +201,7 @@ impl InstanceHandle {
             control,
             state,
             done,
+            meter,
         }
     }
 
@@ -161,6 +211,23 @@ impl InstanceHandle {
         let (tx, rx) = oneshot::channel();
         let _ = self.control.send(Control::Restart(tx));
         rx
+    }
+
+    /// Asks for a graceful restart in place (SIGTERM, grace, a new process at once) whose
+    /// `reason` becomes the last exit; `note` says why in the log.
+    pub fn recycle(&self, reason: &str, note: String) {
+        let _ = self.control.send(Control::Recycle {
+            reason: reason.to_owned(),
+            note,
+        });
+    }
+
+    /// This instance replaced one for `last_exit`: it shows that, and the restarts so far.
+    pub fn inherit(&self, restarts: u32, last_exit: &str) {
+        let _ = self.control.send(Control::Inherit {
+            restarts,
+            last_exit: last_exit.to_owned(),
+        });
     }
 
     pub fn set_grace(&self, grace: Duration) {
@@ -186,11 +253,25 @@ impl InstanceHandle {
     }
 
     pub fn status(&self) -> piku_proto::InstanceStatus {
-        self.state.borrow().status(
+        let mut status = self.state.borrow().status(
             &self.config.id,
             self.config.launch.port,
             self.sink.dropped(),
-        )
+        );
+        status.memory_bytes = self.memory_bytes();
+        status
+    }
+
+    /// OOM kills in the instance's memory cgroup so far (`None` without one).
+    pub fn oom_kills(&self) -> Option<u64> {
+        self.meter.oom_kills(&self.config)
+    }
+
+    /// The memory of all of the instance's processes now (see [`Meter`]). `None` when no
+    /// process runs.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let pid = self.state.borrow().pid?;
+        self.meter.memory_bytes(&self.config, pid)
     }
 }
 
@@ -292,6 +373,15 @@ impl<H: Host> Shell<H> {
             }
             Some(Control::SetHealthPath(path)) => {
                 self.host.set_health_path(path);
+                None
+            }
+            Some(Control::Recycle { reason, note }) => Some(Event::Recycle { reason, note }),
+            Some(Control::Inherit {
+                restarts,
+                last_exit,
+            }) => {
+                self.machine.inherit(restarts, last_exit);
+                self.publish();
                 None
             }
         }

@@ -30,6 +30,7 @@ fn config(kind: &str, port: Option<u16>, schedule: Option<&str>) -> InstanceConf
         },
         health_path: None,
         schedule: schedule.map(|s| CronSchedule::parse(s).unwrap()),
+        limits: Default::default(),
     }
 }
 
@@ -39,7 +40,21 @@ fn sink() -> LogSink {
 }
 
 fn start(fake: &Fake, config: InstanceConfig, schedule: Option<Schedule>) -> InstanceHandle {
-    InstanceHandle::with_host(config, GRACE, sink(), fake.clone(), schedule, None)
+    start_after(fake, config, schedule, None)
+}
+
+fn start_after(
+    fake: &Fake,
+    config: InstanceConfig,
+    schedule: Option<Schedule>,
+    after: Option<Done>,
+) -> InstanceHandle {
+    let with = With {
+        host: fake.clone(),
+        schedule,
+        meter: Arc::new(fake.clone()),
+    };
+    InstanceHandle::with(config, GRACE, sink(), with, after)
 }
 
 /// Waits (on the paused clock, so instantly) until the published state satisfies `f`.
@@ -49,16 +64,37 @@ async fn until(handle: &InstanceHandle, f: impl FnMut(&Snapshot) -> bool) -> Sna
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_killed_process_is_respawned_at_once_then_with_back_off() {
+async fn a_process_killed_every_4s_is_respawned_at_once_every_time() {
+    let fake = Fake::default();
+    let worker = start(&fake, config("worker", None, None), None);
+    for pid in 1..=20 {
+        until(&worker, |s| s.pid == Some(pid)).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let killed = Instant::now();
+        fake.exit(pid, "SIGKILL");
+        let s = until(&worker, |s| s.pid == Some(pid + 1)).await;
+        assert_eq!(
+            Instant::now(),
+            killed,
+            "kill {pid}: respawned with no delay at all"
+        );
+        assert_eq!((s.restarts, s.last_exit.as_deref()), (pid, Some("SIGKILL")));
+        assert_eq!(s.state, InstanceState::Running);
+    }
+    worker.stop().wait().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_that_dies_at_once_is_respawned_at_once_then_with_back_off() {
     let fake = Fake::default();
     let worker = start(&fake, config("worker", None, None), None);
     until(&worker, |s| s.pid == Some(1)).await;
     let killed = Instant::now();
-    fake.exit(1, "signal 9");
+    fake.exit(1, "SIGKILL");
     let s = until(&worker, |s| s.pid == Some(2)).await;
     assert_eq!(Instant::now(), killed, "respawned with no delay at all");
-    assert_eq!((s.restarts, s.last_exit.as_deref()), (1, Some("signal 9")));
-    fake.exit(2, "signal 9");
+    assert_eq!((s.restarts, s.last_exit.as_deref()), (1, Some("SIGKILL")));
+    fake.exit(2, "SIGKILL");
     let s = until(&worker, |s| s.state == InstanceState::Backoff).await;
     assert_eq!(s.pid, None);
     until(&worker, |s| s.pid == Some(3)).await;
@@ -179,14 +215,7 @@ async fn an_instance_starts_only_once_the_one_it_replaces_is_gone() {
     until(&old, |s| s.pid == Some(1)).await;
     fake.world().ignores_term = true;
     let done = old.stop();
-    let new = InstanceHandle::with_host(
-        config("worker", None, None),
-        GRACE,
-        sink(),
-        fake.clone(),
-        None,
-        Some(done),
-    );
+    let new = start_after(&fake, config("worker", None, None), None, Some(done));
     until(&new, |s| s.pid == Some(2)).await;
     let spawns = fake.spawns();
     assert_eq!(
@@ -299,10 +328,10 @@ async fn stopping_a_cron_entry_stops_its_run() {
     entry.stop().wait().await;
     let s = state.borrow_and_update().clone();
     assert_eq!(s.state, InstanceState::Stopped);
-    assert_eq!(s.last_exit.as_deref(), Some("signal 15"));
+    assert_eq!(s.last_exit.as_deref(), Some("SIGTERM"));
     assert_eq!(s.next_run, None);
     assert!(
         fake.log()
-            .contains(&"note run finished: signal 15".to_string())
+            .contains(&"note run finished: SIGTERM".to_string())
     );
 }

@@ -55,6 +55,34 @@ impl TestRoot {
         Daemon::start(self)
     }
 
+    /// When (ns since the epoch) the daemons of this root first logged a line containing
+    /// `needle` (their own log, `PIKU_LOG=debug`, timestamps in UTC); waits for it.
+    pub fn daemon_log_time(&self, needle: &str) -> u128 {
+        wait_for(
+            &format!("{needle:?} in the daemon's log"),
+            Duration::from_secs(10),
+            || {
+                fs::read_dir(self.dir.path())
+                    .ok()?
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("daemon-"))
+                    .filter_map(|e| fs::read_to_string(e.path()).ok())
+                    .flat_map(|log| {
+                        log.lines()
+                            .filter(|l| l.contains(needle))
+                            .map(str::to_owned)
+                            .collect::<Vec<_>>()
+                    })
+                    .find_map(|line| {
+                        let line = strip_ansi(&line);
+                        let stamp = line.split_whitespace().next()?;
+                        let at = chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
+                        u128::try_from(at.timestamp_nanos_opt()?).ok()
+                    })
+            },
+        )
+    }
+
     /// Waits until the log of `process` contains `needle` (the daemon writes logs
     /// asynchronously), and returns the log.
     pub fn wait_log(&self, app: &str, process: &str, needle: &str) -> String {
@@ -79,12 +107,34 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(root: &TestRoot) -> Daemon {
+        Daemon::start_with(root, |_| {})
+    }
+
+    /// A daemon running as `nobody`, as a non-root supervisor does: its root (and the test's
+    /// scratch directory, where the apps run) are made reachable and its own.
+    pub fn start_as_nobody(root: &TestRoot) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        const NOBODY: u32 = 65534;
+        fs::set_permissions(root.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        for dir in [root.root(), root.scratch()] {
+            fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        Daemon::start_with(root, |cmd| {
+            cmd.uid(NOBODY).gid(NOBODY);
+        })
+    }
+
+    fn start_with(root: &TestRoot, adjust: impl FnOnce(&mut Command)) -> Daemon {
         let log = fs::File::create(root.dir.path().join(format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos() + u128::from(std::process::id())
         )))
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_piku-supervisor"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_piku-supervisor"));
+        adjust(&mut command);
+        let child = command
             .arg("--root")
             .arg(root.root())
             .env("PIKU_LOG", "debug")
@@ -214,6 +264,24 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// `text` without its terminal colour codes (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn signal(pid: u32, sig: Signal) {

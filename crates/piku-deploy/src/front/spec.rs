@@ -253,6 +253,7 @@ mod tests {
                 tcp: None,
                 backends: Vec::new(),
             }),
+            limits: Default::default(),
         };
         // No nginx config: the socket is where it answers.
         let line = answers(&root, &status).unwrap();

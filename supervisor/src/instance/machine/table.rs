@@ -1,7 +1,5 @@
 //! The state table of an instance: [`step`] and the three transitions several of its arms
-//! share (a crash, the start of a stop, the end of one).
-
-use std::time::Duration;
+//! share (an exit, the start of a stop, the end of one).
 
 use tokio::time::Instant;
 
@@ -9,6 +7,8 @@ use super::{
     AFTER_KILL, Action, CRON_CLEAR_GRACE, Duty, Event, Machine, PROBE_EVERY, PROBE_FIRST,
     PROBE_SLOW_AFTER, PROBE_SLOW_EVERY, Probe, State, Then,
 };
+use crate::backoff::had_started;
+use crate::exit;
 
 /// The state table: the next machine and what to do, for `event` at `now`.
 pub fn step(machine: Machine, event: Event, now: Instant) -> (Machine, Vec<Action>) {
@@ -37,7 +37,8 @@ pub fn step(machine: Machine, event: Event, now: Instant) -> (Machine, Vec<Actio
             | Event::Deadline
             | Event::Probed(_)
             | Event::GroupGone
-            | Event::Due,
+            | Event::Due
+            | Event::Recycle { .. },
         ) => State::Idle,
 
         (State::Spawning, Event::Spawned { pid }) => match m.duty {
@@ -69,8 +70,8 @@ pub fn step(machine: Machine, event: Event, now: Instant) -> (Machine, Vec<Actio
                     actions.push(Action::Note(why));
                     State::Waiting
                 }
-                // Like a crash at once.
-                Duty::Service | Duty::Web => crash(&mut m, &why, Duration::ZERO, now, &mut actions),
+                // A failure while starting.
+                Duty::Service | Duty::Web => after_exit(&mut m, &why, false, now, &mut actions),
             }
         }
         // The shell feeds the spawn's result before any other event: these never reach
@@ -84,7 +85,8 @@ pub fn step(machine: Machine, event: Event, now: Instant) -> (Machine, Vec<Actio
             | Event::GroupGone
             | Event::Due
             | Event::Restart
-            | Event::Stop,
+            | Event::Stop
+            | Event::Recycle { .. },
         ) => State::Spawning,
 
         // --- readiness (web) ---
@@ -157,41 +159,11 @@ pub fn step(machine: Machine, event: Event, now: Instant) -> (Machine, Vec<Actio
         ) => State::Starting { pid, since, probe },
 
         // --- running ---
-        (
-            State::Starting { pid, since, .. } | State::Running { pid, since },
-            Event::Exited(what),
-        ) => {
-            m.exits += 1;
-            m.last_exit = Some(what.clone());
-            match m.duty {
-                // The run is over; what it left in its group goes before the next run.
-                Duty::Cron => {
-                    actions.push(Action::Note(format!("run finished: {what}")));
-                    actions.push(Action::Terminate { pgid: pid });
-                    actions.push(Action::AwaitGroupGone { pgid: pid });
-                    State::Stopping {
-                        pid,
-                        deadline: now + CRON_CLEAR_GRACE,
-                        killed: false,
-                        leader_exited: true,
-                        then: Then::Resume,
-                    }
-                }
-                Duty::Service | Duty::Web => {
-                    actions.push(Action::ClearGroup {
-                        pgid: pid,
-                        grace: m.grace,
-                    });
-                    let uptime = now.saturating_duration_since(since);
-                    crash(
-                        &mut m,
-                        &format!("exited with {what}"),
-                        uptime,
-                        now,
-                        &mut actions,
-                    )
-                }
-            }
+        (State::Starting { pid, since, .. }, Event::Exited(what)) => {
+            exited(&mut m, pid, since, false, what, now, &mut actions)
+        }
+        (State::Running { pid, since }, Event::Exited(what)) => {
+            exited(&mut m, pid, since, true, what, now, &mut actions)
         }
         (State::Starting { pid, .. } | State::Running { pid, .. }, Event::Restart) => {
             actions.push(Action::Note("restart requested".into()));
@@ -202,6 +174,18 @@ pub fn step(machine: Machine, event: Event, now: Instant) -> (Machine, Vec<Actio
             actions.push(Action::Terminate { pgid: pid });
             stopping(&m, pid, Then::End, now)
         }
+        // A graceful restart the app asked for (a memory soft mark crossed): like a restart,
+        // but the next process shows why the last one ended. A cron run is never recycled.
+        (
+            State::Starting { pid, .. } | State::Running { pid, .. },
+            Event::Recycle { reason, note },
+        ) if m.duty != Duty::Cron => {
+            actions.push(Action::Note(note));
+            actions.push(Action::Terminate { pgid: pid });
+            m.recycling = Some(reason);
+            stopping(&m, pid, Then::Resume, now)
+        }
+        (state @ (State::Starting { .. } | State::Running { .. }), Event::Recycle { .. }) => state,
         (State::Running { pid, since }, Event::Due) => {
             if m.duty == Duty::Cron {
                 actions.push(Action::Note("previous run still going, skipping".into()));
@@ -251,7 +235,8 @@ pub fn step(machine: Machine, event: Event, now: Instant) -> (Machine, Vec<Actio
             | Event::Exited(_)
             | Event::Probed(_)
             | Event::GroupGone
-            | Event::Due,
+            | Event::Due
+            | Event::Recycle { .. },
         ) => State::BackingOff { until },
 
         // --- cron, between runs ---
@@ -273,7 +258,8 @@ pub fn step(machine: Machine, event: Event, now: Instant) -> (Machine, Vec<Actio
             | Event::Exited(_)
             | Event::Deadline
             | Event::Probed(_)
-            | Event::GroupGone,
+            | Event::GroupGone
+            | Event::Recycle { .. },
         ) => State::Waiting,
 
         // --- stopping ---
@@ -365,7 +351,8 @@ pub fn step(machine: Machine, event: Event, now: Instant) -> (Machine, Vec<Actio
             | Event::Start
             | Event::Spawned { .. }
             | Event::SpawnFailed(_)
-            | Event::Probed(_),
+            | Event::Probed(_)
+            | Event::Recycle { .. },
         ) => stopping,
 
         // --- the end ---
@@ -380,32 +367,74 @@ pub fn step(machine: Machine, event: Event, now: Instant) -> (Machine, Vec<Actio
             | Event::GroupGone
             | Event::Due
             | Event::Restart
-            | Event::Stop,
+            | Event::Stop
+            | Event::Recycle { .. },
         ) => State::Stopped,
     };
     (m, actions)
 }
 
-/// A long-running process ended on its own (`what`, after `uptime`): a new one at once the
-/// first time, else after the back-off delay.
-fn crash(
+/// The process that ran since `since` exited (`what`); `ready`: it had passed its probe.
+fn exited(
     m: &mut Machine,
-    what: &str,
-    uptime: Duration,
+    pid: u32,
+    since: Instant,
+    ready: bool,
+    what: String,
     now: Instant,
     actions: &mut Vec<Action>,
 ) -> State {
-    m.backoff.record_crash(uptime);
+    m.exits += 1;
+    m.last_exit = Some(what.clone());
+    match m.duty {
+        // The run is over; what it left in its group goes before the next run.
+        Duty::Cron => {
+            actions.push(Action::Note(format!("run finished: {what}")));
+            actions.push(Action::Terminate { pgid: pid });
+            actions.push(Action::AwaitGroupGone { pgid: pid });
+            State::Stopping {
+                pid,
+                deadline: now + CRON_CLEAR_GRACE,
+                killed: false,
+                leader_exited: true,
+                then: Then::Resume,
+            }
+        }
+        Duty::Service | Duty::Web => {
+            actions.push(Action::ClearGroup {
+                pgid: pid,
+                grace: m.grace,
+            });
+            let uptime = now.saturating_duration_since(since);
+            let mut how = format!("{} after {:.1} s", exit::ended(&what), uptime.as_secs_f64());
+            if !ready {
+                how.push_str(", before it was ready");
+            }
+            after_exit(m, &how, had_started(ready, uptime), now, actions)
+        }
+    }
+}
+
+/// A long-running process ended on its own (`how`), or could not start: a new one at once
+/// if it had `started` or this is its first failed start, else after the back-off delay.
+fn after_exit(
+    m: &mut Machine,
+    how: &str,
+    started: bool,
+    now: Instant,
+    actions: &mut Vec<Action>,
+) -> State {
+    m.backoff.record_exit(started);
     let delay = m.backoff.delay();
     if delay.is_zero() {
         m.restarts += 1;
         // Noted before the spawn, so the log reads in order.
-        actions.push(Action::Note(format!("{what}, restarting at once")));
+        actions.push(Action::Note(format!("{how}, restarting at once")));
         actions.push(Action::Spawn);
         State::Spawning
     } else {
         actions.push(Action::Note(format!(
-            "{what}, restarting in {:.1} s",
+            "{how}, restarting in {:.1} s",
             delay.as_secs_f64()
         )));
         State::BackingOff { until: now + delay }
@@ -425,6 +454,7 @@ fn stopping(m: &Machine, pid: u32, then: Then, now: Instant) -> State {
 
 /// The stop is over: end, or carry on fresh.
 fn finish_stop(m: &mut Machine, then: Then, actions: &mut Vec<Action>) -> State {
+    let recycled = m.recycling.take();
     match (then, m.duty) {
         (Then::End, _) => {
             actions.push(Action::Note("stopped".into()));
@@ -432,6 +462,10 @@ fn finish_stop(m: &mut Machine, then: Then, actions: &mut Vec<Action>) -> State 
         }
         (Then::Resume, Duty::Cron) => State::Waiting,
         (Then::Resume, Duty::Service | Duty::Web) => {
+            if let Some(reason) = recycled {
+                m.last_exit = Some(reason);
+                m.restarts += 1;
+            }
             m.backoff.reset();
             actions.push(Action::Spawn);
             State::Spawning

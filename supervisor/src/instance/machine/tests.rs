@@ -2,6 +2,7 @@
 
 use super::table::step;
 use super::*;
+use crate::backoff::START_THRESHOLD;
 
 const GRACE: Duration = Duration::from_secs(10);
 const QUICK: Duration = Duration::from_millis(5);
@@ -131,7 +132,7 @@ fn a_stale_probe_result_changes_nothing() {
 }
 
 #[test]
-fn a_crash_restarts_at_once_then_backs_off_doubling_to_a_30s_cap() {
+fn failed_starts_restart_at_once_then_back_off_doubling_to_a_30s_cap() {
     let mut now = Instant::now();
     let mut m = running_service(now, 1);
     let mut delays = Vec::new();
@@ -150,7 +151,10 @@ fn a_crash_restarts_at_once_then_backs_off_doubling_to_a_30s_cap() {
         shown.push(m.shown_as());
         match m.state {
             State::Spawning => {
-                assert_eq!(notes(&a), ["exited with exit 3, restarting at once"]);
+                assert_eq!(
+                    notes(&a),
+                    ["exited with exit 3 after 0.0 s, restarting at once"]
+                );
                 assert_eq!(a.last(), Some(&Action::Spawn));
                 delays.push(0);
             }
@@ -159,7 +163,7 @@ fn a_crash_restarts_at_once_then_backs_off_doubling_to_a_30s_cap() {
                 assert_eq!(
                     notes(&a),
                     [format!(
-                        "exited with exit 3, restarting in {:.1} s",
+                        "exited with exit 3 after 0.0 s, restarting in {:.1} s",
                         delay.as_secs_f64()
                     )]
                 );
@@ -190,9 +194,8 @@ fn a_crash_restarts_at_once_then_backs_off_doubling_to_a_30s_cap() {
     assert!(shown[4..].iter().all(|s| *s == InstanceState::CrashLooping));
 }
 
-#[test]
-fn a_run_of_30_seconds_forgives_the_past() {
-    let mut now = Instant::now();
+/// Five failed starts in a row: crash-looping, the next start 1.6 s away.
+fn crash_looping_service(mut now: Instant) -> (Machine, Instant) {
     let mut m = running_service(now, 1);
     for pid in 2..=6 {
         now += QUICK;
@@ -203,10 +206,124 @@ fn a_run_of_30_seconds_forgives_the_past() {
         }
         (m, _) = step(m, Event::Spawned { pid }, now);
     }
-    now += crate::backoff::STABLE_AFTER;
-    let (m, a) = step(m, Event::Exited("signal 9".into()), now);
-    assert_eq!(m.state, State::Spawning, "restarted at once");
-    assert_eq!(notes(&a), ["exited with signal 9, restarting at once"]);
+    (m, now)
+}
+
+#[test]
+fn an_exit_after_the_process_had_started_restarts_at_once_whatever_its_history() {
+    let (mut m, mut now) = crash_looping_service(Instant::now());
+    // Twenty kills, each after the process had run past the start threshold: twenty
+    // restarts at once, never a back-off.
+    for pid in 7..27 {
+        now += START_THRESHOLD;
+        let (next, a) = step(m, Event::Exited("SIGKILL".into()), now);
+        assert_eq!(next.state, State::Spawning, "restarted at once");
+        assert_eq!(
+            notes(&a),
+            ["exited with SIGKILL after 1.0 s, restarting at once"]
+        );
+        assert_eq!(a.last(), Some(&Action::Spawn));
+        (m, _) = step(next, Event::Spawned { pid }, now);
+        assert_eq!(m.shown_as(), InstanceState::Running);
+    }
+    assert_eq!(m.last_exit(), Some("SIGKILL"));
+    // The history is gone: a failed start now is a first one (at once), then 100 ms.
+    let (m, _) = step(m, Event::Exited("exit 1".into()), now + QUICK);
+    assert_eq!(m.state, State::Spawning);
+    let (m, _) = step(m, Event::Spawned { pid: 99 }, now + QUICK);
+    let (m, _) = step(m, Event::Exited("exit 1".into()), now + QUICK * 2);
+    assert_eq!(
+        m.state,
+        State::BackingOff {
+            until: now + QUICK * 2 + Duration::from_millis(100)
+        }
+    );
+}
+
+#[test]
+fn an_exit_just_short_of_the_threshold_is_a_failed_start() {
+    let (m, now) = crash_looping_service(Instant::now());
+    let now = now + START_THRESHOLD - Duration::from_millis(1);
+    let (m, a) = step(m, Event::Exited("SIGKILL".into()), now);
+    assert_eq!(m.shown_as(), InstanceState::CrashLooping);
+    assert_eq!(
+        notes(&a),
+        ["exited with SIGKILL after 1.0 s, restarting in 1.6 s"]
+    );
+}
+
+#[test]
+fn a_web_instance_has_started_only_once_ready() {
+    let t = Instant::now();
+    // Up for a minute without passing its probe, then gone: a failure while starting.
+    let (m, _) = step(new(Duty::Web), Event::Start, t);
+    let (m, _) = step(m, Event::Spawned { pid: 7 }, t);
+    let mut m = m;
+    m.backoff.record_exit(false);
+    let later = t + Duration::from_secs(60);
+    let (m, a) = step(m, Event::Exited("exit 1".into()), later);
+    assert_eq!(
+        m.state,
+        State::BackingOff {
+            until: later + Duration::from_millis(100)
+        }
+    );
+    assert_eq!(
+        notes(&a),
+        ["exited with exit 1 after 60.0 s, before it was ready, restarting in 0.1 s"]
+    );
+    // Ready, up past the threshold, killed: at once, whatever came before.
+    let m = with(&m, State::Running { pid: 8, since: t });
+    let (m, _) = step(m, Event::Exited("SIGKILL".into()), later);
+    assert_eq!(m.state, State::Spawning);
+}
+
+#[test]
+fn a_recycle_restarts_gracefully_and_says_why() {
+    let t = Instant::now();
+    let m = running_service(t, 7);
+    let (m, a) = step(
+        m,
+        Event::Recycle {
+            reason: "memory-soft-limit restart".into(),
+            note: "memory over the soft mark".into(),
+        },
+        t,
+    );
+    assert_eq!(
+        a,
+        [
+            Action::Note("memory over the soft mark".into()),
+            Action::Terminate { pgid: 7 }
+        ]
+    );
+    assert_eq!(m.state, stopping(7, t + GRACE, Then::Resume));
+    let (m, _) = step(m, Event::Exited("SIGTERM".into()), t + QUICK);
+    let (m, a) = step(m, Event::GroupGone, t + QUICK);
+    assert_eq!(a, [Action::Spawn]);
+    assert_eq!(m.last_exit(), Some("memory-soft-limit restart"));
+    assert_eq!((m.restarts(), m.exits()), (1, 0));
+    // Nothing to recycle between processes, nor a cron run.
+    let backing = with(&m, State::BackingOff { until: t + GRACE });
+    let recycle = || Event::Recycle {
+        reason: "r".into(),
+        note: "n".into(),
+    };
+    let (after, a) = step(backing.clone(), recycle(), t);
+    assert_eq!((after, a), (backing, vec![]));
+    let cron = with(&new(Duty::Cron), State::Running { pid: 9, since: t });
+    let (after, a) = step(cron.clone(), recycle(), t);
+    assert_eq!((after, a), (cron, vec![]));
+}
+
+#[test]
+fn a_replacement_inherits_the_history_it_is_given() {
+    let mut m = new(Duty::Web);
+    m.inherit(4, "memory-soft-limit restart".into());
+    assert_eq!(
+        (m.restarts(), m.last_exit()),
+        (4, Some("memory-soft-limit restart"))
+    );
 }
 
 #[test]
@@ -239,7 +356,7 @@ fn restart_during_back_off_spawns_now_and_forgets_the_back_off() {
     let m = with(&new(Duty::Service), State::BackingOff { until: t + GRACE });
     let mut m = m;
     for _ in 0..6 {
-        m.backoff.record_crash(QUICK);
+        m.backoff.record_exit(false);
     }
     let (m, a) = step(m, Event::Restart, t);
     assert_eq!(m.state, State::Spawning);
@@ -279,9 +396,9 @@ fn stop_during_start_terminates_the_group_and_waits_for_it() {
     assert_eq!(m.shown_as(), InstanceState::Stopping);
     assert_eq!(m.deadline(), Some(t + GRACE));
     // The leader exits: the rest of its group must be gone too before the stop is over.
-    let (m, a) = step(m, Event::Exited("signal 15".into()), t + QUICK);
+    let (m, a) = step(m, Event::Exited("SIGTERM".into()), t + QUICK);
     assert_eq!(a, [Action::AwaitGroupGone { pgid: 7 }]);
-    assert_eq!(m.last_exit(), Some("signal 15"));
+    assert_eq!(m.last_exit(), Some("SIGTERM"));
     assert_eq!(m.exits(), 0, "an exit asked for is not a crash");
     assert_eq!(m.process(), (None, None));
     let (m, a) = step(m, Event::GroupGone, t + QUICK);
@@ -298,7 +415,7 @@ fn grace_expiry_kills_the_group_then_gives_up_after_5_seconds() {
     assert_eq!(a, [Action::Kill { pgid: 7 }]);
     assert_eq!(m.deadline(), Some(t + GRACE + AFTER_KILL));
     // Killed and exited: done as soon as the group is gone.
-    let (done, _) = step(m.clone(), Event::Exited("signal 9".into()), t + GRACE);
+    let (done, _) = step(m.clone(), Event::Exited("SIGKILL".into()), t + GRACE);
     let (done, _) = step(done, Event::GroupGone, t + GRACE);
     assert_eq!(done.state, State::Stopped);
     // Stuck in the kernel: the stop stops waiting, and says so.
@@ -323,7 +440,7 @@ fn a_restart_stops_the_process_then_spawns_a_fresh_one() {
         ]
     );
     assert!(!m.settled(), "the requester waits");
-    let (m, _) = step(m, Event::Exited("signal 15".into()), t);
+    let (m, _) = step(m, Event::Exited("SIGTERM".into()), t);
     let (m, a) = step(m, Event::GroupGone, t);
     assert_eq!((m.state.clone(), a), (State::Spawning, vec![Action::Spawn]));
     let (m, _) = step(m, Event::Spawned { pid: 8 }, t);
@@ -342,7 +459,7 @@ fn during_a_restart_a_stop_wins_and_a_second_restart_is_the_same_one() {
     assert_eq!(m.state, stopping(7, t + GRACE, Then::End));
     // And a restart cannot undo a stop.
     let (m, _) = step(m, Event::Restart, t);
-    let (m, _) = step(m, Event::Exited("signal 15".into()), t);
+    let (m, _) = step(m, Event::Exited("SIGTERM".into()), t);
     let (m, _) = step(m, Event::GroupGone, t);
     assert_eq!(m.state, State::Stopped);
 }
@@ -419,8 +536,8 @@ fn stopping_a_cron_run_notes_how_it_finished() {
     let m = with(&new(Duty::Cron), State::Running { pid: 9, since: t });
     let (m, a) = step(m, Event::Stop, t);
     assert_eq!(a, [Action::Terminate { pgid: 9 }]);
-    let (m, a) = step(m, Event::Exited("signal 15".into()), t);
-    assert_eq!(notes(&a), ["run finished: signal 15"]);
+    let (m, a) = step(m, Event::Exited("SIGTERM".into()), t);
+    assert_eq!(notes(&a), ["run finished: SIGTERM"]);
     let (m, a) = step(m, Event::GroupGone, t);
     assert_eq!((m.state, notes(&a)), (State::Stopped, vec!["stopped"]));
     // Between runs a stop ends at once.
@@ -433,7 +550,7 @@ fn restarting_a_cron_entry_stops_its_run_and_waits_again() {
     let t = Instant::now();
     let m = with(&new(Duty::Cron), State::Running { pid: 9, since: t });
     let (m, _) = step(m, Event::Restart, t);
-    let (m, _) = step(m, Event::Exited("signal 15".into()), t);
+    let (m, _) = step(m, Event::Exited("SIGTERM".into()), t);
     let (m, a) = step(m, Event::GroupGone, t);
     assert_eq!((m.state.clone(), a), (State::Waiting, vec![]));
     assert!(m.settled());
@@ -493,6 +610,10 @@ fn every_event() -> Vec<Event> {
         Event::Due,
         Event::Restart,
         Event::Stop,
+        Event::Recycle {
+            reason: "memory-soft-limit restart".into(),
+            note: "over the soft mark".into(),
+        },
     ]
 }
 
@@ -539,5 +660,5 @@ fn every_state_and_event_is_decided() {
             }
         }
     }
-    assert_eq!(cases, 3 * 16 * 11);
+    assert_eq!(cases, 3 * 16 * 12);
 }

@@ -10,15 +10,17 @@ use crate::server::wire::Conn;
 
 /// Checks the whole spec first (every problem listed at once; nothing changes on a
 /// refusal), then hands it to the app's actor, created for a new app. Answers `Applied`
-/// with the instances started, stopped, restarted and left unchanged; a zero-downtime switch
-/// sends `Progress` frames first.
+/// with the instances started, stopped, restarted and left unchanged, and a warning for each
+/// limit this host cannot enforce; a zero-downtime switch sends `Progress` frames first.
 pub async fn handle(apps: &Arc<Registry>, spec: AppSpec, conn: &mut Conn) -> Response {
     if let Err(problems) = crate::validate::spec(&spec) {
         return Response::Error { message: problems };
     }
+    // Said at every apply, so the push and `config:set` that set a limit both show it.
+    let warnings = crate::cgroup::tree().unenforced(&spec.settings.limits);
     answer::with_progress(conn, |progress| async move {
         match apps.apply(spec, progress).await {
-            Ok(report) => Response::Applied(report),
+            Ok(report) => Response::Applied(piku_proto::ApplyReport { warnings, ..report }),
             Err(e) => answer::error(e),
         }
     })
