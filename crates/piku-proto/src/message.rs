@@ -298,9 +298,14 @@ pub struct InstanceStatus {
 }
 
 impl InstanceStatus {
+    /// The instance, `web.1`.
+    pub fn id(&self) -> piku_model::InstanceId {
+        piku_model::InstanceId::new(self.kind.clone(), self.index)
+    }
+
     /// `web.1`, the name piku uses for the instance and its log file.
     pub fn name(&self) -> String {
-        format!("{}.{}", self.kind, self.index)
+        self.id().to_string()
     }
 }
 
