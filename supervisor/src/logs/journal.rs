@@ -12,10 +12,13 @@
 //! own identifier and fields.
 //!
 //! The socket is non-blocking and never holds up the capture. When journald does not keep
-//! up (EAGAIN: its queue is full), entries wait in a backlog of at most [`BACKLOG_BYTES`],
-//! resent in order by the capture thread every [`RETRY`]; when that is full too, further
-//! entries are not sent, counted per process, and once the backlog has drained journald gets
-//! one `[piku] N lines were not sent to journald …` entry per process in their place. So a
+//! up (EAGAIN: its queue is full), entries wait in a backlog of at most `backlog_bytes`
+//! ([`BACKLOG_BYTES`] in the daemon), resent in order by the capture thread every [`RETRY`]
+//! (each time until the queue is full again: `net.unix.max_dgram_qlen` datagrams, 512 under
+//! systemd, so ~50 000 lines/s while behind). When the backlog is full too, further entries
+//! are not sent but counted per process until the backlog has drained completely; then
+//! journald gets one `[piku] N lines were not sent to journald …` entry per process, exactly
+//! where the gap is, and the lines after it. So a
 //! slow journald costs a bounded loss **of the journal copy only**: the file has every line,
 //! and no app waits for journald. Back-pressure here would gain nothing: journald's own rate
 //! limit (`RateLimitBurst=`, 10 000 lines per 30 s per service by default) drops a flood's
@@ -35,8 +38,8 @@ use super::lock;
 /// systemd's well-known native journal socket.
 const SYSTEMD_JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
-/// Most bytes of encoded entries kept while journald is behind (≈ 20 000 lines).
-pub(super) const BACKLOG_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of encoded entries kept while journald is behind (≈ 40 000 short lines).
+pub(crate) const BACKLOG_BYTES: usize = 4 * 1024 * 1024;
 
 /// How often the backlog is resent while there is one.
 pub(super) const RETRY: Duration = Duration::from_millis(10);
@@ -56,6 +59,7 @@ pub(super) fn default_socket() -> Option<PathBuf> {
 pub(super) struct Journal {
     socket: UnixDatagram,
     path: PathBuf,
+    backlog_bytes: usize,
     state: Mutex<Backlog>,
 }
 
@@ -63,58 +67,98 @@ pub(super) struct Journal {
 struct Backlog {
     entries: VecDeque<Vec<u8>>,
     bytes: usize,
-    /// Lines not sent because the backlog was full, per app and process, not yet noted.
-    unsent: BTreeMap<(String, String), u64>,
+    /// The backlog was full: new entries are counted, not queued, until it has drained.
+    dropping: bool,
+    /// Lines not sent because the backlog was full, per app and process, not yet noted
+    /// (nested so that counting a line allocates nothing once its process has a count).
+    unsent: BTreeMap<String, BTreeMap<String, u64>>,
     unsent_total: u64,
     /// Sends that failed because journald was gone or refused them.
     failures: u64,
 }
 
 impl Journal {
-    pub(super) fn connect(path: PathBuf) -> io::Result<Journal> {
+    pub(super) fn connect(path: PathBuf, backlog_bytes: usize) -> io::Result<Journal> {
         let socket = UnixDatagram::unbound()?;
         socket.set_nonblocking(true)?;
         Ok(Journal {
             socket,
             path,
+            backlog_bytes,
             state: Mutex::default(),
         })
     }
 
-    /// Sends one entry, or queues it behind earlier ones; never blocks. `scratch` is a
-    /// reusable encoding buffer.
-    pub(super) fn send(&self, entry: &JournalEntry<'_>, scratch: &mut Vec<u8>) {
+    /// Sends one entry per line of `lines` (each `message` of `template` in turn), or queues
+    /// them behind earlier ones; never blocks. `scratch` is a reusable encoding buffer.
+    pub(super) fn send_lines<'a>(
+        &self,
+        template: &JournalEntry<'_>,
+        lines: impl Iterator<Item = &'a str>,
+        scratch: &mut Vec<u8>,
+    ) {
         let mut state = lock(&self.state);
-        scratch.clear();
-        if state.entries.is_empty() {
-            entry.encode(scratch);
-            match self.socket.send_to(scratch, &self.path) {
-                Ok(_) => return,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return self.failed(&mut state, &err),
+        let mut lines = lines.peekable();
+        while let Some(line) = lines.peek() {
+            if state.dropping {
+                // Counted, not encoded: a flood costs journald's share of the CPU only once.
+                let rest = lines.count() as u64;
+                self.count_unsent(&mut state, template, rest);
+                return;
             }
-        } else if state.bytes < BACKLOG_BYTES {
-            entry.encode(scratch);
+            scratch.clear();
+            JournalEntry {
+                message: line.as_bytes(),
+                ..*template
+            }
+            .encode(scratch);
+            if state.entries.is_empty() {
+                match self.socket.send_to(scratch, &self.path) {
+                    Ok(_) => {
+                        lines.next();
+                        continue;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(err) => {
+                        self.failed(&mut state, &err);
+                        lines.next();
+                        continue;
+                    }
+                }
+            }
+            if state.bytes + scratch.len() <= self.backlog_bytes {
+                state.bytes += scratch.len();
+                state.entries.push_back(scratch.clone());
+                lines.next();
+            } else {
+                state.dropping = true;
+            }
         }
-        if !scratch.is_empty() && state.bytes + scratch.len() <= BACKLOG_BYTES {
-            state.bytes += scratch.len();
-            state.entries.push_back(scratch.clone());
-        } else {
-            *state
-                .unsent
-                .entry((entry.app.to_owned(), entry.process.to_owned()))
-                .or_default() += 1;
-            state.unsent_total += 1;
-            if state.unsent_total.is_power_of_two() {
-                tracing::warn!(path = %self.path.display(), lines = state.unsent_total, "journald does not keep up: lines not sent to it (the log files have them)");
+    }
+
+    fn count_unsent(&self, state: &mut Backlog, entry: &JournalEntry<'_>, lines: u64) {
+        let processes = match state.unsent.get_mut(entry.app) {
+            Some(processes) => processes,
+            None => state.unsent.entry(entry.app.to_owned()).or_default(),
+        };
+        match processes.get_mut(entry.process) {
+            Some(count) => *count += lines,
+            None => {
+                processes.insert(entry.process.to_owned(), lines);
             }
+        }
+        let before = state.unsent_total;
+        state.unsent_total += lines;
+        // The first time and then at every doubling: visible, without a flood of warnings.
+        if before == 0 || before.leading_zeros() != state.unsent_total.leading_zeros() {
+            tracing::warn!(path = %self.path.display(), lines = state.unsent_total, "journald does not keep up: lines not sent to it (the log files have them)");
         }
     }
 
     /// Whether [`Journal::retry`] has work.
     pub(super) fn behind(&self) -> bool {
         let state = lock(&self.state);
-        !state.entries.is_empty() || !state.unsent.is_empty()
+        !state.entries.is_empty() || state.dropping
     }
 
     /// Resends the backlog in order until journald pushes back again; once it is empty, says
@@ -132,13 +176,17 @@ impl Journal {
             }
         }
         let mut scratch = Vec::new();
-        while let Some(((app, process), lines)) = state.unsent.pop_first() {
+        while let Some(mut entry) = state.unsent.first_entry() {
+            let Some((process, lines)) = entry.get_mut().pop_first() else {
+                entry.remove();
+                continue;
+            };
             let message = format!(
                 "[piku] {lines} lines were not sent to journald (it did not keep up); the log file has them"
             );
             scratch.clear();
             JournalEntry {
-                app: &app,
+                app: entry.key(),
                 process: &process,
                 priority: NOTE_PRIORITY,
                 message: message.as_bytes(),
@@ -147,12 +195,13 @@ impl Journal {
             match self.socket.send_to(&scratch, &self.path) {
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    state.unsent.insert((app, process), lines);
+                    entry.get_mut().insert(process, lines);
                     return;
                 }
                 Err(err) => self.failed(&mut state, &err),
             }
         }
+        state.dropping = false;
     }
 
     fn failed(&self, state: &mut Backlog, err: &io::Error) {
@@ -168,6 +217,7 @@ impl Journal {
 pub(super) const NOTE_PRIORITY: u8 = 5;
 
 /// The fields of one journal entry.
+#[derive(Clone, Copy)]
 pub(super) struct JournalEntry<'a> {
     pub app: &'a str,
     pub process: &'a str,
@@ -232,16 +282,14 @@ mod tests {
     #[test]
     fn a_missing_socket_is_counted_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::connect(dir.path().join("nobody-listens")).unwrap();
+        let journal = Journal::connect(dir.path().join("nobody-listens"), BACKLOG_BYTES).unwrap();
         let entry = JournalEntry {
             app: "a",
             process: "web.1",
             priority: 6,
             message: b"x",
         };
-        let mut scratch = Vec::new();
-        journal.send(&entry, &mut scratch);
-        journal.send(&entry, &mut scratch);
+        journal.send_lines(&entry, ["x", "y"].into_iter(), &mut Vec::new());
         assert_eq!(lock(&journal.state).failures, 2);
         assert!(!journal.behind());
     }
@@ -255,9 +303,9 @@ mod tests {
             app: "shop",
             process: "worker.1",
             priority: 6,
-            message: message.as_bytes(),
+            message: &[],
         };
-        journal.send(&entry, &mut Vec::new());
+        journal.send_lines(&entry, std::iter::once(message), &mut Vec::new());
     }
 
     fn message_of(datagram: &[u8]) -> String {
@@ -274,7 +322,7 @@ mod tests {
         let path = dir.path().join("journal.sock");
         let journald = UnixDatagram::bind(&path).unwrap();
         journald.set_nonblocking(true).unwrap();
-        let journal = Journal::connect(path).unwrap();
+        let journal = Journal::connect(path, BACKLOG_BYTES).unwrap();
 
         // journald reads nothing: its queue fills, then the backlog, then lines are counted.
         let total = 200_000;

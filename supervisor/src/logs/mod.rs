@@ -91,6 +91,9 @@ pub struct LogConfig {
     /// Most bytes (line text plus a few dozen bytes per pipe read) a sink whose disk is slow
     /// may have waiting for its writer before the capture thread stops reading its pipes.
     pub queue_bytes: usize,
+    /// Most bytes of journal entries kept while journald does not keep up; beyond them the
+    /// journal copy of further lines is given up (counted, and noted to journald).
+    pub journal_backlog_bytes: usize,
 }
 
 impl Default for LogConfig {
@@ -100,6 +103,7 @@ impl Default for LogConfig {
             // Keeps a slow disk busy between two batches (a writer takes the whole queue, so
             // at most twice this per slow sink is in memory) without holding much.
             queue_bytes: 1024 * 1024,
+            journal_backlog_bytes: journal::BACKLOG_BYTES,
         }
     }
 }
@@ -178,7 +182,7 @@ impl LogHub {
         let journal = config
             .journal
             .as_ref()
-            .and_then(|path| match journal::Journal::connect(path.clone()) {
+            .and_then(|path| match journal::Journal::connect(path.clone(), config.journal_backlog_bytes) {
                 Ok(journal) => Some(Arc::new(journal)),
                 Err(err) => {
                     tracing::warn!(path = %path.display(), %err, "journald socket unusable; logging to files only");

@@ -495,15 +495,13 @@ impl Shared {
         if let Some(journal) = &self.journal {
             let mut scratch = Vec::new();
             for chunk in gap_note.iter().chain(batch.iter()) {
-                for line in chunk.lines() {
-                    let entry = JournalEntry {
-                        app: &self.app,
-                        process: &self.process,
-                        priority: chunk.stream.priority(),
-                        message: line.as_bytes(),
-                    };
-                    journal.send(&entry, &mut scratch);
-                }
+                let template = JournalEntry {
+                    app: &self.app,
+                    process: &self.process,
+                    priority: chunk.stream.priority(),
+                    message: &[],
+                };
+                journal.send_lines(&template, chunk.lines(), &mut scratch);
             }
         }
         #[cfg(test)]

@@ -135,8 +135,8 @@ async fn piku_rotation_keeps_a_contiguous_tail_in_old_and_log() {
 async fn a_slow_disk_holds_back_its_own_child_only_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
-        journal: None,
         queue_bytes: 64 * 1024,
+        ..LogConfig::default()
     };
     let hub = LogHub::with_config(dir.path().to_path_buf(), config).unwrap();
     let rotation = Rotation {
@@ -341,6 +341,90 @@ async fn a_journal_that_does_not_read_never_blocks_the_capture() {
         20_000
     );
     assert_eq!(sink.dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_journald_loses_part_of_its_copy_never_the_file_and_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("journal.sock");
+    let journald = UnixDatagram::bind(&socket_path).unwrap();
+    journald
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // journald reads a datagram every 50 µs at most (sleeps make it slower): far slower than
+    // the child writes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut messages, mut buf) = (Vec::new(), vec![0u8; 65536]);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = journald.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    messages.extend(
+                        text.lines()
+                            .find_map(|l| l.strip_prefix("MESSAGE="))
+                            .map(str::to_owned),
+                    );
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            messages
+        }
+    });
+    // A small backlog (≈ 750 lines): journald here takes 10 datagrams per retry
+    // (`net.unix.max_dgram_qlen` is 10 without systemd's 512), so a big one would take long.
+    let config = LogConfig {
+        journal: Some(socket_path),
+        journal_backlog_bytes: 64 * 1024,
+        ..LogConfig::default()
+    };
+    let hub = LogHub::with_config(dir.path().join("logs"), config).unwrap();
+    let sink = hub.sink("shop", "worker.1", Rotation::PIKU);
+    let total = 100_000;
+    capture_to_end(&sink, spawn_sh(&format!("exec seq 1 {total}"))).await;
+    // The file has every line, whatever journald did.
+    let current = dir.path().join("logs/shop/worker.1.log");
+    let mut kept = read_lines(&with_suffix(&current, ".old"));
+    kept.extend(read_lines(&current));
+    let first: u64 = kept[0].parse().unwrap();
+    assert_sequence(&kept, first, total);
+    assert_eq!(sink.dropped(), 0);
+    // Once the backlog has drained journald is told how much it missed.
+    let journal = hub.inner.journal.clone().unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while journal.behind() {
+        assert!(Instant::now() < deadline, "journald never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let messages = reader.join().unwrap();
+    // journald's copy: the start of the output in order, the note where the backlog was
+    // full, then (if the child was still writing when it had drained) the rest in order.
+    let note_at = messages
+        .iter()
+        .position(|m| m.contains("lines were not sent to journald"))
+        .expect("journald is told what it missed");
+    let unsent: u64 = messages[note_at]
+        .strip_prefix("[piku] ")
+        .and_then(|m| m.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let numbers =
+        |lines: &[String]| -> Vec<u64> { lines.iter().map(|m| m.parse().unwrap()).collect() };
+    let before = numbers(&messages[..note_at]);
+    let after = numbers(&messages[note_at + 1..]);
+    assert!(
+        before.iter().copied().eq(1..=before.len() as u64),
+        "the start is gap-free"
+    );
+    let resumed = before.len() as u64 + unsent + 1;
+    assert!(
+        after.iter().copied().eq(resumed..=total),
+        "the end is gap-free"
+    );
+    assert!(unsent > 0 && !before.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
