@@ -109,7 +109,13 @@ impl Inner {
             mailbox.commands.push(command);
             urgent || mailbox.sleeping
         };
-        if wake && let Err(err) = self.waker.wake() {
+        if wake {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Err(err) = self.waker.wake() {
             tracing::error!(%err, "cannot wake the log capture thread");
         }
     }
@@ -157,11 +163,6 @@ impl Capture {
         let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
         fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         let token = Token(self.inner.next_token.fetch_add(1, Ordering::Relaxed));
-        // Registered before the thread knows the pipe: an event for a token it does not know
-        // yet is ignored, so the pipe is read once anyway when the thread takes it.
-        self.inner
-            .registry
-            .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
         let pipe = Pipe {
             token,
             file: File::from(fd),
@@ -172,8 +173,30 @@ impl Capture {
             paused: false,
             queued: false,
         };
-        self.inner.post(Command::Attach(Box::new(pipe)), false);
-        Ok(())
+        // Registered here, so that a spawn costs the thread no wake-up, and under the mailbox
+        // lock: the thread takes its commands after each wait, so when it sees an event for
+        // this pipe the Attach is already there to be taken (and reads the pipe once).
+        // A pipe that cannot be registered is dropped after the lock is released (dropping
+        // a sink may post).
+        let fd = pipe.file.as_raw_fd();
+        let (registered, wake) = {
+            let mut mailbox = lock(&self.inner.mailbox);
+            match self
+                .inner
+                .registry
+                .register(&mut SourceFd(&fd), token, Interest::READABLE)
+            {
+                Ok(()) => {
+                    mailbox.commands.push(Command::Attach(Box::new(pipe)));
+                    (Ok(()), mailbox.sleeping)
+                }
+                Err(err) => (Err((err, pipe)), false),
+            }
+        };
+        if wake {
+            self.inner.wake();
+        }
+        registered.map_err(|(err, _unregistered)| err)
     }
 
     /// A note was queued (or held, `urgent`) for `sink`.

@@ -14,11 +14,10 @@
 //! file once it can be written again; waiting for a full disk would stop every app that logs.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::process::{ChildStderr, ChildStdout};
-use tokio::sync::Notify;
 
 use super::capture::Capture;
 use super::journal::{Journal, JournalEntry, NOTE_PRIORITY};
@@ -28,6 +27,10 @@ use super::{LiveLines, LogConfig, LogLine, Rotation, lock};
 /// A write that takes this long means the disk is behind: the sink's next batches are
 /// written by a thread of its own until one is fast again.
 pub(super) const SLOW_WRITE: Duration = Duration::from_millis(20);
+
+/// The longest a flush waits (a hung disk must not keep a blocking-pool thread forever; the
+/// callers give up sooner anyway).
+const FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 /// Where a line came from (its journald priority).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,8 +114,8 @@ pub(super) struct Shared {
     state: Mutex<State>,
     /// Held by whoever writes: the capture thread, or the sink's writer thread.
     file: Mutex<RotatingFile>,
-    /// Woken after every batch written and every pipe closed.
-    progress: Notify,
+    /// Signalled (with `state`) after every batch written and every pipe closed.
+    progress: Condvar,
 }
 
 struct State {
@@ -180,7 +183,7 @@ impl LogSink {
                     write_pause: Duration::ZERO,
                 }),
                 file: Mutex::new(RotatingFile::new(setup.path)),
-                progress: Notify::new(),
+                progress: Condvar::new(),
             }),
         }
     }
@@ -252,25 +255,25 @@ impl LogSink {
     }
 
     /// Returns when everything the instance's pipes held at the call (as far as the queue's
-    /// budget allows) and every note before it has been written.
+    /// budget allows) and every note before it has been written, or after [`FLUSH_LIMIT`].
     pub(super) async fn flush(&self) {
-        let (reply, replied) = tokio::sync::oneshot::channel();
-        self.shared.capture.flush(Arc::clone(&self.shared), reply);
-        // Without an answer (the capture thread is gone) what is queued is still written by
-        // whoever writes it.
-        let target = match replied.await {
-            Ok(target) => target,
-            Err(_) => lock(&self.shared.state).accepted,
-        };
-        self.shared
-            .wait_until(|state| state.written >= target)
-            .await;
+        let shared = Arc::clone(&self.shared);
+        // Waiting for another thread is blocking work: on the blocking pool (which also keeps
+        // tokio's paused test clock from jumping over callers' timeouts meanwhile).
+        let _ = tokio::task::spawn_blocking(move || shared.flush_blocking()).await;
     }
 
     /// Returns once the capture thread has closed every pipe of the sink (each reached EOF).
     #[cfg(test)]
     pub(super) async fn pipes_closed(&self) {
-        self.shared.wait_until(|state| state.pipes == 0).await;
+        let shared = Arc::clone(&self.shared);
+        let closed = tokio::task::spawn_blocking(move || {
+            shared.wait_until(|state| state.pipes == 0, FLUSH_LIMIT)
+        });
+        assert!(
+            closed.await.unwrap(),
+            "pipes still open after {FLUSH_LIMIT:?}"
+        );
     }
 
     /// Tests: every write of this sink takes `pause` longer, as on a slow disk.
@@ -360,7 +363,7 @@ impl Shared {
                 state.unarmed_pipes = state.unarmed_pipes.saturating_sub(1);
             }
         }
-        self.progress.notify_waiters();
+        self.progress.notify_all();
     }
 
     fn enqueue(&self, state: &mut State, chunk: Chunk) {
@@ -525,20 +528,37 @@ impl Shared {
             }
         }
         batch.clear();
-        self.progress.notify_waiters();
+        self.progress.notify_all();
         started.elapsed()
     }
 
-    /// Waits until `done` holds for the state (checked after each write and pipe close).
-    async fn wait_until(&self, done: impl Fn(&State) -> bool) {
-        loop {
-            let notified = self.progress.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if done(&lock(&self.state)) {
-                return;
+    fn flush_blocking(self: Arc<Self>) {
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        self.capture.flush(Arc::clone(&self), reply);
+        // Without an answer (the capture thread is gone) what is queued is still written by
+        // whoever writes it.
+        let target = replied
+            .blocking_recv()
+            .unwrap_or_else(|_| lock(&self.state).accepted);
+        self.wait_until(|state| state.written >= target, FLUSH_LIMIT);
+    }
+
+    /// Waits until `done` holds for the state (checked after each write and pipe close), at
+    /// most `limit`; returns whether it does.
+    fn wait_until(&self, done: impl Fn(&State) -> bool, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut state = lock(&self.state);
+        while !done(&state) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
             }
-            notified.await;
+            state = self
+                .progress
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
+        true
     }
 }

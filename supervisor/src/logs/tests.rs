@@ -148,9 +148,10 @@ async fn a_slow_disk_holds_back_its_own_child_only_and_loses_nothing() {
     slow.slow_down_writes(Duration::from_secs(1));
     let quiet = hub.sink("app", "web.1", rotation);
 
-    // ≈ 2 MB: at most a few hundred KiB get written before the disk is fast again, so the
-    // flood's writer cannot finish before; it says when it has through a file.
-    let total = 300_000;
+    // ≈ 15 MB: at most a few MiB (its pipe, enlarged to 1 MiB, and a read or two) get past
+    // the slow disk before it is fast again, so the flood's writer cannot finish before; it
+    // says when it has through a file.
+    let total = 2_000_000;
     let done = dir.path().join("flood-done");
     let mut flood = spawn_sh(&format!(
         "seq 1 {total}; touch {}; exec sleep 60",
