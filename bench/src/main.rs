@@ -56,15 +56,19 @@ struct Common {
     /// Keep the temp dirs (configs, logs) instead of deleting them.
     #[arg(long, global = true)]
     keep: bool,
+    /// Apps for `idle` and `respawn` (default: the middle size, 10; `all` runs rows 2 and 3
+    /// at the largest, 50).
+    #[arg(long, global = true)]
+    apps: Option<usize>,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
 enum Cmd {
     /// Row 1: idle memory at 1, 10, 50 apps.
     Memory,
-    /// Row 2: idle CPU and wake-ups (10 apps).
+    /// Row 2: idle CPU and wake-ups (10 apps, or --apps).
     Idle,
-    /// Row 3: respawn latency after kill -9 (10 apps).
+    /// Row 3: respawn latency after kill -9 (10 apps, or --apps).
     Respawn,
     /// Row 4: a crash-looping worker.
     Crashloop,
@@ -100,6 +104,8 @@ pub struct Opts {
     pub recover_cap_secs: f64,
     pub spew_secs: f64,
     pub many: u32,
+    /// `--apps`: the size `idle` and `respawn` run at.
+    pub apps: Option<usize>,
 }
 
 impl Opts {
@@ -121,6 +127,7 @@ impl Opts {
                 recover_cap_secs: 20.0,
                 spew_secs: 2.0,
                 many: 50,
+                apps: c.apps,
             }
         } else {
             Opts {
@@ -133,6 +140,7 @@ impl Opts {
                 recover_cap_secs: 45.0,
                 spew_secs: 10.0,
                 many: 500,
+                apps: c.apps,
             }
         })
     }
@@ -233,6 +241,7 @@ fn run(
     let all = cmd == Cmd::All;
     let largest = opts.sizes.iter().copied().max().unwrap_or(1);
     let mid = opts.sizes.get(1).copied().unwrap_or(largest);
+    let apps = opts.apps;
     let plan = match cmd {
         Cmd::Memory => Some(Plan {
             sizes: opts.sizes.clone(),
@@ -240,12 +249,12 @@ fn run(
             respawn: false,
         }),
         Cmd::Idle => Some(Plan {
-            sizes: vec![mid],
+            sizes: vec![apps.unwrap_or(mid)],
             idle: true,
             respawn: false,
         }),
         Cmd::Respawn => Some(Plan {
-            sizes: vec![mid],
+            sizes: vec![apps.unwrap_or(mid)],
             idle: false,
             respawn: true,
         }),

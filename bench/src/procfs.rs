@@ -4,9 +4,11 @@
 //! Every figure in the suite comes from here, so all three supervisors are measured with the
 //! same code.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
 
 /// A process id as the kernel and `/proc` spell it.
 pub type Pid = i32;
@@ -159,73 +161,131 @@ pub fn mem_sum(pids: &[Pid]) -> Mem {
         .fold(Mem::default(), |a, b| a + b)
 }
 
-/// Voluntary + involuntary context switches of every thread of `pid` (the process's own
-/// `status` file counts only its main thread).
-pub fn ctxt_switches(pid: Pid) -> u64 {
+/// Context switches (voluntary + involuntary) and scheduler run time (ns) of every live
+/// thread of `pid`, by thread id. (The process's own `status` file counts only its main
+/// thread.)
+pub fn threads(pid: Pid) -> Vec<(Pid, ThreadCounts)> {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return Vec::new();
     };
-    let mut sum = 0;
+    let mut out = Vec::new();
     for task in tasks.flatten() {
-        let Ok(text) = fs::read_to_string(task.path().join("status")) else {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<Pid>().ok())
+        else {
             continue;
         };
-        for line in text.lines() {
-            if let Some(v) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                sum += v.trim().parse::<u64>().unwrap_or(0);
-            }
-        }
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let ctxt = status
+            .lines()
+            .filter_map(|line| {
+                line.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum();
+        let sched_ns = fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_ascii_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        out.push((tid, ThreadCounts { ctxt, sched_ns }));
     }
-    sum
+    out
 }
 
-/// Nanoseconds on CPU of every live thread of `pid` (`/proc/<pid>/task/*/schedstat`, field 1).
-pub fn sched_ns(pid: Pid) -> u64 {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_ascii_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
-/// CPU time and context switches of a set of processes at one instant.
-#[derive(Debug, Clone, Default)]
-pub struct Activity {
-    /// utime + stime (includes threads that have exited; 10 ms resolution).
-    pub cpu_ticks: u64,
-    /// Scheduler run time of the live threads (ns resolution; misses exited threads).
-    pub sched_ns: u64,
+/// What one thread has done since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadCounts {
     pub ctxt: u64,
+    pub sched_ns: u64,
+}
+
+/// How often an [`Activity`] window looks at the threads while it waits.
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+
+/// CPU time and context switches of a set of processes over a window, counted thread by
+/// thread: a thread that starts during the window counts from zero, one that ends counts up
+/// to the last sample that saw it. Two samples of the whole process would lose what threads
+/// that exit in between did (tokio's blocking-pool threads and a supervisor's writer threads
+/// come and go) and could even go backwards, so the window samples every
+/// [`SAMPLE_EVERY`] while it waits ([`Activity::wait`]).
+#[derive(Debug, Clone)]
+pub struct Activity {
+    pids: Vec<Pid>,
+    /// utime + stime of the processes at the start (includes threads that have exited; 10 ms
+    /// resolution).
+    start_ticks: u64,
+    /// (pid, tid) → (counts at the start, or zero for a thread born in the window; counts at
+    /// the last sample).
+    threads: BTreeMap<(Pid, Pid), (ThreadCounts, ThreadCounts)>,
 }
 
 impl Activity {
-    pub fn sample(pids: &[Pid]) -> Activity {
-        let mut a = Activity::default();
-        for p in pids {
-            // CPU of exited children is folded into cutime, which we leave out on purpose:
-            // the question is what the supervisor itself burns.
-            if let Some(s) = Stat::read(*p) {
-                a.cpu_ticks += s.cpu_ticks;
+    pub fn start(pids: &[Pid]) -> Activity {
+        let mut a = Activity {
+            pids: pids.to_vec(),
+            start_ticks: cpu_ticks(pids),
+            threads: BTreeMap::new(),
+        };
+        for &pid in pids {
+            for (tid, counts) in threads(pid) {
+                a.threads.insert((pid, tid), (counts, counts));
             }
-            a.sched_ns += sched_ns(*p);
-            a.ctxt += ctxt_switches(*p);
         }
         a
     }
 
-    /// CPU seconds and context switches between `earlier` and `self`. The CPU figure is the
-    /// larger of the two clocks: ticks are coarse, schedstat loses threads that exited.
-    pub fn since(&self, earlier: &Activity) -> (f64, u64) {
-        let ticks = self.cpu_ticks.saturating_sub(earlier.cpu_ticks) as f64 / ticks_per_sec();
-        let sched = self.sched_ns.saturating_sub(earlier.sched_ns) as f64 / 1e9;
-        (ticks.max(sched), self.ctxt.saturating_sub(earlier.ctxt))
+    /// Looks at every thread now.
+    pub fn sample(&mut self) {
+        for &pid in &self.pids {
+            for (tid, counts) in threads(pid) {
+                self.threads
+                    .entry((pid, tid))
+                    .and_modify(|(_, last)| *last = counts)
+                    .or_insert((ThreadCounts::default(), counts));
+            }
+        }
     }
+
+    /// Sleeps for `d`, sampling meanwhile.
+    pub fn wait(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            sleep(left.min(SAMPLE_EVERY));
+            self.sample();
+        }
+    }
+
+    /// CPU seconds and context switches since the start. The CPU figure is the larger of
+    /// the two clocks: ticks are coarse, per-thread run time misses what an exited thread
+    /// did after its last sample.
+    pub fn finish(mut self) -> (f64, u64) {
+        self.sample();
+        let ticks = cpu_ticks(&self.pids).saturating_sub(self.start_ticks) as f64 / ticks_per_sec();
+        let (mut ns, mut ctxt) = (0u64, 0u64);
+        for (first, last) in self.threads.values() {
+            ns += last.sched_ns.saturating_sub(first.sched_ns);
+            ctxt += last.ctxt.saturating_sub(first.ctxt);
+        }
+        (ticks.max(ns as f64 / 1e9), ctxt)
+    }
+}
+
+pub fn cpu_ticks(pids: &[Pid]) -> u64 {
+    // CPU of exited children is folded into cutime, which we leave out on purpose: the
+    // question is what the supervisor itself burns.
+    pids.iter()
+        .filter_map(|p| Stat::read(*p))
+        .map(|s| s.cpu_ticks)
+        .sum()
 }
 
 #[cfg(test)]
@@ -238,9 +298,28 @@ mod tests {
         let stat = Stat::read(me).unwrap();
         assert!(stat.ppid > 0);
         assert!(mem(me).unwrap().rss_kib > 0);
-        assert!(ctxt_switches(me) > 0);
+        assert!(threads(me).iter().map(|(_, c)| c.ctxt).sum::<u64>() > 0);
         assert!(ProcId::of(me).unwrap().alive());
         assert!(tree(me).contains(&me));
+    }
+
+    #[test]
+    fn a_thread_that_ends_within_the_window_still_counts() {
+        let me = std::process::id() as Pid;
+        let mut window = Activity::start(&[me]);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            for _ in 0..50 {
+                sleep(Duration::from_millis(1));
+            }
+            let _ = rx.recv();
+        });
+        sleep(Duration::from_millis(200));
+        window.sample();
+        drop(tx);
+        worker.join().unwrap();
+        let (_, switches) = window.finish();
+        assert!(switches >= 50, "{switches}");
     }
 
     #[test]

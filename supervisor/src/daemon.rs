@@ -104,7 +104,7 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     running.write_now();
     tokio::spawn(running.clone().run_writer());
     tokio::spawn(reaper::run());
-    let logs = LogHub::new(root.logs());
+    let logs = LogHub::new(root.logs()).context("cannot start the log capture thread")?;
     let store = Arc::new(Store::new(state_path, BTreeMap::new()));
     let apps = Registry::new(Ctx {
         logs: logs.clone(),

@@ -81,8 +81,9 @@ pub trait Driver: Send {
     fn crash_view(&mut self, app: &str, kind: &str) -> Result<Option<CrashView>>;
     /// Where instance `kind.index` of `app` logs, newest file first (current, then backups).
     fn log_files(&self, app: &str, kind: &str, index: u32) -> Vec<std::path::PathBuf>;
-    /// Lines the supervisor itself says it dropped for an instance, if it counts them.
-    fn dropped_lines(&mut self, _app: &str, _kind: &str) -> Result<Option<u64>> {
+    /// Lines the supervisor itself says it could not write to an instance's log (I/O errors),
+    /// if it counts them.
+    fn unwritable_lines(&mut self, _app: &str, _kind: &str) -> Result<Option<u64>> {
         Ok(None)
     }
     fn tracker(&mut self) -> &mut Tracker;

@@ -210,7 +210,7 @@ impl Driver for Ours {
         out
     }
 
-    fn dropped_lines(&mut self, app: &str, kind: &str) -> Result<Option<u64>> {
+    fn unwritable_lines(&mut self, app: &str, kind: &str) -> Result<Option<u64>> {
         let apps = self.status(Some(app))?;
         Ok(Some(
             apps.iter()

@@ -80,14 +80,15 @@ pub fn run(kind: Kind, base: &Path, fx: &Fixture, opts: &Opts, res: &mut Results
     let mut d = driver::start(kind, base, opts)?;
     let app = fx.crash_app("crashy", &state);
     let outcome = (|| -> Result<()> {
-        let before = Activity::sample(&d.own_pids());
+        let mut window = Activity::start(&d.own_pids());
         d.deploy(std::slice::from_ref(&app))?;
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs_f64(opts.crash_secs) {
             sleep(Duration::from_millis(250));
+            window.sample();
             d.sweep();
         }
-        let (cpu_s, _) = Activity::sample(&d.own_pids()).since(&before);
+        let (cpu_s, _) = window.finish();
         let s = starts(&state);
         res.set(&made, kind, Cell::Num(s.len() as f64));
         let longest = s.windows(2).map(|w| w[1].0 - w[0].0).fold(0.0, f64::max);

@@ -163,12 +163,11 @@ fn run_size(
 
     if largest && plan.idle {
         let [cpu, ctxt] = idle_rows(n);
-        let before = Activity::sample(&own);
+        let mut window = Activity::start(&own);
         let t0 = Instant::now();
-        sleep(Duration::from_secs_f64(opts.idle_secs));
-        let after = Activity::sample(&own);
+        window.wait(Duration::from_secs_f64(opts.idle_secs));
+        let (cpu_s, switches) = window.finish();
         let per_min = 60.0 / t0.elapsed().as_secs_f64();
-        let (cpu_s, switches) = after.since(&before);
         res.set(&cpu, kind, Cell::Num(cpu_s * 1000.0 * per_min));
         res.set(&ctxt, kind, Cell::Num(switches as f64 * per_min));
     }

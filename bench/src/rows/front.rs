@@ -527,7 +527,7 @@ fn measure(base: &Path, supervisor_bin: &Path, load: Load, quick: bool) -> Resul
         let mut glue_ticks = 0;
         let mut hop_ticks = 0;
         let hop_pids = crate::procfs::tree(hop.0.id() as i32);
-        let hop_cpu = || crate::procfs::Activity::sample(&hop_pids).cpu_ticks;
+        let hop_cpu = || crate::procfs::cpu_ticks(&hop_pids);
         for round in 0..load.rounds {
             let run = wrk(
                 &url(paths.port_a),

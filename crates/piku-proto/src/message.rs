@@ -293,7 +293,9 @@ pub struct InstanceStatus {
     pub cpu_secs: Option<f64>,
     /// For cron entries: the next run, RFC 3339 in local time.
     pub next_run: Option<String>,
-    /// Log lines dropped because the child wrote faster than the disk took them.
+    /// Log lines that could not be written to the instance's log file (I/O errors such as a
+    /// full disk). No line is dropped for speed: a child that writes faster than its log is
+    /// written waits. (The name is kept for protocol compatibility.)
     pub log_lines_dropped: u64,
 }
 

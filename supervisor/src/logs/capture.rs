@@ -1,236 +1,620 @@
-//! Reading a child's pipe and cutting it into lines.
+//! The capture thread: one thread per [`super::LogHub`] owns the read end of every instance's
+//! stdout and stderr pipe, reads them with its own epoll (mio), cuts what they give into
+//! lines and has each instance's sink write them (sink.rs).
 //!
-//! Lines end at '\n' (which is dropped). A line longer than [`MAX_LINE`] is cut into pieces of
-//! at most that size — preferably at a UTF-8 character boundary — so one runaway line cannot
-//! hold unbounded memory; nothing is discarded. Bytes that are not UTF-8 are replaced lossily
-//! (U+FFFD). A last line without '\n' is delivered at EOF.
+//! Why a thread of its own rather than a reader task per pipe on the runtime: a line read on
+//! an async worker and written on the blocking pool cost several wake-ups of several threads
+//! (the worker, a second worker it woke, the pool thread); here a wake-up reads every pipe
+//! that is ready and writes what it read, once. Why one thread: supervisord and journald do
+//! the same with one; a read and a page-cache write take microseconds, and a sink whose disk
+//! is slow moves to a writer thread of its own (sink.rs), so one flooding instance never
+//! holds up the others. The control socket, cron and the HTTP front run on the runtime and
+//! never wait for this thread.
+//!
+//! When the thread reads each pipe is pace.rs's: at once (armed), every couple of
+//! milliseconds while it floods (hot), or on the one-second tick while it is quiet.
+//! Back-pressure: a sink whose writer has a full queue is not read (its child blocks in
+//! write(2)) until the writer asks for more ([`Capture::resume`]); nothing is ever dropped.
+//!
+//! Issue 15 (handing the pipes to a successor daemon) finds every read end here, in
+//! `Engine::pipes`.
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Longest line kept whole (piku/uWSGI logs have no limit; 64 KiB covers stack traces and JSON
-/// logs while bounding memory per pipe).
-pub(super) const MAX_LINE: usize = 64 * 1024;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use tokio::sync::oneshot;
 
-/// The read buffer of a pipe grows from `SMALL_READ` (a quiet process: most are) to
-/// `BIG_READ` while reads fill it, and shrinks back when they stop doing so, so dozens of
-/// idle instances don't each hold 128 KiB of buffers.
-const SMALL_READ: usize = 4 * 1024;
-const BIG_READ: usize = 64 * 1024;
+use super::journal::{self, Journal};
+use super::lines::{LineSplitter, Lines, decode};
+use super::lock;
+use super::pace::{self, Mode, Pace};
+use super::sink::{Chunk, Shared, Stream};
 
-/// Complete lines, each ending in '\n', in one buffer: one allocation per pipe read instead
-/// of one per line.
+/// Size of the one read buffer: a hot pipe's whole content in one read.
+const READ_BYTES: usize = 1024 * 1024;
+/// A hot pipe is enlarged to this (from Linux's 64 KiB; 1 MiB is the most an unprivileged
+/// user may ask for) so that its writer does not wait between two hot ticks: a writer at
+/// ~90 MB/s (the benchmark's flood into /dev/null) fills it in ~11 ms, against a 2 ms tick.
+/// With 256 KiB the writer waited often enough to lose a fifth of its rate. The pipe shrinks
+/// back when it calms down, because a user's pipes share a budget
+/// (`/proc/sys/fs/pipe-user-pages-soft`).
+pub(super) const HOT_PIPE_BYTES: usize = 1024 * 1024;
+const NORMAL_PIPE_BYTES: usize = 64 * 1024;
+/// Reads of one pipe while a flush or a note waits for it (a child that keeps writing must
+/// not keep the thread on it forever).
+const DRAIN_READS: usize = 8;
+/// Quiet pipes with data taken from their epoll per call (more take more calls).
+const QUIET_EVENTS: usize = 256;
+
+const WAKER: Token = Token(usize::MAX);
+
+/// The handle sinks and the hub hold. The thread ends when the last handle is dropped
+/// (pipes hold their sink, so never while a pipe is open).
+#[derive(Clone)]
+pub(super) struct Capture {
+    inner: Arc<Inner>,
+    _alive: Arc<Alive>,
+}
+
+/// Tells the thread to end when the last [`Capture`] goes.
+struct Alive {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.inner.post(Command::Shutdown, true);
+    }
+}
+
+struct Inner {
+    /// The armed set's registry: `attach` registers a pipe from the caller's thread, so a
+    /// spawn costs the capture thread no wake-up.
+    registry: Registry,
+    waker: Waker,
+    mailbox: Mutex<Mailbox>,
+    next_token: AtomicUsize,
+}
+
 #[derive(Default)]
-pub(super) struct Lines {
-    pub text: Vec<u8>,
-    pub count: usize,
+struct Mailbox {
+    commands: Vec<Command>,
+    /// The thread waits without a deadline: anything posted must wake it.
+    sleeping: bool,
 }
 
-impl Lines {
-    fn push_line(&mut self, line: &[u8]) {
-        self.text.extend_from_slice(line);
-        self.text.push(b'\n');
-        self.count += 1;
+enum Command {
+    Attach(Box<Pipe>),
+    /// Write the sink's queue (notes, a forgotten app's close); first read its pipes if notes
+    /// are held for them.
+    Settle(Arc<Shared>),
+    Flush(Arc<Shared>, oneshot::Sender<u64>),
+    /// The sink's writer took its queue: read its pipes again.
+    Resume(Arc<Shared>),
+    Shutdown,
+}
+
+impl Inner {
+    fn post(&self, command: Command, urgent: bool) {
+        let wake = {
+            let mut mailbox = lock(&self.mailbox);
+            mailbox.commands.push(command);
+            urgent || mailbox.sleeping
+        };
+        if wake {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Err(err) = self.waker.wake() {
+            tracing::error!(%err, "cannot wake the log capture thread");
+        }
     }
 }
 
-/// Accumulates bytes and yields complete lines.
-#[derive(Default)]
-pub(super) struct LineSplitter {
-    partial: Vec<u8>,
-}
+impl Capture {
+    /// Starts the thread.
+    pub(super) fn start(journal: Option<Arc<Journal>>) -> io::Result<Capture> {
+        let armed = Poll::new()?;
+        let quiet = Poll::new()?;
+        let waker = Waker::new(armed.registry(), WAKER)?;
+        let inner = Arc::new(Inner {
+            registry: armed.registry().try_clone()?,
+            waker,
+            mailbox: Mutex::default(),
+            next_token: AtomicUsize::new(0),
+        });
+        let engine = Engine {
+            inner: Arc::clone(&inner),
+            armed,
+            quiet,
+            events: Events::with_capacity(256),
+            pipes: HashMap::new(),
+            ready: VecDeque::new(),
+            hot: Vec::new(),
+            dirty: Vec::new(),
+            buf: vec![0; READ_BYTES].into_boxed_slice(),
+            next_tick: Instant::now() + pace::TICK,
+            next_hot: Instant::now(),
+            journal,
+        };
+        std::thread::Builder::new()
+            .name("piku-logs".into())
+            .spawn(move || engine.run())?;
+        Ok(Capture {
+            _alive: Arc::new(Alive {
+                inner: Arc::clone(&inner),
+            }),
+            inner,
+        })
+    }
 
-impl LineSplitter {
-    /// Appends the complete lines found in `data` to `out`; keeps the rest for later.
-    pub(super) fn feed(&mut self, mut data: &[u8], out: &mut Lines) {
-        while !data.is_empty() {
-            if self.partial.is_empty() {
-                // Fast path: the run of complete lines of acceptable length is copied as is.
-                let mut run = 0;
-                for line in data.split_inclusive(|&b| b == b'\n') {
-                    if line.last() != Some(&b'\n') || line.len() > MAX_LINE + 1 {
-                        break;
-                    }
-                    run += line.len();
-                    out.count += 1;
+    /// Hands a pipe's read end to the thread, armed.
+    pub(super) fn attach(&self, fd: OwnedFd, stream: Stream, sink: Arc<Shared>) -> io::Result<()> {
+        let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
+        fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        let token = Token(self.inner.next_token.fetch_add(1, Ordering::Relaxed));
+        let pipe = Pipe {
+            token,
+            file: File::from(fd),
+            stream,
+            sink,
+            splitter: LineSplitter::default(),
+            pace: Pace::new(Instant::now()),
+            paused: false,
+            queued: false,
+        };
+        // Registered here, so that a spawn costs the thread no wake-up, and under the mailbox
+        // lock: the thread takes its commands after each wait, so when it sees an event for
+        // this pipe the Attach is already there to be taken (and reads the pipe once).
+        // A pipe that cannot be registered is dropped after the lock is released (dropping
+        // a sink may post).
+        let fd = pipe.file.as_raw_fd();
+        let (registered, wake) = {
+            let mut mailbox = lock(&self.inner.mailbox);
+            match self
+                .inner
+                .registry
+                .register(&mut SourceFd(&fd), token, Interest::READABLE)
+            {
+                Ok(()) => {
+                    mailbox.commands.push(Command::Attach(Box::new(pipe)));
+                    (Ok(()), mailbox.sleeping)
                 }
-                out.text.extend_from_slice(&data[..run]);
-                data = &data[run..];
-            }
-            // An over-long line, or the start/end of a line that spans reads.
-            match data.iter().position(|&b| b == b'\n') {
-                Some(pos) => {
-                    self.push_capped(&data[..pos], out);
-                    out.push_line(&self.partial);
-                    self.clear_partial();
-                    data = &data[pos + 1..];
-                }
-                None => {
-                    self.push_capped(data, out);
-                    data = &[];
-                }
-            }
-        }
-    }
-
-    /// Delivers the last unterminated line, if any (at EOF).
-    pub(super) fn finish(&mut self, out: &mut Lines) {
-        if !self.partial.is_empty() {
-            out.push_line(&self.partial);
-            self.clear_partial();
-        }
-    }
-
-    /// Forgets the partial line, and the memory a very long one needed.
-    fn clear_partial(&mut self) {
-        self.partial.clear();
-        if self.partial.capacity() > SMALL_READ {
-            self.partial = Vec::new();
-        }
-    }
-
-    /// Adds `data` to the partial line, emitting pieces of `MAX_LINE` bytes whenever it would
-    /// grow beyond that.
-    fn push_capped(&mut self, mut data: &[u8], out: &mut Lines) {
-        while self.partial.len() + data.len() > MAX_LINE {
-            let room = MAX_LINE - self.partial.len();
-            self.partial.extend_from_slice(&data[..room]);
-            data = &data[room..];
-            let cut = char_boundary(&self.partial, data);
-            out.push_line(&self.partial[..cut]);
-            self.partial.drain(..cut);
-        }
-        self.partial.extend_from_slice(data);
-    }
-}
-
-/// Where to cut a full `piece` (followed by `next`) so that a UTF-8 character is not split:
-/// if `next` starts with a continuation byte, move the cut back to the start of that
-/// character (at most 3 bytes). Non-UTF-8 data is cut at the full length.
-fn char_boundary(piece: &[u8], next: &[u8]) -> usize {
-    let is_continuation = |b: u8| b & 0b1100_0000 == 0b1000_0000;
-    if !next.first().is_some_and(|&b| is_continuation(b)) {
-        return piece.len();
-    }
-    for back in 1..=3.min(piece.len()) {
-        let at = piece.len() - back;
-        if !is_continuation(piece[at]) {
-            // `at` is the lead byte of the split character; a piece of only that is pointless.
-            return if at == 0 { piece.len() } else { at };
-        }
-    }
-    piece.len()
-}
-
-/// The text of `bytes`, with anything that is not UTF-8 replaced by U+FFFD. Checked once per
-/// read, not per line; a replacement never swallows a '\n', so the lines stay as they were.
-pub(super) fn decode(bytes: Vec<u8>) -> String {
-    match String::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
-    }
-}
-
-/// Reads `pipe` to EOF, handing the complete lines of each read to `deliver` as one text
-/// (lines ending in '\n') and its line count.
-pub(super) async fn read_lines<R, F>(mut pipe: R, mut deliver: F)
-where
-    R: AsyncRead + Unpin,
-    F: FnMut(String, usize),
-{
-    let mut splitter = LineSplitter::default();
-    let mut buf = vec![0u8; SMALL_READ];
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(err) => {
-                tracing::warn!(%err, "reading a child's output failed; capture of this pipe ends");
-                break;
+                Err(err) => (Err((err, pipe)), false),
             }
         };
+        if wake {
+            self.inner.wake();
+        }
+        registered.map_err(|(err, _unregistered)| err)
+    }
+
+    /// A note was queued (or held, `urgent`) for `sink`.
+    pub(super) fn noted(&self, sink: Arc<Shared>, urgent: bool) {
+        self.inner.post(Command::Settle(sink), urgent);
+    }
+
+    pub(super) fn settle(&self, sink: Arc<Shared>) {
+        self.inner.post(Command::Settle(sink), true);
+    }
+
+    /// Reads `sink`'s pipes, writes (or hands over) its queue, then answers how many chunks
+    /// it had queued by then.
+    pub(super) fn flush(&self, sink: Arc<Shared>, reply: oneshot::Sender<u64>) {
+        self.inner.post(Command::Flush(sink, reply), true);
+    }
+
+    pub(super) fn resume(&self, sink: Arc<Shared>) {
+        self.inner.post(Command::Resume(sink), true);
+    }
+}
+
+/// A pipe's read end and what the thread knows about it.
+struct Pipe {
+    token: Token,
+    file: File,
+    stream: Stream,
+    sink: Arc<Shared>,
+    splitter: LineSplitter,
+    pace: Pace,
+    /// Not read until its sink's writer asks for more.
+    paused: bool,
+    /// In `Engine::ready`.
+    queued: bool,
+}
+
+/// The thread's state. Every field is touched by the thread only.
+struct Engine {
+    inner: Arc<Inner>,
+    /// Armed pipes and the waker: what the thread sleeps on.
+    armed: Poll,
+    /// Quiet pipes: polled without waiting on each tick.
+    quiet: Poll,
+    events: Events,
+    pipes: HashMap<Token, Pipe>,
+    /// Pipes that may have data, read in turn (one read each per round, so a flood cannot
+    /// starve the others).
+    ready: VecDeque<Token>,
+    hot: Vec<Token>,
+    /// Sinks that got something since they were last settled.
+    dirty: Vec<Arc<Shared>>,
+    buf: Box<[u8]>,
+    next_tick: Instant,
+    next_hot: Instant,
+    journal: Option<Arc<Journal>>,
+}
+
+/// What a read of a pipe found.
+enum Outcome {
+    Data { full: bool },
+    Empty,
+    Closed,
+    Skipped,
+}
+
+impl Engine {
+    fn run(mut self) {
+        loop {
+            let mut timeout = self.timeout(Instant::now());
+            if timeout.is_none() {
+                // Under the mailbox lock, so that a post either is seen here or wakes us.
+                let mut mailbox = lock(&self.inner.mailbox);
+                if mailbox.commands.is_empty() {
+                    mailbox.sleeping = true;
+                } else {
+                    timeout = Some(Duration::ZERO);
+                }
+            }
+            if let Err(err) = self.armed.poll(&mut self.events, timeout) {
+                if err.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(%err, "log capture: epoll failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            let tokens: Vec<Token> = self.events.iter().map(|event| event.token()).collect();
+            for token in tokens {
+                if token != WAKER {
+                    self.mark_ready(token);
+                }
+            }
+            let commands = {
+                let mut mailbox = lock(&self.inner.mailbox);
+                mailbox.sleeping = false;
+                std::mem::take(&mut mailbox.commands)
+            };
+            for command in commands {
+                if !self.handle(command) {
+                    return;
+                }
+            }
+            let now = Instant::now();
+            if now >= self.next_hot && !self.hot.is_empty() {
+                self.next_hot = now + pace::HOT_TICK;
+                for token in self.hot.clone() {
+                    self.mark_ready(token);
+                }
+            }
+            if now >= self.next_tick {
+                self.tick(now);
+            }
+            self.read_round(now);
+            self.settle_dirty();
+            if let Some(journal) = &self.journal
+                && journal.behind()
+            {
+                journal.retry();
+            }
+        }
+    }
+
+    /// How long the next wait may last: not at all while pipes are ready; until the next
+    /// hot or one-second tick while there are pipes; a short while when journald is behind;
+    /// else until something is posted.
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut deadline: Option<Instant> = None;
+        let mut earliest = |at: Instant| {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        };
+        if !self.pipes.is_empty() {
+            earliest(self.next_tick);
+        }
+        if !self.hot.is_empty() {
+            earliest(self.next_hot);
+        }
+        if self.journal.as_ref().is_some_and(|j| j.behind()) {
+            earliest(now + journal::RETRY);
+        }
+        deadline.map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Attach(pipe) => {
+                let token = pipe.token;
+                if self.pipes.is_empty() {
+                    self.next_tick = Instant::now() + pace::TICK;
+                }
+                self.pipes.insert(token, *pipe);
+                self.mark_ready(token);
+            }
+            Command::Settle(sink) => {
+                if sink.has_held_notes() {
+                    self.drain_pipes_of(&sink);
+                    sink.release_notes();
+                }
+                self.dirty.push(sink);
+            }
+            Command::Flush(sink, reply) => {
+                self.drain_pipes_of(&sink);
+                sink.release_notes();
+                sink.settle();
+                let _ = reply.send(sink.accepted());
+            }
+            Command::Resume(sink) => {
+                let tokens: Vec<Token> = self.tokens_of(&sink);
+                for token in tokens {
+                    if let Some(pipe) = self.pipes.get_mut(&token) {
+                        pipe.paused = false;
+                    }
+                    self.mark_ready(token);
+                }
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn tokens_of(&self, sink: &Arc<Shared>) -> Vec<Token> {
+        self.pipes
+            .values()
+            .filter(|pipe| Arc::ptr_eq(&pipe.sink, sink))
+            .map(|pipe| pipe.token)
+            .collect()
+    }
+
+    fn mark_ready(&mut self, token: Token) {
+        if let Some(pipe) = self.pipes.get_mut(&token)
+            && !pipe.queued
+        {
+            pipe.queued = true;
+            self.ready.push_back(token);
+        }
+    }
+
+    /// The one-second tick: quiet pipes with data are read; armed ones silent for long enough
+    /// become quiet.
+    fn tick(&mut self, now: Instant) {
+        self.next_tick = now + pace::TICK;
+        let mut events = Events::with_capacity(QUIET_EVENTS);
+        loop {
+            match self.quiet.poll(&mut events, Some(Duration::ZERO)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    tracing::error!(%err, "log capture: epoll of quiet pipes failed");
+                    break;
+                }
+            }
+            let found: Vec<Token> = events.iter().map(|event| event.token()).collect();
+            for &token in &found {
+                self.mark_ready(token);
+            }
+            if found.len() < QUIET_EVENTS {
+                break;
+            }
+        }
+        let quieted: Vec<Token> = self
+            .pipes
+            .values_mut()
+            .filter_map(|pipe| (pipe.pace.tick(now) == Some(Mode::Quiet)).then_some(pipe.token))
+            .collect();
+        for token in quieted {
+            self.moved(token, Mode::Armed, Mode::Quiet);
+        }
+    }
+
+    /// One read of every ready pipe, in turn.
+    fn read_round(&mut self, now: Instant) {
+        for _ in 0..self.ready.len() {
+            let Some(token) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(pipe) = self.pipes.get_mut(&token) else {
+                continue;
+            };
+            pipe.queued = false;
+            match self.read_once(token) {
+                Outcome::Data { full } => {
+                    let Some(pipe) = self.pipes.get_mut(&token) else {
+                        continue;
+                    };
+                    let from = pipe.pace.mode();
+                    if let Some(to) = pipe.pace.data(now) {
+                        self.moved(token, from, to);
+                    }
+                    if full {
+                        self.mark_ready(token);
+                    }
+                }
+                Outcome::Empty => {
+                    if let Some(pipe) = self.pipes.get_mut(&token) {
+                        let from = pipe.pace.mode();
+                        if let Some(to) = pipe.pace.empty() {
+                            self.moved(token, from, to);
+                        }
+                    }
+                }
+                Outcome::Closed => self.close(token),
+                Outcome::Skipped => {}
+            }
+        }
+    }
+
+    /// Reads once from the pipe into its sink's queue.
+    fn read_once(&mut self, token: Token) -> Outcome {
+        let Some(pipe) = self.pipes.get_mut(&token) else {
+            return Outcome::Skipped;
+        };
+        if pipe.paused {
+            return Outcome::Skipped;
+        }
+        if !pipe.sink.accepts_more() {
+            pipe.paused = true;
+            return Outcome::Skipped;
+        }
+        let n = loop {
+            match pipe.file.read(&mut self.buf) {
+                Ok(n) => break n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Outcome::Empty,
+                Err(err) => {
+                    tracing::warn!(process = %pipe.sink.process(), %err, "reading a child's output failed; capture of this pipe ends");
+                    return Outcome::Closed;
+                }
+            }
+        };
+        if n == 0 {
+            return Outcome::Closed;
+        }
         let mut lines = Lines {
             text: Vec::with_capacity(n + n / 8),
             count: 0,
         };
-        splitter.feed(&buf[..n], &mut lines);
-        if lines.count > 0 {
-            deliver(decode(lines.text), lines.count);
-        }
-        if n == buf.len() && buf.len() < BIG_READ {
-            buf.resize(BIG_READ, 0);
-        } else if n < SMALL_READ && buf.len() > SMALL_READ {
-            buf = vec![0u8; SMALL_READ];
+        pipe.splitter.feed(&self.buf[..n], &mut lines);
+        deliver(pipe, lines);
+        self.dirty.push(Arc::clone(&pipe.sink));
+        Outcome::Data {
+            full: n == self.buf.len(),
         }
     }
-    let mut lines = Lines::default();
-    splitter.finish(&mut lines);
-    if lines.count > 0 {
-        deliver(decode(lines.text), lines.count);
+
+    /// Reads what `sink`'s pipes hold now (a flush, or notes that must come after it).
+    fn drain_pipes_of(&mut self, sink: &Arc<Shared>) {
+        for token in self.tokens_of(sink) {
+            for _ in 0..DRAIN_READS {
+                match self.read_once(token) {
+                    Outcome::Data { full: true } => continue,
+                    Outcome::Closed => self.close(token),
+                    Outcome::Data { full: false } | Outcome::Empty | Outcome::Skipped => {}
+                }
+                break;
+            }
+        }
+    }
+
+    /// Moves a pipe between the armed set, the hot list and the quiet set.
+    fn moved(&mut self, token: Token, from: Mode, to: Mode) {
+        let Some(pipe) = self.pipes.get(&token) else {
+            return;
+        };
+        if to == Mode::Hot {
+            resize_pipe(&pipe.file, HOT_PIPE_BYTES);
+        } else if from == Mode::Hot {
+            resize_pipe(&pipe.file, NORMAL_PIPE_BYTES);
+        }
+        let sink = Arc::clone(&pipe.sink);
+        let fd = pipe.file.as_raw_fd();
+        if let Err(err) = self
+            .unregister(token, fd, from)
+            .and_then(|()| self.register(token, fd, to))
+        {
+            // Unreachable in practice (the fd is ours and open); reading it on every hot
+            // tick is the safe fallback.
+            tracing::error!(%err, "log capture: cannot move a pipe between poll sets");
+            if !self.hot.contains(&token) {
+                self.hot.push(token);
+            }
+        }
+        if (from == Mode::Armed) != (to == Mode::Armed) {
+            sink.pipe_armed(to == Mode::Armed);
+        }
+    }
+
+    fn register(&mut self, token: Token, fd: RawFd, mode: Mode) -> io::Result<()> {
+        match mode {
+            Mode::Armed => {
+                self.armed
+                    .registry()
+                    .register(&mut SourceFd(&fd), token, Interest::READABLE)
+            }
+            Mode::Quiet => {
+                self.quiet
+                    .registry()
+                    .register(&mut SourceFd(&fd), token, Interest::READABLE)
+            }
+            Mode::Hot => {
+                self.hot.push(token);
+                Ok(())
+            }
+        }
+    }
+
+    fn unregister(&mut self, token: Token, fd: RawFd, mode: Mode) -> io::Result<()> {
+        match mode {
+            Mode::Armed => self.armed.registry().deregister(&mut SourceFd(&fd)),
+            Mode::Quiet => self.quiet.registry().deregister(&mut SourceFd(&fd)),
+            Mode::Hot => {
+                self.hot.retain(|t| *t != token);
+                Ok(())
+            }
+        }
+    }
+
+    /// EOF (or a read error): the last unterminated line is delivered and the read end closed.
+    fn close(&mut self, token: Token) {
+        let Some(mut pipe) = self.pipes.remove(&token) else {
+            return;
+        };
+        let mode = pipe.pace.mode();
+        // Closing the fd removes it from epoll anyway; this keeps the hot list right.
+        let _ = self.unregister(token, pipe.file.as_raw_fd(), mode);
+        let mut lines = Lines::default();
+        pipe.splitter.finish(&mut lines);
+        deliver(&mut pipe, lines);
+        pipe.sink.pipe_closed(mode == Mode::Armed);
+        self.dirty.push(Arc::clone(&pipe.sink));
+    }
+
+    fn settle_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for (i, sink) in dirty.iter().enumerate() {
+            // A sink read from both pipes is listed twice; once is enough.
+            if dirty[..i].iter().any(|seen| Arc::ptr_eq(seen, sink)) {
+                continue;
+            }
+            sink.settle();
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn split(chunks: &[&[u8]]) -> Vec<String> {
-        let mut splitter = LineSplitter::default();
-        let mut out = Lines::default();
-        for chunk in chunks {
-            splitter.feed(chunk, &mut out);
-        }
-        splitter.finish(&mut out);
-        let text = decode(out.text);
-        let lines: Vec<String> = text.split_terminator('\n').map(str::to_owned).collect();
-        assert_eq!(
-            lines.len(),
-            out.count,
-            "count matches the lines in {text:?}"
-        );
-        lines
+/// Queues a read's complete lines in the pipe's sink.
+fn deliver(pipe: &mut Pipe, lines: Lines) {
+    if lines.count > 0 {
+        pipe.sink.queue_read(Chunk {
+            stream: pipe.stream,
+            text: decode(lines.text),
+            lines: lines.count as u64,
+        });
     }
+}
 
-    #[test]
-    fn lines_across_chunks_and_an_unterminated_last_line() {
-        assert_eq!(split(&[b"a\nb", b"c\n\nd"]), vec!["a", "bc", "", "d"]);
-    }
-
-    #[test]
-    fn invalid_utf8_is_replaced_not_dropped() {
-        assert_eq!(
-            split(&[b"ok \xff\xfe end\n"]),
-            vec!["ok \u{fffd}\u{fffd} end"]
-        );
-    }
-
-    #[test]
-    fn long_lines_are_cut_into_pieces_without_losing_bytes() {
-        let long = "x".repeat(MAX_LINE * 2 + 10);
-        let input = format!("{long}\nshort\n");
-        let out = split(&[input.as_bytes()]);
-        assert_eq!(out.len(), 4);
-        assert!(out[..3].iter().all(|piece| piece.len() <= MAX_LINE));
-        assert_eq!(out[..3].concat(), long);
-        assert_eq!(out[3], "short");
-    }
-
-    #[test]
-    fn a_cut_does_not_split_a_utf8_character() {
-        // 'é' is 2 bytes; place one across the MAX_LINE boundary.
-        let mut text = "a".repeat(MAX_LINE - 1);
-        text.push('é');
-        text.push_str("tail");
-        let out = split(&[text.as_bytes(), b"\n"]);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0], "a".repeat(MAX_LINE - 1));
-        assert_eq!(out[1], "étail");
-    }
-
-    #[test]
-    fn one_byte_chunks_give_the_same_lines() {
-        let input = b"first line\nsecond\n";
-        let chunks: Vec<&[u8]> = input.chunks(1).collect();
-        assert_eq!(split(&chunks), vec!["first line", "second"]);
-    }
+/// Best effort: a pipe keeps its size when the kernel refuses (the user's pipe budget is
+/// spent, or it holds more than the smaller size).
+fn resize_pipe(pipe: &File, bytes: usize) {
+    let _ = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(bytes as i32));
 }

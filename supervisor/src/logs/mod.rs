@@ -5,18 +5,26 @@
 //! of a line:
 //!
 //! ```text
-//! child pipe ─▶ reader task ─▶ bounded queue ─▶ writer ─┬─▶ <process>.log (rotate.rs)
-//!               (capture.rs)   (sink.rs)   │             └─▶ journald       (journal.rs)
-//!                                          └─▶ followers (broadcast)
+//! child pipe ─▶ capture thread ─▶ sink queue ─▶ write ─┬─▶ <process>.log (rotate.rs)
+//!               (capture.rs,      (sink.rs)   │        └─▶ journald       (journal.rs)
+//!                pace.rs, lines.rs)           └─▶ followers (broadcast)
 //! ```
 //!
-//! The reader never waits on the disk: when the queue's budget is spent it drops and counts,
-//! and the file says so. The writer runs on tokio's blocking pool, never on the async workers.
+//! One thread (per hub: one in the daemon) owns every pipe's read end and writes what it reads
+//! in the same wake-up; a sink whose disk is slow gets a writer thread of its own, and while
+//! that writer is behind by `queue_bytes` the thread stops reading that instance's pipes, so
+//! the child waits in write(2): **no line is dropped to keep up**, and no other instance, nor
+//! the async runtime (control socket, cron, HTTP front), waits for it. Only lines that cannot
+//! be written at all (an I/O error) are lost, counted and noted in the file.
 //!
+//! - Wake-ups: a pipe is read the moment it has data while its process writes now and then;
+//!   one silent for 2 s is checked on a one-second tick with all the others, and one that
+//!   floods every 2 ms (see `pace`). An idle daemon wakes once a second.
 //! - Rotation at `max_bytes` (piku: 1 MiB, one `<process>.log.old` backup); see `rotate`.
 //! - journald: when a journal socket exists every line is also sent there, with the app name as
 //!   `SYSLOG_IDENTIFIER`, so `journalctl -t <app>` shows an app's output (add
-//!   `PIKU_PROCESS=web.1` to pick one process); see `journal`.
+//!   `PIKU_PROCESS=web.1` to pick one process); a journald that does not keep up loses part
+//!   of its copy, never the file's; see `journal`.
 //! - [`LogHub::tail`] returns the last lines of each file the way piku's `logs` prints them;
 //!   see `tail`.
 //! - Lines are written as the program wrote them, without timestamps (like piku's uWSGI
@@ -24,6 +32,8 @@
 
 mod capture;
 mod journal;
+mod lines;
+mod pace;
 mod rotate;
 mod sink;
 mod tail;
@@ -78,21 +88,22 @@ pub struct LogLine {
 pub struct LogConfig {
     /// journald native socket; `None` = files only.
     pub journal: Option<PathBuf>,
-    /// Most bytes one sink may hold in memory (line text plus a few dozen bytes per pipe
-    /// read) before it drops new output.
+    /// Most bytes (line text plus a few dozen bytes per pipe read) a sink whose disk is slow
+    /// may have waiting for its writer before the capture thread stops reading its pipes.
     pub queue_bytes: usize,
-    /// A pause after each batch the writer writes: simulates a slow disk (tests, benchmarks).
-    pub writer_pause: Duration,
+    /// Most bytes of journal entries kept while journald does not keep up; beyond them the
+    /// journal copy of further lines is given up (counted, and noted to journald).
+    pub journal_backlog_bytes: usize,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             journal: None,
-            // Seconds of output of a chatty app (≈ 500 000 short lines), and a bounded cost
-            // (sinks × 4 MiB) when the disk stalls.
-            queue_bytes: 4 * 1024 * 1024,
-            writer_pause: Duration::ZERO,
+            // Keeps a slow disk busy between two batches (a writer takes the whole queue, so
+            // at most twice this per slow sink is in memory) without holding much.
+            queue_bytes: 1024 * 1024,
+            journal_backlog_bytes: journal::BACKLOG_BYTES,
         }
     }
 }
@@ -114,6 +125,7 @@ struct HubInner {
     logs_root: PathBuf,
     config: LogConfig,
     journal: Option<Arc<journal::Journal>>,
+    capture: capture::Capture,
     apps: Mutex<HashMap<String, AppLogs>>,
 }
 
@@ -140,13 +152,20 @@ impl AppLogs {
 impl LogHub {
     /// `logs_root` is `$PIKU_ROOT/logs`. The journal socket is `$PIKU_JOURNAL_SOCKET` when set
     /// (an empty value disables the journal), else `/run/systemd/journal/socket` when it exists;
-    /// none → files only.
-    pub fn new(logs_root: PathBuf) -> LogHub {
-        LogHub::with_journal(logs_root, journal::default_socket())
+    /// none → files only. Starts the capture thread.
+    pub fn new(logs_root: PathBuf) -> io::Result<LogHub> {
+        LogHub::with_config(
+            logs_root,
+            LogConfig {
+                journal: journal::default_socket(),
+                ..LogConfig::default()
+            },
+        )
     }
 
-    /// Like [`LogHub::new`] with an explicit journal socket (`None` = files only), so tests
-    /// don't depend on the process environment.
+    /// For tests: a hub with an explicit journal socket (`None` = files only), so they don't
+    /// depend on the process environment. Panics if the capture thread cannot start.
+    #[cfg(test)]
     pub fn with_journal(logs_root: PathBuf, journal: Option<PathBuf>) -> LogHub {
         LogHub::with_config(
             logs_root,
@@ -155,28 +174,31 @@ impl LogHub {
                 ..LogConfig::default()
             },
         )
+        .expect("the log capture thread starts")
     }
 
     /// A hub with explicit tunables.
-    pub fn with_config(logs_root: PathBuf, config: LogConfig) -> LogHub {
+    pub fn with_config(logs_root: PathBuf, config: LogConfig) -> io::Result<LogHub> {
         let journal = config
             .journal
             .as_ref()
-            .and_then(|path| match journal::Journal::connect(path.clone()) {
+            .and_then(|path| match journal::Journal::connect(path.clone(), config.journal_backlog_bytes) {
                 Ok(journal) => Some(Arc::new(journal)),
                 Err(err) => {
                     tracing::warn!(path = %path.display(), %err, "journald socket unusable; logging to files only");
                     None
                 }
             });
-        LogHub {
+        let capture = capture::Capture::start(journal.clone())?;
+        Ok(LogHub {
             inner: Arc::new(HubInner {
                 logs_root,
                 config,
                 journal,
+                capture,
                 apps: Mutex::new(HashMap::new()),
             }),
-        }
+        })
     }
 
     /// The sink of instance `process` ("web.1", "cron1.1") of `app`: created on first use (file
@@ -202,6 +224,7 @@ impl LogHub {
             config: self.inner.config.clone(),
             journal: self.inner.journal.clone(),
             live: app_logs.live.clone(),
+            capture: self.inner.capture.clone(),
         });
         app_logs.sinks.insert(process.to_owned(), sink.clone());
         sink
@@ -221,7 +244,7 @@ impl LogHub {
     /// The last `lines` lines of each of the app's log files whose process matches `filter`
     /// (None = all; "web" = every web.N; "web.2" = that one), file by file in name order,
     /// as piku's `logs` prints them. Reads `.log` (and the newest backup when `.log` has fewer
-    /// lines). Lines still queued in the app's sinks are written first.
+    /// lines). What the app's pipes hold and its sinks have queued is written first.
     pub async fn tail(
         &self,
         app: &str,
@@ -255,8 +278,9 @@ impl LogHub {
         }
     }
 
-    /// Flushes everything (daemon shutdown): returns when every line queued before the call
-    /// is written. Wrap it in a timeout where a hung disk must not delay shutdown.
+    /// Flushes everything (daemon shutdown): returns when every line the pipes held and the
+    /// sinks had queued at the call is written. Wrap it in a timeout where a hung disk must
+    /// not delay shutdown.
     pub async fn flush_all(&self) {
         let sinks: Vec<LogSink> = lock(&self.inner.apps)
             .values()

@@ -69,12 +69,11 @@ impl RotatingFile {
             .try_for_each(|chunk| self.append(chunk, rotation))
             .and_then(|()| self.write_pending());
         self.pending.clear();
+        // A flood's buffer is not kept for the quiet times after it.
+        if self.pending.capacity() > KEEP_BUFFER {
+            self.pending = Vec::new();
+        }
         result
-    }
-
-    /// Frees the write buffer (the sink went idle: the next burst can allocate it again).
-    pub(super) fn release_buffer(&mut self) {
-        self.pending = Vec::new();
     }
 
     /// Appends whole lines to the pending buffer, rotating before the first line that would
@@ -202,6 +201,9 @@ impl RotatingFile {
 /// Chunk size of writes within one batch: large enough to amortise the syscall, small enough
 /// to keep the buffer modest.
 const WRITE_CHUNK: usize = 256 * 1024;
+
+/// The largest write buffer kept between batches.
+const KEEP_BUFFER: usize = 16 * 1024;
 
 fn shift_backups(path: &Path, backups: u32) -> io::Result<()> {
     match backups {

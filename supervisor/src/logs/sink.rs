@@ -1,29 +1,36 @@
-//! The log of one instance: a bounded in-memory queue between the pipe readers and one writer.
+//! The log of one instance: the lines its pipes gave and the supervisor's notes about it, in
+//! order, on their way to `<process>.log` (rotate.rs), journald (journal.rs) and followers.
 //!
-//! Readers (async tasks) only lock the queue for a moment to push what one pipe read gave
-//! (a chunk of whole lines); they never touch the disk. When the queue's byte budget is
-//! spent, new chunks are dropped and their lines counted, and a `[piku] N lines dropped
-//! (writer could not keep up)` line is written exactly where the gap is, once the writer has
-//! caught up.
-//!
-//! The writer is a `spawn_blocking` task started when a chunk arrives at an idle sink and
-//! ended when the queue is empty again; it takes the whole queue per batch. Why not a
-//! dedicated thread per sink: most sinks are idle most of the time (a daemon supervises
-//! dozens of instances) and would each pin a thread; the blocking pool reuses threads across
-//! bursts and a busy sink keeps exactly one. Why not tokio::fs: it is spawn_blocking per call
-//! anyway, and a batch per hop is cheaper. Either way the async worker threads never call
-//! write().
+//! The capture thread (capture.rs) reads the pipes, queues each read's whole lines here and
+//! then writes them itself ([`Shared::settle`]): a write into the page cache takes
+//! microseconds, and doing it on the thread that was woken anyway costs no second wake-up.
+//! A sink whose write took [`SLOW_WRITE`] or more (the disk is behind: dirty-page throttling,
+//! a stalled device) gets a writer thread of its own while it stays slow, so the capture
+//! thread keeps serving every other instance. While that writer has `queue_bytes` waiting,
+//! the capture thread stops reading this instance's pipes and the child blocks in write(2):
+//! back-pressure on the one process that floods, as a pipe gives under supervisord or
+//! journald. Nothing is dropped to keep up. What cannot be written at all (an I/O error: a
+//! full disk, permissions) is counted ([`LogSink::dropped`]), warned about, and noted in the
+//! file once it can be written again; waiting for a full disk would stop every app that logs.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::process::{ChildStderr, ChildStdout};
-use tokio::sync::Notify;
 
-use super::journal::{Journal, JournalEntry};
+use super::capture::Capture;
+use super::journal::{Journal, JournalEntry, NOTE_PRIORITY};
 use super::rotate::RotatingFile;
-use super::{LiveLines, LogConfig, LogLine, Rotation, capture, lock};
+use super::{LiveLines, LogConfig, LogLine, Rotation, lock};
+
+/// A write that takes this long means the disk is behind: the sink's next batches are
+/// written by a thread of its own until one is fast again.
+pub(super) const SLOW_WRITE: Duration = Duration::from_millis(20);
+
+/// The longest a flush waits (a hung disk must not keep a blocking-pool thread forever; the
+/// callers give up sooner anyway).
+const FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 /// Where a line came from (its journald priority).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,19 +46,36 @@ impl Stream {
         match self {
             Stream::Stdout => 6,
             Stream::Stderr => 3,
-            Stream::Note => 5,
+            Stream::Note => NOTE_PRIORITY,
         }
     }
 }
 
 /// Whole lines from one stream, each ending in '\n'.
-struct Chunk {
-    stream: Stream,
-    text: String,
-    lines: u64,
+pub(super) struct Chunk {
+    pub stream: Stream,
+    pub text: String,
+    pub lines: u64,
 }
 
 impl Chunk {
+    /// `[piku] <line>` for each line of `msg`; `None` for an empty message.
+    fn note(msg: &str) -> Option<Chunk> {
+        let mut text = String::new();
+        let mut lines = 0;
+        for line in msg.lines() {
+            text.push_str("[piku] ");
+            text.push_str(line);
+            text.push('\n');
+            lines += 1;
+        }
+        (lines > 0).then_some(Chunk {
+            stream: Stream::Note,
+            text,
+            lines,
+        })
+    }
+
     /// What the chunk costs against the queue's byte budget: its text plus bookkeeping.
     fn cost(&self) -> usize {
         self.text.len() + std::mem::size_of::<Chunk>() + 16
@@ -59,14 +83,6 @@ impl Chunk {
 
     fn lines(&self) -> impl Iterator<Item = &str> {
         self.text.split_terminator('\n')
-    }
-}
-
-fn dropped_note(dropped: u64) -> Chunk {
-    Chunk {
-        stream: Stream::Note,
-        text: format!("[piku] {dropped} lines dropped (writer could not keep up)\n"),
-        lines: 1,
     }
 }
 
@@ -79,6 +95,7 @@ pub(super) struct SinkSetup {
     pub config: LogConfig,
     pub journal: Option<Arc<Journal>>,
     pub live: LiveLines,
+    pub capture: Capture,
 }
 
 /// The log of one instance. Cheap to clone.
@@ -87,45 +104,52 @@ pub struct LogSink {
     shared: Arc<Shared>,
 }
 
-struct Shared {
+pub(super) struct Shared {
     app: String,
     process: String,
     config: LogConfig,
     journal: Option<Arc<Journal>>,
     live: LiveLines,
-    queue: Mutex<Queue>,
-    /// Held by the (single) running writer for the whole drain.
+    capture: Capture,
+    state: Mutex<State>,
+    /// Held by whoever writes: the capture thread, or the sink's writer thread.
     file: Mutex<RotatingFile>,
-    /// Woken after every batch written, for `flush`.
-    written_notify: Notify,
-    drop_warning: Mutex<DropWarning>,
+    /// Signalled (with `state`) after every batch written and every pipe closed.
+    progress: Condvar,
 }
 
-const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
-
-#[derive(Default)]
-struct DropWarning {
-    last: Option<Instant>,
-    /// Dropped lines not yet in a warning.
-    unreported: u64,
-}
-
-struct Queue {
-    chunks: VecDeque<Chunk>,
+struct State {
+    queue: VecDeque<Chunk>,
     /// Sum of the queued chunks' `cost()`.
     cost: usize,
     rotation: Rotation,
-    writer_running: bool,
+    /// Notes that must wait until the capture thread has read what this instance's pipes
+    /// already hold (see [`LogSink::note`]).
+    held_notes: Vec<Chunk>,
+    /// The last write was slow: new batches go to a writer thread.
+    slow: bool,
+    writer_thread: bool,
+    /// The capture thread stopped reading this sink's pipes (the queue is full).
+    paused: bool,
     /// Close the file when the queue is next empty (the app was forgotten).
     close_when_idle: bool,
-    /// Chunks ever accepted / ever written (or given up on): `flush` waits for the latter to
-    /// reach the former's value at call time.
+    /// Chunks ever queued / ever written (or given up on): `flush` waits for the latter to
+    /// reach the former.
     accepted: u64,
     written: u64,
-    /// Lines, not chunks.
-    dropped_total: u64,
-    /// Lines dropped since the last `[piku] N lines dropped` note.
-    dropped_unreported: u64,
+    /// Pipes the capture thread holds for this sink, and how many of them it does not read
+    /// the moment they have data.
+    pipes: u32,
+    unarmed_pipes: u32,
+    /// Lines lost to write errors: in total, and not yet noted in the file.
+    lost_total: u64,
+    lost_unnoted: u64,
+    last_error: String,
+    /// Times the capture thread stopped reading this sink's pipes.
+    pauses: u64,
+    /// Tests: a pause after each batch written, as a slow disk gives.
+    #[cfg(test)]
+    write_pause: Duration,
 }
 
 impl LogSink {
@@ -137,188 +161,218 @@ impl LogSink {
                 config: setup.config,
                 journal: setup.journal,
                 live: setup.live,
-                queue: Mutex::new(Queue {
-                    chunks: VecDeque::new(),
+                capture: setup.capture,
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
                     cost: 0,
                     rotation: setup.rotation,
-                    writer_running: false,
+                    held_notes: Vec::new(),
+                    slow: false,
+                    writer_thread: false,
+                    paused: false,
                     close_when_idle: false,
                     accepted: 0,
                     written: 0,
-                    dropped_total: 0,
-                    dropped_unreported: 0,
+                    pipes: 0,
+                    unarmed_pipes: 0,
+                    lost_total: 0,
+                    lost_unnoted: 0,
+                    last_error: String::new(),
+                    pauses: 0,
+                    #[cfg(test)]
+                    write_pause: Duration::ZERO,
                 }),
                 file: Mutex::new(RotatingFile::new(setup.path)),
-                written_notify: Notify::new(),
-                drop_warning: Mutex::default(),
+                progress: Condvar::new(),
             }),
         }
     }
 
-    /// Starts capturing a freshly spawned child's pipes (tasks end at EOF). Lines are split on
-    /// '\n' (a line longer than 64 KiB is cut into pieces); invalid UTF-8 is replaced lossily.
-    /// Must be called inside the tokio runtime (the pipes belong to it anyway).
+    /// Starts capturing a freshly spawned child's pipes: from now on the capture thread owns
+    /// their read ends (until EOF). Lines are split on '\n' (a line longer than 64 KiB is cut
+    /// into pieces); invalid UTF-8 is replaced lossily.
     pub fn attach(&self, stdout: ChildStdout, stderr: ChildStderr) {
-        self.spawn_reader(stdout, Stream::Stdout);
-        self.spawn_reader(stderr, Stream::Stderr);
+        for (pipe, stream) in [
+            (stdout.into_owned_fd(), Stream::Stdout),
+            (stderr.into_owned_fd(), Stream::Stderr),
+        ] {
+            let attached = pipe.and_then(|fd| self.attach_fd(fd, stream));
+            if let Err(err) = attached {
+                tracing::error!(app = %self.shared.app, process = %self.shared.process, %err, "cannot capture a pipe of the process; its output there is lost");
+            }
+        }
     }
 
-    pub(super) fn spawn_reader<R>(&self, pipe: R, stream: Stream) -> tokio::task::JoinHandle<()>
-    where
-        R: tokio::io::AsyncRead + Unpin + Send + 'static,
-    {
-        let sink = self.clone();
-        tokio::spawn(async move {
-            capture::read_lines(pipe, |text, lines| {
-                sink.push(Chunk {
-                    stream,
-                    text,
-                    lines: lines as u64,
-                });
-            })
-            .await;
-        })
+    pub(super) fn attach_fd(
+        &self,
+        fd: std::os::fd::OwnedFd,
+        stream: Stream,
+    ) -> std::io::Result<()> {
+        lock(&self.shared.state).pipes += 1;
+        let attached = self
+            .shared
+            .capture
+            .attach(fd, stream, Arc::clone(&self.shared));
+        if attached.is_err() {
+            lock(&self.shared.state).pipes -= 1;
+        }
+        attached
     }
 
     /// A line from the supervisor about this instance ("started pid 123", "exited with status
-    /// 1, restarting in 0.4 s"), written as `[piku] <msg>` into the same file and stream.
-    /// Notes are never dropped (they are few and they explain what happened).
+    /// 1, restarting in 0.4 s"), written as `[piku] <msg>` into the same file and streams.
+    ///
+    /// A note comes after what the instance's pipes gave before it: when one of them is not
+    /// read the moment it has data (a quiet or flooding pipe, see pace.rs) the note waits
+    /// until the capture thread has read it, so a crash's last words come before "exited".
+    /// Otherwise it is written with the next batch, or on the capture thread's next tick.
     pub fn note(&self, msg: &str) {
-        let mut text = String::new();
-        let mut lines = 0;
-        for line in msg.lines() {
-            text.push_str("[piku] ");
-            text.push_str(line);
-            text.push('\n');
-            lines += 1;
-        }
-        if lines > 0 {
-            self.push(Chunk {
-                stream: Stream::Note,
-                text,
-                lines,
-            });
-        }
+        let Some(chunk) = Chunk::note(msg) else {
+            return;
+        };
+        let urgent = {
+            let mut state = lock(&self.shared.state);
+            if state.unarmed_pipes > 0 || !state.held_notes.is_empty() {
+                state.held_notes.push(chunk);
+                true
+            } else {
+                self.shared.enqueue(&mut state, chunk);
+                false
+            }
+        };
+        self.shared.capture.noted(Arc::clone(&self.shared), urgent);
     }
 
-    /// Lines dropped since the sink was created because the writer could not keep up (or the
-    /// file could not be written).
+    /// Lines that could not be written to the file since the sink was created (an I/O
+    /// error such as a full disk). Lines are never dropped for speed: a child that writes
+    /// faster than the disk takes its output waits instead.
     pub fn dropped(&self) -> u64 {
-        lock(&self.shared.queue).dropped_total
+        lock(&self.shared.state).lost_total
     }
 
     pub fn set_rotation(&self, rotation: Rotation) {
-        lock(&self.shared.queue).rotation = rotation;
+        lock(&self.shared.state).rotation = rotation;
     }
 
-    /// Returns when every line accepted before the call has been written.
+    /// Returns when everything the instance's pipes held at the call (as far as the queue's
+    /// budget allows) and every note before it has been written, or after [`FLUSH_LIMIT`].
     pub(super) async fn flush(&self) {
-        let target = lock(&self.shared.queue).accepted;
-        loop {
-            let notified = self.shared.written_notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if lock(&self.shared.queue).written >= target {
-                return;
-            }
-            notified.await;
-        }
+        let shared = Arc::clone(&self.shared);
+        // Waiting for another thread is blocking work: on the blocking pool (which also keeps
+        // tokio's paused test clock from jumping over callers' timeouts meanwhile).
+        let _ = tokio::task::spawn_blocking(move || shared.flush_blocking()).await;
     }
 
-    /// Blocks the writer while the guard lives: a disk that does not answer.
+    /// Returns once the capture thread has closed every pipe of the sink (each reached EOF).
     #[cfg(test)]
-    pub(super) fn hold_writer(&self) -> std::sync::MutexGuard<'_, RotatingFile> {
-        lock(&self.shared.file)
+    pub(super) async fn pipes_closed(&self) {
+        let shared = Arc::clone(&self.shared);
+        let closed = tokio::task::spawn_blocking(move || {
+            shared.wait_until(|state| state.pipes == 0, FLUSH_LIMIT)
+        });
+        assert!(
+            closed.await.unwrap(),
+            "pipes still open after {FLUSH_LIMIT:?}"
+        );
+    }
+
+    /// Tests: every write of this sink takes `pause` longer, as on a slow disk.
+    #[cfg(test)]
+    pub(super) fn slow_down_writes(&self, pause: Duration) {
+        lock(&self.shared.state).write_pause = pause;
+    }
+
+    /// Tests: the last write error, if any.
+    #[cfg(test)]
+    pub(super) fn last_write_error(&self) -> String {
+        lock(&self.shared.state).last_error.clone()
+    }
+
+    /// Tests: (times its pipes were not read because its writer was behind, whether its
+    /// writes go to a writer thread).
+    #[cfg(test)]
+    pub(super) fn back_pressure(&self) -> (u64, bool) {
+        let state = lock(&self.shared.state);
+        (state.pauses, state.slow)
     }
 
     /// After the app is forgotten: close the file once the queue is empty.
     pub(super) fn close_when_idle(&self) {
-        let start = {
-            let mut queue = lock(&self.shared.queue);
-            queue.close_when_idle = true;
-            !std::mem::replace(&mut queue.writer_running, true)
-        };
-        if start {
-            self.start_writer();
-        }
-    }
-
-    /// Queues `chunk` without waiting, or drops and counts it when the budget is spent (an
-    /// empty queue always takes a chunk, so a single big read is never refused).
-    fn push(&self, chunk: Chunk) {
-        let shared = &self.shared;
-        let follow = shared.followed();
-        let mut noted_gap = 0;
-        let start = {
-            let mut queue = lock(&shared.queue);
-            let fits = chunk.stream == Stream::Note
-                || queue.chunks.is_empty()
-                || queue.cost + chunk.cost() <= shared.config.queue_bytes;
-            if fits {
-                // The first chunk accepted after a gap carries the gap's note in front of it
-                // (notes bypass the budget, so this also places the note exactly before a
-                // `[piku]` note that arrives while the queue is full).
-                let dropped = std::mem::take(&mut queue.dropped_unreported);
-                if dropped > 0 {
-                    shared.enqueue(&mut queue, dropped_note(dropped), follow);
-                    noted_gap = dropped;
-                }
-                shared.enqueue(&mut queue, chunk, follow);
-            } else {
-                queue.dropped_total += chunk.lines;
-                queue.dropped_unreported += chunk.lines;
-            }
-            fits && !std::mem::replace(&mut queue.writer_running, true)
-        };
-        if noted_gap > 0 {
-            shared.warn_dropped(noted_gap);
-        }
-        if start {
-            self.start_writer();
-        }
-    }
-
-    /// Runs `drain` off the async worker threads. Outside a runtime (a caller on a plain
-    /// thread) a short-lived thread does the same job, or the caller itself if none can be had.
-    fn start_writer(&self) {
-        let shared = Arc::clone(&self.shared);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn_blocking(move || shared.drain());
-            return;
-        }
-        let for_thread = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name("piku-log-writer".into())
-            .spawn(move || for_thread.drain());
-        if spawned.is_err() {
-            shared.drain();
-        }
+        lock(&self.shared.state).close_when_idle = true;
+        self.shared.capture.settle(Arc::clone(&self.shared));
     }
 }
 
 impl Shared {
-    fn enqueue(&self, queue: &mut Queue, chunk: Chunk, follow: bool) {
-        if follow {
-            self.broadcast(&chunk);
-        }
-        queue.cost += chunk.cost();
-        queue.accepted += 1;
-        queue.chunks.push_back(chunk);
+    pub(super) fn process(&self) -> &str {
+        &self.process
     }
 
-    /// The daemon's own log says it too, at most every `DROP_WARNING_EVERY` per sink (a
-    /// child that outruns the disk for minutes would otherwise flood it).
-    fn warn_dropped(&self, dropped: u64) {
-        let mut warning = lock(&self.drop_warning);
-        warning.unreported += dropped;
-        if warning
-            .last
-            .is_none_or(|last| last.elapsed() >= DROP_WARNING_EVERY)
-        {
-            tracing::warn!(app = %self.app, process = %self.process, dropped = warning.unreported, "log lines dropped: the writer could not keep up");
-            warning.unreported = 0;
-            warning.last = Some(Instant::now());
+    /// The capture thread queues whole lines read from a pipe.
+    pub(super) fn queue_read(&self, chunk: Chunk) {
+        let mut state = lock(&self.state);
+        self.enqueue(&mut state, chunk);
+    }
+
+    /// Whether the capture thread may read more from this sink's pipes; if not, the sink
+    /// remembers to have them resumed once its writer has taken the queue.
+    pub(super) fn accepts_more(&self) -> bool {
+        let mut state = lock(&self.state);
+        let room = state.cost < self.config.queue_bytes;
+        if !room && !std::mem::replace(&mut state.paused, true) {
+            state.pauses += 1;
+            tracing::debug!(app = %self.app, process = %self.process, pauses = state.pauses, "log writer behind: the process waits until it catches up");
         }
+        room
+    }
+
+    pub(super) fn has_held_notes(&self) -> bool {
+        !lock(&self.state).held_notes.is_empty()
+    }
+
+    /// Queues the held notes, after what the capture thread has just read.
+    pub(super) fn release_notes(&self) {
+        let mut state = lock(&self.state);
+        for note in std::mem::take(&mut state.held_notes) {
+            self.enqueue(&mut state, note);
+        }
+    }
+
+    /// Chunks queued so far (what a flush waits for).
+    pub(super) fn accepted(&self) -> u64 {
+        lock(&self.state).accepted
+    }
+
+    /// A pipe of this sink stopped (`armed`: it was read at once) or started being read the
+    /// moment it has data.
+    pub(super) fn pipe_armed(&self, armed: bool) {
+        let mut state = lock(&self.state);
+        if armed {
+            state.unarmed_pipes = state.unarmed_pipes.saturating_sub(1);
+        } else {
+            state.unarmed_pipes += 1;
+        }
+    }
+
+    /// A pipe of this sink reached EOF (`armed`: whether it was in the armed set).
+    pub(super) fn pipe_closed(&self, armed: bool) {
+        {
+            let mut state = lock(&self.state);
+            state.pipes = state.pipes.saturating_sub(1);
+            if !armed {
+                state.unarmed_pipes = state.unarmed_pipes.saturating_sub(1);
+            }
+        }
+        self.progress.notify_all();
+    }
+
+    fn enqueue(&self, state: &mut State, chunk: Chunk) {
+        if self.followed() {
+            self.broadcast(&chunk);
+        }
+        state.cost += chunk.cost();
+        state.accepted += 1;
+        state.queue.push_back(chunk);
     }
 
     /// Whether anyone follows the app (else lines are not even copied for them).
@@ -339,76 +393,172 @@ impl Shared {
         }
     }
 
-    /// The writer: takes the whole queue, writes it, repeats until the queue is empty.
-    fn drain(&self) {
-        let mut file = lock(&self.file);
-        let mut batch: VecDeque<Chunk> = VecDeque::new();
-        let mut scratch = Vec::new();
-        loop {
-            let (rotation, dropped) = {
-                let mut queue = lock(&self.queue);
-                if queue.chunks.is_empty() {
-                    queue.writer_running = false;
-                    // A burst may have grown the queue to thousands of slots; an idle sink
-                    // should not keep them.
-                    queue.chunks.shrink_to(16);
-                    file.release_buffer();
-                    if queue.close_when_idle {
-                        file.close();
-                    }
-                    break;
+    /// Called by the capture thread after it queued something (or was asked to): writes the
+    /// queue now, or leaves it to the sink's writer thread when there is one or the disk is
+    /// slow.
+    pub(super) fn settle(self: &Arc<Self>) {
+        let (batch, rotation) = {
+            let mut state = lock(&self.state);
+            if state.writer_thread {
+                return;
+            }
+            if state.queue.is_empty() {
+                if state.close_when_idle {
+                    drop(state);
+                    lock(&self.file).close();
                 }
-                std::mem::swap(&mut queue.chunks, &mut batch);
-                queue.cost = 0;
+                return;
+            }
+            if state.slow {
+                state.writer_thread = true;
+                drop(state);
+                self.start_writer_thread();
+                return;
+            }
+            state.cost = 0;
+            (std::mem::take(&mut state.queue), state.rotation)
+        };
+        let took = self.write(batch, rotation);
+        if took >= SLOW_WRITE {
+            tracing::debug!(app = %self.app, process = %self.process, ?took, "slow log write: this log gets a writer thread");
+            lock(&self.state).slow = true;
+        }
+    }
+
+    fn start_writer_thread(self: &Arc<Self>) {
+        let shared = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("piku-log-writer".into())
+            .spawn(move || shared.run_writer_thread());
+        if let Err(err) = spawned {
+            // Then the capture thread writes, slowly: still nothing lost.
+            tracing::warn!(%err, "cannot start a log writer thread");
+            let mut state = lock(&self.state);
+            state.writer_thread = false;
+            state.slow = false;
+        }
+    }
+
+    /// The writer of a slow sink: takes the whole queue, writes it, until the queue is empty.
+    fn run_writer_thread(self: Arc<Self>) {
+        loop {
+            let (batch, rotation, resume) = {
+                let mut state = lock(&self.state);
+                if state.queue.is_empty() {
+                    state.writer_thread = false;
+                    let close = state.close_when_idle;
+                    drop(state);
+                    if close {
+                        lock(&self.file).close();
+                    }
+                    return;
+                }
+                state.cost = 0;
                 (
-                    queue.rotation,
-                    std::mem::take(&mut queue.dropped_unreported),
+                    std::mem::take(&mut state.queue),
+                    state.rotation,
+                    std::mem::take(&mut state.paused),
                 )
             };
-            let taken = batch.len() as u64;
-            // Lines dropped after the last accepted chunk (a gap followed by an accepted chunk
-            // is noted in `push`): the gap is right after this batch.
-            if dropped > 0 {
-                self.warn_dropped(dropped);
-                let note = dropped_note(dropped);
-                if self.followed() {
-                    self.broadcast(&note);
-                }
-                batch.push_back(note);
+            // The queue is empty again: the capture thread may read the next `queue_bytes`
+            // while this batch is written.
+            if resume {
+                self.capture.resume(Arc::clone(&self));
             }
-            let texts = batch.iter().map(|chunk| chunk.text.as_bytes());
-            let lost = match file.write_chunks(texts, rotation) {
-                Ok(()) => 0,
-                Err(err) => {
-                    tracing::warn!(app = %self.app, process = %self.process, %err, "log lines could not be written");
-                    batch.iter().map(|chunk| chunk.lines).sum()
-                }
-            };
-            if let Some(journal) = &self.journal {
-                for chunk in &batch {
-                    for line in chunk.lines() {
-                        let entry = JournalEntry {
-                            app: &self.app,
-                            process: &self.process,
-                            priority: chunk.stream.priority(),
-                            message: line.as_bytes(),
-                        };
-                        journal.send(&entry, &mut scratch);
-                    }
-                }
-            }
-            batch.clear();
-            {
-                let mut queue = lock(&self.queue);
-                queue.written += taken;
-                queue.dropped_total += lost;
-            }
-            self.written_notify.notify_waiters();
-            if !self.config.writer_pause.is_zero() {
-                std::thread::sleep(self.config.writer_pause);
+            if self.write(batch, rotation) < SLOW_WRITE {
+                lock(&self.state).slow = false;
             }
         }
+    }
+
+    /// Writes `batch` to the file (then journald); returns how long it took.
+    fn write(&self, mut batch: VecDeque<Chunk>, rotation: Rotation) -> Duration {
+        let started = Instant::now();
+        let taken = batch.len() as u64;
+        let mut file = lock(&self.file);
+        let (unnoted, last_error) = {
+            let mut state = lock(&self.state);
+            (
+                std::mem::take(&mut state.lost_unnoted),
+                state.last_error.clone(),
+            )
+        };
+        let gap_note = if unnoted > 0 {
+            Chunk::note(&format!(
+                "{unnoted} lines could not be written to this file ({last_error})"
+            ))
+        } else {
+            None
+        };
+        let texts = gap_note
+            .iter()
+            .chain(batch.iter())
+            .map(|chunk| chunk.text.as_bytes());
+        let failure = file.write_chunks(texts, rotation).err();
+        if let Some(journal) = &self.journal {
+            let mut scratch = Vec::new();
+            for chunk in gap_note.iter().chain(batch.iter()) {
+                let template = JournalEntry {
+                    app: &self.app,
+                    process: &self.process,
+                    priority: chunk.stream.priority(),
+                    message: &[],
+                };
+                journal.send_lines(&template, chunk.lines(), &mut scratch);
+            }
+        }
+        #[cfg(test)]
+        std::thread::sleep(lock(&self.state).write_pause);
         drop(file);
-        self.written_notify.notify_waiters();
+        {
+            let mut state = lock(&self.state);
+            state.written += taken;
+            if let Some(err) = failure {
+                let lost: u64 = batch
+                    .iter()
+                    .filter(|chunk| chunk.stream != Stream::Note)
+                    .map(|chunk| chunk.lines)
+                    .sum();
+                if state.lost_total == 0 || state.last_error != err.to_string() {
+                    tracing::warn!(app = %self.app, process = %self.process, %err, "log lines could not be written");
+                }
+                state.lost_total += lost;
+                state.lost_unnoted += unnoted + lost;
+                state.last_error = err.to_string();
+            }
+        }
+        batch.clear();
+        self.progress.notify_all();
+        started.elapsed()
+    }
+
+    fn flush_blocking(self: Arc<Self>) {
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        self.capture.flush(Arc::clone(&self), reply);
+        // Without an answer (the capture thread is gone) what is queued is still written by
+        // whoever writes it.
+        let target = replied
+            .blocking_recv()
+            .unwrap_or_else(|_| lock(&self.state).accepted);
+        self.wait_until(|state| state.written >= target, FLUSH_LIMIT);
+    }
+
+    /// Waits until `done` holds for the state (checked after each write and pipe close), at
+    /// most `limit`; returns whether it does.
+    fn wait_until(&self, done: impl Fn(&State) -> bool, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut state = lock(&self.state);
+        while !done(&state) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .progress
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
     }
 }

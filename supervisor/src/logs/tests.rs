@@ -1,5 +1,5 @@
-//! Tests of the whole log path with real child processes: pipes → queue → files / journal /
-//! followers, under rotation and under pressure.
+//! Tests of the whole log path with real child processes: pipes → capture thread → sinks →
+//! files / journal / followers, under rotation, a slow disk and write errors.
 
 use std::fs;
 use std::os::unix::net::UnixDatagram;
@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use super::sink::Stream;
 use super::*;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -27,12 +26,10 @@ fn spawn_sh(script: &str) -> Child {
 
 /// Attaches `child`'s pipes to `sink`, waits for the child and for both pipes to reach EOF.
 async fn capture_until_eof(sink: &LogSink, mut child: Child) {
-    let out = sink.spawn_reader(child.stdout.take().unwrap(), Stream::Stdout);
-    let err = sink.spawn_reader(child.stderr.take().unwrap(), Stream::Stderr);
+    sink.attach(child.stdout.take().unwrap(), child.stderr.take().unwrap());
     tokio::time::timeout(DEADLINE, async {
         child.wait().await.unwrap();
-        out.await.unwrap();
-        err.await.unwrap();
+        sink.pipes_closed().await;
     })
     .await
     .expect("child output read within the deadline");
@@ -53,18 +50,26 @@ fn read_lines(path: &Path) -> Vec<String> {
     }
 }
 
-fn generous(journal: Option<PathBuf>) -> LogConfig {
-    LogConfig {
-        journal,
-        queue_bytes: 1 << 30,
-        writer_pause: Duration::ZERO,
-    }
+fn hub(root: &Path, journal: Option<PathBuf>) -> LogHub {
+    LogHub::with_journal(root.to_path_buf(), journal)
+}
+
+/// Numbers `first..` one per line, as they appear in `lines` (others are ignored); panics
+/// unless they are exactly `first..=last` in order.
+fn assert_sequence(lines: &[String], first: u64, last: u64) {
+    let numbers: Vec<u64> = lines.iter().filter_map(|l| l.parse().ok()).collect();
+    let expected: Vec<u64> = (first..=last).collect();
+    assert!(
+        numbers == expected,
+        "{} numbers, expected {first}..={last}: lines missing, duplicated or reordered",
+        numbers.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_line_of_a_fast_child_lands_once_across_rotations() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = LogHub::with_config(dir.path().to_path_buf(), generous(None));
+    let hub = hub(dir.path(), None);
     // Enough backups to keep everything, so the test sees every line.
     let rotation = Rotation {
         max_bytes: 64 * 1024,
@@ -102,7 +107,7 @@ async fn every_line_of_a_fast_child_lands_once_across_rotations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn piku_rotation_keeps_a_contiguous_tail_in_old_and_log() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = LogHub::with_config(dir.path().to_path_buf(), generous(None));
+    let hub = hub(dir.path(), None);
     let rotation = Rotation {
         max_bytes: 64 * 1024,
         backups: 1,
@@ -127,67 +132,106 @@ async fn piku_rotation_keeps_a_contiguous_tail_in_old_and_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-// The guard is held across awaits on purpose: it stands for a disk that does not answer.
-#[allow(clippy::await_holding_lock)]
-async fn a_full_queue_drops_counts_and_notes_each_gap() {
+async fn a_slow_disk_holds_back_its_own_child_only_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
-        journal: None,
-        queue_bytes: 1024,
-        writer_pause: Duration::ZERO,
+        queue_bytes: 64 * 1024,
+        ..LogConfig::default()
     };
-    let hub = LogHub::with_config(dir.path().to_path_buf(), config);
-    let sink = hub.sink("app", "worker.1", Rotation::PIKU);
-    // Each phase writes far more than a pipe holds (64 KiB), so it takes several reads.
-    let phase = |from: u64| format!("exec seq {from} {}", from + 99_999);
+    let hub = LogHub::with_config(dir.path().to_path_buf(), config).unwrap();
+    let rotation = Rotation {
+        max_bytes: 256 * 1024,
+        backups: 100,
+    };
+    let slow = hub.sink("app", "worker.1", rotation);
+    // A disk that takes a second per write while the quiet child runs.
+    slow.slow_down_writes(Duration::from_secs(1));
+    let quiet = hub.sink("app", "web.1", rotation);
 
-    // 1. A stalled writer: after the first read, everything is dropped.
-    let stalled = sink.hold_writer();
-    capture_until_eof(&sink, spawn_sh(&phase(1))).await;
-    let dropped_while_stalled = sink.dropped();
-    assert!(
-        dropped_while_stalled > 0,
-        "a stalled writer with a 1 KiB queue must drop"
-    );
-    drop(stalled);
-    // 2. A running writer (a few drops are possible, and noted like the others).
-    capture_until_eof(&sink, spawn_sh(&phase(100_001))).await;
-    // 3. Stalled again at the end: the note must still come once the writer catches up.
-    let stalled = sink.hold_writer();
-    capture_until_eof(&sink, spawn_sh(&phase(200_001))).await;
-    drop(stalled);
-    tokio::time::timeout(DEADLINE, sink.flush()).await.unwrap();
-
-    let lines = read_lines(&dir.path().join("app/worker.1.log"));
-    let mut previous = 0u64;
-    let mut noted = 0u64;
-    let mut pending_note: Option<u64> = None;
-    for line in &lines {
-        if let Some(rest) = line.strip_prefix("[piku] ") {
-            let n: u64 = rest
-                .strip_suffix(" lines dropped (writer could not keep up)")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("unexpected note {line:?}"));
-            assert!(pending_note.is_none(), "two notes for one gap");
-            pending_note = Some(n);
-            noted += n;
-        } else {
-            let number: u64 = line.parse().unwrap();
-            let gap = number - previous - 1;
-            assert_eq!(gap, pending_note.take().unwrap_or(0), "gap before {number}");
-            previous = number;
-        }
+    // ≈ 15 MB: at most a few MiB (its pipe, enlarged to 1 MiB, and a read or two) get past
+    // the slow disk before it is fast again, so the flood's writer cannot finish before; it
+    // says when it has through a file.
+    let total = 2_000_000;
+    let done = dir.path().join("flood-done");
+    let mut flood = spawn_sh(&format!(
+        "seq 1 {total}; touch {}; exec sleep 60",
+        done.display()
+    ));
+    slow.attach(flood.stdout.take().unwrap(), flood.stderr.take().unwrap());
+    let deadline = Instant::now() + DEADLINE;
+    while slow.back_pressure().0 == 0 {
+        assert!(Instant::now() < deadline, "the flood was never held back");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Lines dropped after the last written one: the note follows them directly.
-    assert!(lines.last().unwrap().starts_with("[piku] "));
-    assert_eq!(300_000 - previous, pending_note.unwrap_or(0));
-    assert_eq!(noted, sink.dropped());
+    // Meanwhile a quiet child writes a line every 20 ms: none of it waits for the flood.
+    let quiet_child = spawn_sh("for i in $(seq 1 10); do echo $i; sleep 0.02; done");
+    capture_until_eof(&quiet, quiet_child).await;
+    tokio::time::timeout(DEADLINE, quiet.flush()).await.unwrap();
+    assert!(
+        !done.exists(),
+        "the flood's writer was still held back when the quiet child's lines were written"
+    );
+    assert_sequence(&read_lines(&dir.path().join("app/web.1.log")), 1, 10);
+    assert_eq!(quiet.back_pressure(), (0, false));
+
+    slow.slow_down_writes(Duration::ZERO);
+    let deadline = Instant::now() + DEADLINE;
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "the flood never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::timeout(DEADLINE, slow.flush()).await.unwrap();
+    flood.kill().await.unwrap();
+    assert_eq!(
+        slow.dropped(),
+        0,
+        "write error: {}",
+        slow.last_write_error()
+    );
+    let current = dir.path().join("app/worker.1.log");
+    let mut all = Vec::new();
+    for n in (1..=100).rev() {
+        all.extend(read_lines(&rotate::backup_path(&current, n, 100)));
+    }
+    all.extend(read_lines(&current));
+    assert_sequence(&all, 1, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_after_a_quiet_process_exits_comes_after_its_last_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), None);
+    let sink = hub.sink("app", "worker.1", Rotation::PIKU);
+    sink.note("started");
+    // Silent long enough for its pipe to be checked only on the one-second tick; then it
+    // says its last words and signals (through a file) that it did.
+    let said = dir.path().join("said");
+    let mut child = spawn_sh(&format!(
+        "echo hello; sleep 3; echo last words; touch {}; exec sleep 30",
+        said.display()
+    ));
+    sink.attach(child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let path = dir.path().join("app/worker.1.log");
+    let deadline = Instant::now() + DEADLINE;
+    while !said.exists() {
+        assert!(Instant::now() < deadline, "the child never finished");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // "last words" is in the pipe, almost always still unread (the next tick is up to a
+    // second away): the note must wait for it.
+    sink.note("exited");
+    tokio::time::timeout(DEADLINE, sink.flush()).await.unwrap();
+    assert_eq!(
+        read_lines(&path),
+        ["[piku] started", "hello", "last words", "[piku] exited"]
+    );
+    child.kill().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_lines_are_cut_not_lost_and_bad_utf8_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = LogHub::with_config(dir.path().to_path_buf(), generous(None));
+    let hub = hub(dir.path(), None);
     let sink = hub.sink("app", "web.1", Rotation::PIKU);
     let script = "head -c 150000 /dev/zero | tr '\\0' x; echo; printf 'bad \\377 byte\\n'; printf 'no newline'";
     capture_to_end(&sink, spawn_sh(script)).await;
@@ -195,7 +239,7 @@ async fn long_lines_are_cut_not_lost_and_bad_utf8_is_replaced() {
     let lines = read_lines(&dir.path().join("app/web.1.log"));
     let n = lines.len();
     assert_eq!(lines[..n - 2].concat(), "x".repeat(150_000));
-    assert!(lines[..n - 2].iter().all(|l| l.len() <= capture::MAX_LINE));
+    assert!(lines[..n - 2].iter().all(|l| l.len() <= lines::MAX_LINE));
     assert_eq!(lines[n - 2], "bad \u{fffd} byte");
     assert_eq!(lines[n - 1], "no newline");
 }
@@ -290,7 +334,7 @@ async fn a_journal_that_does_not_read_never_blocks_the_capture() {
     let socket_path = dir.path().join("journal.sock");
     // Bound but never read: its buffer fills and sends fail with EAGAIN.
     let _journald = UnixDatagram::bind(&socket_path).unwrap();
-    let hub = LogHub::with_config(dir.path().join("logs"), generous(Some(socket_path)));
+    let hub = hub(&dir.path().join("logs"), Some(socket_path));
     let sink = hub.sink("shop", "web.1", Rotation::PIKU);
     capture_to_end(&sink, spawn_sh("seq 1 20000")).await;
     assert_eq!(
@@ -298,6 +342,90 @@ async fn a_journal_that_does_not_read_never_blocks_the_capture() {
         20_000
     );
     assert_eq!(sink.dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_journald_loses_part_of_its_copy_never_the_file_and_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("journal.sock");
+    let journald = UnixDatagram::bind(&socket_path).unwrap();
+    journald
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // journald reads a datagram every 50 µs at most (sleeps make it slower): far slower than
+    // the child writes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut messages, mut buf) = (Vec::new(), vec![0u8; 65536]);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = journald.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    messages.extend(
+                        text.lines()
+                            .find_map(|l| l.strip_prefix("MESSAGE="))
+                            .map(str::to_owned),
+                    );
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            messages
+        }
+    });
+    // A small backlog (≈ 750 lines): journald here takes 10 datagrams per retry
+    // (`net.unix.max_dgram_qlen` is 10 without systemd's 512), so a big one would take long.
+    let config = LogConfig {
+        journal: Some(socket_path),
+        journal_backlog_bytes: 64 * 1024,
+        ..LogConfig::default()
+    };
+    let hub = LogHub::with_config(dir.path().join("logs"), config).unwrap();
+    let sink = hub.sink("shop", "worker.1", Rotation::PIKU);
+    let total = 100_000;
+    capture_to_end(&sink, spawn_sh(&format!("exec seq 1 {total}"))).await;
+    // The file has every line, whatever journald did.
+    let current = dir.path().join("logs/shop/worker.1.log");
+    let mut kept = read_lines(&with_suffix(&current, ".old"));
+    kept.extend(read_lines(&current));
+    let first: u64 = kept[0].parse().unwrap();
+    assert_sequence(&kept, first, total);
+    assert_eq!(sink.dropped(), 0);
+    // Once the backlog has drained journald is told how much it missed.
+    let journal = hub.inner.journal.clone().unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while journal.behind() {
+        assert!(Instant::now() < deadline, "journald never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let messages = reader.join().unwrap();
+    // journald's copy: the start of the output in order, the note where the backlog was
+    // full, then (if the child was still writing when it had drained) the rest in order.
+    let note_at = messages
+        .iter()
+        .position(|m| m.contains("lines were not sent to journald"))
+        .expect("journald is told what it missed");
+    let unsent: u64 = messages[note_at]
+        .strip_prefix("[piku] ")
+        .and_then(|m| m.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let numbers =
+        |lines: &[String]| -> Vec<u64> { lines.iter().map(|m| m.parse().unwrap()).collect() };
+    let before = numbers(&messages[..note_at]);
+    let after = numbers(&messages[note_at + 1..]);
+    assert!(
+        before.iter().copied().eq(1..=before.len() as u64),
+        "the start is gap-free"
+    );
+    let resumed = before.len() as u64 + unsent + 1;
+    assert!(
+        after.iter().copied().eq(resumed..=total),
+        "the end is gap-free"
+    );
+    assert!(unsent > 0 && !before.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,13 +494,25 @@ async fn a_sink_is_reused_per_instance_and_forget_closes_its_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lines_that_cannot_be_written_are_counted() {
+async fn lines_that_cannot_be_written_are_counted_then_noted_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let not_a_dir = dir.path().join("file");
-    fs::write(&not_a_dir, "").unwrap();
-    let hub = LogHub::with_journal(not_a_dir, None);
+    // A file where the app's log directory should be: every write fails.
+    let blocker = dir.path().join("app");
+    fs::write(&blocker, "").unwrap();
+    let hub = hub(dir.path(), None);
     let sink = hub.sink("app", "web.1", Rotation::PIKU);
     capture_to_end(&sink, spawn_sh("seq 1 10")).await;
+    assert_eq!(sink.dropped(), 10);
+
+    fs::remove_file(&blocker).unwrap();
+    capture_to_end(&sink, spawn_sh("echo back")).await;
+    let lines = read_lines(&dir.path().join("app/web.1.log"));
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[0].starts_with("[piku] 10 lines could not be written to this file ("),
+        "{lines:?}"
+    );
+    assert_eq!(lines[1], "back");
     assert_eq!(sink.dropped(), 10);
 }
 
