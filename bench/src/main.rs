@@ -56,6 +56,10 @@ struct Common {
     /// Keep the temp dirs (configs, logs) instead of deleting them.
     #[arg(long, global = true)]
     keep: bool,
+    /// `wsgi`: a venv with granian, gunicorn, uwsgi, waitress and flask (default:
+    /// target/bench-venv, which scripts/bench creates).
+    #[arg(long, global = true, env = "PIKU_BENCH_VENV")]
+    venv: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +87,9 @@ enum Cmd {
     /// Issue 4: nginx → app vs nginx → glue → app (req/s, p50/p99, the glue's RSS); with
     /// --markdown, writes only its own section of that file.
     Front,
+    /// Issue 13: Python apps through nginx under piku + uWSGI and under ours with each WSGI
+    /// server; with --markdown, writes only its own section of that file.
+    Wsgi,
     /// The app `front` measures (a keep-alive HTTP server on $PORT); started by the supervisor.
     #[command(hide = true)]
     FrontApp,
@@ -150,6 +157,19 @@ fn main() -> Result<()> {
                 cli.common.keep,
             );
         }
+        Cmd::Wsgi => {
+            let venv = match &cli.common.venv {
+                Some(v) => v.clone(),
+                None => rows::wsgi::default_venv()?,
+            };
+            return rows::wsgi::run(
+                &opts.supervisor_bin,
+                &venv,
+                cli.common.markdown.as_deref(),
+                cli.common.quick,
+                cli.common.keep,
+            );
+        }
         _ => {}
     }
     let kinds: Vec<Kind> = if cli.common.only.is_empty() {
@@ -212,6 +232,9 @@ fn main() -> Result<()> {
         let old = std::fs::read_to_string(md).unwrap_or_default();
         if let Some(front) = rows::front::section_of(&old) {
             text = rows::front::replace_section(&text, front);
+        }
+        if let Some(wsgi) = report::get_section(&old, rows::wsgi::SECTION) {
+            text = report::put_section(&text, rows::wsgi::SECTION, wsgi);
         }
         std::fs::write(md, text).with_context(|| format!("writing {}", md.display()))?;
         println!("wrote {}", md.display());
@@ -366,6 +389,7 @@ fn cmd_name(cmd: Cmd) -> &'static str {
         Cmd::All => "all",
         Cmd::Report => "report",
         Cmd::Front => "front",
+        Cmd::Wsgi => "wsgi",
         Cmd::FrontApp => "front-app",
     }
 }
