@@ -25,14 +25,7 @@ fn flask_app_is_served_by_uwsgi_with_a_worker_and_a_cron_job() {
 
     // The wsgi instance is uWSGI (the translation happens in the CLI).
     let instances = piku.instances(app);
-    let wsgi = instances
-        .iter()
-        .find(|i| i.port == Some(port))
-        .unwrap_or_else(|| panic!("no instance on port {port}: {instances:?}"));
-    let pid = wsgi.pid.expect("wsgi pid");
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .unwrap_or_default();
+    let (pid, cmdline) = instance_on(&instances, port);
     assert!(
         cmdline.contains("bin/uwsgi ") && cmdline.contains("--http11-socket"),
         "the wsgi instance is not uWSGI: {cmdline:?}"
@@ -112,6 +105,15 @@ fn asgi_app_is_served_by_granian_when_uwsgi_asyncio_is_set() {
         "the ASGI page",
     );
     let instances = piku.instances(app);
+    let (_, cmdline) = instance_on(&instances, port);
+    assert!(
+        cmdline.contains("bin/granian") && cmdline.contains("--interface asgi"),
+        "the instance is not granian serving ASGI: {cmdline:?}"
+    );
+}
+
+/// The pid and command line of the instance serving on `port`.
+fn instance_on(instances: &[piku_e2e::Instance], port: u16) -> (u32, String) {
     let wsgi = instances
         .iter()
         .find(|i| i.port == Some(port))
@@ -120,10 +122,7 @@ fn asgi_app_is_served_by_granian_when_uwsgi_asyncio_is_set() {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .unwrap_or_default();
-    assert!(
-        cmdline.contains("bin/granian") && cmdline.contains("--interface asgi"),
-        "the instance is not granian serving ASGI: {cmdline:?}"
-    );
+    (pid, cmdline)
 }
 
 /// Direct children of `pid` (from /proc/<pid>/task/*/children).

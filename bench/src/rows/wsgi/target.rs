@@ -259,25 +259,14 @@ impl Stack {
         let env = self.env(e);
         match e.target {
             Target::Piku { .. } => {
-                let uwsgi = self.uwsgi.as_mut().context("no emperor")?;
                 if !extra.with.is_empty() {
                     let mut side = AppDef::new(&e.app, &self.src);
                     side.processes = extra.with.to_vec();
+                    let uwsgi = self.uwsgi.as_mut().context("no emperor")?;
                     uwsgi.deploy(&[side])?;
                 }
-                let Target::Piku { max_requests } = e.target else {
-                    bail!("not a piku target");
-                };
-                let vassal = WsgiVassal {
-                    max_requests,
-                    app: &e.app,
-                    module: self.app.module(),
-                    workdir: &self.src,
-                    venv: &self.venv,
-                    socket: &e.socket,
-                    env: &env,
-                };
-                uwsgi.write_wsgi_vassal(&vassal, 1)
+                let socket = self.entries[i].socket.clone();
+                self.write_vassal(i, 1, &socket)
             }
             Target::Ours(c) => {
                 let mut warnings = Vec::new();
@@ -317,6 +306,28 @@ impl Stack {
         }
     }
 
+    /// Writes instance `index` of piku's `wsgi` vassal for entry `i`, on `socket`.
+    fn write_vassal(&self, i: usize, index: u32, socket: &Path) -> Result<()> {
+        let e = &self.entries[i];
+        let Target::Piku { max_requests } = e.target else {
+            bail!("{} is not a piku target", e.app);
+        };
+        let env = self.env(e);
+        let vassal = WsgiVassal {
+            max_requests,
+            app: &e.app,
+            module: self.app.module(),
+            workdir: &self.src,
+            venv: &self.venv,
+            socket,
+            env: &env,
+        };
+        self.uwsgi
+            .as_ref()
+            .context("no emperor")?
+            .write_wsgi_vassal(&vassal, index)
+    }
+
     /// The supervisor tree that `e` runs in (ours: the daemon; piku: the emperor).
     pub fn root(&self, e: &Entry) -> Option<Pid> {
         match e.target {
@@ -340,26 +351,12 @@ impl Stack {
     /// the same socket as the first (piku-baseline §3.4), so here it gets its own (`port2`).
     pub fn scale(&mut self, i: usize, count: u32) -> Result<()> {
         let e = &self.entries[i];
-        let env = self.env(e);
         match e.target {
             Target::Piku { .. } => {
-                let uwsgi = self.uwsgi.as_ref().context("no emperor")?;
                 if count >= 2 {
-                    let socket = second_socket(&e.socket);
-                    let Target::Piku { max_requests } = e.target else {
-                        bail!("not a piku target");
-                    };
-                    let vassal = WsgiVassal {
-                        max_requests,
-                        app: &e.app,
-                        module: self.app.module(),
-                        workdir: &self.src,
-                        venv: &self.venv,
-                        socket: &socket,
-                        env: &env,
-                    };
-                    uwsgi.write_wsgi_vassal(&vassal, 2)
+                    self.write_vassal(i, 2, &second_socket(&e.socket))
                 } else {
+                    let uwsgi = self.uwsgi.as_ref().context("no emperor")?;
                     uwsgi.remove_wsgi_vassal(&e.app, 2)
                 }
             }
