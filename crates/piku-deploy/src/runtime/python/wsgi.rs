@@ -19,15 +19,16 @@ use crate::settings::number;
 /// The server a `wsgi:` entry gets when `PIKU_WSGI_SERVER` is unset: uWSGI, one per instance,
 /// from the `pyuwsgi` wheels (x86_64 and aarch64; nothing to compile on the server).
 ///
-/// Chosen from `piku-bench wsgi` on a 2-core box (BENCHMARKS.md, "Python web apps"). Through
-/// nginx and the front every keep-alive server (uWSGI's `--http11-socket`, granian) is held
-/// back by the front and nginx rather than by itself, so their req/s come out close, well
-/// ahead of gunicorn and waitress; what separates them is memory and start-up. One uWSGI
-/// process serving the app is about a third of granian's two processes (granian always runs a
-/// Python supervisor process beside its worker, which our supervisor makes redundant), an
-/// extra instance costs about half as much, and it answers its first request in tens of
-/// milliseconds. That memory is what lets a formation fit in less than piku's emperor tree
-/// did. granian stays one setting away (`PIKU_WSGI_SERVER=granian`), and is what serves ASGI.
+/// Chosen from `piku-bench wsgi` on a 2-core box (BENCHMARKS.md, "Python web apps"; plain
+/// WSGI app through nginx and the front, medians of 3 alternating rounds). The front, not the
+/// server, sets the pace there: uWSGI 9.1k req/s, granian 11.5k, waitress 6.7k, gunicorn
+/// 2.8–4.2k, p99 3.4–3.8 ms for uWSGI and granian. What separates uWSGI and granian is memory
+/// and start-up: the whole tree (daemon + server) is 16.7 MiB with uWSGI against 38.9 with
+/// granian (which always runs a Python supervisor process beside its worker, redundant under
+/// ours), an extra instance adds 6.4 MiB against 22.7, and a new instance answers in 29 ms
+/// against 92. That memory is what puts a formation under piku's emperor tree (0.70× its
+/// PSS), on the 512 MB boards piku is for. granian stays one setting away
+/// (`PIKU_WSGI_SERVER=granian`) and serves ASGI apps.
 pub const DEFAULT: Server = Server::Uwsgi;
 
 /// A WSGI server we know how to install and run.
