@@ -286,13 +286,7 @@ fn memory(
                 m.extra_pss_mib.push(two - one);
             }
             stack.scale(0, 1)?;
-            // Let the second instance's processes go before the next start.
-            let settle = Instant::now();
-            while settle.elapsed() < Duration::from_secs(10)
-                && tree_mem(root).pss_kib as f64 / 1024.0 > one * 1.2
-            {
-                sleep(Duration::from_millis(100));
-            }
+            stack.wait_second_gone(0, Duration::from_secs(30))?;
             sleep(Duration::from_millis(500));
         }
         Ok(())

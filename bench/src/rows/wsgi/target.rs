@@ -414,6 +414,34 @@ impl Stack {
         }
     }
 
+    /// Waits until instance 2 of `e` is gone (piku: its socket no longer answers; ours: the
+    /// daemon lists no second instance), so the next start is a fresh one.
+    pub fn wait_second_gone(&self, i: usize, deadline: Duration) -> Result<()> {
+        let e = &self.entries[i];
+        let t0 = Instant::now();
+        loop {
+            let gone = match e.target {
+                Target::Piku { .. } => {
+                    let port = e.port2.context("no second port")?;
+                    !crate::http::serves(port, Duration::from_millis(500))
+                }
+                Target::Ours(_) => {
+                    let ours = self.ours.as_ref().context("no daemon")?;
+                    ours.status(Some(&e.app))?
+                        .first()
+                        .is_none_or(|a| a.instances.iter().all(|x| x.index != 2))
+                }
+            };
+            if gone {
+                return Ok(());
+            }
+            if t0.elapsed() > deadline {
+                bail!("instance 2 of {} did not go within {deadline:?}", e.app);
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops nginx and every supervisor (by their own stop), then whatever they left, by pid.
     pub fn shutdown(mut self) -> Vec<String> {
         let mut notes = Vec::new();
