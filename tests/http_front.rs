@@ -6,7 +6,8 @@
 //! connection through nginx and the front, an unknown host refused, HTTPS-only redirects, a
 //! broken `NGINX_INCLUDE_FILE` refused with the old config still serving, a release that never
 //! becomes healthy not switched to, and `wrk` load through ten redeploys and a
-//! `ps:scale web=1→3→1` without one failed request.
+//! `ps:scale web=1→3→1` without one failed request, for a `web:` app and for a `wsgi:` app on
+//! the default WSGI server.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -345,38 +346,72 @@ fn requests(report: &str) -> u64 {
 #[test]
 fn no_request_fails_through_ten_redeploys_and_scaling_under_load() {
     let piku = Piku::start_with_nginx();
-    let port = http_port(&piku);
     let repo = app_behind_nginx(&piku, "load.test", "PIKU_HEALTHCHECK=/up\n");
-    piku.git_push(repo.path(), "load").assert_ok();
-    expect_via_nginx(&piku, "load.test", "/", |b| b.contains("version=v1"));
+    redeploys_and_scaling_lose_no_request(&piku, &repo, "load", "load.test", "web", |b, v| {
+        b.contains(&format!("version={v} ")) || b.ends_with(&format!("version={v}\n"))
+    });
+}
 
-    let load = Load::start(port, "load.test", 600);
+/// The same with the Flask example behind `wsgi:`, so the default WSGI server (and how it
+/// stops and starts) is what the switches go through. Needs PyPI for Flask and the server.
+#[test]
+fn no_request_to_a_wsgi_app_fails_through_ten_redeploys_and_scaling_under_load() {
+    let piku = Piku::start_with_nginx();
+    let nginx = piku.nginx.as_ref().expect("started with nginx");
+    let repo = make_app_repo("python-wsgi");
+    repo.write(
+        "ENV",
+        &format!(
+            "{}PIKU_HEALTHCHECK=/\nPIKU_DRAIN_TIMEOUT=2\n",
+            nginx.app_env("wsgi.test")
+        ),
+    );
+    repo.commit("behind nginx");
+    redeploys_and_scaling_lose_no_request(&piku, &repo, "wsgiload", "wsgi.test", "wsgi", |b, v| {
+        b == format!("hello from wsgiload {v}\n")
+    });
+}
+
+/// Pushes `repo` as `app`, then keeps wrk on it through nginx across ten redeploys and
+/// `ps:scale <kind>=3`, `=1`, and requires that no request failed. `serves(body, version)`
+/// says whether a page is the given version's.
+fn redeploys_and_scaling_lose_no_request(
+    piku: &Piku,
+    repo: &AppRepo,
+    app: &str,
+    host: &str,
+    kind: &str,
+    serves: impl Fn(&str, &str) -> bool,
+) {
+    let port = http_port(piku);
+    piku.git_push(repo.path(), app).assert_ok();
+    expect_via_nginx(piku, host, "/", |b| serves(b, "v1"));
+
+    let load = Load::start(port, host, 600);
     // Let wrk connect before the first switch.
     std::thread::sleep(Duration::from_secs(1));
     for n in 2..=11 {
         let version = format!("v{n}");
         repo.set_version(&version);
-        piku.git_push(repo.path(), "load").assert_ok();
-        expect_via_nginx(&piku, "load.test", "/", |b| {
-            b.contains(&format!("version={version} "))
-                || b.ends_with(&format!("version={version}\n"))
-        });
+        piku.git_push(repo.path(), app).assert_ok();
+        expect_via_nginx(piku, host, "/", |b| serves(b, &version));
     }
     for count in [3, 1] {
-        piku.ssh(&format!("ps:scale load web={count}")).assert_ok();
+        piku.ssh(&format!("ps:scale {app} {kind}={count}"))
+            .assert_ok();
         let serving = wait_until(CHANGE_TIMEOUT, || {
-            let ps = piku.ps_json("load").ok()?;
+            let ps = piku.ps_json(app).ok()?;
             let backends = ps["front"]["backends"].as_array()?.len();
             (backends == count).then_some(())
         });
         assert!(
             serving.is_some(),
             "the front never served from {count} instance(s): {:?}",
-            piku.ps_json("load")
+            piku.ps_json(app)
         );
     }
     let report = load.finish();
-    eprintln!("wrk through 10 redeploys and web=1→3→1:\n{report}");
+    eprintln!("wrk through 10 redeploys and {kind}=1→3→1:\n{report}");
     let (non_2xx, socket) = failures(&report);
     assert!(requests(&report) > 0, "wrk made no requests:\n{report}");
     assert_eq!(

@@ -60,6 +60,10 @@ struct Common {
     /// at the largest, 50).
     #[arg(long, global = true)]
     apps: Option<usize>,
+    /// `wsgi`: a venv with granian, gunicorn, uwsgi, waitress and flask (default:
+    /// target/bench-venv, which scripts/bench creates).
+    #[arg(long, global = true, env = "PIKU_BENCH_VENV")]
+    venv: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +92,9 @@ enum Cmd {
     /// p50/p99, CPU per request of the hop, the glue's RSS); with --markdown, writes only its
     /// own section of that file. `scripts/bench` runs it after `all`.
     Front,
+    /// Issue 13: Python apps through nginx under piku + uWSGI and under ours with each WSGI
+    /// server; with --markdown, writes only its own section of that file.
+    Wsgi,
     /// The app `front` measures (a keep-alive HTTP server on $PORT); started by the supervisor.
     #[command(hide = true)]
     FrontApp,
@@ -159,6 +166,19 @@ fn main() -> Result<()> {
                 cli.common.keep,
             );
         }
+        Cmd::Wsgi => {
+            let venv = match &cli.common.venv {
+                Some(v) => v.clone(),
+                None => rows::wsgi::default_venv()?,
+            };
+            return rows::wsgi::run(
+                &opts.supervisor_bin,
+                &venv,
+                cli.common.markdown.as_deref(),
+                cli.common.quick,
+                cli.common.keep,
+            );
+        }
         _ => {}
     }
     let kinds: Vec<Kind> = if cli.common.only.is_empty() {
@@ -221,6 +241,9 @@ fn main() -> Result<()> {
         let old = std::fs::read_to_string(md).unwrap_or_default();
         if let Some(front) = rows::front::section_of(&old) {
             text = rows::front::replace_section(&text, front);
+        }
+        if let Some(wsgi) = report::get_section(&old, rows::wsgi::SECTION) {
+            text = report::put_section(&text, rows::wsgi::SECTION, wsgi);
         }
         std::fs::write(md, text).with_context(|| format!("writing {}", md.display()))?;
         println!("wrote {}", md.display());
@@ -376,6 +399,7 @@ fn cmd_name(cmd: Cmd) -> &'static str {
         Cmd::All => "all",
         Cmd::Report => "report",
         Cmd::Front => "front",
+        Cmd::Wsgi => "wsgi",
         Cmd::FrontApp => "front-app",
     }
 }

@@ -348,3 +348,62 @@ mod tests {
         assert!(res.table().contains("| 3a | a (s) | 2.00 |"));
     }
 }
+
+/// `doc` with the section under `heading` replaced by `section` (appended when absent). A
+/// section runs from its heading to the next `## ` heading or the end. For the subcommands
+/// that write only their own part of `BENCHMARKS.md`.
+pub fn put_section(doc: &str, heading: &str, section: &str) -> String {
+    let section = section.trim_end();
+    let Some((start, end)) = section_span(doc, heading) else {
+        let sep = if doc.is_empty() || doc.ends_with("\n\n") {
+            ""
+        } else if doc.ends_with('\n') {
+            "\n"
+        } else {
+            "\n\n"
+        };
+        return format!("{doc}{sep}{section}\n");
+    };
+    let rest = &doc[end..];
+    let gap = if rest.is_empty() { "\n" } else { "\n\n" };
+    format!("{}{section}{gap}{rest}", &doc[..start])
+}
+
+/// The section under `heading` in `doc`, if there is one.
+pub fn get_section<'a>(doc: &'a str, heading: &str) -> Option<&'a str> {
+    let (start, end) = section_span(doc, heading)?;
+    Some(doc[start..end].trim_end())
+}
+
+fn section_span(doc: &str, heading: &str) -> Option<(usize, usize)> {
+    let start = doc.match_indices(heading).map(|(i, _)| i).find(|&i| {
+        let rest = &doc[i + heading.len()..];
+        (i == 0 || doc[..i].ends_with('\n')) && (rest.is_empty() || rest.starts_with('\n'))
+    })?;
+    let after = start + heading.len();
+    let end = doc[after..]
+        .find("\n## ")
+        .map_or(doc.len(), |i| after + i + 1);
+    Some((start, end))
+}
+
+#[cfg(test)]
+mod section_tests {
+    use super::*;
+
+    #[test]
+    fn a_section_is_replaced_in_place_or_appended() {
+        let h = "## W";
+        let doc = "# T\n\n## A\n\na\n\n## Where\n\nw\n";
+        let once = put_section(doc, h, "## W\n\nnew\n");
+        assert_eq!(once, format!("{doc}\n## W\n\nnew\n"));
+        let middle = "# T\n\n## W\n\nold\n\n## Z\n\nz\n";
+        assert_eq!(
+            put_section(middle, h, "## W\n\nnew\n"),
+            "# T\n\n## W\n\nnew\n\n## Z\n\nz\n"
+        );
+        assert_eq!(put_section(&once, h, "## W\n\nnew\n"), once);
+        assert_eq!(get_section(middle, h), Some("## W\n\nold"));
+        assert_eq!(get_section(doc, h), None);
+    }
+}

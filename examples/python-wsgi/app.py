@@ -1,4 +1,4 @@
-"""A Flask app served through piku's `wsgi:` kind (gunicorn in the app's venv)."""
+"""A Flask app served through piku's `wsgi:` kind (uWSGI in the app's venv)."""
 
 import os
 

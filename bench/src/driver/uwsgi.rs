@@ -25,6 +25,19 @@ use super::{CrashView, Daemon, Driver, Kind, Shutdown, Tracker, signal};
 use crate::fixture::{AppDef, ProcDef, Role};
 use crate::procfs::{self, Pid};
 
+/// What a `wsgi` vassal needs (see [`Uwsgi::write_wsgi_vassal`]).
+pub struct WsgiVassal<'a> {
+    /// `UWSGI_MAX_REQUESTS` (piku's default: 1024).
+    pub max_requests: u32,
+    pub app: &'a str,
+    /// `module:callable`, the `wsgi:` line.
+    pub module: &'a str,
+    pub workdir: &'a Path,
+    pub venv: &'a Path,
+    pub socket: &'a Path,
+    pub env: &'a std::collections::BTreeMap<String, String>,
+}
+
 pub struct Uwsgi {
     daemon: Daemon,
     enabled: PathBuf,
@@ -154,6 +167,48 @@ impl Uwsgi {
         fs::write(&tmp, &t)?;
         fs::rename(&tmp, self.enabled.join(&name))?;
         Ok(())
+    }
+
+    /// A `wsgi` vassal as piku writes one for an app with `NGINX_SERVER_NAME` (piku.py
+    /// `spawn_worker`: the common settings, `virtualenv`, `module`, `threads`, `plugin`,
+    /// `socket` + `chmod-socket`, and its per-request `log-format`), instance `index`.
+    pub fn write_wsgi_vassal(&self, v: &WsgiVassal, index: u32) -> Result<()> {
+        let log_dir = self.logs.join(v.app);
+        fs::create_dir_all(&log_dir)?;
+        let log = log_dir.join(format!("wsgi.{index}.log"));
+        let mut t = format!(
+            "[uwsgi]\nchdir = {}\nmaster = true\nproject = {}\nmax-requests = {}\nlisten = 48\n\
+             processes = 2\nprocname-prefix = {}:wsgi:\nenable-threads = true\n\
+             log-x-forwarded-for = false\nlog-maxsize = 1048576\nlogto2 = {}\nlog-backupname = {}.old\n\
+             virtualenv = {}\nmodule = {}\nthreads = 4\nplugin = python3\nsocket = {}\nchmod-socket = 664\n\
+             log-format = %%(addr) - %%(user) [%%(ltime)] \"%%(method) %%(uri) %%(proto)\" %%(status) \
+             %%(size) \"%%(referer)\" \"%%(uagent)\" %%(msecs)ms\n",
+            v.workdir.display(),
+            v.app,
+            v.max_requests,
+            v.app,
+            log.display(),
+            log.display(),
+            v.venv.display(),
+            v.module,
+            v.socket.display(),
+        );
+        for (k, val) in v.env {
+            let _ = writeln!(t, "env = {k}={val}");
+        }
+        let _ = writeln!(t, "env = PROC_TYPE=wsgi");
+        let _ = writeln!(t, "env = PIKU_INSTANCE={index}");
+        let name = Self::ini_name(v.app, "wsgi", index);
+        fs::write(self.available.join(&name), &t)?;
+        let tmp = self.enabled.join(format!(".{name}.tmp"));
+        fs::write(&tmp, &t)?;
+        fs::rename(&tmp, self.enabled.join(&name))?;
+        Ok(())
+    }
+
+    /// Takes instance `index` of an app's `wsgi` vassal away, as `ps:scale` does.
+    pub fn remove_wsgi_vassal(&self, app: &str, index: u32) -> Result<()> {
+        self.remove_vassal(app, "wsgi", index)
     }
 
     fn remove_vassal(&self, app: &str, kind: &str, index: u32) -> Result<()> {

@@ -8,6 +8,7 @@ pub mod logs;
 pub mod many;
 pub mod scale;
 pub mod stop;
+pub mod wsgi;
 
 use std::time::Duration;
 

@@ -51,7 +51,7 @@ pub struct ReleaseRecord {
     /// Name of the dependency environment under `envs/<app>/deps/`, if the runtime has one.
     #[serde(default)]
     pub deps: Option<String>,
-    /// The WSGI server installed for a `wsgi:` entry (`gunicorn`, `waitress`, `uwsgi`).
+    /// The WSGI server installed for a `wsgi:` entry (`uwsgi`, `granian`, `gunicorn`, `waitress`).
     #[serde(default)]
     pub wsgi_server: Option<String>,
 }

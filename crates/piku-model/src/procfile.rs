@@ -25,7 +25,8 @@ use crate::problems::Problems;
 /// What a Procfile entry is, which decides how (and whether) it runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProcessClass {
-    /// A Python WSGI `module:callable`, run by the CLI through gunicorn as a web process.
+    /// A Python WSGI (or, with `UWSGI_ASYNCIO`, ASGI) `module:callable`, run through the WSGI
+    /// server the build installs (`PIKU_WSGI_SERVER`) as a web process.
     Wsgi,
     /// `rwsgi`: a Rack app's rackup file (`config.ru`), run through a Rack server as a web
     /// process.

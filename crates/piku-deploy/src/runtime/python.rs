@@ -131,8 +131,8 @@ pub fn build(tool: Tool, ctx: &BuildCtx, log: &mut BuildLog) -> Result<Built, De
     })
 }
 
-/// The WSGI server's name as part of a dependency key: a venv built for gunicorn is not one
-/// built for waitress.
+/// The WSGI server's name as part of a dependency key: a venv built for uWSGI is not one
+/// built for granian.
 fn server_key(ctx: &BuildCtx) -> &'static str {
     ctx.wsgi.map(Server::name).unwrap_or("")
 }
@@ -170,7 +170,7 @@ fn pip_install(ctx: &BuildCtx, python: &str, log: &mut BuildLog) -> Result<Deps,
             "Adding {} to serve the 'wsgi:' entry",
             server.name()
         ));
-        cmd.arg(server.name());
+        cmd.arg(server.package());
     }
     log.run(cmd, "pip install -r requirements.txt")?;
     Ok(deps)
@@ -336,13 +336,13 @@ fn install_wsgi_server(
             let mut cmd = ctx.command("uv", ctx.src);
             cmd.args(["pip", "install", "--python"])
                 .arg(venv.join("bin/python"))
-                .arg(server.name())
+                .arg(server.package())
                 .env("UV_CACHE_DIR", ctx.shared_cache("uv"));
             cmd
         }
         Tool::Pip | Tool::Poetry => {
             let mut cmd = pip(ctx, venv);
-            cmd.arg(server.name());
+            cmd.arg(server.package());
             cmd
         }
     };
