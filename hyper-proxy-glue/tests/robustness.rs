@@ -79,7 +79,7 @@ async fn a_refused_connect_still_moves_to_another_instance() {
 /// names the instance and the path.
 #[tokio::test]
 async fn a_wedged_request_gets_504_at_the_response_timeout_and_is_logged() {
-    let (logs, _guard) = capture_logs();
+    let logs = capture_logs();
     let app = TestBackend::start("web.1@41000").await;
     let config = FrontConfig {
         response_timeout: Duration::from_millis(500),

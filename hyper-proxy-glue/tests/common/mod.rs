@@ -500,16 +500,24 @@ pub fn status_of(answer: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Collects what the glue logs while the returned guard lives (this thread only: use it in
-/// current-thread tests).
-pub fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
-    (logs.clone(), tracing::subscriber::set_default(subscriber))
+/// What the glue logs, from every test of this binary: tests look for lines that name their
+/// own instance. One global subscriber, installed once — a per-thread `set_default` lost events
+/// in CI: tracing caches each call site's interest process-wide, and a test on another thread
+/// without a subscriber could register the call site first (seen as an empty capture).
+pub fn capture_logs() -> Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(logs.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+        logs
+    })
+    .clone()
 }
 
 #[derive(Clone, Default)]
