@@ -434,15 +434,12 @@ fn env_is_cleared_and_port_is_per_web_instance() {
         .map(|i| i.port.expect("web has a port"))
         .collect();
     assert_eq!(ports.len(), 2);
-    // The workdir is the cwd.
-    assert_eq!(
-        fs::read_link(format!(
-            "/proc/{}/cwd",
-            daemon.instance("env", "worker.1").pid.unwrap()
-        ))
-        .unwrap(),
-        scratch
-    );
+    // The workdir is the cwd. The child may have written its dump before the daemon took
+    // note of its pid (seen under load): wait for the status to show it.
+    let pid = wait_for("worker.1's pid", Duration::from_secs(10), || {
+        daemon.instance("env", "worker.1").pid
+    });
+    assert_eq!(fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), scratch);
 }
 
 #[test]

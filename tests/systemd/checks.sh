@@ -222,7 +222,7 @@ check_nginx_by_name() {
     echo "$cert"
 }
 
-# A wsgi + worker + cron app (examples/python-wsgi: Flask under gunicorn, pip from the run's
+# A wsgi + worker + cron app (examples/python-wsgi: Flask under uWSGI, pip from the run's
 # wheel directory in place of PyPI).
 check_wsgi_worker_cron() {
     # Lab shortcut: no network in the container, so pip reads the wheels scripts/systemd-e2e
@@ -250,7 +250,7 @@ check_systemctl_status() {
     echo "$out"
     expect_in "$out" "Active: active (running)" "systemctl status"
     expect_in "$out" "app.py" "the status's cgroup tree"
-    expect_in "$out" "gunicorn" "the status's cgroup tree"
+    expect_in "$out" "bin/uwsgi " "the status's cgroup tree"
     local pid cg n=0
     for pid in $(running blog web | awk '{print $2}') $(running flask wsgi | awk '{print $2}') $(running flask worker | awk '{print $2}'); do
         cg=$(host_root cat "/proc/$pid/cgroup" | sed -n 's/^0:://p')

@@ -21,7 +21,7 @@ HOST_SUITE=bookworm
 HOST_PACKAGES=(systemd systemd-sysv dbus procps openssh-server openssh-client git nginx
     python3-venv curl sudo adduser)
 HOST_CACHE=${PIKU_E2E_CACHE:-/var/cache/piku-e2e}
-HOST_WHEELS_FOR=(flask gunicorn)
+HOST_WHEELS_FOR=(flask pyuwsgi)
 
 host_log() { echo "[host $(date +%T)] $*" >&2; }
 

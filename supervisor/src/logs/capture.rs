@@ -18,6 +18,9 @@
 //!
 //! Issue 15 (handing the pipes to a successor daemon) finds every read end here, in
 //! `Engine::pipes`.
+//!
+//! Over 500 lines on purpose: the epoll loop, line cutting and pacing share the thread's state;
+//! the parts are one loop's steps and read best in order.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;

@@ -180,8 +180,13 @@ async fn a_slow_disk_holds_back_its_own_child_only_and_loses_nothing() {
         assert!(Instant::now() < deadline, "the flood never finished");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::timeout(DEADLINE, slow.flush()).await.unwrap();
+    // The writer is done, but up to a pipe's worth of its lines may still be unread: end it
+    // and wait for EOF on both pipes (everything read) before waiting for the writes.
     flood.kill().await.unwrap();
+    tokio::time::timeout(DEADLINE, slow.pipes_closed())
+        .await
+        .expect("the flood's pipes read to the end within the deadline");
+    tokio::time::timeout(DEADLINE, slow.flush()).await.unwrap();
     assert_eq!(
         slow.dropped(),
         0,

@@ -4,6 +4,9 @@
 //! alternating), the whole supervisor tree's PSS, an extra instance's start-up time to its
 //! first answer and what it adds to that PSS; then the formation of issue 13's memory goal
 //! ([`formation`]). With `--markdown` it writes only its own section of that file.
+//!
+//! Over 500 lines on purpose: the row's driver and its report (tables and goals) are one sequence
+//! from measurement to the markdown it writes.
 
 mod apps;
 mod formation;

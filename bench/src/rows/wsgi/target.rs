@@ -3,6 +3,9 @@
 //! server (our daemon, the app's front on a Unix socket, nginx `proxy_pass`, the server
 //! started with the command line `piku-deploy` generates). A [`Stack`] runs a set of targets
 //! for one app behind one nginx, so their rounds can alternate.
+//!
+//! Over 500 lines on purpose: each target's setup (config, start, stop, PSS) is written out next
+//! to the others, so a reader can check that every target is treated alike.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
