@@ -10,7 +10,7 @@
 //! `build.log` reads from the first line of its deploy.
 
 use std::fmt::Display;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
@@ -52,12 +52,11 @@ impl BuildLog {
 
     /// Starts appending to `path`, beginning with what was printed so far.
     pub fn attach(&mut self, path: &Path) -> Result<(), DeployError> {
-        // Appended line by line as the build runs, so not a piku_fs::write_atomic file.
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .cannot("open build log", path)?;
+        // Appended line by line as the build runs, so not a piku_fs::write_atomic file; never
+        // through a symlink planted at the path, and not readable by other users.
+        let mut file =
+            piku_fs::open_nofollow(path, piku_fs::OpenFor::Append, piku_fs::MODE_GROUP_READ)
+                .cannot("open build log", path)?;
         file.write_all(&self.pending)
             .cannot("write build log", path)?;
         self.pending.clear();
@@ -205,6 +204,29 @@ mod tests {
         assert_eq!(
             text,
             "-----> before the file exists\nout\nerr\n-----> after\n"
+        );
+    }
+
+    #[test]
+    fn the_build_log_is_0640_and_never_written_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("build.log");
+        let mut log = BuildLog::pending();
+        log.attach(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+
+        let victim = dir.path().join("authorized_keys");
+        std::fs::write(&victim, "ssh-ed25519 AAAA keep\n").unwrap();
+        let planted = dir.path().join("v2-build.log");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let mut log = BuildLog::pending();
+        log.step("attack");
+        assert!(log.attach(&planted).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "ssh-ed25519 AAAA keep\n"
         );
     }
 

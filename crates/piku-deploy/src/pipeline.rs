@@ -88,9 +88,11 @@ pub fn deploy(root: &PikuRoot, app: &AppName, target: &Target) -> Result<(), Dep
         )));
     }
     let commit = checkout::resolve_commit(&repo, &target.rev)?;
-    for dir in [root.data_dir(app), root.log_dir(app), root.env_dir(app)] {
+    for dir in [root.data_dir(app), root.log_dir(app)] {
         files::create_dir(&dir)?;
     }
+    // The app's secrets (ENV, LIVE_ENV) live here: owner only, whatever an older piku made.
+    files::create_private_dir(&root.env_dir(app))?;
     mark_interrupted(&store);
 
     let id = store.next_id()?;
