@@ -2,7 +2,7 @@
 //! back, listen, tell systemd we are ready, and stop everything cleanly on SIGTERM.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +39,11 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // Every app's pipes and logs are ours: take all the descriptors the system lets us.
+    match crate::fds::raise() {
+        Ok(limit) => tracing::info!("file descriptor limit {limit}"),
+        Err(e) => tracing::warn!("cannot raise the file descriptor limit: {e}"),
+    }
     let sup_dir = root.supervisor_dir();
     for dir in [root.path().to_path_buf(), root.logs()] {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

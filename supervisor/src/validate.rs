@@ -16,6 +16,17 @@ pub fn app_name(name: &str) -> Result<AppName, String> {
     name.parse::<AppName>().map_err(|e| e.to_string())
 }
 
+/// How many instances `spec` runs (cron entries at most one each).
+pub fn instances(spec: &AppSpec) -> u64 {
+    spec.processes
+        .iter()
+        .map(|p| {
+            let cron = matches!(p.role, Role::Cron { .. });
+            u64::from(piku_model::running_count(p.count, cron))
+        })
+        .sum()
+}
+
 /// Checks a whole spec; the error lists every problem found.
 pub fn spec(spec: &AppSpec) -> Result<(), String> {
     let mut problems = Vec::new();
@@ -61,6 +72,9 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
         {
             problems.push(format!("cron entry {}: {e}", p.kind));
         }
+    }
+    if let Err(e) = piku_model::check_app_total(instances(spec)) {
+        problems.push(e.to_string());
     }
     if spec.settings.log_max_bytes == 0 {
         problems.push("log_max_bytes must be above 0".to_string());

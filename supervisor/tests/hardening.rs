@@ -26,3 +26,122 @@ fn the_state_directory_is_private() {
     daemon.apply(&app);
     assert_eq!(mode(&sup.join("state.json")), 0o600);
 }
+
+/// A daemon whose file descriptor limit is `soft`:`hard`, as a service's `LimitNOFILE` sets.
+fn start_with_nofile(root: &TestRoot, soft: u64, hard: u64) -> Daemon {
+    use std::os::unix::process::CommandExt;
+    Daemon::start_with(root, |cmd| {
+        // SAFETY: runs in the forked child before exec; setrlimit is one async-signal-safe
+        // system call on a stack value.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+}
+
+fn nofile_limits(pid: u32) -> (u64, u64) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut words = line.split_whitespace().skip(3);
+    let soft = words.next().unwrap().parse().unwrap();
+    let hard = words.next().unwrap().parse().unwrap();
+    (soft, hard)
+}
+
+/// Item 1: a Procfile of 3,000 kinds (each under the per-kind cap) is refused whole, in one
+/// line, before any process starts; the daemon still serves other apps.
+#[test]
+fn an_app_of_thousands_of_instances_is_refused() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let kinds = (0..3000).map(|i| sleeper(&format!("k{i}"), 1)).collect();
+    let greedy = spec("greedy", &root.scratch(), kinds);
+    let err = daemon
+        .call(&piku_proto::Request::Apply(Box::new(greedy)))
+        .unwrap_err();
+    assert!(
+        err.contains("3000 instances in all is more than the 512 an app may have"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "{err}");
+    assert!(
+        daemon
+            .call(&piku_proto::Request::Status {
+                app: Some("greedy".into())
+            })
+            .is_err()
+    );
+
+    // Scaling kinds past the app's total is refused the same way, nothing started.
+    let three = spec(
+        "three",
+        &root.scratch(),
+        vec![sleeper("a", 1), sleeper("b", 1), sleeper("c", 1)],
+    );
+    daemon.apply(&three);
+    let err = daemon
+        .call(&piku_proto::Request::Scale {
+            app: "three".into(),
+            formation: [("a", 200u32), ("b", 200), ("c", 200)]
+                .map(|(k, n)| (k.to_string(), n))
+                .into(),
+        })
+        .unwrap_err();
+    assert_eq!(
+        err,
+        "supervisor refused: app three: 600 instances in all is more than the 512 an app may have"
+    );
+    assert_eq!(daemon.status("three").instances.len(), 3);
+    let other = spec("other", &root.scratch(), vec![sleeper("worker", 1)]);
+    daemon.apply(&other);
+    daemon.wait_state("other", "worker.1", piku_proto::InstanceState::Running);
+}
+
+/// Item 1: the daemon takes its hard descriptor limit, gives its apps the soft one back,
+/// and refuses (naming the app) what would not fit in it.
+#[test]
+fn instances_beyond_the_descriptor_budget_are_refused_naming_the_app() {
+    let root = TestRoot::new();
+    // Hard 256: (256 - 128) / 4 = 32 instances in all.
+    let daemon = start_with_nofile(&root, 200, 256);
+    assert_eq!(nofile_limits(daemon.pid()), (256, 256));
+    let first = spec("first", &root.scratch(), vec![sleeper("worker", 20)]);
+    daemon.apply(&first);
+    let pid = daemon
+        .wait_state("first", "worker.1", piku_proto::InstanceState::Running)
+        .pid
+        .unwrap();
+    assert_eq!(nofile_limits(pid), (200, 256));
+
+    let hog = spec("hog", &root.scratch(), vec![sleeper("worker", 13)]);
+    let err = daemon
+        .call(&piku_proto::Request::Apply(Box::new(hog)))
+        .unwrap_err();
+    assert!(
+        err.contains("app hog: 13 instances (besides 20 of other apps)"),
+        "{err}"
+    );
+    assert!(err.contains("limit of 256"), "{err}");
+    let err = daemon
+        .call(&piku_proto::Request::Scale {
+            app: "first".into(),
+            formation: [("worker".to_string(), 33u32)].into(),
+        })
+        .unwrap_err();
+    assert!(err.contains("app first: 33 instances"), "{err}");
+    assert_eq!(daemon.status("first").instances.len(), 20);
+    let fits = spec("fits", &root.scratch(), vec![sleeper("worker", 12)]);
+    daemon.apply(&fits);
+}
