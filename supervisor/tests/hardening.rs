@@ -145,3 +145,106 @@ fn instances_beyond_the_descriptor_budget_are_refused_naming_the_app() {
     let fits = spec("fits", &root.scratch(), vec![sleeper("worker", 12)]);
     daemon.apply(&fits);
 }
+
+fn greeted(daemon: &Daemon) -> std::os::unix::net::UnixStream {
+    use piku_proto::{PROTOCOL_VERSION, Request, Response, read_frame, write_frame};
+    let mut s = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write_frame(
+        &mut s,
+        &Request::Hello {
+            protocol: PROTOCOL_VERSION,
+        },
+    )
+    .unwrap();
+    let resp: Response = read_frame(&mut s).unwrap().unwrap();
+    assert!(matches!(resp, Response::Welcome { .. }), "{resp:?}");
+    s
+}
+
+/// Item 7: 300 clients that connect, greet and then sit idle never block a command: when
+/// every place is taken, the client idle longest is closed for the newcomer.
+#[test]
+fn idle_clients_never_starve_the_control_socket() {
+    use std::io::Read;
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut idle: Vec<_> = (0..300).map(|_| greeted(&daemon)).collect();
+    let started = std::time::Instant::now();
+    let resp = daemon.call(&piku_proto::Request::Status { app: None });
+    assert!(
+        matches!(resp, Ok(piku_proto::Response::Status { .. })),
+        "{resp:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The first ones were closed to make room (EOF), the last ones are still served.
+    let mut rest = Vec::new();
+    assert_eq!(idle[0].read_to_end(&mut rest).unwrap(), 0);
+    let last = idle.last_mut().unwrap();
+    last.set_nonblocking(true).unwrap();
+    let open = last.read(&mut [0u8; 1]);
+    assert!(
+        open.as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "{open:?}"
+    );
+}
+
+/// Item 7: log followers have 32 places of their own; the 33rd is refused in one line, and
+/// commands still run.
+#[test]
+fn log_followers_cannot_take_every_place() {
+    use piku_proto::{LogsRequest, Request, Response, read_frame, write_frame};
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let chatty = spec(
+        "chatty",
+        &root.scratch(),
+        vec![process(
+            "worker",
+            "sh -c 'echo hello; exec sleep 1000'".into(),
+            piku_proto::Role::Worker,
+            1,
+        )],
+    );
+    daemon.apply(&chatty);
+    root.wait_log("chatty", "worker.1", "hello");
+    let follow = || {
+        let mut s = greeted(&daemon);
+        let req = Request::Logs(LogsRequest {
+            app: "chatty".into(),
+            process: None,
+            lines: 10,
+            follow: true,
+        });
+        write_frame(&mut s, &req).unwrap();
+        let first: Response = read_frame(&mut s).unwrap().unwrap();
+        (s, first)
+    };
+    let mut followers = Vec::new();
+    for _ in 0..32 {
+        let (s, first) = follow();
+        assert!(matches!(first, Response::LogLine { .. }), "{first:?}");
+        followers.push(s);
+    }
+    let (_, refused) = follow();
+    match refused {
+        Response::Error { message } => assert_eq!(
+            message,
+            "32 clients already follow logs; try again when one stops"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let resp = daemon.call(&Request::Status { app: None });
+    assert!(matches!(resp, Ok(Response::Status { .. })), "{resp:?}");
+    drop(followers.pop());
+    wait_for(
+        "a follower's place to be free again",
+        std::time::Duration::from_secs(10),
+        || {
+            let (s, first) = follow();
+            matches!(first, Response::LogLine { .. }).then_some(s)
+        },
+    );
+}

@@ -8,6 +8,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::logs::process_matches;
 use crate::registry::Registry;
 use crate::server::answer;
+use crate::server::slots::{MAX_FOLLOWERS, Slot};
 use crate::server::wire::{Conn, send};
 
 /// The most past lines sent per log file.
@@ -19,11 +20,26 @@ pub async fn handle(
     apps: &Registry,
     req: LogsRequest,
     conn: &mut Conn,
+    slot: &Slot,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Response> {
     if let Some(refused) = answer::refuse_bad_name(&req.app) {
         return Some(refused);
     }
+    // Held for the whole follow: followers never take the places commands need.
+    let _follower = match req.follow {
+        false => None,
+        true => match slot.follower() {
+            Some(permit) => Some(permit),
+            None => {
+                return Some(Response::Error {
+                    message: format!(
+                        "{MAX_FOLLOWERS} clients already follow logs; try again when one stops"
+                    ),
+                });
+            }
+        },
+    };
     // piku shows 100 lines by default; a huge count would only buffer whole files in memory.
     let lines = req.lines.min(MAX_TAIL_LINES);
     // Subscribe before reading the files so that no line falls between the two.
