@@ -248,3 +248,94 @@ fn log_followers_cannot_take_every_place() {
         },
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Item 12: asking about thousands of apps that do not exist (`logs -f`, `ps`, `stop`) leaves
+/// nothing behind in the daemon: its memory stays where it was.
+#[test]
+fn unknown_app_names_leave_no_state() {
+    use piku_proto::{LogsRequest, Request, Response, read_frame, write_frame};
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut s = greeted(&daemon);
+    let mut ask = |req: &Request| {
+        write_frame(&mut s, req).unwrap();
+        let resp: Response = read_frame(&mut s).unwrap().unwrap();
+        assert!(matches!(resp, Response::Error { .. }), "{resp:?}");
+    };
+    // Warm up the allocator and the connection's buffers first.
+    for i in 0..200 {
+        ask(&Request::Status {
+            app: Some(format!("warm{i}")),
+        });
+    }
+    let before = rss_kib(daemon.pid());
+    for i in 0..3000 {
+        let app = format!("ghost{i}");
+        ask(&Request::Logs(LogsRequest {
+            app: app.clone(),
+            process: None,
+            lines: 10,
+            follow: true,
+        }));
+        ask(&Request::Status {
+            app: Some(app.clone()),
+        });
+        ask(&Request::Stop { app });
+    }
+    let grown = rss_kib(daemon.pid()).saturating_sub(before);
+    // A live-line channel per name was ~80 KiB: 3000 of them ≈ 240 MB.
+    assert!(grown < 20 * 1024, "the daemon grew by {grown} KiB");
+    assert!(!root.root().join("logs").join("ghost1").exists());
+}
+
+/// The log files the daemon holds open for `app`.
+fn open_logs(daemon: &Daemon, app: &str) -> Vec<String> {
+    let dir = format!("/proc/{}/fd", daemon.pid());
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter(|target| {
+            target
+                .parent()
+                .is_some_and(|p| p.ends_with(format!("logs/{app}")))
+        })
+        .filter_map(|target| Some(target.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Item 12: instances scaled away do not keep their log files open in the daemon.
+#[test]
+fn scale_down_closes_the_removed_instances_logs() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let talk = process(
+        "worker",
+        "sh -c 'echo up; exec sleep 1000'".into(),
+        piku_proto::Role::Worker,
+        12,
+    );
+    daemon.apply(&spec("many", &root.scratch(), vec![talk]));
+    for n in 1..=12 {
+        root.wait_log("many", &format!("worker.{n}"), "up");
+    }
+    assert_eq!(open_logs(&daemon, "many").len(), 12);
+    daemon.scale("many", &[("worker", 1)]);
+    wait_for(
+        "the daemon to close the logs of worker.2..12",
+        std::time::Duration::from_secs(10),
+        || (open_logs(&daemon, "many") == ["worker.1.log"]).then_some(()),
+    );
+}

@@ -42,8 +42,10 @@ pub async fn handle(
     };
     // piku shows 100 lines by default; a huge count would only buffer whole files in memory.
     let lines = req.lines.min(MAX_TAIL_LINES);
-    // Subscribe before reading the files so that no line falls between the two.
-    let mut live = req.follow.then(|| apps.ctx().logs.subscribe(&req.app));
+    // Subscribe before reading the files so that no line falls between the two. Only for an
+    // app the daemon runs: a name it does not know gets no state (a channel each) here.
+    let known = apps.knows(&req.app);
+    let mut live = (req.follow && known).then(|| apps.ctx().logs.subscribe(&req.app));
     let past = match apps
         .ctx()
         .logs
@@ -57,7 +59,7 @@ pub async fn handle(
             });
         }
     };
-    if past.is_empty() && !apps.knows(&req.app) {
+    if past.is_empty() && !known {
         return Some(Response::Error {
             message: format!("no app named {} and no logs for it", req.app),
         });
