@@ -48,7 +48,10 @@ impl Registry {
     /// saved for any app are reserved before any actor picks new ones.
     pub fn restore(self: &Arc<Self>, saved: SavedState) {
         let mut valid = BTreeMap::new();
-        for (name, app) in saved.apps {
+        for (name, mut app) in saved.apps {
+            // A state file from before the cap: the app comes back, its grace bounded.
+            let grace = &mut app.spec.settings.stop_grace_ms;
+            *grace = (*grace).min(piku_proto::MAX_STOP_GRACE_MS);
             match crate::validate::spec(&app.spec) {
                 Ok(()) => {
                     let ports = app.ports.values().copied().chain(app.front_port).collect();

@@ -76,6 +76,13 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
     if let Err(e) = piku_model::check_app_total(instances(spec)) {
         problems.push(e.to_string());
     }
+    if spec.settings.stop_grace_ms > piku_proto::MAX_STOP_GRACE_MS {
+        problems.push(format!(
+            "stop_grace_ms {} is more than {} (5 minutes)",
+            spec.settings.stop_grace_ms,
+            piku_proto::MAX_STOP_GRACE_MS
+        ));
+    }
     if spec.settings.log_max_bytes == 0 {
         problems.push("log_max_bytes must be above 0".to_string());
     }

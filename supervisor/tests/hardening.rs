@@ -339,3 +339,39 @@ fn scale_down_closes_the_removed_instances_logs() {
         || (open_logs(&daemon, "many") == ["worker.1.log"]).then_some(()),
     );
 }
+
+/// Item 11: a stop grace of "forever" (`PIKU_STOP_GRACE=1e30`) is refused in one line, so a
+/// stop always ends; an older state file holding one still brings its app back.
+#[test]
+fn an_endless_stop_grace_is_refused() {
+    let root = TestRoot::new();
+    let mut daemon = root.start();
+    let mut app = spec("slow", &root.scratch(), vec![sleeper("worker", 1)]);
+    app.settings.stop_grace_ms = u64::MAX;
+    let err = daemon
+        .call(&piku_proto::Request::Apply(Box::new(app.clone())))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "supervisor refused: stop_grace_ms {} is more than 300000 (5 minutes)",
+            u64::MAX
+        )
+    );
+    app.settings.stop_grace_ms = 300_000;
+    daemon.apply(&app);
+    daemon.terminate();
+    let state = root.root().join("supervisor/state.json");
+    let text = fs::read_to_string(&state).unwrap();
+    assert!(text.contains("\"stop_grace_ms\": 300000"), "{text}");
+    fs::write(
+        &state,
+        text.replace(
+            "\"stop_grace_ms\": 300000",
+            &format!("\"stop_grace_ms\": {}", u64::MAX),
+        ),
+    )
+    .unwrap();
+    let daemon = root.start();
+    daemon.wait_state("slow", "worker.1", piku_proto::InstanceState::Running);
+}

@@ -105,6 +105,10 @@ pub enum Role {
     Cron { schedule: String },
 }
 
+/// The longest stop grace an app may ask for: a stop must end, and a shutdown (bounded by the
+/// longest grace) must not abandon processes that outlive the daemon.
+pub const MAX_STOP_GRACE_MS: u64 = 300_000;
+
 /// Per-app knobs, all with defaults so older requests stay valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
