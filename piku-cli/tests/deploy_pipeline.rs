@@ -722,3 +722,35 @@ fn a_push_the_supervisor_cannot_take_fails_and_leaves_the_live_release_alone() {
         .collect();
     assert_eq!(statuses, ["failed", "live"]);
 }
+
+/// Issue 10 item 15: `config:set PORT=<another app's port>` is refused naming that app, and
+/// the refused value is not saved (it used to be kept while the daemon only logged an error).
+#[test]
+fn a_port_of_another_app_is_refused_and_not_saved() {
+    let server = Server::start();
+    for name in ["one", "two"] {
+        let app = web_app(&server, name, name);
+        let (ok, out) = server.push(&app.dir, name);
+        assert!(ok, "{out}");
+    }
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = server.piku(&["config:set", "one", &format!("PORT={free}")]);
+    assert!(out.status.success(), "{out:?}");
+    let before = std::fs::read_to_string(server.root.join("envs/two/ENV")).ok();
+    let out = server.piku(&["config:set", "two", &format!("PORT={free}"), "EXTRA=1"]);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("port {free} is already used by app one")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refused and is unchanged"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(server.root.join("envs/two/ENV")).ok(),
+        before
+    );
+}

@@ -54,7 +54,13 @@ impl Registry {
             *grace = (*grace).min(piku_proto::MAX_STOP_GRACE_MS);
             match crate::validate::spec(&app.spec) {
                 Ok(()) => {
-                    let ports = app.ports.values().copied().chain(app.front_port).collect();
+                    let ports = app
+                        .ports
+                        .values()
+                        .copied()
+                        .chain(app.front_port)
+                        .chain(crate::app::pinned_port(&app.spec))
+                        .collect();
                     self.ctx.ports.hold(&name, ports);
                     valid.insert(name, app);
                 }

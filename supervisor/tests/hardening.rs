@@ -375,3 +375,69 @@ fn an_endless_stop_grace_is_refused() {
     let daemon = root.start();
     daemon.wait_state("slow", "worker.1", piku_proto::InstanceState::Running);
 }
+
+/// An app whose front listens on TCP `port` (`None`: the daemon chooses), health checked.
+fn fronted(app: &str, root: &TestRoot, port: Option<u16>) -> piku_proto::AppSpec {
+    let web = process(
+        "web",
+        format!("{} {}", python(), fixture("httpapp.py")),
+        piku_proto::Role::Web,
+        1,
+    );
+    let mut spec = spec(app, &root.scratch(), vec![web]);
+    spec.settings.front = Some(piku_proto::FrontSpec {
+        tcp: Some(piku_proto::TcpFront {
+            bind: "127.0.0.1".into(),
+            port,
+        }),
+        health_path: Some("/up".into()),
+        health_deadline_ms: 10_000,
+        ..piku_proto::FrontSpec::default()
+    });
+    spec
+}
+
+/// Item 15: `PORT=<another app's port>` is refused naming that app (it used to report
+/// success while the daemon only logged the failed bind).
+#[test]
+fn a_port_of_another_app_is_refused_naming_it() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    daemon.apply(&fronted("first", &root, None));
+    let tcp = daemon.status("first").front.unwrap().tcp.unwrap();
+    let taken: u16 = tcp.rsplit_once(':').unwrap().1.parse().unwrap();
+    let err = daemon
+        .call(&piku_proto::Request::Apply(Box::new(fronted(
+            "second",
+            &root,
+            Some(taken),
+        ))))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        format!("supervisor refused: app second: port {taken} is already used by app first")
+    );
+
+    // A pinned port is held too.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    daemon.apply(&fronted("third", &root, Some(free)));
+    let err = daemon
+        .call(&piku_proto::Request::Apply(Box::new(fronted(
+            "fourth",
+            &root,
+            Some(free),
+        ))))
+        .unwrap_err();
+    assert!(
+        err.ends_with(&format!("port {free} is already used by app third")),
+        "{err}"
+    );
+    // The app keeps its own port across a redeploy.
+    let mut again = fronted("third", &root, Some(free));
+    again.release = "v2".into();
+    daemon.apply(&again);
+}

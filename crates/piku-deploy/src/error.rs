@@ -82,6 +82,22 @@ impl DeployError {
         DeployError::Refused(sentence.to_string())
     }
 
+    /// Whether the change itself was refused (bad settings, nginx's or the supervisor's
+    /// refusal), as opposed to a failure to carry it out (daemon down, disk error): a
+    /// refused `config:set` is undone, one that could not be applied is kept.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            DeployError::Refused(_)
+            | DeployError::Env { .. }
+            | DeployError::Scaling { .. }
+            | DeployError::NginxSettings(_)
+            | DeployError::Nginx(_)
+            | DeployError::Supervisor(ProtoError::Refused(_)) => true,
+            DeployError::Context { error, .. } => error.is_refusal(),
+            _ => false,
+        }
+    }
+
     /// One line per problem: several when a file or the app's settings had several problems
     /// (each with what was being done before it), else the error itself.
     pub fn lines(&self) -> Vec<String> {
