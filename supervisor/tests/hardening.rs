@@ -441,3 +441,45 @@ fn a_port_of_another_app_is_refused_naming_it() {
     again.release = "v2".into();
     daemon.apply(&again);
 }
+
+/// Item 10: a symlink planted in `logs/<app>/` never makes the daemon append to the file it
+/// names (it pointed at `authorized_keys`); the lock file of a running daemon is not
+/// truncated by a second one.
+#[test]
+fn planted_log_symlinks_are_not_followed_and_the_lock_is_not_truncated() {
+    let root = TestRoot::new();
+    let victim = root.scratch().join("authorized_keys");
+    fs::write(&victim, "ssh-ed25519 AAAA keep\n").unwrap();
+    let logs = root.root().join("logs").join("victim");
+    fs::create_dir_all(&logs).unwrap();
+    std::os::unix::fs::symlink(&victim, logs.join("worker.1.log")).unwrap();
+    let sup = root.root().join("supervisor");
+    fs::create_dir_all(&sup).unwrap();
+    fs::write(sup.join("daemon.lock"), "held by 4242\n").unwrap();
+
+    let daemon = root.start();
+    let talk = process(
+        "worker",
+        "sh -c 'echo attack; exec sleep 1000'".into(),
+        piku_proto::Role::Worker,
+        2,
+    );
+    daemon.apply(&spec("victim", &root.scratch(), vec![talk]));
+    // worker.2 logs normally, so worker.1's line has been handled by then too.
+    root.wait_log("victim", "worker.2", "attack");
+    daemon.wait_state("victim", "worker.1", piku_proto::InstanceState::Running);
+    let _ = daemon.call(&piku_proto::Request::Logs(piku_proto::LogsRequest {
+        app: "victim".into(),
+        process: None,
+        lines: 10,
+        follow: false,
+    }));
+    assert_eq!(
+        fs::read_to_string(&victim).unwrap(),
+        "ssh-ed25519 AAAA keep\n"
+    );
+    assert_eq!(
+        fs::read_to_string(sup.join("daemon.lock")).unwrap(),
+        "held by 4242\n"
+    );
+}
