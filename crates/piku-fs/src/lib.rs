@@ -116,6 +116,41 @@ pub fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
     handle.set_permissions(Permissions::from_mode(mode))
 }
 
+/// The bytes of `rel` inside the directory `base` (a pushed checkout), or `None` when there
+/// is no such file. Symlinks are resolved, and the file must be a regular file inside `base`
+/// once they are: a committed symlink to `/etc/passwd` or to another app's `ENV` is an error
+/// that names the file, never its content.
+pub fn read_inside(base: &Path, rel: &Path) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let base = base.canonicalize()?;
+    let resolved = match base.join(rel).canonicalize() {
+        Ok(path) => path,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !resolved.starts_with(&base) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("'{}' leads outside the checkout", rel.display()),
+        ));
+    }
+    // Resolved already: a symlink swapped in since is refused, and a FIFO cannot block us.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(&resolved)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("'{}' is not a regular file", rel.display()),
+        ));
+    }
+    clear_nonblock(&file)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
 /// Replaces `path` with `bytes`, mode `mode` exactly (the umask does not apply).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = match path.parent() {
@@ -255,6 +290,31 @@ mod tests {
         symlink(&target, &link).unwrap();
         assert!(create_dir_mode(&link, MODE_PRIVATE_DIR).is_err());
         assert_eq!(mode(&target), 0o755);
+    }
+
+    #[test]
+    fn repo_files_are_read_only_inside_the_checkout() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkout = dir.path().join("src");
+        fs::create_dir_all(checkout.join("conf")).unwrap();
+        fs::write(checkout.join("Procfile.prod"), b"web: run\n").unwrap();
+        symlink("Procfile.prod", checkout.join("Procfile")).unwrap();
+        let secret = dir.path().join("ENV");
+        fs::write(&secret, b"SECRET=1\n").unwrap();
+        symlink(&secret, checkout.join("ENV")).unwrap();
+        symlink("/", checkout.join("root")).unwrap();
+
+        let read = |rel: &str| read_inside(&checkout, Path::new(rel));
+        assert_eq!(read("Procfile").unwrap().unwrap(), b"web: run\n");
+        assert!(read("missing").unwrap().is_none());
+        let err = read("ENV").unwrap_err().to_string();
+        assert_eq!(err, "'ENV' leads outside the checkout");
+        assert!(read("root/etc/passwd").is_err());
+        assert!(read("../ENV").is_err());
+        assert_eq!(
+            read("conf").unwrap_err().to_string(),
+            "'conf' is not a regular file"
+        );
     }
 
     #[test]

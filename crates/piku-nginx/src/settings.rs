@@ -307,12 +307,17 @@ fn read_include(env: &EnvMap, checkout: &Path) -> Result<Option<String>, NginxEr
     };
     let rel = relative_inside("NGINX_INCLUDE_FILE", file)?;
     let path = checkout.join(rel);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let cannot = |e: String| {
         NginxError::setting(
             "NGINX_INCLUDE_FILE",
             format!("cannot read '{}': {e}", path.display()),
         )
-    })?;
+    };
+    // Only a regular file inside the checkout, symlinks resolved.
+    let bytes = piku_fs::read_inside(checkout, rel)
+        .map_err(|e| cannot(e.to_string()))?
+        .ok_or_else(|| cannot("no such file".into()))?;
+    let text = String::from_utf8(bytes).map_err(|_| cannot("not UTF-8 text".into()))?;
     Ok(Some(expand_vars(&text, env)))
 }
 
@@ -1142,5 +1147,27 @@ mod tests {
         );
         assert!(err(&[NAME, ("NGINX_HTTPS_PORT", "70000")]).starts_with("NGINX_HTTPS_PORT:"));
         assert!(err(&[NAME, ("NGINX_HTTPS_PORT", "80")]).contains("also NGINX_HTTP_PORT"));
+    }
+
+    /// Issue 10 item 13: `NGINX_INCLUDE_FILE` committed as a symlink out of the checkout is
+    /// refused, its target's content never pasted into the config.
+    #[test]
+    fn an_include_file_leading_outside_the_checkout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkout = dir.path().join("src");
+        std::fs::create_dir_all(&checkout).unwrap();
+        let secret = dir.path().join("LIVE_ENV");
+        std::fs::write(&secret, "SECRET=hunter2\n").unwrap();
+        std::os::unix::fs::symlink(&secret, checkout.join("extra.conf")).unwrap();
+        std::fs::write(checkout.join("ok.conf"), "gzip on;\n").unwrap();
+        let env = EnvMap::from([("NGINX_INCLUDE_FILE".to_string(), "extra.conf".to_string())]);
+        let err = read_include(&env, &checkout).unwrap_err().to_string();
+        assert!(err.contains("leads outside the checkout"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let env = EnvMap::from([("NGINX_INCLUDE_FILE".to_string(), "ok.conf".to_string())]);
+        assert_eq!(
+            read_include(&env, &checkout).unwrap().unwrap(),
+            "gzip on;\n"
+        );
     }
 }
