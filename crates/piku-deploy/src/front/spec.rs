@@ -51,6 +51,9 @@ pub fn plan(
         .find(|e| e.class == ProcessClass::Static)
         .map(|e| e.command.as_str());
     let nginx = NginxSettings::from_env_for_checkout(app, root, env, web, static_entry, checkout)?;
+    if let Some(nginx) = &nginx {
+        super::conflicts::check(root, nginx)?;
+    }
     let spec = if web {
         Some(front_spec(root, app, env, nginx.is_some(), warnings)?)
     } else {
