@@ -21,6 +21,9 @@ pub enum DeployError {
     /// A refusal, or a state the user has to act on, as a complete sentence.
     #[error("{0}")]
     Refused(String),
+    /// The app's settings take what another app has (a host name, a cache directory).
+    #[error("{0}")]
+    Conflict(String),
     /// An operation on a file or a program failed: `doing` says which (`cannot create '/x'`,
     /// `pip install: cannot start 'pip'`), `error` why.
     #[error("{doing}: {error}")]
@@ -87,7 +90,7 @@ impl DeployError {
     /// refused `config:set` is undone, one that could not be applied is kept.
     pub fn is_refusal(&self) -> bool {
         match self {
-            DeployError::Refused(_)
+            DeployError::Conflict(_)
             | DeployError::Env { .. }
             | DeployError::Scaling { .. }
             | DeployError::NginxSettings(_)

@@ -40,7 +40,7 @@ pub fn check(root: &PikuRoot, nginx: &NginxSettings) -> Result<(), DeployError> 
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(DeployError::refused(problems.join("; ")))
+        Err(DeployError::Conflict(problems.join("; ")))
     }
 }
 
