@@ -52,6 +52,11 @@ impl Registry {
             // A state file from before the cap: the app comes back, its grace bounded.
             let grace = &mut app.spec.settings.stop_grace_ms;
             *grace = (*grace).min(piku_proto::MAX_STOP_GRACE_MS);
+            if let Some(front) = &mut app.spec.settings.front {
+                front.health_deadline_ms =
+                    front.health_deadline_ms.min(piku_proto::MAX_FRONT_WAIT_MS);
+                front.drain_ms = front.drain_ms.min(piku_proto::MAX_FRONT_WAIT_MS);
+            }
             match crate::validate::spec(&app.spec) {
                 Ok(()) => {
                     let ports = app

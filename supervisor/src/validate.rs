@@ -83,6 +83,19 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
             piku_proto::MAX_STOP_GRACE_MS
         ));
     }
+    if let Some(front) = &spec.settings.front {
+        for (name, ms) in [
+            ("health_deadline_ms", front.health_deadline_ms),
+            ("drain_ms", front.drain_ms),
+        ] {
+            if ms > piku_proto::MAX_FRONT_WAIT_MS {
+                problems.push(format!(
+                    "{name} {ms} is more than {} (1 hour)",
+                    piku_proto::MAX_FRONT_WAIT_MS
+                ));
+            }
+        }
+    }
     if spec.settings.log_max_bytes == 0 {
         problems.push("log_max_bytes must be above 0".to_string());
     }
@@ -192,5 +205,24 @@ mod tests {
         spec(&s).unwrap();
         s.processes[0].count = piku_model::MAX_INSTANCES_PER_KIND + 1;
         assert!(spec(&s).unwrap_err().contains("web=257"));
+    }
+
+    /// Issue 10: waits that must end (a stop, a switch) are bounded.
+    #[test]
+    fn endless_waits_are_refused() {
+        let mut s = good();
+        s.settings.stop_grace_ms = u64::MAX;
+        s.settings.front = Some(piku_proto::FrontSpec {
+            drain_ms: 3_600_001,
+            health_deadline_ms: 3_600_000,
+            ..piku_proto::FrontSpec::default()
+        });
+        let e = spec(&s).unwrap_err();
+        assert!(e.contains("stop_grace_ms"), "{e}");
+        assert!(
+            e.contains("drain_ms 3600001 is more than 3600000 (1 hour)"),
+            "{e}"
+        );
+        assert!(!e.contains("health_deadline_ms"), "{e}");
     }
 }

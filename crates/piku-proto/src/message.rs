@@ -109,6 +109,10 @@ pub enum Role {
 /// longest grace) must not abandon processes that outlive the daemon.
 pub const MAX_STOP_GRACE_MS: u64 = 300_000;
 
+/// The longest a front waits for new instances to become healthy, or for old ones to
+/// drain: a switch, and so a deploy or a shutdown, must end.
+pub const MAX_FRONT_WAIT_MS: u64 = 3_600_000;
+
 /// Per-app knobs, all with defaults so older requests stay valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
