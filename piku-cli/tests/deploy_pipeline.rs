@@ -722,3 +722,65 @@ fn a_push_the_supervisor_cannot_take_fails_and_leaves_the_live_release_alone() {
         .collect();
     assert_eq!(statuses, ["failed", "live"]);
 }
+
+/// Issue 10 item 15: `config:set PORT=<another app's port>` is refused naming that app, and
+/// the refused value is not saved (it used to be kept while the daemon only logged an error).
+#[test]
+fn a_port_of_another_app_is_refused_and_not_saved() {
+    let server = Server::start();
+    for name in ["one", "two"] {
+        let app = web_app(&server, name, name);
+        let (ok, out) = server.push(&app.dir, name);
+        assert!(ok, "{out}");
+        // The hook's keepalive request (a NUL byte, item 9) is git's, never shown.
+        assert!(!out.contains('\0'), "{out:?}");
+    }
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = server.piku(&["config:set", "one", &format!("PORT={free}")]);
+    assert!(out.status.success(), "{out:?}");
+    let before = std::fs::read_to_string(server.root.join("envs/two/ENV")).ok();
+    let out = server.piku(&["config:set", "two", &format!("PORT={free}"), "EXTRA=1"]);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("port {free} is already used by app one")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refused and is unchanged"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(server.root.join("envs/two/ENV")).ok(),
+        before
+    );
+}
+
+/// Issue 10 item 9: a `release:` that never ends is stopped at `PIKU_RELEASE_TIMEOUT`, the
+/// push fails saying so, and the app's lock is free for the next push.
+#[test]
+fn a_release_that_never_ends_is_stopped_and_frees_the_app() {
+    let server = Server::start();
+    let app = App::new(&server, "stuck");
+    app.write("server.py", WEB_APP)
+        .write(
+            "Procfile",
+            "web: python3 -u server.py\nrelease: sleep 1000\n",
+        )
+        .write("ENV", "PIKU_RELEASE_TIMEOUT=2\n")
+        .write("VERSION", "one");
+    app.commit(&server, "stuck release");
+    let started = std::time::Instant::now();
+    let (ok, out) = server.push(&app.dir, "stuck");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("release command did not finish within 2s; stopped it"),
+        "{out}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{out}");
+    app.write("Procfile", "web: python3 -u server.py\nrelease: true\n");
+    app.commit(&server, "release ends");
+    let (ok, out) = server.push(&app.dir, "stuck");
+    assert!(ok, "{out}");
+}

@@ -2,7 +2,7 @@
 //! back, listen, tell systemd we are ready, and stop everything cleanly on SIGTERM.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -39,14 +39,26 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // Every app's pipes and logs are ours: take all the descriptors the system lets us.
+    match crate::fds::raise() {
+        Ok(limit) => tracing::info!("file descriptor limit {limit}"),
+        Err(e) => tracing::warn!("cannot raise the file descriptor limit: {e}"),
+    }
     let sup_dir = root.supervisor_dir();
-    for dir in [root.path().to_path_buf(), root.logs(), sup_dir.clone()] {
+    for dir in [root.path().to_path_buf(), root.logs()] {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    // One daemon per PIKU_ROOT: the lock is held for the whole life of the process.
+    // state.json and running.json hold every app's environment: owner only, whatever an
+    // older daemon made, and never a symlink planted there.
+    piku_fs::create_dir_mode(&sup_dir, piku_fs::MODE_PRIVATE_DIR)
+        .with_context(|| format!("cannot create {}", sup_dir.display()))?;
+    // One daemon per PIKU_ROOT: the lock is held for the whole life of the process. Opened
+    // without truncating (a second daemon must leave the first one's file alone) and never
+    // through a symlink.
     let lock_path = root.daemon_lock();
     let lock_file =
-        File::create(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
+        piku_fs::open_nofollow(&lock_path, piku_fs::OpenFor::Lock, piku_fs::MODE_PRIVATE)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         anyhow::anyhow!(
             "another piku-supervisor is running for {} ({e})",

@@ -8,6 +8,7 @@ mod cgroup;
 mod cron;
 mod daemon;
 mod exit;
+mod fds;
 mod front;
 mod instance;
 mod leftovers;

@@ -48,10 +48,24 @@ impl Registry {
     /// saved for any app are reserved before any actor picks new ones.
     pub fn restore(self: &Arc<Self>, saved: SavedState) {
         let mut valid = BTreeMap::new();
-        for (name, app) in saved.apps {
+        for (name, mut app) in saved.apps {
+            // A state file from before the cap: the app comes back, its grace bounded.
+            let grace = &mut app.spec.settings.stop_grace_ms;
+            *grace = (*grace).min(piku_proto::MAX_STOP_GRACE_MS);
+            if let Some(front) = &mut app.spec.settings.front {
+                front.health_deadline_ms =
+                    front.health_deadline_ms.min(piku_proto::MAX_FRONT_WAIT_MS);
+                front.drain_ms = front.drain_ms.min(piku_proto::MAX_FRONT_WAIT_MS);
+            }
             match crate::validate::spec(&app.spec) {
                 Ok(()) => {
-                    let ports = app.ports.values().copied().chain(app.front_port).collect();
+                    let ports = app
+                        .ports
+                        .values()
+                        .copied()
+                        .chain(app.front_port)
+                        .chain(crate::app::pinned_port(&app.spec))
+                        .collect();
                     self.ctx.ports.hold(&name, ports);
                     valid.insert(name, app);
                 }

@@ -16,6 +16,17 @@ pub fn app_name(name: &str) -> Result<AppName, String> {
     name.parse::<AppName>().map_err(|e| e.to_string())
 }
 
+/// How many instances `spec` runs (cron entries at most one each).
+pub fn instances(spec: &AppSpec) -> u64 {
+    spec.processes
+        .iter()
+        .map(|p| {
+            let cron = matches!(p.role, Role::Cron { .. });
+            u64::from(piku_model::running_count(p.count, cron))
+        })
+        .sum()
+}
+
 /// Checks a whole spec; the error lists every problem found.
 pub fn spec(spec: &AppSpec) -> Result<(), String> {
     let mut problems = Vec::new();
@@ -60,6 +71,29 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
             && let Err(e) = CronSchedule::parse(schedule)
         {
             problems.push(format!("cron entry {}: {e}", p.kind));
+        }
+    }
+    if let Err(e) = piku_model::check_app_total(instances(spec)) {
+        problems.push(e.to_string());
+    }
+    if spec.settings.stop_grace_ms > piku_proto::MAX_STOP_GRACE_MS {
+        problems.push(format!(
+            "stop_grace_ms {} is more than {} (5 minutes)",
+            spec.settings.stop_grace_ms,
+            piku_proto::MAX_STOP_GRACE_MS
+        ));
+    }
+    if let Some(front) = &spec.settings.front {
+        for (name, ms) in [
+            ("health_deadline_ms", front.health_deadline_ms),
+            ("drain_ms", front.drain_ms),
+        ] {
+            if ms > piku_proto::MAX_FRONT_WAIT_MS {
+                problems.push(format!(
+                    "{name} {ms} is more than {} (1 hour)",
+                    piku_proto::MAX_FRONT_WAIT_MS
+                ));
+            }
         }
     }
     if spec.settings.log_max_bytes == 0 {
@@ -171,5 +205,24 @@ mod tests {
         spec(&s).unwrap();
         s.processes[0].count = piku_model::MAX_INSTANCES_PER_KIND + 1;
         assert!(spec(&s).unwrap_err().contains("web=257"));
+    }
+
+    /// Issue 10: waits that must end (a stop, a switch) are bounded.
+    #[test]
+    fn endless_waits_are_refused() {
+        let mut s = good();
+        s.settings.stop_grace_ms = u64::MAX;
+        s.settings.front = Some(piku_proto::FrontSpec {
+            drain_ms: 3_600_001,
+            health_deadline_ms: 3_600_000,
+            ..piku_proto::FrontSpec::default()
+        });
+        let e = spec(&s).unwrap_err();
+        assert!(e.contains("stop_grace_ms"), "{e}");
+        assert!(
+            e.contains("drain_ms 3600001 is more than 3600000 (1 hour)"),
+            "{e}"
+        );
+        assert!(!e.contains("health_deadline_ms"), "{e}");
     }
 }

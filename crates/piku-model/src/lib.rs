@@ -33,8 +33,8 @@ pub use env::{
     render_env,
 };
 pub use kind::{
-    InstanceId, KindError, MAX_INSTANCES_PER_KIND, MAX_KIND_LEN, check_count, check_kind,
-    is_valid_kind, running_count,
+    InstanceId, KindError, MAX_INSTANCES_PER_APP, MAX_INSTANCES_PER_KIND, MAX_KIND_LEN,
+    check_app_total, check_count, check_kind, is_valid_kind, running_count,
 };
 pub use limits::{LimitError, Limits};
 pub use paths::{ModelError, PikuRoot};

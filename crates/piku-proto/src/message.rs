@@ -105,6 +105,14 @@ pub enum Role {
     Cron { schedule: String },
 }
 
+/// The longest stop grace an app may ask for: a stop must end, and a shutdown (bounded by the
+/// longest grace) must not abandon processes that outlive the daemon.
+pub const MAX_STOP_GRACE_MS: u64 = 300_000;
+
+/// The longest a front waits for new instances to become healthy, or for old ones to
+/// drain: a switch, and so a deploy or a shutdown, must end.
+pub const MAX_FRONT_WAIT_MS: u64 = 3_600_000;
+
 /// Per-app knobs, all with defaults so older requests stay valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

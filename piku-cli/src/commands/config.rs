@@ -72,13 +72,14 @@ pub fn set(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
         .map(|s| parse_setting(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let mut env = read_overrides(&ctx.root, &app)?.unwrap_or_default();
+    let before = read_overrides(&ctx.root, &app)?;
+    let mut env = before.clone().unwrap_or_default();
     for (key, value) in parsed {
         output::say(format_args!("Setting {key}={value} for '{app}'"));
         env.insert(key, value);
     }
     write_overrides(&ctx.root, &app, &env)?;
-    apply(ctx, &app)?;
+    apply(ctx, &app, before)?;
     Ok(0)
 }
 
@@ -86,7 +87,8 @@ pub fn unset(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let mut args = Args::new("config:unset", words);
     let app = args.existing_app(ctx)?;
     let keys = args.at_least_one("KEY")?;
-    let mut env: EnvMap = read_overrides(&ctx.root, &app)?.unwrap_or_default();
+    let before = read_overrides(&ctx.root, &app)?;
+    let mut env: EnvMap = before.clone().unwrap_or_default();
     let mut changed = false;
     for key in &keys {
         if env.remove(key).is_some() {
@@ -96,7 +98,7 @@ pub fn unset(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     }
     if changed {
         write_overrides(&ctx.root, &app, &env)?;
-        apply(ctx, &app)?;
+        apply(ctx, &app, before)?;
     }
     Ok(0)
 }
@@ -118,16 +120,43 @@ fn parse_setting(setting: &str) -> anyhow::Result<(String, String)> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
-/// Makes the running processes see the changed overrides, without a rebuild.
-fn apply(ctx: &Ctx, app: &AppName) -> anyhow::Result<()> {
+/// Makes the running processes see the changed overrides, without a rebuild. When the
+/// change is refused (by the deploy's checks, nginx or the supervisor), the overrides go
+/// back to `before`, so what is saved is always what runs; when it merely could not be
+/// applied (the supervisor is down), it is kept for the next start.
+fn apply(ctx: &Ctx, app: &AppName, before: Option<EnvMap>) -> anyhow::Result<()> {
     if !is_deployed(&ctx.root, app) {
         output::step(format_args!(
             "'{app}' has no live release yet: the config applies at its next deploy"
         ));
         return Ok(());
     }
-    releases::reapply(&ctx.root, app)
-        .context("the config is saved but the running app was not updated")
+    match releases::reapply(&ctx.root, app) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_refusal() => {
+            restore_overrides(ctx, app, before)?;
+            Err(anyhow::Error::new(e).context("the config was refused and is unchanged"))
+        }
+        Err(e) => Err(anyhow::Error::new(e)
+            .context("the config is saved but the running app was not updated")),
+    }
+}
+
+fn restore_overrides(ctx: &Ctx, app: &AppName, before: Option<EnvMap>) -> anyhow::Result<()> {
+    match before {
+        Some(env) => write_overrides(&ctx.root, app, &env)?,
+        None => {
+            let path = ctx.root.env_file(app);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove '{}'", path.display()));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -98,6 +98,17 @@ impl Actor {
             }
             p.count = *count;
         }
+        let total = crate::validate::instances(&spec);
+        let checked = piku_model::check_app_total(total)
+            .map_err(|e| format!("app {}: {e}", spec.app))
+            .and_then(|()| {
+                let others = self.ctx.store.instances_except(&spec.app);
+                crate::fds::check(&spec.app, total, others)
+            });
+        if let Err(e) = checked {
+            let _ = reply.send(Err(AppError::Invalid(e)));
+            return;
+        }
         let previous = (app.spec.clone(), app.ports.clone());
         app.spec = spec;
         if let Err(e) = app.assign_ports(&self.ctx.ports) {

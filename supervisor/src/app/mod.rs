@@ -111,8 +111,15 @@ impl App {
             .values()
             .copied()
             .chain(self.front_port)
+            .chain(self.pinned_port())
             .chain(self.switching.values().filter_map(|h| h.config.launch.port))
             .collect()
+    }
+
+    /// The front's TCP port when the spec pins it (`PORT`): held like a chosen one, so no
+    /// other app can take it.
+    pub fn pinned_port(&self) -> Option<u16> {
+        pinned_port(&self.spec)
     }
 
     /// Tells the daemon's port table exactly which ports this app holds now.
@@ -159,4 +166,9 @@ impl Pending {
         self.done.extend(other.done);
         self.restarted.extend(other.restarted);
     }
+}
+
+/// The TCP port `spec`'s front pins, if any.
+pub fn pinned_port(spec: &piku_proto::AppSpec) -> Option<u16> {
+    spec.settings.front.as_ref()?.tcp.as_ref()?.port
 }

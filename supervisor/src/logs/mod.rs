@@ -278,6 +278,18 @@ impl LogHub {
         }
     }
 
+    /// Closes the sink of one instance that is gone (scaled down) once its queue is written,
+    /// so its log file does not stay open; lines its stopping process still writes reopen
+    /// the file. An instance of that name started later gets a fresh sink.
+    pub fn forget_process(&self, app: &str, process: &str) {
+        let removed = lock(&self.inner.apps)
+            .get_mut(app)
+            .and_then(|logs| logs.sinks.remove(process));
+        if let Some(sink) = removed {
+            sink.close_when_idle();
+        }
+    }
+
     /// Flushes everything (daemon shutdown): returns when every line the pipes held and the
     /// sinks had queued at the call is written. Wrap it in a timeout where a hung disk must
     /// not delay shutdown.

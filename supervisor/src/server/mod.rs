@@ -9,19 +9,18 @@ mod answer;
 mod connection;
 mod handlers;
 mod shutdown;
+mod slots;
 mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use self::shutdown::stopped;
+use self::slots::Slots;
 use crate::registry::Registry;
-
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 64;
 
 /// Serves until `shutdown` turns true.
 pub async fn serve(
@@ -29,16 +28,9 @@ pub async fn serve(
     apps: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Slots::new();
     let own_uid = nix::unistd::geteuid().as_raw();
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return, // the semaphore is never closed
-            },
-            () = stopped(&mut shutdown) => return,
-        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -51,10 +43,13 @@ pub async fn serve(
             },
             () = stopped(&mut shutdown) => return,
         };
+        // Accepted first, then placed: a full table closes an idle client only for a real
+        // newcomer. Until a place is free nothing more is accepted (one descriptor at most).
+        let slot = tokio::select! {
+            slot = slots.take() => slot,
+            () = stopped(&mut shutdown) => return,
+        };
         let (apps, shutdown) = (apps.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            connection::serve(stream, apps, own_uid, shutdown).await;
-            drop(permit);
-        });
+        tokio::spawn(connection::serve(stream, apps, own_uid, slot, shutdown));
     }
 }

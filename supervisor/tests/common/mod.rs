@@ -126,7 +126,7 @@ impl Daemon {
         })
     }
 
-    fn start_with(root: &TestRoot, adjust: impl FnOnce(&mut Command)) -> Daemon {
+    pub fn start_with(root: &TestRoot, adjust: impl FnOnce(&mut Command)) -> Daemon {
         let log = fs::File::create(root.dir.path().join(format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos() + u128::from(std::process::id())

@@ -51,6 +51,9 @@ pub fn plan(
         .find(|e| e.class == ProcessClass::Static)
         .map(|e| e.command.as_str());
     let nginx = NginxSettings::from_env_for_checkout(app, root, env, web, static_entry, checkout)?;
+    if let Some(nginx) = &nginx {
+        super::conflicts::check(root, nginx)?;
+    }
     let spec = if web {
         Some(front_spec(root, app, env, nginx.is_some(), warnings)?)
     } else {
@@ -100,7 +103,11 @@ fn front_spec(
     };
     let seconds = |key: &str, default: f64, warnings: &mut Vec<String>| {
         let secs: f64 = number(env, key, default, warnings);
-        if secs.is_finite() && secs >= 0.0 {
+        let max = piku_proto::MAX_FRONT_WAIT_MS as f64 / 1000.0;
+        if secs > max {
+            warnings.push(format!("Warning: {key} is more than {max} s, using {max}"));
+            piku_proto::MAX_FRONT_WAIT_MS
+        } else if secs.is_finite() && secs >= 0.0 {
             (secs * 1000.0) as u64
         } else {
             warnings.push(format!(
@@ -279,5 +286,33 @@ mod tests {
         assert!(err.to_string().contains("PIKU_HEALTHCHECK"), "{err}");
         let err = plan_for("web: ./s\n", &[("PORT", "http")]).unwrap_err();
         assert!(err.to_string().contains("PORT"), "{err}");
+    }
+
+    /// Issue 10: a drain or health wait of "forever" is capped at an hour, with a warning.
+    #[test]
+    fn endless_front_waits_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PikuRoot::new(dir.path());
+        let mut warnings = Vec::new();
+        let spec = front_spec(
+            &root,
+            &"blog".parse().unwrap(),
+            &env(&[
+                ("PIKU_DRAIN_TIMEOUT", "1e30"),
+                ("PIKU_HEALTHCHECK_TIMEOUT", "inf"),
+            ]),
+            false,
+            &mut warnings,
+        )
+        .unwrap();
+        assert_eq!(spec.drain_ms, 3_600_000);
+        assert_eq!(spec.health_deadline_ms, 3_600_000);
+        assert_eq!(
+            warnings,
+            [
+                "Warning: PIKU_HEALTHCHECK_TIMEOUT is more than 3600 s, using 3600",
+                "Warning: PIKU_DRAIN_TIMEOUT is more than 3600 s, using 3600",
+            ]
+        );
     }
 }
