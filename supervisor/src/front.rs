@@ -77,6 +77,18 @@ impl Listen {
     }
 }
 
+/// The glue's settings for `spec`: its timeouts and body limit; the rest stays the glue's
+/// defaults (see `FrontConfig`).
+pub fn config_of(spec: &FrontSpec) -> FrontConfig {
+    FrontConfig {
+        response_timeout: Duration::from_millis(spec.response_timeout_ms),
+        header_read_timeout: Duration::from_millis(spec.header_timeout_ms),
+        keep_alive_timeout: Duration::from_millis(spec.keepalive_timeout_ms),
+        max_request_body: spec.max_request_body,
+        ..FrontConfig::default()
+    }
+}
+
 /// An open front: listeners bound and served, pool kept in step with the members.
 pub struct AppFront {
     app: String,
@@ -99,6 +111,7 @@ impl AppFront {
     pub async fn open(
         app: &str,
         listen: Listen,
+        config: FrontConfig,
         members: Vec<Member>,
         previous: Option<&AppFront>,
     ) -> Result<AppFront, FrontError> {
@@ -143,7 +156,7 @@ impl AppFront {
             }
             None => None,
         };
-        let front = Front::new(FrontConfig::default());
+        let front = Front::new(config);
         // The pool first: the first request accepted must find the instances.
         sync(&front, &members);
         let mut serving = Vec::new();

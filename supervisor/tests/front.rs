@@ -38,6 +38,7 @@ fn fronted(app: &str, root: &TestRoot, count: u32) -> AppSpec {
         health_path: Some("/up".into()),
         health_deadline_ms: 10_000,
         drain_ms: 5_000,
+        ..FrontSpec::default()
     });
     spec
 }
