@@ -16,6 +16,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::select_all;
@@ -92,6 +93,8 @@ pub fn config_of(spec: &FrontSpec) -> FrontConfig {
 /// An open front: listeners bound and served, pool kept in step with the members.
 pub struct AppFront {
     app: String,
+    /// Tells fronts apart: a replaced front (new listeners or timeouts) has a new serial.
+    serial: u64,
     listen: Listen,
     front: Front,
     members: watch::Sender<Vec<Member>>,
@@ -181,8 +184,10 @@ impl AppFront {
         let (members, watched) = watch::channel(members);
         let follow = tokio::spawn(follow(front.clone(), watched));
         tracing::info!(app, ?listen, "front listening");
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
         Ok(AppFront {
             app: app.to_string(),
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             listen,
             front,
             members,
@@ -191,6 +196,10 @@ impl AppFront {
             kept_unix,
             kept_tcp,
         })
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     pub fn listen(&self) -> &Listen {

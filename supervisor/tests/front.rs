@@ -718,3 +718,89 @@ fn a_leaking_web_instance_is_replaced_at_the_soft_mark_without_losing_a_request(
     assert!(log.contains("crossed the soft mark 90M"), "{log}");
     assert!(!log.contains("oom-killed"), "{log}");
 }
+
+/// Issue 14's wedged instances (uWSGI's harakiri at the platform level): an instance whose
+/// requests all time out at the front is reported wedged; still wedged one response timeout
+/// later, it is replaced through the switch, and `ps` shows the front's counters and why.
+#[test]
+fn a_web_instance_that_stays_wedged_is_replaced_and_ps_says_why() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut spec = fronted("stuck", &root, 1);
+    if let Some(front) = spec.settings.front.as_mut() {
+        front.response_timeout_ms = 2_000;
+        front.drain_ms = 1_000;
+    }
+    daemon.apply(&spec);
+    let addr = front_addr(&daemon, "stuck");
+    wait_backends(&daemon, "stuck", 1);
+    let old = daemon.wait_state("stuck", "web.1", InstanceState::Running);
+    assert_eq!(old.timed_out, Some(0), "{old:?}");
+
+    // Three requests that never get an answer from the app: the glue's `wedged_after`.
+    let started = Instant::now();
+    let hung: Vec<JoinHandle<Result<String, String>>> = (0..3)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut stream =
+                    std::net::TcpStream::connect(&addr).map_err(|e| format!("connect: {e}"))?;
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .map_err(|e| e.to_string())?;
+                get(&mut stream, "/hang")
+            })
+        })
+        .collect();
+    let in_flight = wait_for("3 requests in flight", Duration::from_secs(10), || {
+        let i = daemon.instance("stuck", "web.1");
+        (i.in_flight == Some(3)).then_some(i)
+    });
+    assert_eq!(in_flight.pid, old.pid);
+    for request in hung {
+        let answer = request.join().unwrap();
+        let response = answer.expect_err("a hung request cannot get a 200");
+        assert!(response.starts_with("HTTP/1.1 504"), "{response}");
+    }
+    let cut_after = started.elapsed();
+    assert!(
+        cut_after >= Duration::from_secs(2) && cut_after < Duration::from_secs(8),
+        "cut after {cut_after:?}"
+    );
+    // Counted against the instance, until it is replaced (one response timeout from now).
+    let wedged = daemon.instance("stuck", "web.1");
+    if wedged.pid == old.pid {
+        assert_eq!(wedged.timed_out, Some(3), "{wedged:?}");
+        assert_eq!(wedged.in_flight, Some(0), "{wedged:?}");
+    }
+
+    let new = wait_for(
+        "the wedged web.1 to be replaced",
+        Duration::from_secs(30),
+        || {
+            let i = daemon.instance("stuck", "web.1");
+            (i.pid != old.pid && i.state == InstanceState::Running).then_some(i)
+        },
+    );
+    assert_eq!(new.last_exit.as_deref(), Some("wedged restart"), "{new:?}");
+    assert_eq!(new.restarts, 1);
+    assert_ne!(new.port, old.port, "the replacement ran beside the old one");
+    wait_for(
+        "the wedged instance to stop",
+        Duration::from_secs(20),
+        || (!alive(old.pid.unwrap())).then_some(()),
+    );
+    let body = get_tcp(&addr).unwrap();
+    assert!(
+        body.trim_end().ends_with(&format!(" {}", new.pid.unwrap())),
+        "{body}"
+    );
+    let now = daemon.instance("stuck", "web.1");
+    assert_eq!(
+        now.timed_out,
+        Some(0),
+        "a fresh instance, fresh counters: {now:?}"
+    );
+    let log = root.wait_log("stuck", "web.1", "a new instance takes over first");
+    assert!(log.contains("wedged: its last 3 requests"), "{log}");
+}

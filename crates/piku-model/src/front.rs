@@ -116,7 +116,9 @@ impl FrontSettings {
 /// Checks one `KEY=value` setting (`config:set`); keys that are not front settings pass.
 pub fn check_setting(key: &str, value: &str) -> Result<(), FrontSettingError> {
     match known(key) {
-        Some(key) => parse(key, value).map(|_| ()).map_err(|why| error(key, value, why)),
+        Some(key) => parse(key, value)
+            .map(|_| ())
+            .map_err(|why| error(key, value, why)),
         None => Ok(()),
     }
 }
@@ -271,11 +273,9 @@ mod tests {
         }
         assert!(check_setting(RESPONSE_TIMEOUT, "3600").is_ok());
         assert!(check_setting("PIKU_OTHER", "whatever").is_ok());
-        let problems = FrontSettings::from_env(&env(&[
-            (RESPONSE_TIMEOUT, "0"),
-            (HEADER_TIMEOUT, "x"),
-        ]))
-        .unwrap_err();
+        let problems =
+            FrontSettings::from_env(&env(&[(RESPONSE_TIMEOUT, "0"), (HEADER_TIMEOUT, "x")]))
+                .unwrap_err();
         assert_eq!(problems.as_slice().len(), 2);
     }
 }

@@ -362,7 +362,11 @@ mod tests {
         });
         let conf = render(&s);
         // Both proxied locations (the cached one and `/`) get every directive.
-        assert_eq!(conf.matches("proxy_read_timeout 310s;").count(), 2, "{conf}");
+        assert_eq!(
+            conf.matches("proxy_read_timeout 310s;").count(),
+            2,
+            "{conf}"
+        );
         assert_eq!(conf.matches("proxy_send_timeout 310s;").count(), 2);
         assert_eq!(conf.matches("client_max_body_size 104857600;").count(), 2);
         let upstream = &conf[conf.find("upstream").unwrap()..];
@@ -386,7 +390,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("PIKU_RESPONSE_TIMEOUT: '0' must be"), "{err}");
-        assert!(err.contains("NGINX_CLIENT_MAX_BODY_SIZE: 'huge' must be"), "{err}");
+        assert!(
+            err.contains("NGINX_CLIENT_MAX_BODY_SIZE: 'huge' must be"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -187,9 +187,10 @@ impl NginxSettings {
         let allow_git_folders = found.or(parse_bool(env, "NGINX_ALLOW_GIT_FOLDERS"), false);
         let front = FrontSettings::from_env(env).unwrap_or_else(|problems| {
             for problem in problems.into_vec() {
-                found
-                    .0
-                    .push(NginxError::setting(problem.key, format!("'{}' {}", problem.value, problem.why)));
+                found.0.push(NginxError::setting(
+                    problem.key,
+                    format!("'{}' {}", problem.value, problem.why),
+                ));
             }
             FrontSettings::default()
         });

@@ -310,6 +310,13 @@ pub struct InstanceStatus {
     /// full disk). No line is dropped for speed: a child that writes faster than its log is
     /// written waits. (The name is kept for protocol compatibility.)
     pub log_lines_dropped: u64,
+    /// Web instances behind a front: requests (and upgraded connections) on it now.
+    #[serde(default)]
+    pub in_flight: Option<u64>,
+    /// Web instances behind a front: requests the front answered 504 because it did not
+    /// answer within the response timeout.
+    #[serde(default)]
+    pub timed_out: Option<u64>,
 }
 
 impl InstanceStatus {

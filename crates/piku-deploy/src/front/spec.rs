@@ -289,7 +289,10 @@ mod tests {
         let err = plan_for("web: ./s\n", &[("PORT", "http")]).unwrap_err();
         assert!(err.to_string().contains("PORT"), "{err}");
         let err = plan_for("web: ./s\n", &[("PIKU_RESPONSE_TIMEOUT", "0")]).unwrap_err();
-        assert!(err.to_string().starts_with("PIKU_RESPONSE_TIMEOUT='0'"), "{err}");
+        assert!(
+            err.to_string().starts_with("PIKU_RESPONSE_TIMEOUT='0'"),
+            "{err}"
+        );
     }
 
     #[test]
