@@ -1,0 +1,230 @@
+//! A robust front end to end (issue 14): `examples/python-faulty`, a plain WSGI app under the
+//! default server (uWSGI, two workers of four threads) that wedges, crashes, streams big
+//! bodies and reads big uploads on request, deployed with a real `git push` behind a real
+//! nginx → the supervisor's front → the app.
+//!
+//! Covered: a wedged request gets the front's 504 at the app's `PIKU_RESPONSE_TIMEOUT` (3 s,
+//! well before nginx's own timeout) while the other requests are served; a request that kills
+//! its worker gets one 502 and reaches the app once (never replayed), and the app serves at
+//! once; an upload up to `NGINX_CLIENT_MAX_BODY_SIZE` arrives intact, a larger one gets 413;
+//! a 200 MiB download arrives whole.
+//!
+//! Needs PyPI (uWSGI) on the first deploy, like `python_wsgi.rs`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use piku_e2e::{CHANGE_TIMEOUT, Piku, example_dir, http_get_host, make_app_repo, run_with_timeout};
+
+const HOST: &str = "faulty.test";
+
+/// `examples/python-faulty` deployed behind the harness's nginx; its nginx HTTP port.
+fn deploy(piku: &Piku) -> u16 {
+    let nginx = piku.nginx.as_ref().expect("started with nginx");
+    let repo = make_app_repo("python-faulty");
+    let env = std::fs::read_to_string(example_dir("python-faulty").join("ENV")).unwrap();
+    repo.write("ENV", &format!("{env}{}", nginx.app_env(HOST)));
+    repo.commit("behind nginx");
+    piku.git_push(repo.path(), "faulty").assert_ok();
+    let port = nginx.http_port;
+    let served = piku_e2e::wait_until(CHANGE_TIMEOUT, || {
+        http_get_host(port, HOST, "/")
+            .ok()
+            .filter(|a| a.status == 200 && a.body.starts_with("ok "))
+    });
+    assert!(
+        served.is_some(),
+        "the faulty app is not served through nginx\n{}",
+        piku.diagnostics()
+    );
+    port
+}
+
+/// One request through nginx with `Connection: close`: (status, body), or what went wrong.
+fn request(port: u16, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{path}: no answer ({text:?})"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{path}: bad status line in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// curl through nginx (`--resolve` sends the app's host name): its stdout, or a panic with
+/// what curl said.
+fn curl(port: u16, args: &[&str], path: &str) -> String {
+    let run = run_with_timeout(
+        {
+            let mut c = Command::new("curl");
+            c.args(["-sS", "--max-time", "120", "--resolve"])
+                .arg(format!("{HOST}:{port}:127.0.0.1"))
+                .args(args)
+                .arg(format!("http://{HOST}:{port}{path}"));
+            c
+        },
+        None,
+        Duration::from_secs(150),
+    );
+    run.assert_ok();
+    run.stdout
+}
+
+/// Lines of the app's log (`piku logs`) that contain `needle`.
+fn log_lines(piku: &Piku, needle: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(piku.root.join("logs/faulty/wsgi.1.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_faulty_wsgi_app_costs_only_its_faulty_requests() {
+    let piku = Piku::start_with_nginx();
+    let port = deploy(&piku);
+
+    // --- A wedged request: the front's 504 at PIKU_RESPONSE_TIMEOUT=3, the rest served. ---
+    let started = Instant::now();
+    let wedged = std::thread::spawn(move || {
+        let answer = request(port, "/wedge", Duration::from_secs(30));
+        (answer, started.elapsed())
+    });
+    let mut slowest = Duration::ZERO;
+    let mut served = 0;
+    while !wedged.is_finished() {
+        let began = Instant::now();
+        let (status, body) = request(port, "/", Duration::from_secs(10)).unwrap();
+        assert_eq!(status, 200, "{body}");
+        slowest = slowest.max(began.elapsed());
+        served += 1;
+    }
+    let (answer, took) = wedged.join().unwrap();
+    let (status, _) = answer.unwrap();
+    assert_eq!(status, 504, "a wedged request is answered by the front");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "504 after {took:?}, PIKU_RESPONSE_TIMEOUT=3"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a normal request took {slowest:?} beside the wedged one"
+    );
+    println!(
+        "wedged request: 504 after {:.2} s; {served} others served meanwhile, slowest {:.0} ms",
+        took.as_secs_f64(),
+        slowest.as_secs_f64() * 1000.0
+    );
+
+    // --- A request that kills its worker: one 502, delivered once, serving again at once. ---
+    for (killed, (path, said)) in [("/crash", "crashing pid"), ("/segv", "segfaulting pid")]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = request(port, path, Duration::from_secs(30)).unwrap();
+        assert_eq!(status, 502, "{path}: {body}");
+        let after = Instant::now();
+        let mut meanwhile = Vec::new();
+        let back = piku_e2e::wait_until(Duration::from_secs(5), || {
+            match request(port, "/", Duration::from_secs(5)) {
+                Ok((200, body)) => Some(body),
+                other => {
+                    meanwhile.push((after.elapsed(), other));
+                    None
+                }
+            }
+        });
+        assert!(back.is_some(), "not serving after {path}: {meanwhile:?}");
+        let again = after.elapsed();
+        assert!(
+            again < Duration::from_secs(1),
+            "serving again {again:?} after {path}; meanwhile {meanwhile:?}"
+        );
+        let seen = piku_e2e::wait_until(Duration::from_secs(5), || {
+            let lines = log_lines(&piku, said);
+            (!lines.is_empty()).then_some(lines)
+        })
+        .unwrap_or_default();
+        assert_eq!(seen.len(), 1, "{path} reached the app once: {seen:?}");
+        // uWSGI's master notices a dead worker on its next cycle (up to a second): before the
+        // next kill, both workers run again, or that kill would leave none.
+        let respawned = piku_e2e::wait_until(Duration::from_secs(5), || {
+            (log_lines(&piku, "Respawned uWSGI worker").len() > killed).then_some(())
+        });
+        assert!(
+            respawned.is_some(),
+            "uWSGI never replaced the worker {path} ended"
+        );
+        println!(
+            "{path}: one 502, serving again after {:.0} ms (meanwhile {meanwhile:?})",
+            again.as_secs_f64() * 1000.0
+        );
+    }
+
+    // --- Bodies: NGINX_CLIENT_MAX_BODY_SIZE=64m in nginx and the front. ---
+    let dir = tempfile::tempdir().unwrap();
+    let upload = dir.path().join("upload.bin");
+    let content: Vec<u8> = (0..50u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&upload, &content).unwrap();
+    let sha = run_with_timeout(
+        {
+            let mut c = Command::new("sha256sum");
+            c.arg(&upload);
+            c
+        },
+        None,
+        Duration::from_secs(30),
+    );
+    sha.assert_ok();
+    let sha = sha
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let data = format!("@{}", upload.display());
+    let answer = curl(port, &["--data-binary", &data], "/upload");
+    assert_eq!(answer.trim(), format!("{} {sha}", content.len()));
+
+    let too_big = dir.path().join("too-big.bin");
+    std::fs::write(&too_big, vec![0u8; 65 << 20]).unwrap();
+    let data = format!("@{}", too_big.display());
+    let status = curl(
+        port,
+        &[
+            "--data-binary",
+            &data,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ],
+        "/upload",
+    );
+    assert_eq!(status, "413", "an upload over NGINX_CLIENT_MAX_BODY_SIZE");
+
+    let size = curl(
+        port,
+        &["-o", "/dev/null", "-w", "%{http_code} %{size_download}"],
+        "/big?mb=200",
+    );
+    assert_eq!(size, format!("200 {}", 200u64 << 20), "a 200 MiB download");
+}
