@@ -6,6 +6,7 @@ Plain WSGI, standard library only (the build still adds the default WSGI server)
   GET  /sleep?s=N  -> answers after N seconds
   GET  /crash      -> the worker process exits mid-request
   GET  /segv       -> the worker process segfaults mid-request
+  GET  /leak?mb=N  -> keeps N more MiB for good (a leak), answers the worker's total
   GET  /big?mb=N   -> N MiB of b"x", streamed 1 MiB at a time
   POST /upload     -> "<bytes> <sha256>" of the request body, read 1 MiB at a time
 """
@@ -17,6 +18,8 @@ import time
 from urllib.parse import parse_qs
 
 MIB = 1 << 20
+# What /leak keeps: never freed while the worker lives.
+hoard = []
 
 
 def app(environ, start_response):
@@ -36,6 +39,11 @@ def app(environ, start_response):
     if path == "/segv":
         print(f"segfaulting pid {os.getpid()} on purpose", flush=True)
         ctypes.string_at(0)
+    if path == "/leak":
+        # Non-zero bytes: every page is touched, so the memory is resident.
+        hoard.append(b"\x01" * (number("mb", 10) * MIB))
+        total = sum(len(chunk) for chunk in hoard) // MIB
+        return text(start_response, f"leaked {total} MiB in pid {os.getpid()}\n")
     if path == "/big":
         size = number("mb", 1) * MIB
         start_response(
