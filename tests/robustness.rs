@@ -8,7 +8,8 @@
 //! its worker gets one 502 and reaches the app once (never replayed), and the app serves at
 //! once; a 200 MiB upload (under `NGINX_CLIENT_MAX_BODY_SIZE=256m`) arrives intact, a larger
 //! one gets 413; a 1 GiB download arrives whole; a leak under `PIKU_MEMORY_MAX=300M` is
-//! replaced at the soft mark and `ps` says so. And the measure: with 1 % of a paced load
+//! replaced at the soft mark and `ps` says so; `config:set` refuses a bad timeout in one line
+//! and saves nothing, and a good one reaches the running front. And the measure: with 1 % of a paced load
 //! wedging (each wedged request holds a uWSGI thread for good), at least 99 % of the others
 //! are answered 200 within 2 s, every wedged one gets 504 at the response timeout, and once
 //! the instance's threads are all held it is recycled (`ps`: `wedged restart`) and answers
@@ -251,6 +252,32 @@ fn a_faulty_wsgi_app_costs_only_its_faulty_requests() {
     println!("after the leak:\n{ps}");
     let (status, body) = request(port, "/", Duration::from_secs(10)).unwrap();
     assert_eq!(status, 200, "{body}");
+
+    // --- config:set: a bad timeout is refused in one line and changes nothing; a good one
+    // reaches the running front and nginx without a push. ---
+    let refused = piku.ssh("config:set faulty PIKU_RESPONSE_TIMEOUT=0 GREETING=hi");
+    assert!(!refused.success(), "{refused}");
+    let error: Vec<&str> = refused.stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        error,
+        ["Error: PIKU_RESPONSE_TIMEOUT='0' must be a whole number of seconds from 1 to 3600"],
+        "{refused}"
+    );
+    let kept = piku.ssh("config:get faulty GREETING");
+    assert!(kept.stdout.trim().is_empty(), "GREETING was saved: {kept}");
+    piku.ssh("config:set faulty PIKU_RESPONSE_TIMEOUT=1")
+        .assert_ok();
+    let conf = std::fs::read_to_string(piku.root.join("nginx/faulty.conf")).unwrap();
+    assert!(conf.contains("proxy_read_timeout 60s;"), "{conf}");
+    assert!(conf.contains("client_max_body_size 268435456;"), "{conf}");
+    let sent = Instant::now();
+    let (status, _) = request(port, "/sleep?s=3", Duration::from_secs(30)).unwrap();
+    let took = sent.elapsed();
+    assert_eq!(status, 504, "a 3 s answer with PIKU_RESPONSE_TIMEOUT=1");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "504 after {took:?}"
+    );
 }
 
 /// Sends only the head of a POST declaring `length` bytes: (status, body) of the answer.
