@@ -808,3 +808,36 @@ fn a_web_instance_that_stays_wedged_is_replaced_and_ps_says_why() {
     let log = root.wait_log("stuck", "web.1", "a new instance takes over first");
     assert!(log.contains("wedged: its last 3 requests"), "{log}");
 }
+
+/// New front timeouts (`config:set PIKU_RESPONSE_TIMEOUT=…`) replace the glue's front with the
+/// listener handed over; the instances are left alone, and no request is lost meanwhile
+/// (twenty times in a row).
+#[test]
+fn new_front_timeouts_under_load_lose_no_request_and_leave_the_instances_alone() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut spec = fronted("tuned", &root, 2);
+    daemon.apply(&spec);
+    wait_backends(&daemon, "tuned", 2);
+    let addr = front_addr(&daemon, "tuned");
+    let pids = web_pids(&daemon, "tuned");
+    let load = Load::start(&addr);
+    load.wait_more(20);
+    for secs in 5u64..25 {
+        if let Some(front) = spec.settings.front.as_mut() {
+            front.response_timeout_ms = secs * 1000;
+            front.keepalive_timeout_ms = secs * 1000 + 1000;
+        }
+        let report = daemon.apply(&spec);
+        assert_eq!(report.unchanged, ["web.1", "web.2"], "{report:?}");
+        load.wait_more(20);
+    }
+    let (bodies, failures) = load.finish();
+    assert!(failures.is_empty(), "lost requests: {failures:?}");
+    assert_eq!(web_pids(&daemon, "tuned"), pids);
+    assert_eq!(front_addr(&daemon, "tuned"), addr);
+    println!(
+        "{} requests across 20 front replacements, 0 failed",
+        bodies.len()
+    );
+}
