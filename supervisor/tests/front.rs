@@ -841,3 +841,45 @@ fn new_front_timeouts_under_load_lose_no_request_and_leave_the_instances_alone()
         bodies.len()
     );
 }
+
+/// `config:set PIKU_RESPONSE_TIMEOUT=…` changes both the front (replaced) and the env (a
+/// switch): a request still in flight through the replaced front, on an old instance, is
+/// waited for before that instance stops (the switch retires the old instances through the
+/// front that carries their requests, and only then replaces it).
+#[test]
+fn a_request_in_flight_through_a_replaced_front_finishes_before_its_instance_stops() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut spec = fronted("patient", &root, 1);
+    daemon.apply(&spec);
+    wait_backends(&daemon, "patient", 1);
+    let addr = front_addr(&daemon, "patient");
+    let old = daemon.instance("patient", "web.1");
+    let slow = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let mut stream =
+                std::net::TcpStream::connect(&addr).map_err(|e| format!("connect: {e}"))?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .map_err(|e| e.to_string())?;
+            get(&mut stream, "/slow")
+        })
+    };
+    wait_for(
+        "the slow request in flight",
+        Duration::from_secs(10),
+        || (daemon.instance("patient", "web.1").in_flight == Some(1)).then_some(()),
+    );
+    if let Some(front) = spec.settings.front.as_mut() {
+        front.response_timeout_ms = 20_000;
+    }
+    spec.env.insert("PIKU_RESPONSE_TIMEOUT".into(), "20".into());
+    let report = daemon.apply(&spec);
+    assert_eq!(report.restarted, ["web.1"], "{report:?}");
+    let body = slow.join().unwrap().expect("the slow request is answered");
+    assert!(
+        body.trim_end().ends_with(&format!(" {}", old.pid.unwrap())),
+        "{body}"
+    );
+}
