@@ -16,6 +16,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::select_all;
@@ -77,9 +78,23 @@ impl Listen {
     }
 }
 
+/// The glue's settings for `spec`: its timeouts and body limit; the rest stays the glue's
+/// defaults (see `FrontConfig`).
+pub fn config_of(spec: &FrontSpec) -> FrontConfig {
+    FrontConfig {
+        response_timeout: Duration::from_millis(spec.response_timeout_ms),
+        header_read_timeout: Duration::from_millis(spec.header_timeout_ms),
+        keep_alive_timeout: Duration::from_millis(spec.keepalive_timeout_ms),
+        max_request_body: spec.max_request_body,
+        ..FrontConfig::default()
+    }
+}
+
 /// An open front: listeners bound and served, pool kept in step with the members.
 pub struct AppFront {
     app: String,
+    /// Tells fronts apart: a replaced front (new listeners or timeouts) has a new serial.
+    serial: u64,
     listen: Listen,
     front: Front,
     members: watch::Sender<Vec<Member>>,
@@ -99,6 +114,7 @@ impl AppFront {
     pub async fn open(
         app: &str,
         listen: Listen,
+        config: FrontConfig,
         members: Vec<Member>,
         previous: Option<&AppFront>,
     ) -> Result<AppFront, FrontError> {
@@ -143,7 +159,7 @@ impl AppFront {
             }
             None => None,
         };
-        let front = Front::new(FrontConfig::default());
+        let front = Front::new(config);
         // The pool first: the first request accepted must find the instances.
         sync(&front, &members);
         let mut serving = Vec::new();
@@ -168,8 +184,10 @@ impl AppFront {
         let (members, watched) = watch::channel(members);
         let follow = tokio::spawn(follow(front.clone(), watched));
         tracing::info!(app, ?listen, "front listening");
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
         Ok(AppFront {
             app: app.to_string(),
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             listen,
             front,
             members,
@@ -178,6 +196,10 @@ impl AppFront {
             kept_unix,
             kept_tcp,
         })
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     pub fn listen(&self) -> &Listen {

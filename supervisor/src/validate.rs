@@ -27,6 +27,9 @@ pub fn instances(spec: &AppSpec) -> u64 {
         .sum()
 }
 
+/// The longest front timeout taken (an hour, as `PIKU_RESPONSE_TIMEOUT`'s ceiling).
+const MAX_FRONT_TIMEOUT_MS: u64 = 3_600_000;
+
 /// Checks a whole spec; the error lists every problem found.
 pub fn spec(spec: &AppSpec) -> Result<(), String> {
     let mut problems = Vec::new();
@@ -121,6 +124,18 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
     if limits.tasks_max == Some(0) {
         problems.push("tasks_max must be at least 1".to_string());
     }
+    if let Some(front) = &spec.settings.front {
+        for (name, ms) in [
+            ("response_timeout_ms", front.response_timeout_ms),
+            ("header_timeout_ms", front.header_timeout_ms),
+            ("keepalive_timeout_ms", front.keepalive_timeout_ms),
+        ] {
+            // A zero timeout would cut every request; an hour is the settings' ceiling.
+            if !(1..=MAX_FRONT_TIMEOUT_MS).contains(&ms) {
+                problems.push(format!("{name} must be from 1 to {MAX_FRONT_TIMEOUT_MS}"));
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -162,6 +177,14 @@ mod tests {
     #[test]
     fn a_good_spec_passes() {
         spec(&good()).unwrap();
+        let mut fronted = good();
+        fronted.settings.front = Some(piku_proto::FrontSpec::default());
+        spec(&fronted).unwrap();
+        if let Some(front) = fronted.settings.front.as_mut() {
+            front.response_timeout_ms = 0;
+        }
+        let err = spec(&fronted).unwrap_err();
+        assert!(err.contains("response_timeout_ms must be from 1"), "{err}");
     }
 
     #[test]

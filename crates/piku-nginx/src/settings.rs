@@ -27,7 +27,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Component, Path, PathBuf};
 
-use piku_model::{AppName, EnvMap, PikuRoot, Problems, expand_vars};
+use piku_model::{AppName, EnvMap, FrontSettings, PikuRoot, Problems, expand_vars};
 
 use crate::error::NginxError;
 use crate::version::NginxFeatures;
@@ -53,6 +53,9 @@ pub struct NginxSettings {
     pub listen: Listen,
     /// The app has a web process: `location /` proxies to the glue's socket.
     pub proxy: bool,
+    /// The timeouts and body limit nginx must agree with the daemon's front on
+    /// (`PIKU_RESPONSE_TIMEOUT`, `PIKU_KEEPALIVE_TIMEOUT`, `NGINX_CLIENT_MAX_BODY_SIZE`).
+    pub front: FrontSettings,
     /// What the installed nginx supports (HTTP/2 style, `aio threads`). `from_env` leaves the
     /// conservative default; set it from [`crate::NginxCommand::features`].
     pub features: NginxFeatures,
@@ -192,6 +195,15 @@ impl NginxSettings {
         let listen = parse_listen(env, &mut found);
         let https_only = found.or(parse_bool(env, "NGINX_HTTPS_ONLY"), false);
         let allow_git_folders = found.or(parse_bool(env, "NGINX_ALLOW_GIT_FOLDERS"), false);
+        let front = FrontSettings::from_env(env).unwrap_or_else(|problems| {
+            for problem in problems.into_vec() {
+                found.0.push(NginxError::setting(
+                    problem.key,
+                    format!("'{}' {}", problem.value, problem.why),
+                ));
+            }
+            FrontSettings::default()
+        });
 
         if let Some(cache) = &cache
             && found.0.is_empty()
@@ -212,6 +224,7 @@ impl NginxSettings {
                 cloudflare_acl,
                 listen,
                 proxy: has_web,
+                front,
                 features: NginxFeatures::default(),
                 warnings,
             }),

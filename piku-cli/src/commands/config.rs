@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use piku_deploy::app_config::{read_overrides, write_overrides};
 use piku_deploy::files::read_optional;
 use piku_deploy::releases;
-use piku_model::{AppName, EnvMap, check_env_key, limits};
+use piku_model::{AppName, EnvMap, check_env_key, front, limits};
 
 use super::Ctx;
 use super::args::{Args, is_deployed};
@@ -115,8 +115,10 @@ fn parse_setting(setting: &str) -> anyhow::Result<(String, String)> {
     if value.contains(['\n', '\r', '\0']) {
         bail!("the value of '{key}' must be a single line");
     }
-    // A limit the next deploy would refuse is refused now, before anything is saved.
+    // A limit or front setting the next deploy would refuse is refused now, before anything
+    // is saved.
     limits::check_setting(key, value)?;
+    front::check_setting(key, value)?;
     Ok((key.to_owned(), value.to_owned()))
 }
 
@@ -201,5 +203,24 @@ mod tests {
         );
         assert!(!err.contains('\n'));
         assert!(parse_setting("PIKU_TASKS_MAX=0").is_err());
+    }
+
+    #[test]
+    fn bad_front_settings_are_refused_in_one_line() {
+        assert_eq!(
+            parse_setting("PIKU_RESPONSE_TIMEOUT=120").unwrap(),
+            ("PIKU_RESPONSE_TIMEOUT".into(), "120".into())
+        );
+        assert!(parse_setting("NGINX_CLIENT_MAX_BODY_SIZE=100m").is_ok());
+        let err = parse_setting("PIKU_RESPONSE_TIMEOUT=0")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "PIKU_RESPONSE_TIMEOUT='0' must be a whole number of seconds from 1 to 3600"
+        );
+        assert!(parse_setting("PIKU_KEEPALIVE_TIMEOUT=1").is_err());
+        assert!(parse_setting("PIKU_HEADER_TIMEOUT=301").is_err());
+        assert!(parse_setting("NGINX_CLIENT_MAX_BODY_SIZE=1.5m").is_err());
     }
 }

@@ -53,10 +53,12 @@ pub enum Command {
         reply: oneshot::Sender<()>,
     },
     /// Replace web instance `id` through the switch if it still runs process `pid`: its
-    /// memory crossed the soft mark (`ceiling.rs`). The actor posts it to itself.
+    /// memory crossed the soft mark (`ceiling.rs`), or it is wedged (`wedged.rs`); `reason`
+    /// is the last exit `ps` shows. The actor posts it to itself.
     Recycle {
         id: InstanceId,
         pid: u32,
+        reason: &'static str,
     },
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use piku_model::{AppName, EnvMap, PikuRoot, ProcessClass, Procfile};
+use piku_model::{AppName, EnvMap, FrontSettings, PikuRoot, ProcessClass, Procfile};
 use piku_nginx::NginxSettings;
 use piku_proto::{AppStatus, FrontSpec, TcpFront};
 
@@ -116,12 +116,19 @@ fn front_spec(
             (default * 1000.0) as u64
         }
     };
+    // Refused when malformed, as `config:set` refuses them: a timeout silently replaced by
+    // its default is one the user believes in.
+    let timeouts = FrontSettings::from_env(env).map_err(DeployError::refused)?;
     Ok(FrontSpec {
         unix_socket,
         tcp,
         health_path,
         health_deadline_ms: seconds("PIKU_HEALTHCHECK_TIMEOUT", DEFAULT_HEALTH_SECS, warnings),
         drain_ms: seconds("PIKU_DRAIN_TIMEOUT", DEFAULT_DRAIN_SECS, warnings),
+        response_timeout_ms: timeouts.response_timeout_secs * 1000,
+        header_timeout_ms: timeouts.header_timeout_secs * 1000,
+        keepalive_timeout_ms: timeouts.keepalive_timeout_secs * 1000,
+        max_request_body: timeouts.max_request_body(),
     })
 }
 
@@ -238,6 +245,8 @@ mod tests {
         assert_eq!(spec.health_path.as_deref(), Some("/up"));
         assert_eq!(spec.health_deadline_ms, 5_000);
         assert_eq!(spec.drain_ms, 500);
+        assert_eq!(spec.response_timeout_ms, 30_000);
+        assert_eq!(spec.max_request_body, None);
         assert_eq!(
             front.nginx.unwrap().server_names,
             ["a.example", "b.example"]
@@ -286,6 +295,32 @@ mod tests {
         assert!(err.to_string().contains("PIKU_HEALTHCHECK"), "{err}");
         let err = plan_for("web: ./s\n", &[("PORT", "http")]).unwrap_err();
         assert!(err.to_string().contains("PORT"), "{err}");
+        let err = plan_for("web: ./s\n", &[("PIKU_RESPONSE_TIMEOUT", "0")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("PIKU_RESPONSE_TIMEOUT='0'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_front_takes_the_apps_timeouts_and_body_limit() {
+        let front = plan_for(
+            "web: ./serve\n",
+            &[
+                ("PIKU_RESPONSE_TIMEOUT", "90"),
+                ("PIKU_HEADER_TIMEOUT", "5"),
+                ("PIKU_KEEPALIVE_TIMEOUT", "20"),
+                ("NGINX_CLIENT_MAX_BODY_SIZE", "100m"),
+            ],
+        )
+        .unwrap();
+        let spec = front.spec.unwrap();
+        assert_eq!(spec.response_timeout_ms, 90_000);
+        assert_eq!(spec.header_timeout_ms, 5_000);
+        assert_eq!(spec.keepalive_timeout_ms, 20_000);
+        assert_eq!(spec.max_request_body, Some(100 << 20));
+        let unlimited = plan_for("web: ./s\n", &[("NGINX_CLIENT_MAX_BODY_SIZE", "0")]).unwrap();
+        assert_eq!(unlimited.spec.unwrap().max_request_body, None);
     }
 
     /// Issue 10: a drain or health wait of "forever" is capped at an hour, with a warning.
