@@ -1,29 +1,35 @@
 //! The daemon's life: take the lock, clean up after a killed predecessor, bring every app
-//! back, listen, tell systemd we are ready, and stop everything cleanly on SIGTERM.
+//! back, listen, tell systemd we are ready, and stop everything cleanly on SIGTERM; or, on
+//! SIGUSR2, hand everything over to the binary now at our path without stopping any app
+//! (`handover`), and, as that binary, take it over at start.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode, umask};
 use piku_model::PikuRoot;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::app::Ctx;
+use crate::handover::{self, Adoptee, FrontFds, Handover, PipeFd, TcpFd, UnixFd};
 use crate::instance::Processes;
 use crate::leftovers::{self, Running};
-use crate::logs::LogHub;
+use crate::logs::{HandedPipe, LogHub, Stream};
 use crate::ports::Ports;
 use crate::registry::Registry;
 use crate::state::Store;
-use crate::{cgroup, reaper, server, state};
+use crate::{cgroup, procinfo, reaper, server, state, stop};
 
 /// Added to the longest grace period to bound a shutdown (SIGKILLed processes still need
 /// a moment to be reaped).
@@ -32,17 +38,33 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 const LEFTOVER_GRACE_CAP: Duration = Duration::from_secs(10);
 /// How long the last log lines may take to reach the disk at shutdown.
 const FLUSH_BOUND: Duration = Duration::from_secs(5);
+/// How long an upgrade waits for each app to finish the command it is carrying out.
+const FREEZE_BOUND: Duration = Duration::from_secs(30);
+/// How long an upgrade waits for the fronts' requests in flight.
+const DRAIN_BOUND: Duration = Duration::from_secs(10);
+/// In the supervisor directory: what an upgrade leaves the next image.
+const HANDOVER_FILE: &str = "handover.json";
 
-pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
+pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
     // First of all: a SIGTERM during start-up must not kill us with apps half started (it
-    // is acted upon once the apps are restored).
+    // is acted upon once the apps are restored); nor a SIGUSR2 (its default is to exit).
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
     let sup_dir = root.supervisor_dir();
     for dir in [root.path().to_path_buf(), root.logs(), sup_dir.clone()] {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // Left by our previous image if this one was started by an upgrade.
+    let handover_path = sup_dir.join(HANDOVER_FILE);
+    let handover = match handover::file::take(&handover_path, std::process::id()) {
+        Ok(handover) => handover,
+        Err(e) => {
+            tracing::error!("{}; starting afresh", crate::report::chain(&e));
+            None
+        }
+    };
     // One daemon per PIKU_ROOT: the lock is held for the whole life of the process.
     let lock_path = root.daemon_lock();
     let lock_file =
@@ -54,10 +76,28 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         )
     })?;
     let socket = root.socket();
-    remove_stale_socket(&socket)?;
-    // Bound now, while nothing else creates files (the umask trick is process-wide);
-    // connections wait in the backlog until the apps are restored and we accept.
-    let listener = bind(&socket)?;
+    let installed = handover.map(handover::install).transpose()?;
+    let control = match &installed {
+        // Still listening: clients of the previous image wait in its backlog.
+        Some(installed) => installed.control_socket.try_clone()?,
+        None => {
+            remove_stale_socket(&socket)?;
+            // Bound now, while nothing else creates files (the umask trick is
+            // process-wide); connections wait in the backlog until the apps are restored
+            // and we accept.
+            bind(&socket)?
+        }
+    };
+    // Ours, for the next upgrade; the server accepts on a duplicate.
+    let listener = UnixListener::from_std(control.try_clone()?)?;
+    let spare_pids = installed
+        .as_ref()
+        .map(|i| i.pids.clone())
+        .unwrap_or_default();
+    let spare_slots = installed
+        .as_ref()
+        .map(|i| i.slots.clone())
+        .unwrap_or_default();
 
     reaper::become_subreaper();
     let state_path = root.state_file();
@@ -86,13 +126,13 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         .max()
         .unwrap_or(Duration::ZERO)
         .min(LEFTOVER_GRACE_CAP);
-    let killed = leftovers::kill_leftovers(&running_path, leftover_grace).await;
+    let killed = leftovers::kill_leftovers(&running_path, leftover_grace, &spare_pids).await;
     if !killed.is_empty() {
         tracing::warn!(instances = ?killed, "stopped processes left by a previous daemon");
     }
     // Then whatever they left outside their process groups.
     cgroup::init(root.path());
-    let escaped = cgroup::tree().kill_leftovers().await;
+    let escaped = cgroup::tree().kill_leftovers(&spare_slots).await;
     if escaped > 0 {
         tracing::warn!(
             instances = escaped,
@@ -116,6 +156,17 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     });
     apps.restore(saved);
     store.save().await?;
+    if let Some(installed) = &installed {
+        // Every actor answers once it has restored its app, so every instance has claimed
+        // its process by then.
+        let _ = apps.status(None).await;
+        stop_unclaimed(leftover_grace);
+        let ms = (now_ns().saturating_sub(installed.signalled_at_ns)) / 1_000_000;
+        tracing::info!(
+            kept = installed.pids.len(),
+            "upgraded in place: new image serving {ms} ms after the signal"
+        );
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, apps.clone(), stop_rx));
@@ -124,12 +175,39 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         tracing::warn!("cannot notify systemd: {e}");
     }
 
-    loop {
+    let signalled_at_ns = loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break None,
+            _ = sigint.recv() => break None,
             _ = sighup.recv() => apps.reload().await,
+            _ = sigusr2.recv() => {
+                let at = now_ns();
+                tracing::info!("SIGUSR2: upgrading in place to {}", exe.display());
+                match handover::check(&exe).await {
+                    Ok(()) => break Some(at),
+                    Err(e) => tracing::error!(
+                        "upgrade refused, this daemon keeps running: {}",
+                        crate::report::chain(&e)
+                    ),
+                }
+            }
         }
+    };
+    if let Some(signalled_at_ns) = signalled_at_ns {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        let upgrade = Upgrade {
+            exe,
+            path: handover_path,
+            control,
+            apps,
+            logs,
+            running,
+            signalled_at_ns,
+        };
+        // Returns only if no image could be started.
+        return upgrade.hand_over().await;
     }
 
     tracing::info!("stopping every app");
@@ -154,6 +232,141 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The processes handed over that no restored instance claimed (their app was removed from
+/// the state, or scaled down, meanwhile): stopped as a stop would (SIGTERM, grace, SIGKILL).
+fn stop_unclaimed(grace: Duration) {
+    for adoption in handover::unclaimed() {
+        let pid = adoption.pid;
+        tracing::warn!(
+            pid,
+            "stopping a handed-over process that no instance claimed"
+        );
+        stop::signal_group(pid, Signal::SIGTERM);
+        stop::signal_group(pid, Signal::SIGCONT);
+        tokio::spawn(async move {
+            let exited = handover::pidfd::exited(pid, adoption.pidfd);
+            tokio::pin!(exited);
+            if tokio::time::timeout(grace, &mut exited).await.is_err() {
+                stop::signal_group(pid, Signal::SIGKILL);
+                exited.await;
+            }
+        });
+    }
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// What the old image hands to the next one (see `handover`).
+struct Upgrade {
+    exe: PathBuf,
+    path: PathBuf,
+    control: std::os::unix::net::UnixListener,
+    apps: Arc<Registry>,
+    logs: LogHub,
+    running: Arc<Running>,
+    signalled_at_ns: u128,
+}
+
+impl Upgrade {
+    /// Freezes everything, writes the handover file and executes the new binary. Returns
+    /// only if no image could be started.
+    async fn hand_over(self) -> anyhow::Result<()> {
+        let frozen = self.apps.freeze(Instant::now() + FREEZE_BOUND).await;
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        let mut keep = |fd: OwnedFd| {
+            let raw = fd.as_raw_fd();
+            fds.push(fd);
+            raw
+        };
+        let control_socket = keep(OwnedFd::from(self.control));
+        let mut fronts = Vec::new();
+        let mut serving = Vec::new();
+        let mut instances = Vec::new();
+        for app in frozen {
+            if let Some(front) = app.front {
+                serving.extend(front.serving);
+                fronts.push(FrontFds {
+                    app: app.app.clone(),
+                    unix: front.unix.map(|(path, listener)| UnixFd {
+                        path,
+                        fd: keep(OwnedFd::from(listener)),
+                    }),
+                    tcp: front.tcp.map(|(bind, port, listener)| TcpFd {
+                        bind,
+                        port,
+                        fd: keep(OwnedFd::from(listener)),
+                    }),
+                });
+            }
+            instances.extend(app.instances);
+        }
+        // Requests in flight are answered by this image (new ones wait in the backlog).
+        if tokio::time::timeout(DRAIN_BOUND, futures_util::future::join_all(serving))
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still in flight after {DRAIN_BOUND:?} are cut by the upgrade");
+        }
+        let mut pipes: BTreeMap<(u32, bool), HandedPipe> = self
+            .logs
+            .hand_over()
+            .await
+            .into_iter()
+            .map(|pipe| ((pipe.pid, pipe.stream == Stream::Stdout), pipe))
+            .collect();
+        if tokio::time::timeout(FLUSH_BOUND, self.logs.flush_all())
+            .await
+            .is_err()
+        {
+            tracing::error!("log files not flushed within {FLUSH_BOUND:?}; some lines may be lost");
+        }
+        let mut adoptees = Vec::new();
+        for frozen in instances {
+            let pid = frozen.kept.pid;
+            let Some(stat) = procinfo::stat(pid) else {
+                continue;
+            };
+            let mut pipe = |stdout: bool| {
+                pipes.remove(&(pid, stdout)).map(|pipe| PipeFd {
+                    partial: pipe.partial,
+                    fd: keep(pipe.fd),
+                })
+            };
+            let (stdout, stderr) = (pipe(true), pipe(false));
+            adoptees.push(Adoptee {
+                key: frozen.key,
+                pid,
+                start_ticks: stat.start_ticks,
+                restarts: frozen.kept.restarts,
+                last_exit: frozen.kept.last_exit,
+                up_ms: u64::try_from(frozen.kept.up.as_millis()).unwrap_or(u64::MAX),
+                stdout,
+                stderr,
+            });
+        }
+        self.running.write_now();
+        let handover = Handover {
+            version: handover::VERSION,
+            pid: std::process::id(),
+            signalled_at_ns: self.signalled_at_ns,
+            control_socket,
+            fronts,
+            instances: adoptees,
+        };
+        tracing::info!(
+            processes = handover.instances.len(),
+            fronts = handover.fronts.len(),
+            "handing over to {}",
+            self.exe.display()
+        );
+        handover::exec(&self.path, &self.exe, &handover, &fds)
+    }
+}
+
 /// A socket file nobody answers on is left over from a daemon that died; one that answers
 /// belongs to a live daemon (possibly of another PIKU_ROOT lock holder) and is never taken.
 fn remove_stale_socket(socket: &Path) -> anyhow::Result<()> {
@@ -167,11 +380,12 @@ fn remove_stale_socket(socket: &Path) -> anyhow::Result<()> {
 }
 
 /// Binds the control socket, mode 0600 from the first instant (umask), not after a chmod.
-fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+fn bind(socket: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
     let old = umask(Mode::from_bits_truncate(0o077));
-    let bound = UnixListener::bind(socket);
+    let bound = std::os::unix::net::UnixListener::bind(socket);
     umask(old);
     let listener = bound.with_context(|| format!("cannot listen on {}", socket.display()))?;
+    listener.set_nonblocking(true)?;
     fs::set_permissions(socket, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot chmod {}", socket.display()))?;
     Ok(listener)

@@ -12,6 +12,7 @@
 //! - `listen.rs`: the app's front (listeners opened, rebound, closed; its members).
 //! - `switch.rs`: the zero-downtime switch of web instances, and readiness waits.
 //! - `ceiling.rs`: the memory soft mark of `PIKU_MEMORY_MAX` (`Recycle`).
+//! - `upgrade.rs`: freezing the app for an in-place upgrade of the daemon (`Freeze`).
 //! - `status.rs`: what `Status` shows.
 
 pub mod actor;
@@ -27,6 +28,7 @@ mod status;
 mod switch;
 #[cfg(test)]
 mod tests;
+pub mod upgrade;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

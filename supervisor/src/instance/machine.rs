@@ -202,6 +202,36 @@ impl Machine {
         self.last_exit = Some(last_exit);
     }
 
+    /// The process just spawned was in fact taken over from the previous image of the
+    /// daemon (an upgrade): it keeps its history and has been running `since`.
+    pub fn adopted(&mut self, restarts: u32, last_exit: Option<String>, since: Option<Instant>) {
+        self.restarts = restarts;
+        self.last_exit = last_exit;
+        if let (
+            Some(since),
+            State::Starting { since: started, .. } | State::Running { since: started, .. },
+        ) = (since, &mut self.state)
+        {
+            *started = since;
+        }
+    }
+
+    /// The process that runs and is not being stopped, and since when: what an upgrade
+    /// hands to the next image.
+    pub fn adoptable(&self) -> Option<(u32, Instant)> {
+        match &self.state {
+            State::Starting { pid, since, .. } | State::Running { pid, since } => {
+                Some((*pid, *since))
+            }
+            State::Idle
+            | State::Spawning
+            | State::BackingOff { .. }
+            | State::Waiting
+            | State::Stopping { .. }
+            | State::Stopped => None,
+        }
+    }
+
     /// A new grace period, from the next stop on (an apply changed the settings only).
     pub fn set_grace(&mut self, grace: Duration) {
         self.grace = grace;

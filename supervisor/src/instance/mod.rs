@@ -47,6 +47,25 @@ enum Control {
     Recycle { reason: String, note: String },
     /// Take over the history of the instance this one replaced.
     Inherit { restarts: u32, last_exit: String },
+    /// Stop acting for good, leaving the process running, and say what runs (an upgrade
+    /// hands it to the next image).
+    Freeze(oneshot::Sender<Option<Kept>>),
+}
+
+/// A process a frozen instance leaves running, and its history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub pid: u32,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub up: Duration,
+}
+
+/// What a frozen instance hands over: its running-table key and its process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frozen {
+    pub key: String,
+    pub kept: Kept,
 }
 
 /// Resolves once an actor has ended (its process stopped and reaped).
@@ -222,6 +241,18 @@ impl InstanceHandle {
         });
     }
 
+    /// Freezes the actor (see `Control::Freeze`): `None` when no process of it runs that
+    /// the next image could take over (none, or one being stopped).
+    pub fn freeze(&self) -> impl Future<Output = Option<Frozen>> + Send + use<> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.control.send(Control::Freeze(tx));
+        let key = self.config.running_key();
+        async move {
+            let kept = rx.await.ok()??;
+            Some(Frozen { key, kept })
+        }
+    }
+
     /// This instance replaced one for `last_exit`: it shows that, and the restarts so far.
     pub fn inherit(&self, restarts: u32, last_exit: &str) {
         let _ = self.control.send(Control::Inherit {
@@ -331,6 +362,13 @@ impl<H: Host> Shell<H> {
             };
             let event = match woke {
                 Woke::Event(event) => event,
+                Woke::Control(Some(Control::Freeze(reply))) => {
+                    let _ = reply.send(self.kept());
+                    // Holding everything (the exit future among it: the child is not
+                    // reaped behind the next image's back) and doing nothing, until the
+                    // execve ends this image.
+                    return std::future::pending().await;
+                }
                 Woke::Control(control) => {
                     if control.is_none() {
                         // The handle is gone: nothing more can be asked.
@@ -355,6 +393,17 @@ impl<H: Host> Shell<H> {
         self.next_run = None;
         self.publish();
         self.host.ended();
+    }
+
+    /// The process the next image may take over, if one runs and is not being stopped.
+    fn kept(&self) -> Option<Kept> {
+        let (pid, since) = self.machine.adoptable()?;
+        Some(Kept {
+            pid,
+            restarts: self.machine.restarts(),
+            last_exit: self.machine.last_exit().map(str::to_owned),
+            up: since.elapsed(),
+        })
     }
 
     /// A request, as an event for the machine (or handled here).
@@ -384,6 +433,11 @@ impl<H: Host> Shell<H> {
                 self.publish();
                 None
             }
+            // Taken by `run` before it gets here.
+            Some(Control::Freeze(reply)) => {
+                let _ = reply.send(self.kept());
+                None
+            }
         }
     }
 
@@ -392,9 +446,15 @@ impl<H: Host> Shell<H> {
     fn feed(&mut self, event: Event) {
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
-            let (machine, actions) =
-                machine::table::step(self.machine.clone(), event, Instant::now());
+            let spawned = matches!(event, Event::Spawned { .. });
+            let now = Instant::now();
+            let (machine, actions) = machine::table::step(self.machine.clone(), event, now);
             self.machine = machine;
+            if spawned && let Some(kept) = self.host.adopted() {
+                // A process the previous image ran: its history goes on.
+                self.machine
+                    .adopted(kept.restarts, kept.last_exit, now.checked_sub(kept.up));
+            }
             for action in actions {
                 match action {
                     Action::Spawn => match self.host.spawn() {
