@@ -52,6 +52,8 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    // Handled from here on (an upgrade blocked it across execve).
+    handover::accept_signals();
     let sup_dir = root.supervisor_dir();
     for dir in [root.path().to_path_buf(), root.logs(), sup_dir.clone()] {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -217,11 +217,18 @@ fn ten_upgrades_under_load_fail_no_request_and_restart_nothing() {
         // A new file at the path each time, as an upgrade of the package leaves it.
         install(&exe, &binary);
         signal(pid, Signal::SIGUSR2);
+        if round == 10 {
+            // A second signal while the first is being handled (an impatient admin) must
+            // not kill the daemon, whichever image it reaches.
+            signal(pid, Signal::SIGUSR2);
+        }
         wait_for(&format!("upgrade {round}"), Duration::from_secs(30), || {
             (daemon_lines(&root, "upgraded in place").len() >= round).then_some(())
         });
         load.wait_more(20);
     }
+    // Whatever a second upgrade (round 10) is doing, it is over once status answers again.
+    let _ = daemon.status("up");
     let (served, failures) = load.finish();
     assert!(
         failures.is_empty(),
@@ -254,6 +261,7 @@ fn a_broken_binary_is_refused_and_the_old_daemon_keeps_serving() {
     let daemon = Daemon::start_from(&root, &exe);
     let pid = daemon.pid();
     daemon.apply(&app(&root));
+    daemon.wait_state("up", "ticker.1", InstanceState::Running);
     wait_for("a backend", Duration::from_secs(20), || {
         (!daemon.status("up").front?.backends.is_empty()).then_some(())
     });

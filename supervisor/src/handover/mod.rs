@@ -28,6 +28,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::signal::{SigSet, Signal};
 
 pub use self::file::{Adoptee, FrontFds, Handover, PipeFd, TcpFd, UnixFd, VERSION};
 use crate::{procinfo, reaper};
@@ -153,6 +154,11 @@ pub fn exec(path: &Path, exe: &Path, handover: &Handover, fds: &[OwnedFd]) -> an
         })?;
     }
     file::write(path, handover)?;
+    // A second SIGUSR2 must not kill the next image before it has its handler (the default
+    // action is to exit): blocked across execve, it stays pending until `accept_signals`.
+    let mut usr2 = SigSet::empty();
+    usr2.add(Signal::SIGUSR2);
+    let _ = usr2.thread_block();
     let args: Vec<CString> = std::env::args_os().filter_map(c_string).collect();
     let env: Vec<CString> = std::env::vars_os()
         .filter_map(|(k, v)| {
@@ -177,6 +183,13 @@ pub fn exec(path: &Path, exe: &Path, handover: &Handover, fds: &[OwnedFd]) -> an
         "cannot execute {} ({first}) nor /proc/self/exe ({second})",
         exe.display()
     )
+}
+
+/// Unblocks what [`exec`] blocked, once this image handles SIGUSR2 itself.
+pub fn accept_signals() {
+    let mut usr2 = SigSet::empty();
+    usr2.add(Signal::SIGUSR2);
+    let _ = usr2.thread_unblock();
 }
 
 fn c_string(s: OsString) -> Option<CString> {
