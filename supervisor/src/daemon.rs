@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::app::Ctx;
-use crate::handover::{self, Adoptee, FrontFds, Handover, PipeFd, TcpFd, UnixFd};
+use crate::handover::{self, Adoptee, FrontFds, Handover, PipeFd, TcpFd, UnixFd, Waiting};
+use crate::instance::Carried;
 use crate::instance::Processes;
 use crate::leftovers::{self, Running};
 use crate::logs::{HandedPipe, LogHub, Stream};
@@ -327,8 +328,19 @@ impl Upgrade {
             tracing::error!("log files not flushed within {FLUSH_BOUND:?}; some lines may be lost");
         }
         let mut adoptees = Vec::new();
+        let mut waiting = Vec::new();
         for frozen in instances {
-            let pid = frozen.kept.pid;
+            let (pid, up) = match frozen.kept.now {
+                Carried::Process { pid, up } => (pid, up),
+                Carried::BackingOff { due_in } => {
+                    waiting.push(Waiting {
+                        key: frozen.key,
+                        history: frozen.kept.history,
+                        due_in_ms: u64::try_from(due_in.as_millis()).unwrap_or(u64::MAX),
+                    });
+                    continue;
+                }
+            };
             let Some(stat) = procinfo::stat(pid) else {
                 continue;
             };
@@ -343,9 +355,8 @@ impl Upgrade {
                 key: frozen.key,
                 pid,
                 start_ticks: stat.start_ticks,
-                restarts: frozen.kept.restarts,
-                last_exit: frozen.kept.last_exit,
-                up_ms: u64::try_from(frozen.kept.up.as_millis()).unwrap_or(u64::MAX),
+                history: frozen.kept.history,
+                up_ms: u64::try_from(up.as_millis()).unwrap_or(u64::MAX),
                 stdout,
                 stderr,
             });
@@ -358,6 +369,7 @@ impl Upgrade {
             control_socket,
             fronts,
             instances: adoptees,
+            waiting,
         };
         tracing::info!(
             processes = handover.instances.len(),

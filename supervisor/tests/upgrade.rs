@@ -289,3 +289,44 @@ fn a_broken_binary_is_refused_and_the_old_daemon_keeps_serving() {
     assert!(refusals[1].contains("999"), "{refusals:?}");
     assert!(daemon_lines(&root, "handing over").is_empty());
 }
+
+#[test]
+fn a_crash_looping_instance_keeps_its_back_off_across_an_upgrade() {
+    let root = TestRoot::new();
+    let exe = copied_binary(&root);
+    let daemon = Daemon::start_from(&root, &exe);
+    let pid = daemon.pid();
+    let starts = root.scratch().join("starts");
+    let never = root.scratch().join("never-created");
+    let crashy = process(
+        "worker",
+        format!(
+            "{} {} {}",
+            fixture("crashy.sh"),
+            starts.display(),
+            never.display()
+        ),
+        Role::Worker,
+        1,
+    );
+    daemon.apply(&spec("loop", &root.scratch(), vec![crashy]));
+    // Seven restarts take ~3 s of back-off (0, 0, 0.1, 0.2, 0.4, 0.8, 1.6 s): a fresh
+    // instance could not have as many right after the upgrade.
+    let before = wait_for("7 restarts", Duration::from_secs(30), || {
+        let i = daemon.instance("loop", "worker.1");
+        (i.restarts >= 7).then_some(i)
+    });
+    signal(pid, Signal::SIGUSR2);
+    wait_for("the upgrade", Duration::from_secs(30), || {
+        (!daemon_lines(&root, "upgraded in place").is_empty()).then_some(())
+    });
+    let after = daemon.instance("loop", "worker.1");
+    assert!(
+        after.restarts >= before.restarts,
+        "restarts went from {} to {}",
+        before.restarts,
+        after.restarts
+    );
+    assert_eq!(after.state, InstanceState::CrashLooping, "{after:?}");
+    assert_eq!(after.last_exit.as_deref(), Some("exit 3"), "{after:?}");
+}

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::instance::machine::History;
+
 /// Bumped whenever the file's meaning changes: an image refuses to hand over to a binary that
 /// answers another number to `--handover-version`.
 pub const VERSION: u32 = 1;
@@ -25,6 +27,18 @@ pub struct Handover {
     pub control_socket: i32,
     pub fronts: Vec<FrontFds>,
     pub instances: Vec<Adoptee>,
+    /// Instances with no process, waiting to restart.
+    #[serde(default)]
+    pub waiting: Vec<Waiting>,
+}
+
+/// An instance the old image was waiting to restart (its back-off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Waiting {
+    pub key: String,
+    pub history: History,
+    pub due_in_ms: u64,
 }
 
 /// The listening sockets of one app's front.
@@ -61,8 +75,7 @@ pub struct Adoptee {
     pub pid: u32,
     /// With `pid`, names the process (`/proc/<pid>/stat` field 22).
     pub start_ticks: u64,
-    pub restarts: u32,
-    pub last_exit: Option<String>,
+    pub history: History,
     /// How long it had been running.
     pub up_ms: u64,
     pub stdout: Option<PipeFd>,
@@ -191,8 +204,12 @@ mod tests {
                 key: "a/web.1@4001".into(),
                 pid: 77,
                 start_ticks: 12,
-                restarts: 2,
-                last_exit: Some("exit 1".into()),
+                history: History {
+                    restarts: 2,
+                    exits: 2,
+                    last_exit: Some("exit 1".into()),
+                    failed_starts: 0,
+                },
                 up_ms: 1500,
                 stdout: Some(PipeFd {
                     fd: 6,
@@ -202,6 +219,16 @@ mod tests {
                     fd: 7,
                     partial: Vec::new(),
                 }),
+            }],
+            waiting: vec![Waiting {
+                key: "a/worker.1".into(),
+                history: History {
+                    restarts: 7,
+                    exits: 8,
+                    last_exit: Some("exit 3".into()),
+                    failed_starts: 7,
+                },
+                due_in_ms: 1600,
             }],
         }
     }

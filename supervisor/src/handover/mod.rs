@@ -30,7 +30,8 @@ use std::time::Duration;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::signal::{SigSet, Signal};
 
-pub use self::file::{Adoptee, FrontFds, Handover, PipeFd, TcpFd, UnixFd, VERSION};
+pub use self::file::{Adoptee, FrontFds, Handover, PipeFd, TcpFd, UnixFd, VERSION, Waiting};
+use crate::instance::machine::History;
 use crate::{procinfo, reaper};
 
 /// The argument that makes the binary print its handover version and exit.
@@ -200,8 +201,7 @@ fn c_string(s: OsString) -> Option<CString> {
 pub struct Adoption {
     pub pid: u32,
     pub pidfd: OwnedFd,
-    pub restarts: u32,
-    pub last_exit: Option<String>,
+    pub history: History,
     pub up: Duration,
     pub stdout: Option<(OwnedFd, Vec<u8>)>,
     pub stderr: Option<(OwnedFd, Vec<u8>)>,
@@ -213,6 +213,8 @@ struct Inherited {
     unix: BTreeMap<PathBuf, OwnedFd>,
     tcp: BTreeMap<(String, u16), OwnedFd>,
     adoptions: BTreeMap<String, Adoption>,
+    /// Instances backing off: their history and how soon they were due.
+    waiting: BTreeMap<String, (History, Duration)>,
 }
 
 static INHERITED: Mutex<Option<Inherited>> = Mutex::new(None);
@@ -281,12 +283,17 @@ pub fn install(handover: Handover) -> anyhow::Result<Installed> {
             Adoption {
                 pid: adoptee.pid,
                 pidfd,
-                restarts: adoptee.restarts,
-                last_exit: adoptee.last_exit,
+                history: adoptee.history,
                 up: Duration::from_millis(adoptee.up_ms),
                 stdout,
                 stderr,
             },
+        );
+    }
+    for waiting in handover.waiting {
+        table.waiting.insert(
+            waiting.key,
+            (waiting.history, Duration::from_millis(waiting.due_in_ms)),
         );
     }
     *inherited() = Some(table);
@@ -345,6 +352,11 @@ pub fn take_tcp(bind: &str, port: u16) -> Option<std::net::TcpListener> {
 /// The running process of instance `key` (`app/web.1@4001`), if one was handed over.
 pub fn take_adoption(key: &str) -> Option<Adoption> {
     inherited().as_mut()?.adoptions.remove(key)
+}
+
+/// The back-off instance `key` was in, if the previous image was waiting to restart it.
+pub fn take_waiting(key: &str) -> Option<(History, Duration)> {
+    inherited().as_mut()?.waiting.remove(key)
 }
 
 /// Ends the take-over: what no restored app claimed is returned (to be stopped), and the

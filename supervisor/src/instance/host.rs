@@ -14,8 +14,8 @@ use futures_util::future::BoxFuture;
 use hyper_proxy_glue::{HealthCheck, wait_healthy};
 use nix::sys::signal::Signal;
 
-use super::Kept;
 use super::config::InstanceConfig;
+use super::machine::History;
 use crate::cgroup::{self, InstanceCgroup};
 use crate::handover::{self, Adoption};
 use crate::leftovers::Running;
@@ -62,9 +62,14 @@ pub trait Host: Send + 'static {
     fn note(&mut self, msg: &str);
     /// The instance has ended: release what it held.
     fn ended(&mut self);
-    /// Right after a spawn: the history of the process, when it was not started but taken
-    /// over from the previous image of the daemon (an upgrade).
-    fn adopted(&mut self) -> Option<Kept> {
+    /// Right after a spawn: the history of the process and how long it has been up, when it
+    /// was not started but taken over from the previous image of the daemon (an upgrade).
+    fn adopted(&mut self) -> Option<(History, Duration)> {
+        None
+    }
+    /// Instead of a first start: the history of an instance the previous image was waiting
+    /// to restart, and how soon it is due.
+    fn backing_off(&mut self) -> Option<(History, Duration)> {
         None
     }
 }
@@ -80,8 +85,10 @@ pub struct ProcessHost {
     /// The process the previous image handed over for this instance: its first spawn takes
     /// it over instead of starting one.
     adoption: Option<Adoption>,
-    /// The history of the process just taken over, for the shell.
-    kept: Option<Kept>,
+    /// The history of the process just taken over and its uptime, for the shell.
+    kept: Option<(History, Duration)>,
+    /// The back-off the previous image had this instance in, for the shell's start.
+    waiting: Option<(History, Duration)>,
     /// The pid taken over, until its start is noted (as kept, not started).
     adopted_pid: Option<u32>,
 }
@@ -89,6 +96,7 @@ pub struct ProcessHost {
 impl ProcessHost {
     pub fn new(config: InstanceConfig, sink: LogSink, running: Arc<Running>) -> ProcessHost {
         let adoption = handover::take_adoption(&config.running_key());
+        let waiting = handover::take_waiting(&config.running_key());
         ProcessHost {
             config,
             sink,
@@ -96,6 +104,7 @@ impl ProcessHost {
             cgroup: None,
             adoption,
             kept: None,
+            waiting,
             adopted_pid: None,
         }
     }
@@ -107,8 +116,7 @@ impl ProcessHost {
         let Adoption {
             pid,
             pidfd,
-            restarts,
-            last_exit,
+            history,
             up,
             stdout,
             stderr,
@@ -116,12 +124,7 @@ impl ProcessHost {
         self.sink.adopt(pid, stdout, stderr);
         let key = self.config.running_key();
         self.running.insert(key.clone(), pid);
-        self.kept = Some(Kept {
-            pid,
-            restarts,
-            last_exit,
-            up,
-        });
+        self.kept = Some((history, up));
         self.adopted_pid = Some(pid);
         let running = self.running.clone();
         let exit = Box::pin(async move {
@@ -256,8 +259,12 @@ impl Host for ProcessHost {
         self.sink.note(msg);
     }
 
-    fn adopted(&mut self) -> Option<Kept> {
+    fn adopted(&mut self) -> Option<(History, Duration)> {
         self.kept.take()
+    }
+
+    fn backing_off(&mut self) -> Option<(History, Duration)> {
+        self.waiting.take()
     }
 
     fn ended(&mut self) {

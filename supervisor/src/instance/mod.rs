@@ -25,7 +25,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use self::config::InstanceConfig;
 use self::host::{GroupSignal, Host, ProcessHost};
-use self::machine::{Action, Event, Machine, Probe, State};
+use self::machine::{Action, Event, History, Machine, Probe, State};
 use crate::cron::{NextRun, Schedule, SystemClock};
 use crate::leftovers::Running;
 use crate::logs::LogSink;
@@ -52,13 +52,20 @@ enum Control {
     Freeze(oneshot::Sender<Option<Kept>>),
 }
 
-/// A process a frozen instance leaves running, and its history.
+/// What a frozen instance leaves the next image: its history, and its process or its
+/// back-off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kept {
-    pub pid: u32,
-    pub restarts: u32,
-    pub last_exit: Option<String>,
-    pub up: Duration,
+    pub history: History,
+    pub now: Carried,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Carried {
+    /// A process left running, up for `up`.
+    Process { pid: u32, up: Duration },
+    /// No process: the next start is due in `due_in`.
+    BackingOff { due_in: Duration },
 }
 
 /// What a frozen instance hands over: its running-table key and its process.
@@ -336,7 +343,14 @@ impl<H: Host> Shell<H> {
         let mut requests = Some(requests);
         let mut after = after.map(|done| Box::pin(done.wait()));
         if after.is_none() {
-            self.feed(Event::Start);
+            match self.host.backing_off() {
+                // The previous image (an upgrade) was waiting to restart it: it still is.
+                Some((history, due_in)) => {
+                    let until = Instant::now() + due_in;
+                    self.machine.resume_backing_off(history, until);
+                }
+                None => self.feed(Event::Start),
+            }
         }
         while !self.machine.is_stopped() {
             self.next_run = match (&self.schedule, &self.machine.state) {
@@ -395,14 +409,22 @@ impl<H: Host> Shell<H> {
         self.host.ended();
     }
 
-    /// The process the next image may take over, if one runs and is not being stopped.
+    /// What the next image may take over: a process that runs and is not being stopped, or
+    /// the back-off of one waiting to restart.
     fn kept(&self) -> Option<Kept> {
-        let (pid, since) = self.machine.adoptable()?;
+        let now = match (self.machine.adoptable(), self.machine.backing_off_until()) {
+            (Some((pid, since)), _) => Carried::Process {
+                pid,
+                up: since.elapsed(),
+            },
+            (None, Some(until)) => Carried::BackingOff {
+                due_in: until.saturating_duration_since(Instant::now()),
+            },
+            (None, None) => return None,
+        };
         Some(Kept {
-            pid,
-            restarts: self.machine.restarts(),
-            last_exit: self.machine.last_exit().map(str::to_owned),
-            up: since.elapsed(),
+            history: self.machine.history(),
+            now,
         })
     }
 
@@ -450,10 +472,9 @@ impl<H: Host> Shell<H> {
             let now = Instant::now();
             let (machine, actions) = machine::table::step(self.machine.clone(), event, now);
             self.machine = machine;
-            if spawned && let Some(kept) = self.host.adopted() {
+            if spawned && let Some((history, up)) = self.host.adopted() {
                 // A process the previous image ran: its history goes on.
-                self.machine
-                    .adopted(kept.restarts, kept.last_exit, now.checked_sub(kept.up));
+                self.machine.adopted(history, now.checked_sub(up));
             }
             for action in actions {
                 match action {
