@@ -199,8 +199,9 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
     if let Some(signalled_at_ns) = signalled_at_ns {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
         let _ = stop_tx.send(true);
-        let _ = server.await;
+        let connections = server.await.ok();
         let upgrade = Upgrade {
+            connections,
             exe,
             path: handover_path,
             control,
@@ -265,6 +266,8 @@ fn now_ns() -> u128 {
 
 /// What the old image hands to the next one (see `handover`).
 struct Upgrade {
+    /// Connections to the control socket still being answered.
+    connections: Option<server::Open>,
     exe: PathBuf,
     path: PathBuf,
     control: std::os::unix::net::UnixListener,
@@ -279,6 +282,15 @@ impl Upgrade {
     /// only if no image could be started.
     async fn hand_over(self) -> anyhow::Result<()> {
         let frozen = self.apps.freeze(Instant::now() + FREEZE_BOUND).await;
+        // Every command has been carried out by now; its answer must reach its client
+        // (a deploy would otherwise fail for a change that was made).
+        if let Some(open) = &self.connections
+            && !open.closed(DRAIN_BOUND).await
+        {
+            tracing::warn!(
+                "control connections still open after {DRAIN_BOUND:?} are cut by the upgrade"
+            );
+        }
         let mut fds: Vec<OwnedFd> = Vec::new();
         let mut keep = |fd: OwnedFd| {
             let raw = fd.as_raw_fd();

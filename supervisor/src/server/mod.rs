@@ -23,21 +23,34 @@ use crate::registry::Registry;
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Serves until `shutdown` turns true.
+/// The connections still open once the server stopped accepting.
+pub struct Open(Arc<Semaphore>);
+
+impl Open {
+    /// Waits until every connection has closed (its request answered); false after `within`.
+    pub async fn closed(&self, within: Duration) -> bool {
+        let all = MAX_CONNECTIONS as u32;
+        tokio::time::timeout(within, self.0.acquire_many(all))
+            .await
+            .is_ok_and(|permits| permits.is_ok())
+    }
+}
+
+/// Serves until `shutdown` turns true; then returns the connections still open.
 pub async fn serve(
     listener: UnixListener,
     apps: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Open {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let own_uid = nix::unistd::geteuid().as_raw();
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(p) => p,
-                Err(_) => return, // the semaphore is never closed
+                Err(_) => return Open(permits), // the semaphore is never closed
             },
-            () = stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return Open(permits),
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -49,7 +62,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return Open(permits),
         };
         let (apps, shutdown) = (apps.clone(), shutdown.clone());
         tokio::spawn(async move {
