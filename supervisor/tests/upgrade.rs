@@ -330,3 +330,44 @@ fn a_crash_looping_instance_keeps_its_back_off_across_an_upgrade() {
     assert_eq!(after.state, InstanceState::CrashLooping, "{after:?}");
     assert_eq!(after.last_exit.as_deref(), Some("exit 3"), "{after:?}");
 }
+
+#[test]
+fn a_cron_run_in_progress_goes_on_across_an_upgrade() {
+    let root = TestRoot::new();
+    let exe = copied_binary(&root);
+    let daemon = Daemon::start_from(&root, &exe);
+    let pid = daemon.pid();
+    let out = root.scratch().join("runs");
+    daemon.apply(&spec(
+        "cr",
+        &root.scratch(),
+        vec![process(
+            "cron1",
+            format!(
+                "sh -c 'echo begin; sleep 2; echo end >> {}; echo end'",
+                out.display()
+            ),
+            Role::Cron {
+                schedule: "*/5 * * * * *".into(),
+            },
+            1,
+        )],
+    ));
+    let run = daemon.wait_state("cr", "cron1.1", InstanceState::Running);
+    signal(pid, Signal::SIGUSR2);
+    wait_for("the upgrade", Duration::from_secs(30), || {
+        (!daemon_lines(&root, "upgraded in place").is_empty()).then_some(())
+    });
+    assert_eq!(
+        daemon.instance("cr", "cron1.1").pid,
+        run.pid,
+        "the same run"
+    );
+    // It ends on its own, and the entry waits for its next run.
+    wait_for("the run's end", Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).ok().filter(|s| !s.is_empty())
+    });
+    let after = daemon.wait_state("cr", "cron1.1", InstanceState::Waiting);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "end\n");
+    assert_eq!(after.last_exit.as_deref(), Some("exit 0"), "{after:?}");
+}

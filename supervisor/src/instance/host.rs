@@ -72,6 +72,11 @@ pub trait Host: Send + 'static {
     fn backing_off(&mut self) -> Option<(History, Duration)> {
         None
     }
+    /// Whether the next spawn takes over a process of the previous image (a cron entry,
+    /// which starts waiting, then runs at once to take over its run in progress).
+    fn has_adoption(&self) -> bool {
+        false
+    }
 }
 
 /// Real processes: process groups, cgroups, the running table and the log sink.
@@ -245,7 +250,10 @@ impl Host for ProcessHost {
         // The machine notes a spawn as a start; a process taken over did not start.
         let kept;
         let msg = match self.adopted_pid.take() {
-            Some(pid) if msg == format!("started pid {pid}") => {
+            Some(pid)
+                if msg == format!("started pid {pid}")
+                    || msg == format!("run started, pid {pid}") =>
+            {
                 kept = format!("pid {pid} kept running across the supervisor's upgrade");
                 kept.as_str()
             }
@@ -265,6 +273,10 @@ impl Host for ProcessHost {
 
     fn backing_off(&mut self) -> Option<(History, Duration)> {
         self.waiting.take()
+    }
+
+    fn has_adoption(&self) -> bool {
+        self.adoption.is_some()
     }
 
     fn ended(&mut self) {

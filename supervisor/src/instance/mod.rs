@@ -349,7 +349,14 @@ impl<H: Host> Shell<H> {
                     let until = Instant::now() + due_in;
                     self.machine.resume_backing_off(history, until);
                 }
-                None => self.feed(Event::Start),
+                None => {
+                    self.feed(Event::Start);
+                    if self.machine.state == State::Waiting && self.host.has_adoption() {
+                        // A cron run the previous image started goes on: it is taken
+                        // over as this entry's run in progress.
+                        self.feed(Event::Due);
+                    }
+                }
             }
         }
         while !self.machine.is_stopped() {
