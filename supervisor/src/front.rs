@@ -306,11 +306,12 @@ fn up(members: &[Member]) -> Vec<Backend> {
 fn sync(front: &Front, members: &[Member], pool: &watch::Sender<bool>) {
     let up = up(members);
     let has_backends = !up.is_empty();
-    pool.send_if_modified(|has| std::mem::replace(has, has_backends) != has_backends);
     if front.backends() != up {
         tracing::debug!(backends = ?up.iter().map(|b| &b.id).collect::<Vec<_>>(), "front pool");
         front.set_backends(up);
     }
+    // After the pool is set: a held listener released now must find the instances.
+    pool.send_if_modified(|has| std::mem::replace(has, has_backends) != has_backends);
 }
 
 /// Returns once the pool has a backend or [`HOLD_AT_MOST`] has passed (`None`: at once).

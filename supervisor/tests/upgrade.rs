@@ -35,7 +35,8 @@ fn app(root: &TestRoot) -> AppSpec {
     let mut spec = spec("up", &root.scratch(), vec![web, ticker]);
     spec.env.insert("CONTENT".into(), "v1".into());
     spec.settings.front = Some(FrontSpec {
-        unix_socket: None,
+        // As nginx reaches it; the load goes through the TCP port.
+        unix_socket: Some(root.scratch().join("up.sock")),
         tcp: Some(TcpFront {
             bind: "127.0.0.1".into(),
             port: None,
@@ -94,10 +95,24 @@ fn front_addr(daemon: &Daemon) -> String {
 
 /// One `GET /` over a fresh connection: the body of a 200, else what went wrong.
 fn get(addr: &str) -> Result<String, String> {
-    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .map_err(|e| e.to_string())?;
+    get_on(stream)
+}
+
+/// [`get`] through the front's Unix socket.
+fn get_unix(path: &Path) -> Result<String, String> {
+    let stream =
+        std::os::unix::net::UnixStream::connect(path).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    get_on(stream)
+}
+
+fn get_on(mut stream: impl Read + Write) -> Result<String, String> {
     write!(
         stream,
         "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
@@ -237,6 +252,7 @@ fn ten_upgrades_under_load_fail_no_request_and_restart_nothing() {
         &failures[..failures.len().min(5)]
     );
     assert!(served > 200, "only {served} requests served");
+    get_unix(&root.scratch().join("up.sock")).expect("the front's Unix socket still answers");
     assert!(alive(pid), "the daemon is the same process");
     assert_eq!(processes(&daemon), before, "no process restarted");
     // The worker's lines: every one, in order, across the ten hand-overs of its pipe.
