@@ -267,7 +267,7 @@ fn ten_upgrades_under_load_fail_no_request_and_restart_nothing() {
         .iter()
         .filter_map(|l| l.split("serving ").nth(1).map(str::to_owned))
         .collect();
-    eprintln!("signal → new image serving: {times:?}");
+    eprintln!("signal → new image serving: {times:?}; {served} requests served");
 }
 
 #[test]
