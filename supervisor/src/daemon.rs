@@ -5,32 +5,28 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode, umask};
 use piku_model::PikuRoot;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::app::Ctx;
-use crate::handover::{self, Adoptee, FrontFds, Handover, PipeFd, TcpFd, UnixFd, Waiting};
-use crate::instance::Carried;
+use crate::handover;
 use crate::instance::Processes;
 use crate::leftovers::{self, Running};
-use crate::logs::{HandedPipe, LogHub, Stream};
+use crate::logs::LogHub;
 use crate::ports::Ports;
 use crate::registry::Registry;
 use crate::state::Store;
-use crate::{cgroup, procinfo, reaper, server, state, stop};
+use crate::{cgroup, reaper, server, state};
 
 /// Added to the longest grace period to bound a shutdown (SIGKILLed processes still need
 /// a moment to be reaped).
@@ -39,10 +35,6 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 const LEFTOVER_GRACE_CAP: Duration = Duration::from_secs(10);
 /// How long the last log lines may take to reach the disk at shutdown.
 const FLUSH_BOUND: Duration = Duration::from_secs(5);
-/// How long an upgrade waits for each app to finish the command it is carrying out.
-const FREEZE_BOUND: Duration = Duration::from_secs(30);
-/// How long an upgrade waits for the fronts' requests in flight.
-const DRAIN_BOUND: Duration = Duration::from_secs(10);
 /// In the supervisor directory: what an upgrade leaves the next image.
 const HANDOVER_FILE: &str = "handover.json";
 
@@ -163,8 +155,8 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
         // Every actor answers once it has restored its app, so every instance has claimed
         // its process by then.
         let _ = apps.status(None).await;
-        stop_unclaimed(leftover_grace);
-        let ms = (now_ns().saturating_sub(installed.signalled_at_ns)) / 1_000_000;
+        handover::stop_unclaimed(leftover_grace);
+        let ms = (handover::now_ns().saturating_sub(installed.signalled_at_ns)) / 1_000_000;
         tracing::info!(
             kept = installed.pids.len(),
             "upgraded in place: new image serving {ms} ms after the signal"
@@ -184,7 +176,7 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
             _ = sigint.recv() => break None,
             _ = sighup.recv() => apps.reload().await,
             _ = sigusr2.recv() => {
-                let at = now_ns();
+                let at = handover::now_ns();
                 tracing::info!("SIGUSR2: upgrading in place to {}", exe.display());
                 match handover::check(&exe).await {
                     Ok(()) => break Some(at),
@@ -200,7 +192,7 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
         let _ = stop_tx.send(true);
         let connections = server.await.ok();
-        let upgrade = Upgrade {
+        let upgrade = handover::Upgrade {
             connections,
             exe,
             path: handover_path,
@@ -234,163 +226,6 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
     let _ = fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The processes handed over that no restored instance claimed (their app was removed from
-/// the state, or scaled down, meanwhile): stopped as a stop would (SIGTERM, grace, SIGKILL).
-fn stop_unclaimed(grace: Duration) {
-    for adoption in handover::unclaimed() {
-        let pid = adoption.pid;
-        tracing::warn!(
-            pid,
-            "stopping a handed-over process that no instance claimed"
-        );
-        stop::signal_group(pid, Signal::SIGTERM);
-        stop::signal_group(pid, Signal::SIGCONT);
-        tokio::spawn(async move {
-            let exited = handover::pidfd::exited(pid, adoption.pidfd);
-            tokio::pin!(exited);
-            if tokio::time::timeout(grace, &mut exited).await.is_err() {
-                stop::signal_group(pid, Signal::SIGKILL);
-                exited.await;
-            }
-        });
-    }
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
-/// What the old image hands to the next one (see `handover`).
-struct Upgrade {
-    /// Connections to the control socket still being answered.
-    connections: Option<server::Open>,
-    exe: PathBuf,
-    path: PathBuf,
-    control: std::os::unix::net::UnixListener,
-    apps: Arc<Registry>,
-    logs: LogHub,
-    running: Arc<Running>,
-    signalled_at_ns: u128,
-}
-
-impl Upgrade {
-    /// Freezes everything, writes the handover file and executes the new binary. Returns
-    /// only if no image could be started.
-    async fn hand_over(self) -> anyhow::Result<()> {
-        let frozen = self.apps.freeze(Instant::now() + FREEZE_BOUND).await;
-        // Every command has been carried out by now; its answer must reach its client
-        // (a deploy would otherwise fail for a change that was made).
-        if let Some(open) = &self.connections
-            && !open.closed(DRAIN_BOUND).await
-        {
-            tracing::warn!(
-                "control connections still open after {DRAIN_BOUND:?} are cut by the upgrade"
-            );
-        }
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        let mut keep = |fd: OwnedFd| {
-            let raw = fd.as_raw_fd();
-            fds.push(fd);
-            raw
-        };
-        let control_socket = keep(OwnedFd::from(self.control));
-        let mut fronts = Vec::new();
-        let mut serving = Vec::new();
-        let mut instances = Vec::new();
-        for app in frozen {
-            if let Some(front) = app.front {
-                serving.extend(front.serving);
-                fronts.push(FrontFds {
-                    app: app.app.clone(),
-                    unix: front.unix.map(|(path, listener)| UnixFd {
-                        path,
-                        fd: keep(OwnedFd::from(listener)),
-                    }),
-                    tcp: front.tcp.map(|(bind, port, listener)| TcpFd {
-                        bind,
-                        port,
-                        fd: keep(OwnedFd::from(listener)),
-                    }),
-                });
-            }
-            instances.extend(app.instances);
-        }
-        // Requests in flight are answered by this image (new ones wait in the backlog).
-        if tokio::time::timeout(DRAIN_BOUND, futures_util::future::join_all(serving))
-            .await
-            .is_err()
-        {
-            tracing::warn!("requests still in flight after {DRAIN_BOUND:?} are cut by the upgrade");
-        }
-        let mut pipes: BTreeMap<(u32, bool), HandedPipe> = self
-            .logs
-            .hand_over()
-            .await
-            .into_iter()
-            .map(|pipe| ((pipe.pid, pipe.stream == Stream::Stdout), pipe))
-            .collect();
-        if tokio::time::timeout(FLUSH_BOUND, self.logs.flush_all())
-            .await
-            .is_err()
-        {
-            tracing::error!("log files not flushed within {FLUSH_BOUND:?}; some lines may be lost");
-        }
-        let mut adoptees = Vec::new();
-        let mut waiting = Vec::new();
-        for frozen in instances {
-            let (pid, up) = match frozen.kept.now {
-                Carried::Process { pid, up } => (pid, up),
-                Carried::BackingOff { due_in } => {
-                    waiting.push(Waiting {
-                        key: frozen.key,
-                        history: frozen.kept.history,
-                        due_in_ms: u64::try_from(due_in.as_millis()).unwrap_or(u64::MAX),
-                    });
-                    continue;
-                }
-            };
-            let Some(stat) = procinfo::stat(pid) else {
-                continue;
-            };
-            let mut pipe = |stdout: bool| {
-                pipes.remove(&(pid, stdout)).map(|pipe| PipeFd {
-                    partial: pipe.partial,
-                    fd: keep(pipe.fd),
-                })
-            };
-            let (stdout, stderr) = (pipe(true), pipe(false));
-            adoptees.push(Adoptee {
-                key: frozen.key,
-                pid,
-                start_ticks: stat.start_ticks,
-                history: frozen.kept.history,
-                up_ms: u64::try_from(up.as_millis()).unwrap_or(u64::MAX),
-                stdout,
-                stderr,
-            });
-        }
-        self.running.write_now();
-        let handover = Handover {
-            version: handover::VERSION,
-            pid: std::process::id(),
-            signalled_at_ns: self.signalled_at_ns,
-            control_socket,
-            fronts,
-            instances: adoptees,
-            waiting,
-        };
-        tracing::info!(
-            processes = handover.instances.len(),
-            fronts = handover.fronts.len(),
-            "handing over to {}",
-            self.exe.display()
-        );
-        handover::exec(&self.path, &self.exe, &handover, &fds)
-    }
 }
 
 /// A socket file nobody answers on is left over from a daemon that died; one that answers

@@ -3,7 +3,7 @@
 //! the control socket and the fronts' listening sockets (connections wait in the backlog,
 //! none is refused).
 //!
-//! The old image (`daemon.rs` drives it): first the new binary must answer
+//! The old image (`daemon.rs` on SIGUSR2, then [`Upgrade`] in `leave.rs`): first the new binary must answer
 //! `--handover-version` with our [`VERSION`] ([`check`]), else the upgrade is refused and
 //! nothing stops; then the control socket stops accepting, every app actor freezes (its
 //! front stops accepting and lets requests in flight finish, its instance actors stop
@@ -17,6 +17,7 @@
 //! ([`take_adoption`]). What nobody claims is stopped ([`unclaimed`]).
 
 pub mod file;
+mod leave;
 pub mod pidfd;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +32,7 @@ use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::signal::{SigSet, Signal};
 
 pub use self::file::{Adoptee, FrontFds, Handover, PipeFd, TcpFd, UnixFd, VERSION, Waiting};
+pub use self::leave::Upgrade;
 use crate::instance::machine::History;
 use crate::{procinfo, reaper};
 
@@ -366,4 +368,33 @@ pub fn unclaimed() -> Vec<Adoption> {
         Some(table) => table.adoptions.into_values().collect(),
         None => Vec::new(),
     }
+}
+
+/// The processes handed over that no restored instance claimed (their app was removed from
+/// the state, or scaled down, meanwhile): stopped as a stop would (SIGTERM, grace, SIGKILL).
+pub fn stop_unclaimed(grace: Duration) {
+    for adoption in unclaimed() {
+        let pid = adoption.pid;
+        tracing::warn!(
+            pid,
+            "stopping a handed-over process that no instance claimed"
+        );
+        crate::stop::signal_group(pid, nix::sys::signal::Signal::SIGTERM);
+        crate::stop::signal_group(pid, nix::sys::signal::Signal::SIGCONT);
+        tokio::spawn(async move {
+            let exited = pidfd::exited(pid, adoption.pidfd);
+            tokio::pin!(exited);
+            if tokio::time::timeout(grace, &mut exited).await.is_err() {
+                crate::stop::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                exited.await;
+            }
+        });
+    }
+}
+
+/// Now, in ns since the epoch (what `Handover::signalled_at_ns` holds).
+pub fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }

@@ -5,11 +5,16 @@
 //! result, the group gone, a cron entry due, a request), steps the machine and carries out
 //! the actions through a [`Host`] ([`host`]). Every step is published on a `watch` channel
 //! ([`Snapshot`]) that status reads and the switch and the front await. Nothing else touches
-//! the process, so there is no race between a crash and a stop.
+//! the process, so there is no race between a crash and a stop. An upgrade's freeze and
+//! take-over are in `freeze.rs`.
+//!
+//! Over 500 lines on purpose: the handle, the requests and the shell's loop are one actor and
+//! read best together; what each step decides is in `machine/table.rs`.
 
 pub mod config;
 #[cfg(test)]
 pub mod fake;
+mod freeze;
 pub mod host;
 pub mod machine;
 #[cfg(test)]
@@ -24,8 +29,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use self::config::InstanceConfig;
+pub use self::freeze::{Carried, Frozen, Kept};
 use self::host::{GroupSignal, Host, ProcessHost};
-use self::machine::{Action, Event, History, Machine, Probe, State};
+use self::machine::{Action, Event, Machine, Probe, State};
 use crate::cron::{NextRun, Schedule, SystemClock};
 use crate::leftovers::Running;
 use crate::logs::LogSink;
@@ -50,29 +56,6 @@ enum Control {
     /// Stop acting for good, leaving the process running, and say what runs (an upgrade
     /// hands it to the next image).
     Freeze(oneshot::Sender<Option<Kept>>),
-}
-
-/// What a frozen instance leaves the next image: its history, and its process or its
-/// back-off.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Kept {
-    pub history: History,
-    pub now: Carried,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Carried {
-    /// A process left running, up for `up`.
-    Process { pid: u32, up: Duration },
-    /// No process: the next start is due in `due_in`.
-    BackingOff { due_in: Duration },
-}
-
-/// What a frozen instance hands over: its running-table key and its process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frozen {
-    pub key: String,
-    pub kept: Kept,
 }
 
 /// Resolves once an actor has ended (its process stopped and reaped).
@@ -248,18 +231,6 @@ impl InstanceHandle {
         });
     }
 
-    /// Freezes the actor (see `Control::Freeze`): `None` when no process of it runs that
-    /// the next image could take over (none, or one being stopped).
-    pub fn freeze(&self) -> impl Future<Output = Option<Frozen>> + Send + use<> {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.control.send(Control::Freeze(tx));
-        let key = self.config.running_key();
-        async move {
-            let kept = rx.await.ok()??;
-            Some(Frozen { key, kept })
-        }
-    }
-
     /// This instance replaced one for `last_exit`: it shows that, and the restarts so far.
     pub fn inherit(&self, restarts: u32, last_exit: &str) {
         let _ = self.control.send(Control::Inherit {
@@ -343,21 +314,7 @@ impl<H: Host> Shell<H> {
         let mut requests = Some(requests);
         let mut after = after.map(|done| Box::pin(done.wait()));
         if after.is_none() {
-            match self.host.backing_off() {
-                // The previous image (an upgrade) was waiting to restart it: it still is.
-                Some((history, due_in)) => {
-                    let until = Instant::now() + due_in;
-                    self.machine.resume_backing_off(history, until);
-                }
-                None => {
-                    self.feed(Event::Start);
-                    if self.machine.state == State::Waiting && self.host.has_adoption() {
-                        // A cron run the previous image started goes on: it is taken
-                        // over as this entry's run in progress.
-                        self.feed(Event::Due);
-                    }
-                }
-            }
+            self.begin();
         }
         while !self.machine.is_stopped() {
             self.next_run = match (&self.schedule, &self.machine.state) {
@@ -383,13 +340,7 @@ impl<H: Host> Shell<H> {
             };
             let event = match woke {
                 Woke::Event(event) => event,
-                Woke::Control(Some(Control::Freeze(reply))) => {
-                    let _ = reply.send(self.kept());
-                    // Holding everything (the exit future among it: the child is not
-                    // reaped behind the next image's back) and doing nothing, until the
-                    // execve ends this image.
-                    return std::future::pending().await;
-                }
+                Woke::Control(Some(Control::Freeze(reply))) => return self.freeze(reply).await,
                 Woke::Control(control) => {
                     if control.is_none() {
                         // The handle is gone: nothing more can be asked.
@@ -414,25 +365,6 @@ impl<H: Host> Shell<H> {
         self.next_run = None;
         self.publish();
         self.host.ended();
-    }
-
-    /// What the next image may take over: a process that runs and is not being stopped, or
-    /// the back-off of one waiting to restart.
-    fn kept(&self) -> Option<Kept> {
-        let now = match (self.machine.adoptable(), self.machine.backing_off_until()) {
-            (Some((pid, since)), _) => Carried::Process {
-                pid,
-                up: since.elapsed(),
-            },
-            (None, Some(until)) => Carried::BackingOff {
-                due_in: until.saturating_duration_since(Instant::now()),
-            },
-            (None, None) => return None,
-        };
-        Some(Kept {
-            history: self.machine.history(),
-            now,
-        })
     }
 
     /// A request, as an event for the machine (or handled here).
