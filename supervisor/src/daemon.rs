@@ -189,7 +189,11 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
         }
     };
     if let Some(signalled_at_ns) = signalled_at_ns {
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        // systemd ≥ 253 ends a service whose RELOADING=1 comes without MONOTONIC_USEC (so
+        // none without it); the new image's READY=1 ends the reload.
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading, now]);
+        }
         let _ = stop_tx.send(true);
         let connections = server.await.ok();
         let upgrade = handover::Upgrade {
