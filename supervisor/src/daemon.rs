@@ -205,6 +205,7 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
             logs,
             running,
             signalled_at_ns,
+            stop_signals: vec![sigterm, sigint],
         };
         // Returns only if no image could be started.
         return upgrade.hand_over().await;

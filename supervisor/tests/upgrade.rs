@@ -387,3 +387,43 @@ fn a_cron_run_in_progress_goes_on_across_an_upgrade() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "end\n");
     assert_eq!(after.last_exit.as_deref(), Some("exit 0"), "{after:?}");
 }
+
+/// systemd's stop racing a reload: the stop is carried out, whichever image it reaches.
+#[test]
+fn a_stop_asked_during_an_upgrade_stops_every_app() {
+    let root = TestRoot::new();
+    let exe = copied_binary(&root);
+    let mut daemon = Daemon::start_from(&root, &exe);
+    let pid = daemon.pid();
+    daemon.apply(&spec(
+        "quiet",
+        &root.scratch(),
+        vec![process(
+            "ticker",
+            format!("{} {}", python(), fixture("ticker.py")),
+            Role::Worker,
+            1,
+        )],
+    ));
+    let ticker = daemon
+        .wait_state("quiet", "ticker.1", InstanceState::Running)
+        .pid
+        .expect("a pid");
+    signal(pid, Signal::SIGUSR2);
+    // Once the upgrade has begun: the stop reaches it mid-way (checking the binary,
+    // freezing) or the new image.
+    wait_for("the upgrade to begin", Duration::from_secs(10), || {
+        (!daemon_lines(&root, "SIGUSR2: upgrading").is_empty()).then_some(())
+    });
+    signal(pid, Signal::SIGTERM);
+    let mut child = daemon.child.take().expect("the daemon");
+    let status = wait_for("the daemon to stop", Duration::from_secs(30), || {
+        child.try_wait().expect("try_wait")
+    });
+    assert!(status.success(), "{status:?}");
+    assert!(!alive(ticker), "the app was stopped");
+    eprintln!(
+        "stopped by the new image: {}",
+        !daemon_lines(&root, "upgraded in place").is_empty()
+    );
+}

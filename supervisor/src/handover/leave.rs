@@ -37,12 +37,15 @@ pub struct Upgrade {
     pub logs: LogHub,
     pub running: Arc<Running>,
     pub signalled_at_ns: u128,
+    /// SIGTERM and SIGINT: one received during the upgrade is raised again for the next
+    /// image.
+    pub stop_signals: Vec<tokio::signal::unix::Signal>,
 }
 
 impl Upgrade {
     /// Freezes everything, writes the handover file and executes the new binary. Returns
     /// only if no image could be started.
-    pub async fn hand_over(self) -> anyhow::Result<()> {
+    pub async fn hand_over(mut self) -> anyhow::Result<()> {
         let frozen = self.apps.freeze(Instant::now() + FREEZE_BOUND).await;
         // Every command has been carried out by now; its answer must reach its client
         // (a deploy would otherwise fail for a change that was made).
@@ -151,6 +154,12 @@ impl Upgrade {
             "handing over to {}",
             self.exe.display()
         );
-        super::exec(&self.path, &self.exe, &handover, &fds)
+        super::exec(
+            &self.path,
+            &self.exe,
+            &handover,
+            &fds,
+            &mut self.stop_signals,
+        )
     }
 }

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -143,9 +144,16 @@ fn one_line(bytes: &[u8]) -> String {
 }
 
 /// Writes `handover` to `path` and replaces this image with `exe` (same argv and
-/// environment); `fds` are the descriptors `handover` names. Only returns if no image could
-/// be started: then with why.
-pub fn exec(path: &Path, exe: &Path, handover: &Handover, fds: &[OwnedFd]) -> anyhow::Result<()> {
+/// environment); `fds` are the descriptors `handover` names. A stop signal received during
+/// the upgrade (`stop_signals`) is raised again for the next image. Only returns if no image
+/// could be started: then with why.
+pub fn exec(
+    path: &Path,
+    exe: &Path,
+    handover: &Handover,
+    fds: &[OwnedFd],
+    stop_signals: &mut [tokio::signal::unix::Signal],
+) -> anyhow::Result<()> {
     let open: BTreeSet<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     if let Some(fd) = handover.fds().into_iter().find(|fd| !open.contains(fd)) {
         anyhow::bail!("the handover names fd {fd}, which is not handed over");
@@ -157,11 +165,6 @@ pub fn exec(path: &Path, exe: &Path, handover: &Handover, fds: &[OwnedFd]) -> an
         })?;
     }
     file::write(path, handover)?;
-    // A second SIGUSR2 must not kill the next image before it has its handler (the default
-    // action is to exit): blocked across execve, it stays pending until `accept_signals`.
-    let mut usr2 = SigSet::empty();
-    usr2.add(Signal::SIGUSR2);
-    let _ = usr2.thread_block();
     let args: Vec<CString> = std::env::args_os().filter_map(c_string).collect();
     let env: Vec<CString> = std::env::vars_os()
         .filter_map(|(k, v)| {
@@ -171,6 +174,15 @@ pub fn exec(path: &Path, exe: &Path, handover: &Handover, fds: &[OwnedFd]) -> an
             c_string(pair)
         })
         .collect();
+    // Last thing before execve: from here a stop signal stays pending on this thread for the
+    // next image, and one that came during the upgrade is raised again, pending alike.
+    let _ = held_signals().thread_block();
+    if stop_signals
+        .iter_mut()
+        .any(|signal| signal.recv().now_or_never().is_some())
+    {
+        let _ = nix::sys::signal::raise(Signal::SIGTERM);
+    }
     let first = match c_string(exe.as_os_str().to_owned()) {
         Some(exe) => nix::unistd::execve(&exe, &args, &env).unwrap_err(),
         None => nix::errno::Errno::EINVAL,
@@ -188,11 +200,20 @@ pub fn exec(path: &Path, exe: &Path, handover: &Handover, fds: &[OwnedFd]) -> an
     )
 }
 
-/// Unblocks what [`exec`] blocked, once this image handles SIGUSR2 itself.
+/// The signals held across execve: a SIGUSR2 would kill the next image before it has its
+/// handler (the default action is to exit), a SIGTERM or SIGINT would be lost. Blocked on the
+/// thread that calls execve, they stay pending until the next image calls [`accept_signals`].
+fn held_signals() -> SigSet {
+    let mut held = SigSet::empty();
+    for signal in [Signal::SIGUSR2, Signal::SIGTERM, Signal::SIGINT] {
+        held.add(signal);
+    }
+    held
+}
+
+/// Unblocks what an upgrade held, once this image handles those signals itself.
 pub fn accept_signals() {
-    let mut usr2 = SigSet::empty();
-    usr2.add(Signal::SIGUSR2);
-    let _ = usr2.thread_unblock();
+    let _ = held_signals().thread_unblock();
 }
 
 fn c_string(s: OsString) -> Option<CString> {
