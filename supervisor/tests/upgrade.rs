@@ -416,10 +416,11 @@ fn a_stop_asked_during_an_upgrade_stops_every_app() {
         (!daemon_lines(&root, "SIGUSR2: upgrading").is_empty()).then_some(())
     });
     signal(pid, Signal::SIGTERM);
-    let mut child = daemon.child.take().expect("the daemon");
+    // Left in `daemon` until it has exited, so that a failure still stops it.
     let status = wait_for("the daemon to stop", Duration::from_secs(30), || {
-        child.try_wait().expect("try_wait")
+        daemon.child.as_mut()?.try_wait().expect("try_wait")
     });
+    daemon.child = None;
     assert!(status.success(), "{status:?}");
     assert!(!alive(ticker), "the app was stopped");
     eprintln!(
