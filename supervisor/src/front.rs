@@ -314,7 +314,8 @@ fn sync(front: &Front, members: &[Member], pool: &watch::Sender<bool>) {
     pool.send_if_modified(|has| std::mem::replace(has, has_backends) != has_backends);
 }
 
-/// Returns once the pool has a backend or [`HOLD_AT_MOST`] has passed (`None`: at once).
+/// Returns once the pool has a backend or [`HOLD_AT_MOST`] has passed (`None`: at once), or
+/// once the front closes or freezes (its `follow` task, which owns the sender, is aborted).
 async fn held(hold: Option<watch::Receiver<bool>>) {
     if let Some(mut has_pool) = hold {
         let _ = tokio::time::timeout(HOLD_AT_MOST, has_pool.wait_for(|has| *has)).await;
