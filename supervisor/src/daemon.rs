@@ -136,7 +136,11 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
     }
 
     let running = Running::new(running_path);
-    running.write_now();
+    // After an upgrade the file still lists the processes handed over, until their instances
+    // have taken them (a crash meanwhile must leave them findable as leftovers).
+    if installed.is_none() {
+        running.write_now();
+    }
     tokio::spawn(running.clone().run_writer());
     tokio::spawn(reaper::run());
     let logs = LogHub::new(root.logs()).context("cannot start the log capture thread")?;
