@@ -156,6 +156,9 @@ impl Opts {
     }
 }
 
+/// The heading of BENCHMARKS.md's in-place upgrade section (issue 15).
+const UPGRADE_SECTION: &str = "## In-place upgrade of the supervisor";
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let opts = Opts::new(&cli.common)?;
@@ -263,6 +266,10 @@ fn main() -> Result<()> {
         }
         if let Some(robust) = report::get_section(&old, rows::wsgi::robust::SECTION) {
             text = report::put_section(&text, rows::wsgi::robust::SECTION, robust);
+        }
+        // Written by hand from supervisor/tests/upgrade.rs (no piku-bench row yet): keep it.
+        if let Some(upgrade) = report::get_section(&old, UPGRADE_SECTION) {
+            text = report::put_section(&text, UPGRADE_SECTION, upgrade);
         }
         std::fs::write(md, text).with_context(|| format!("writing {}", md.display()))?;
         println!("wrote {}", md.display());

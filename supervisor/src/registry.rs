@@ -199,6 +199,39 @@ impl Registry {
     }
 
     /// SIGHUP: the state file is compared with what runs; no process is touched.
+    /// Freezes every app for an upgrade (`app/upgrade.rs`); every change is refused from
+    /// now on. An app that has not answered by `deadline` (a command still waiting) hands
+    /// nothing over: its processes will be the next image's leftovers.
+    pub async fn freeze(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Vec<crate::app::upgrade::FrozenApp> {
+        let asked: Vec<(String, oneshot::Receiver<crate::app::upgrade::FrozenApp>)> = {
+            let mut table = self.lock();
+            table.shutting_down = true;
+            table
+                .apps
+                .iter()
+                .map(|(name, handle)| {
+                    let (reply, frozen) = oneshot::channel();
+                    send(handle, Command::Freeze { reply });
+                    (name.clone(), frozen)
+                })
+                .collect()
+        };
+        let mut frozen = Vec::new();
+        for (name, answer) in asked {
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(app)) => frozen.push(app),
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::error!(app = %name, "not frozen in time for the upgrade; its processes will be restarted")
+                }
+            }
+        }
+        frozen
+    }
+
     pub async fn reload(&self) {
         self.ctx.store.reload().await;
     }

@@ -62,8 +62,8 @@ pub(super) struct Actor {
     /// What the current command waits for before it is answered.
     busy: Option<BoxFuture<'static, Resume>>,
     /// Changing commands that arrived while busy.
-    queue: VecDeque<Command>,
-    shutting_down: bool,
+    pub(super) queue: VecDeque<Command>,
+    pub(super) shutting_down: bool,
     /// When the memory ceiling is next checked (`ceiling.rs`).
     pub(super) ceiling_at: Option<Instant>,
     /// The front's reports of wedged instances (`wedged.rs`).
@@ -214,6 +214,7 @@ impl Actor {
             }
             Command::Shutdown { reply } => self.shutdown(reply),
             Command::Recycle { id, pid, reason } => self.recycle(id, pid, reason),
+            Command::Freeze { reply } => self.freeze(reply).await,
         }
     }
 

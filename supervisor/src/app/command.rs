@@ -60,6 +60,11 @@ pub enum Command {
         pid: u32,
         reason: &'static str,
     },
+    /// Stop acting for good and leave every process running, for an upgrade: the front stops
+    /// accepting, the instances say what they run (`upgrade.rs`).
+    Freeze {
+        reply: oneshot::Sender<super::upgrade::FrozenApp>,
+    },
 }
 
 impl Command {
@@ -84,6 +89,8 @@ impl Command {
             }
             // Asked by nobody: nothing to answer.
             Command::Recycle { .. } => {}
+            // Dropped: the daemon learns that this app hands nothing over.
+            Command::Freeze { .. } => {}
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - `switch.rs`: the zero-downtime switch of web instances, and readiness waits.
 //! - `ceiling.rs`: the memory soft mark of `PIKU_MEMORY_MAX` (`Recycle`).
 //! - `wedged.rs`: instances whose requests all time out at the front (`Recycle`).
+//! - `upgrade.rs`: freezing the app for an in-place upgrade of the daemon (`Freeze`).
 //! - `status.rs`: what `Status` shows.
 
 pub mod actor;
@@ -29,6 +30,7 @@ mod switch;
 #[cfg(test)]
 mod tests;
 mod wedged;
+pub mod upgrade;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -31,6 +31,8 @@
 //!   `logto`); the supervisor's own lines start with `[piku] `.
 
 mod capture;
+pub use capture::HandedPipe;
+pub use sink::Stream;
 mod journal;
 mod lines;
 mod pace;
@@ -301,6 +303,15 @@ impl LogHub {
         for sink in sinks {
             sink.flush().await;
         }
+    }
+
+    /// Takes every pipe back from the capture thread for the next image (upgrade): each
+    /// read end with its process, stream and unfinished line. Nothing is read from them
+    /// after this; what they hold is the next image's to read.
+    pub async fn hand_over(&self) -> Vec<HandedPipe> {
+        let (reply, handed) = tokio::sync::oneshot::channel();
+        self.inner.capture.hand_over(reply);
+        handed.await.unwrap_or_default()
     }
 
     fn app_sinks(&self, app: &str) -> Vec<LogSink> {

@@ -22,12 +22,22 @@ use self::shutdown::stopped;
 use self::slots::Slots;
 use crate::registry::Registry;
 
-/// Serves until `shutdown` turns true.
+/// The connections still open once the server stopped accepting.
+pub struct Open(Arc<Slots>);
+
+impl Open {
+    /// Waits until every connection has closed (its request answered); false after `within`.
+    pub async fn closed(&self, within: Duration) -> bool {
+        self.0.all_free(within).await
+    }
+}
+
+/// Serves until `shutdown` turns true; then returns the connections still open.
 pub async fn serve(
     listener: UnixListener,
     apps: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Open {
     let slots = Slots::new();
     let own_uid = nix::unistd::geteuid().as_raw();
     loop {
@@ -41,13 +51,13 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return Open(slots.clone()),
         };
         // Accepted first, then placed: a full table closes an idle client only for a real
         // newcomer. Until a place is free nothing more is accepted (one descriptor at most).
         let slot = tokio::select! {
             slot = slots.take() => slot,
-            () = stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return Open(slots.clone()),
         };
         let (apps, shutdown) = (apps.clone(), shutdown.clone());
         tokio::spawn(connection::serve(stream, apps, own_uid, slot, shutdown));

@@ -17,6 +17,8 @@ pub const MAX_CONNECTIONS: usize = 128;
 pub const MAX_FOLLOWERS: usize = 32;
 
 pub struct Slots {
+    /// Places in `connections`, so that [`Slots::all_free`] can take them all.
+    capacity: u32,
     connections: Arc<Semaphore>,
     followers: Arc<Semaphore>,
     table: Mutex<Table>,
@@ -49,6 +51,7 @@ impl Slots {
 
     fn with_limits(connections: usize, followers: usize) -> Arc<Slots> {
         Arc::new(Slots {
+            capacity: u32::try_from(connections).unwrap_or(u32::MAX),
             connections: Arc::new(Semaphore::new(connections)),
             followers: Arc::new(Semaphore::new(followers)),
             table: Mutex::new(Table::default()),
@@ -89,6 +92,14 @@ impl Slots {
             evicted,
             _permit: permit,
         }
+    }
+
+    /// Waits until no connection holds a place (each one's request answered); false after
+    /// `within`.
+    pub async fn all_free(&self, within: std::time::Duration) -> bool {
+        tokio::time::timeout(within, self.connections.acquire_many(self.capacity))
+            .await
+            .is_ok_and(|permits| permits.is_ok())
     }
 
     /// A follower's place, or `None` when all are taken.
