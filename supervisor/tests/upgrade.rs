@@ -44,6 +44,7 @@ fn app(root: &TestRoot) -> AppSpec {
         health_path: Some("/up".into()),
         health_deadline_ms: 10_000,
         drain_ms: 5_000,
+        ..FrontSpec::default()
     });
     spec
 }

@@ -29,8 +29,8 @@ mod status;
 mod switch;
 #[cfg(test)]
 mod tests;
-mod wedged;
 pub mod upgrade;
+mod wedged;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
