@@ -732,7 +732,7 @@ fn a_port_of_another_app_is_refused_and_not_saved() {
         let app = web_app(&server, name, name);
         let (ok, out) = server.push(&app.dir, name);
         assert!(ok, "{out}");
-        // The hook's keepalive request (a NUL byte, item 9) is git's, never shown.
+        // Nothing but text reaches the pusher.
         assert!(!out.contains('\0'), "{out:?}");
     }
     let free = std::net::TcpListener::bind("127.0.0.1:0")
@@ -778,6 +778,8 @@ fn a_release_that_never_ends_is_stopped_and_frees_the_app() {
         out.contains("release command did not finish within 2s; stopped it"),
         "{out}"
     );
+    assert!(out.contains("-----> Running release command"), "{out}");
+    assert!(!out.contains('\0'), "{out:?}");
     assert!(started.elapsed() < Duration::from_secs(30), "{out}");
     app.write("Procfile", "web: python3 -u server.py\nrelease: true\n");
     app.commit(&server, "release ends");

@@ -36,21 +36,12 @@ pub struct BuildLog {
     keep: bool,
     /// Whether the client that started the deploy has gone (its end of our stdout closed).
     client_gone: fn() -> bool,
-    /// Under `git push`: ask git for keepalives before the first bounded command.
-    keepalives: Keepalives,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Keepalives {
-    Off,
-    Wanted,
-    Asked,
 }
 
 /// Whether the reader of our stdout has gone: a pipe whose read end closed polls `POLLERR`,
-/// a socket `POLLHUP`. Under `git push`, git sends keepalives while the hook is silent (see
-/// [`BuildLog::ask_for_keepalives`]), so a vanished client kills git receive-pack and closes
-/// the pipe we write to.
+/// a socket `POLLHUP` (`piku deploy` or `run` over ssh whose client left). Under `git push`
+/// git receive-pack keeps the read end of the hook's output open even when its client has
+/// gone (its sideband thread dies, the descriptor stays), so there only the limit applies.
 fn stdout_closed() -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
@@ -72,7 +63,6 @@ impl BuildLog {
             pending: Vec::new(),
             keep: true,
             client_gone: stdout_closed,
-            keepalives: Keepalives::Off,
         }
     }
 
@@ -83,7 +73,6 @@ impl BuildLog {
             pending: Vec::new(),
             keep: false,
             client_gone: stdout_closed,
-            keepalives: Keepalives::Off,
         }
     }
 
@@ -133,7 +122,8 @@ impl BuildLog {
     }
 
     /// [`BuildLog::run`] for an app's own step (`preflight`, `release`): it gets `limit`, and
-    /// ends with the client's session. Either way its whole process group is stopped
+    /// ends when the reader of our output is seen gone ([`stdout_closed`]; not under
+    /// `git push`, see there). Either way its whole process group is stopped
     /// (SIGTERM, then SIGKILL) and the deploy fails, so the app's deploy lock is released
     /// and the next push does not hang behind it.
     pub fn run_bounded(
@@ -143,24 +133,9 @@ impl BuildLog {
         limit: Duration,
     ) -> Result<(), DeployError> {
         use std::os::unix::process::CommandExt;
-        if self.keepalives == Keepalives::Wanted {
-            self.keepalives = Keepalives::Asked;
-            print_to(&mut io::stdout().lock(), "\0");
-        }
         cmd.process_group(0);
         let status = self.run_status(&mut cmd, what, Some(limit))?;
         check_status(status, what)
-    }
-
-    /// Under `git push`: before the first bounded command ([`BuildLog::run_bounded`]), git
-    /// receive-pack is asked to send keepalives while the hook is silent (a NUL byte on the
-    /// hook's stdout, which git does not show), so that a client that went away kills it and
-    /// the command is stopped. Asked that late because the output git reads together with
-    /// the NUL is not always shown.
-    pub fn keepalives_under_git(&mut self) {
-        if self.keepalives == Keepalives::Off {
-            self.keepalives = Keepalives::Wanted;
-        }
     }
 
     fn run_status(
