@@ -41,18 +41,43 @@ pub struct BuildLog {
 /// Whether the reader of our stdout has gone: a pipe whose read end closed polls `POLLERR`,
 /// a socket `POLLHUP` (`piku deploy` or `run` over ssh whose client left). Under `git push`
 /// git receive-pack keeps the read end of the hook's output open even when its client has
-/// gone (its sideband thread dies, the descriptor stays), so there only the limit applies.
-fn stdout_closed() -> bool {
+/// gone, so the hook looks at receive-pack's own output instead ([`git_client_gone`]).
+/// Under `git push` (we are the hook): whether git receive-pack's own stdout, the pipe to
+/// the client's connection, has no reader left. The pipe is opened for writing through
+/// `/proc` (without blocking) and polled: a pipe without readers polls `POLLERR`. Anything
+/// but a pipe there is never taken for "gone".
+fn git_client_gone() -> bool {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let parent = std::os::unix::process::parent_id();
+    let path = format!("/proc/{parent}/fd/1");
+    let is_pipe = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_fifo());
+    if !is_pipe {
+        return stdout_closed();
+    }
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits())
+        .open(&path);
+    match opened {
+        Ok(pipe) => write_end_orphaned(&pipe) || stdout_closed(),
+        Err(_) => stdout_closed(),
+    }
+}
+
+/// Whether the write end `fd` of a pipe has no reader left (`POLLERR`).
+fn write_end_orphaned(fd: &impl std::os::fd::AsFd) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::AsFd;
-    let stdout = io::stdout();
-    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::empty())];
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
     match poll(&mut fds, PollTimeout::ZERO) {
         Ok(n) if n > 0 => fds[0]
             .revents()
             .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)),
         _ => false,
     }
+}
+
+fn stdout_closed() -> bool {
+    write_end_orphaned(&io::stdout())
 }
 
 impl BuildLog {
@@ -121,9 +146,14 @@ impl BuildLog {
         check_status(status, what)
     }
 
+    /// Under `git push`: the client is looked for past git receive-pack (see
+    /// [`git_client_gone`]).
+    pub fn under_git(&mut self) {
+        self.client_gone = git_client_gone;
+    }
+
     /// [`BuildLog::run`] for an app's own step (`preflight`, `release`): it gets `limit`, and
-    /// ends when the reader of our output is seen gone ([`stdout_closed`]; not under
-    /// `git push`, see there). Either way its whole process group is stopped
+    /// ends when the client is seen gone ([`stdout_closed`], [`git_client_gone`]). Either way its whole process group is stopped
     /// (SIGTERM, then SIGKILL) and the deploy fails, so the app's deploy lock is released
     /// and the next push does not hang behind it.
     pub fn run_bounded(

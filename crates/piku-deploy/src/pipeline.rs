@@ -88,6 +88,9 @@ fn step_limit(env: Option<&piku_model::EnvMap>) -> std::time::Duration {
 /// Deploys `target` as a new release of `app`.
 pub fn deploy(root: &PikuRoot, app: &AppName, target: &Target) -> Result<(), DeployError> {
     let mut log = BuildLog::pending();
+    if target.from_hook {
+        log.under_git();
+    }
     let store = Store::new(root, app);
     log.step(format!("Deploying app '{app}'"));
     let _lock = if target.from_hook {
