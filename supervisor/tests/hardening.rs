@@ -293,6 +293,7 @@ fn unknown_app_names_leave_no_state() {
         ask(&Request::Stop { app });
     }
     let grown = rss_kib(daemon.pid()).saturating_sub(before);
+    println!("3000 unknown names × (logs -f, ps, stop): the daemon grew by {grown} KiB");
     // A live-line channel per name was ~80 KiB: 3000 of them ≈ 240 MB.
     assert!(grown < 20 * 1024, "the daemon grew by {grown} KiB");
     assert!(!root.root().join("logs").join("ghost1").exists());

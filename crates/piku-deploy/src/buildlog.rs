@@ -36,32 +36,48 @@ pub struct BuildLog {
     keep: bool,
     /// Whether the client that started the deploy has gone (its end of our stdout closed).
     client_gone: fn() -> bool,
-    /// Under `git push`: ask git for keepalives before the first bounded command.
-    keepalives: Keepalives,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Keepalives {
-    Off,
-    Wanted,
-    Asked,
 }
 
 /// Whether the reader of our stdout has gone: a pipe whose read end closed polls `POLLERR`,
-/// a socket `POLLHUP`. Under `git push`, git sends keepalives while the hook is silent (see
-/// [`BuildLog::ask_for_keepalives`]), so a vanished client kills git receive-pack and closes
-/// the pipe we write to.
-fn stdout_closed() -> bool {
+/// a socket `POLLHUP` (`piku deploy` or `run` over ssh whose client left). Under `git push`
+/// git receive-pack keeps the read end of the hook's output open even when its client has
+/// gone, so the hook looks at receive-pack's own output instead ([`git_client_gone`]).
+/// Under `git push` (we are the hook): whether git receive-pack's own stdout, the pipe to
+/// the client's connection, has no reader left. The pipe is opened for writing through
+/// `/proc` (without blocking) and polled: a pipe without readers polls `POLLERR`. Anything
+/// but a pipe there is never taken for "gone".
+fn git_client_gone() -> bool {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let parent = std::os::unix::process::parent_id();
+    let path = format!("/proc/{parent}/fd/1");
+    let is_pipe = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_fifo());
+    if !is_pipe {
+        return stdout_closed();
+    }
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits())
+        .open(&path);
+    match opened {
+        Ok(pipe) => write_end_orphaned(&pipe) || stdout_closed(),
+        Err(_) => stdout_closed(),
+    }
+}
+
+/// Whether the write end `fd` of a pipe has no reader left (`POLLERR`).
+fn write_end_orphaned(fd: &impl std::os::fd::AsFd) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::AsFd;
-    let stdout = io::stdout();
-    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::empty())];
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
     match poll(&mut fds, PollTimeout::ZERO) {
         Ok(n) if n > 0 => fds[0]
             .revents()
             .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)),
         _ => false,
     }
+}
+
+fn stdout_closed() -> bool {
+    write_end_orphaned(&io::stdout())
 }
 
 impl BuildLog {
@@ -72,7 +88,6 @@ impl BuildLog {
             pending: Vec::new(),
             keep: true,
             client_gone: stdout_closed,
-            keepalives: Keepalives::Off,
         }
     }
 
@@ -83,7 +98,6 @@ impl BuildLog {
             pending: Vec::new(),
             keep: false,
             client_gone: stdout_closed,
-            keepalives: Keepalives::Off,
         }
     }
 
@@ -132,8 +146,14 @@ impl BuildLog {
         check_status(status, what)
     }
 
+    /// Under `git push`: the client is looked for past git receive-pack (see
+    /// [`git_client_gone`]).
+    pub fn under_git(&mut self) {
+        self.client_gone = git_client_gone;
+    }
+
     /// [`BuildLog::run`] for an app's own step (`preflight`, `release`): it gets `limit`, and
-    /// ends with the client's session. Either way its whole process group is stopped
+    /// ends when the client is seen gone ([`stdout_closed`], [`git_client_gone`]). Either way its whole process group is stopped
     /// (SIGTERM, then SIGKILL) and the deploy fails, so the app's deploy lock is released
     /// and the next push does not hang behind it.
     pub fn run_bounded(
@@ -143,24 +163,9 @@ impl BuildLog {
         limit: Duration,
     ) -> Result<(), DeployError> {
         use std::os::unix::process::CommandExt;
-        if self.keepalives == Keepalives::Wanted {
-            self.keepalives = Keepalives::Asked;
-            print_to(&mut io::stdout().lock(), "\0");
-        }
         cmd.process_group(0);
         let status = self.run_status(&mut cmd, what, Some(limit))?;
         check_status(status, what)
-    }
-
-    /// Under `git push`: before the first bounded command ([`BuildLog::run_bounded`]), git
-    /// receive-pack is asked to send keepalives while the hook is silent (a NUL byte on the
-    /// hook's stdout, which git does not show), so that a client that went away kills it and
-    /// the command is stopped. Asked that late because the output git reads together with
-    /// the NUL is not always shown.
-    pub fn keepalives_under_git(&mut self) {
-        if self.keepalives == Keepalives::Off {
-            self.keepalives = Keepalives::Wanted;
-        }
     }
 
     fn run_status(

@@ -88,10 +88,10 @@ fn step_limit(env: Option<&piku_model::EnvMap>) -> std::time::Duration {
 /// Deploys `target` as a new release of `app`.
 pub fn deploy(root: &PikuRoot, app: &AppName, target: &Target) -> Result<(), DeployError> {
     let mut log = BuildLog::pending();
-    let store = Store::new(root, app);
     if target.from_hook {
-        log.keepalives_under_git();
+        log.under_git();
     }
+    let store = Store::new(root, app);
     log.step(format!("Deploying app '{app}'"));
     let _lock = if target.from_hook {
         lock::acquire_in_hook(root, app, lock::held_by_parent(app), &mut log)?

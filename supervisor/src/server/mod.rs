@@ -56,7 +56,10 @@ pub async fn serve(
         // Accepted first, then placed: a full table closes an idle client only for a real
         // newcomer. Until a place is free nothing more is accepted (one descriptor at most).
         let slot = tokio::select! {
-            slot = slots.take() => slot,
+            slot = slots.take() => match slot {
+                Some(slot) => slot,
+                None => return Open(slots.clone()),
+            },
             () = stopped(&mut shutdown) => return Open(slots.clone()),
         };
         let (apps, shutdown) = (apps.clone(), shutdown.clone());

@@ -60,16 +60,13 @@ impl Slots {
 
     /// A place for a connection just accepted: at once if one is free, else the oldest idle
     /// connection is closed and its place taken; with none idle, waits for one to finish.
-    pub async fn take(self: &Arc<Self>) -> Slot {
+    /// `None` only if the semaphore was closed, which nothing does.
+    pub async fn take(self: &Arc<Self>) -> Option<Slot> {
         let permit = match self.connections.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 self.evict_oldest_idle();
-                match self.connections.clone().acquire_owned().await {
-                    Ok(permit) => permit,
-                    // Never closed: the semaphore lives as long as `self`.
-                    Err(_) => unreachable!("the connection semaphore is never closed"),
-                }
+                self.connections.clone().acquire_owned().await.ok()?
             }
         };
         let evicted = CancellationToken::new();
@@ -86,12 +83,12 @@ impl Slots {
             );
             id
         };
-        Slot {
+        Some(Slot {
             slots: self.clone(),
             id,
             evicted,
             _permit: permit,
-        }
+        })
     }
 
     /// Waits until no connection holds a place (each one's request answered); false after
@@ -152,15 +149,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_table_closes_the_connection_idle_longest_never_a_busy_one() {
         let slots = Slots::with_limits(3, 1);
-        let oldest = slots.take().await;
+        let oldest = slots.take().await.unwrap();
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
-        let busy = slots.take().await;
+        let busy = slots.take().await.unwrap();
         busy.set_idle(false);
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
-        let newer = slots.take().await;
+        let newer = slots.take().await.unwrap();
         let taking = {
             let slots = slots.clone();
-            tokio::spawn(async move { slots.take().await })
+            tokio::spawn(async move { slots.take().await.unwrap() })
         };
         tokio::task::yield_now().await;
         assert!(oldest.evicted.is_cancelled());
