@@ -306,7 +306,9 @@ fn declared_upload(port: u16, length: u64) -> Result<(u16, String), String> {
 /// The measure: 1 % of the requests wedge (their threads are held for good) in a
 /// paced load of 40 requests a second for 20 s; the others must be answered 200 within 2 s
 /// (at least 99 % of them), each wedged one gets the front's 504 at the response timeout, and
-/// the app answers normally right after.
+/// the app answers normally right after. One client sends the normal requests one after
+/// another (closed loop): while one waits for its 504 no other is sent, so the 99 % reads
+/// kinder than an open-loop load; `piku-bench robust` measures that (BENCHMARKS.md).
 #[test]
 fn one_percent_of_requests_wedging_leaves_the_others_served() {
     let piku = Piku::start_with_nginx();

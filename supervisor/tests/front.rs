@@ -688,7 +688,10 @@ fn a_leaking_web_instance_is_replaced_at_the_soft_mark_without_losing_a_request(
         Duration::from_secs(60),
         || {
             let i = daemon.instance("leaky", "web.1");
-            (i.pid != old.pid && i.state == InstanceState::Running).then_some(i)
+            // The replacement takes over the old one's history (its last exit) a moment after
+            // it joins: wait for that too, or a loaded machine reads it in between.
+            (i.pid != old.pid && i.state == InstanceState::Running && i.last_exit.is_some())
+                .then_some(i)
         },
     );
     wait_for("the old instance to stop", Duration::from_secs(20), || {
@@ -783,7 +786,10 @@ fn a_web_instance_that_stays_wedged_is_replaced_and_ps_says_why() {
         Duration::from_secs(30),
         || {
             let i = daemon.instance("stuck", "web.1");
-            (i.pid != old.pid && i.state == InstanceState::Running).then_some(i)
+            // The replacement takes over the old one's history (its last exit) a moment after
+            // it joins: wait for that too, or a loaded machine reads it in between.
+            (i.pid != old.pid && i.state == InstanceState::Running && i.last_exit.is_some())
+                .then_some(i)
         },
     );
     assert_eq!(new.last_exit.as_deref(), Some("wedged restart"), "{new:?}");
