@@ -8,13 +8,13 @@ use std::time::Duration;
 ///
 /// **Who gives up first.** The front answers before nginx does: its
 /// [`response_timeout`](Self::response_timeout) and [`body_idle_timeout`](Self::body_idle_timeout)
-/// (30 s) are below nginx's `proxy_read_timeout` / `proxy_send_timeout` (60 s by default, and
-/// piku's nginx config does not change them), so a slow instance is answered with the front's
-/// 504, logged with the instance and the path, and counted against that instance — nginx only
-/// passes the 504 on. A supervisor that raises these timeouts for an app must raise nginx's
-/// `proxy_read_timeout` above them too. The other way round for idle keep-alive connections:
-/// nginx closes its idle upstream connections after 60 s (`keepalive_timeout` of an
-/// `upstream`), so the front's [`keep_alive_timeout`](Self::keep_alive_timeout) is longer, and
+/// (30 s) are below nginx's `proxy_read_timeout` / `proxy_send_timeout` (piku's nginx config
+/// sets them 10 s past the app's response timeout, at least 60 s: piku-model's `front`), so a
+/// slow instance is answered with the front's 504, logged with the instance and the path, and
+/// counted against that instance — nginx only passes the 504 on. The other way round for idle
+/// keep-alive connections: nginx closes its idle upstream connections a second before the
+/// front's keep-alive timeout, at most after 60 s (`keepalive_timeout` of an `upstream`), so the
+/// front's [`keep_alive_timeout`](Self::keep_alive_timeout) is longer, and
 /// nginx never sends a request on a connection the front is closing at that moment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrontConfig {

@@ -86,11 +86,37 @@ where
             () = shutdown.wait() => break,
         }
     }
+    // A connection accepted a moment ago whose first request is still on its way would be
+    // closed unanswered as idle: its client sent a request and gets nothing (a front that
+    // stops, as for the supervisor's upgrade, would fail it). It gets a short while for its
+    // request to begin; once one is being handled, the shutdown lets it finish.
+    let first_request_due = Instant::now() + FIRST_REQUEST_GRACE;
+    while activity.served.load(Ordering::Relaxed) == 0
+        && activity.busy.load(Ordering::Acquire) == 0
+        && Instant::now() < first_request_due
+    {
+        tokio::select! {
+            biased;
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%err, "client connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep(FIRST_REQUEST_POLL) => {}
+        }
+    }
     connection.as_mut().graceful_shutdown();
     if let Err(err) = connection.await {
         tracing::debug!(%err, "client connection ended with an error during shutdown");
     }
 }
+
+/// At shutdown, how long a connection that has not sent its first request yet gets to start
+/// it (a client sends its request right after connecting)...
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
+/// ...looked at this often (only while a front shuts down).
+const FIRST_REQUEST_POLL: Duration = Duration::from_millis(5);
 
 /// What the watchdog decides when it wakes.
 #[derive(Debug, PartialEq, Eq)]

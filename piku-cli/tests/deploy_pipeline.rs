@@ -722,3 +722,135 @@ fn a_push_the_supervisor_cannot_take_fails_and_leaves_the_live_release_alone() {
         .collect();
     assert_eq!(statuses, ["failed", "live"]);
 }
+
+/// Issue 10 item 15: `config:set PORT=<another app's port>` is refused naming that app, and
+/// the refused value is not saved (it used to be kept while the daemon only logged an error).
+#[test]
+fn a_port_of_another_app_is_refused_and_not_saved() {
+    let server = Server::start();
+    for name in ["one", "two"] {
+        let app = web_app(&server, name, name);
+        let (ok, out) = server.push(&app.dir, name);
+        assert!(ok, "{out}");
+        // Nothing but text reaches the pusher.
+        assert!(!out.contains('\0'), "{out:?}");
+    }
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = server.piku(&["config:set", "one", &format!("PORT={free}")]);
+    assert!(out.status.success(), "{out:?}");
+    let before = std::fs::read_to_string(server.root.join("envs/two/ENV")).ok();
+    let out = server.piku(&["config:set", "two", &format!("PORT={free}"), "EXTRA=1"]);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("port {free} is already used by app one")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refused and is unchanged"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(server.root.join("envs/two/ENV")).ok(),
+        before
+    );
+}
+
+/// Issue 10 item 9: a `release:` that never ends is stopped at `PIKU_RELEASE_TIMEOUT`, the
+/// push fails saying so, and the app's lock is free for the next push.
+#[test]
+fn a_release_that_never_ends_is_stopped_and_frees_the_app() {
+    let server = Server::start();
+    let app = App::new(&server, "stuck");
+    app.write("server.py", WEB_APP)
+        .write(
+            "Procfile",
+            "web: python3 -u server.py\nrelease: sleep 1000\n",
+        )
+        .write("ENV", "PIKU_RELEASE_TIMEOUT=2\n")
+        .write("VERSION", "one");
+    app.commit(&server, "stuck release");
+    let started = std::time::Instant::now();
+    let (ok, out) = server.push(&app.dir, "stuck");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("release command did not finish within 2s; stopped it"),
+        "{out}"
+    );
+    assert!(out.contains("-----> Running release command"), "{out}");
+    assert!(!out.contains('\0'), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{out}");
+    app.write("Procfile", "web: python3 -u server.py\nrelease: true\n");
+    app.commit(&server, "release ends");
+    let (ok, out) = server.push(&app.dir, "stuck");
+    assert!(ok, "{out}");
+}
+
+/// Issue 10 item 9: when the pushing client goes away during a `release:` that never ends,
+/// the release is stopped and the app is free for the next push.
+#[test]
+fn a_release_ends_with_the_client_that_pushed() {
+    use std::io::{BufRead, BufReader};
+    let server = Server::start();
+    let app = App::new(&server, "leaver");
+    let pid_file = server.base.join("release.pid");
+    app.write("server.py", WEB_APP)
+        .write(
+            "Procfile",
+            &format!(
+                "web: python3 -u server.py\nrelease: sh -c 'echo $$ > {}; exec sleep 1000'\n",
+                pid_file.display()
+            ),
+        )
+        .write("VERSION", "one");
+    app.commit(&server, "endless release");
+    let mut cmd = Command::new("git");
+    cmd.current_dir(&app.dir)
+        .args(["push", "piku@host:leaver", "HEAD:main"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    server.env(&mut cmd);
+    let mut push = cmd.spawn().unwrap();
+    let mut stderr = BufReader::new(push.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Running release command") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the push ended early"
+        );
+    }
+    let release: i32 = wait_for(
+        || std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok(),
+        "the release's pid",
+    );
+    // The client goes away: git push and its end of the connection.
+    push.kill().unwrap();
+    push.wait().unwrap();
+    drop(stderr);
+    let gone = || {
+        let stat = std::fs::read_to_string(format!("/proc/{release}/stat")).ok();
+        stat.is_none_or(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    };
+    let started = Instant::now();
+    while !gone() && started.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !gone() {
+        // Leave nothing behind for the next test, then fail.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(release),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        panic!("the release was not stopped once its client left");
+    }
+    app.write("Procfile", "web: python3 -u server.py\nrelease: true\n");
+    app.commit(&server, "release ends");
+    let (ok, out) = server.push(&app.dir, "leaver");
+    assert!(ok, "{out}");
+}

@@ -63,6 +63,18 @@ impl Backoff {
         }
     }
 
+    /// Failed starts in a row so far (what an upgrade carries over).
+    pub fn failed_starts(&self) -> u32 {
+        self.consecutive
+    }
+
+    /// The history of `failed_starts` failed starts in a row.
+    pub fn after_failed_starts(failed_starts: u32) -> Backoff {
+        Backoff {
+            consecutive: failed_starts,
+        }
+    }
+
     /// Whether the instance should be reported as crash-looping.
     pub fn crash_looping(&self) -> bool {
         self.consecutive >= CRASH_LOOP_AFTER

@@ -1,10 +1,12 @@
 //! The daemon's life: take the lock, clean up after a killed predecessor, bring every app
-//! back, listen, tell systemd we are ready, and stop everything cleanly on SIGTERM.
+//! back, listen, tell systemd we are ready, and stop everything cleanly on SIGTERM; or, on
+//! SIGUSR2, hand everything over to the binary now at our path without stopping any app
+//! (`handover`), and, as that binary, take it over at start.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::app::Ctx;
+use crate::handover;
 use crate::instance::Processes;
 use crate::leftovers::{self, Running};
 use crate::logs::LogHub;
@@ -32,21 +35,47 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 const LEFTOVER_GRACE_CAP: Duration = Duration::from_secs(10);
 /// How long the last log lines may take to reach the disk at shutdown.
 const FLUSH_BOUND: Duration = Duration::from_secs(5);
+/// In the supervisor directory: what an upgrade leaves the next image.
+const HANDOVER_FILE: &str = "handover.json";
 
-pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
+pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
     // First of all: a SIGTERM during start-up must not kill us with apps half started (it
-    // is acted upon once the apps are restored).
+    // is acted upon once the apps are restored); nor a SIGUSR2 (its default is to exit).
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // Every app's pipes and logs are ours: take all the descriptors the system lets us.
+    match crate::fds::raise() {
+        Ok(limit) => tracing::info!("file descriptor limit {limit}"),
+        Err(e) => tracing::warn!("cannot raise the file descriptor limit: {e}"),
+    }
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    // Handled from here on (an upgrade blocked it across execve).
+    handover::accept_signals();
     let sup_dir = root.supervisor_dir();
-    for dir in [root.path().to_path_buf(), root.logs(), sup_dir.clone()] {
+    for dir in [root.path().to_path_buf(), root.logs()] {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    // One daemon per PIKU_ROOT: the lock is held for the whole life of the process.
+    // state.json and running.json hold every app's environment: owner only, whatever an
+    // older daemon made, and never a symlink planted there.
+    piku_fs::create_dir_mode(&sup_dir, piku_fs::MODE_PRIVATE_DIR)
+        .with_context(|| format!("cannot create {}", sup_dir.display()))?;
+    // Left by our previous image if this one was started by an upgrade.
+    let handover_path = sup_dir.join(HANDOVER_FILE);
+    let handover = match handover::file::take(&handover_path, std::process::id()) {
+        Ok(handover) => handover,
+        Err(e) => {
+            tracing::error!("{}; starting afresh", crate::report::chain(&e));
+            None
+        }
+    };
+    // One daemon per PIKU_ROOT: the lock is held for the whole life of the process. Opened
+    // without truncating (a second daemon must leave the first one's file alone) and never
+    // through a symlink.
     let lock_path = root.daemon_lock();
     let lock_file =
-        File::create(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
+        piku_fs::open_nofollow(&lock_path, piku_fs::OpenFor::Lock, piku_fs::MODE_PRIVATE)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         anyhow::anyhow!(
             "another piku-supervisor is running for {} ({e})",
@@ -54,10 +83,28 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         )
     })?;
     let socket = root.socket();
-    remove_stale_socket(&socket)?;
-    // Bound now, while nothing else creates files (the umask trick is process-wide);
-    // connections wait in the backlog until the apps are restored and we accept.
-    let listener = bind(&socket)?;
+    let installed = handover.map(handover::install).transpose()?;
+    let control = match &installed {
+        // Still listening: clients of the previous image wait in its backlog.
+        Some(installed) => installed.control_socket.try_clone()?,
+        None => {
+            remove_stale_socket(&socket)?;
+            // Bound now, while nothing else creates files (the umask trick is
+            // process-wide); connections wait in the backlog until the apps are restored
+            // and we accept.
+            bind(&socket)?
+        }
+    };
+    // Ours, for the next upgrade; the server accepts on a duplicate.
+    let listener = UnixListener::from_std(control.try_clone()?)?;
+    let spare_pids = installed
+        .as_ref()
+        .map(|i| i.pids.clone())
+        .unwrap_or_default();
+    let spare_slots = installed
+        .as_ref()
+        .map(|i| i.slots.clone())
+        .unwrap_or_default();
 
     reaper::become_subreaper();
     let state_path = root.state_file();
@@ -86,13 +133,13 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         .max()
         .unwrap_or(Duration::ZERO)
         .min(LEFTOVER_GRACE_CAP);
-    let killed = leftovers::kill_leftovers(&running_path, leftover_grace).await;
+    let killed = leftovers::kill_leftovers(&running_path, leftover_grace, &spare_pids).await;
     if !killed.is_empty() {
         tracing::warn!(instances = ?killed, "stopped processes left by a previous daemon");
     }
     // Then whatever they left outside their process groups.
     cgroup::init(root.path());
-    let escaped = cgroup::tree().kill_leftovers().await;
+    let escaped = cgroup::tree().kill_leftovers(&spare_slots).await;
     if escaped > 0 {
         tracing::warn!(
             instances = escaped,
@@ -101,7 +148,11 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     }
 
     let running = Running::new(running_path);
-    running.write_now();
+    // After an upgrade the file still lists the processes handed over, until their instances
+    // have taken them (a crash meanwhile must leave them findable as leftovers).
+    if installed.is_none() {
+        running.write_now();
+    }
     tokio::spawn(running.clone().run_writer());
     tokio::spawn(reaper::run());
     let logs = LogHub::new(root.logs()).context("cannot start the log capture thread")?;
@@ -116,6 +167,17 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
     });
     apps.restore(saved);
     store.save().await?;
+    if let Some(installed) = &installed {
+        // Every actor answers once it has restored its app, so every instance has claimed
+        // its process by then.
+        let _ = apps.status(None).await;
+        handover::stop_unclaimed(leftover_grace);
+        let ms = (handover::now_ns().saturating_sub(installed.signalled_at_ns)) / 1_000_000;
+        tracing::info!(
+            kept = installed.pids.len(),
+            "upgraded in place: new image serving {ms} ms after the signal"
+        );
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, apps.clone(), stop_rx));
@@ -124,12 +186,45 @@ pub async fn run(root: PikuRoot) -> anyhow::Result<()> {
         tracing::warn!("cannot notify systemd: {e}");
     }
 
-    loop {
+    let signalled_at_ns = loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break None,
+            _ = sigint.recv() => break None,
             _ = sighup.recv() => apps.reload().await,
+            _ = sigusr2.recv() => {
+                let at = handover::now_ns();
+                tracing::info!("SIGUSR2: upgrading in place to {}", exe.display());
+                match handover::check(&exe).await {
+                    Ok(()) => break Some(at),
+                    Err(e) => tracing::error!(
+                        "upgrade refused, this daemon keeps running: {}",
+                        crate::report::chain(&e)
+                    ),
+                }
+            }
         }
+    };
+    if let Some(signalled_at_ns) = signalled_at_ns {
+        // systemd ≥ 253 ends a service whose RELOADING=1 comes without MONOTONIC_USEC (so
+        // none without it); the new image's READY=1 ends the reload.
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading, now]);
+        }
+        let _ = stop_tx.send(true);
+        let connections = server.await.ok();
+        let upgrade = handover::Upgrade {
+            connections,
+            exe,
+            path: handover_path,
+            control,
+            apps,
+            logs,
+            running,
+            signalled_at_ns,
+            stop_signals: vec![sigterm, sigint],
+        };
+        // Returns only if no image could be started.
+        return upgrade.hand_over().await;
     }
 
     tracing::info!("stopping every app");
@@ -167,11 +262,12 @@ fn remove_stale_socket(socket: &Path) -> anyhow::Result<()> {
 }
 
 /// Binds the control socket, mode 0600 from the first instant (umask), not after a chmod.
-fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+fn bind(socket: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
     let old = umask(Mode::from_bits_truncate(0o077));
-    let bound = UnixListener::bind(socket);
+    let bound = std::os::unix::net::UnixListener::bind(socket);
     umask(old);
     let listener = bound.with_context(|| format!("cannot listen on {}", socket.display()))?;
+    listener.set_nonblocking(true)?;
     fs::set_permissions(socket, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot chmod {}", socket.display()))?;
     Ok(listener)

@@ -1,6 +1,6 @@
 //! How the end of a process is named, in status (`last exit`) and in the log: `exit 3`,
 //! `SIGKILL`, `SIGSEGV (core dumped)`, and the two ends the daemon or the kernel chose,
-//! [`OOM_KILLED`] and [`MEMORY_SOFT_LIMIT`].
+//! [`OOM_KILLED`], [`MEMORY_SOFT_LIMIT`] and [`WEDGED_RESTART`].
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -11,6 +11,9 @@ use nix::sys::signal::Signal;
 pub const OOM_KILLED: &str = "oom-killed";
 /// The daemon restarted it gracefully: its memory crossed the soft mark.
 pub const MEMORY_SOFT_LIMIT: &str = "memory-soft-limit restart";
+/// The daemon restarted it gracefully: its requests all timed out at the front, and went on
+/// timing out (`app/wedged.rs`).
+pub const WEDGED_RESTART: &str = "wedged restart";
 
 /// `exit 1`, `SIGKILL`, `SIGSEGV (core dumped)`.
 pub fn describe(status: &ExitStatus) -> String {

@@ -10,12 +10,18 @@
 //! recovered or scaled-up one joins without anyone asking (and nothing wakes when nothing
 //! changes).
 //!
+//! Across an upgrade (`handover`) a front's listening sockets are handed to the next image,
+//! which takes them instead of binding ([`bind_unix`], [`bind_tcp`]) and accepts on them
+//! only once the pool has a ready instance (or after [`HOLD_AT_MOST`]): meanwhile clients
+//! wait in the listen backlog instead of getting a 502.
+//!
 //! The Unix socket is `0660`: nginx must run in the daemon's group (`www-data` under the
 //! shipped systemd unit) to connect.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::select_all;
@@ -77,9 +83,35 @@ impl Listen {
     }
 }
 
+/// The glue's settings for `spec`: its timeouts and body limit; the rest stays the glue's
+/// defaults (see `FrontConfig`).
+pub fn config_of(spec: &FrontSpec) -> FrontConfig {
+    FrontConfig {
+        response_timeout: Duration::from_millis(spec.response_timeout_ms),
+        header_read_timeout: Duration::from_millis(spec.header_timeout_ms),
+        keep_alive_timeout: Duration::from_millis(spec.keepalive_timeout_ms),
+        max_request_body: spec.max_request_body,
+        ..FrontConfig::default()
+    }
+}
+
+/// The longest a front whose listeners were handed over waits for a ready instance before
+/// it accepts anyway.
+const HOLD_AT_MOST: Duration = Duration::from_secs(10);
+
+/// A front that stopped accepting for an upgrade: its listening sockets, and the serving
+/// tasks that end once the requests in flight have been answered.
+pub struct FrozenFront {
+    pub unix: Option<(PathBuf, std::os::unix::net::UnixListener)>,
+    pub tcp: Option<(String, u16, std::net::TcpListener)>,
+    pub serving: Vec<JoinHandle<()>>,
+}
+
 /// An open front: listeners bound and served, pool kept in step with the members.
 pub struct AppFront {
     app: String,
+    /// Tells fronts apart: a replaced front (new listeners or timeouts) has a new serial.
+    serial: u64,
     listen: Listen,
     front: Front,
     members: watch::Sender<Vec<Member>>,
@@ -99,6 +131,7 @@ impl AppFront {
     pub async fn open(
         app: &str,
         listen: Listen,
+        config: FrontConfig,
         members: Vec<Member>,
         previous: Option<&AppFront>,
     ) -> Result<AppFront, FrontError> {
@@ -115,9 +148,16 @@ impl AppFront {
         let reuse_unix = previous
             .filter(|p| p.listen.unix_socket == listen.unix_socket)
             .and_then(|p| p.kept_unix.as_ref());
+        let mut handed_over = false;
         let kept_unix = match (&listen.unix_socket, reuse_unix) {
             (Some(path), Some(kept)) => Some(kept.try_clone().map_err(|e| unix_error(path, e))?),
-            (Some(path), None) => Some(bind_unix(path).map_err(|e| unix_error(path, e))?),
+            (Some(path), None) => match crate::handover::take_unix(path) {
+                Some(listener) => {
+                    handed_over = true;
+                    Some(listener)
+                }
+                None => Some(bind_unix(path).map_err(|e| unix_error(path, e))?),
+            },
             (None, _) => None,
         };
         let reuse_tcp = previous
@@ -125,9 +165,13 @@ impl AppFront {
             .and_then(|p| p.kept_tcp.as_ref());
         let kept_tcp = match &listen.tcp {
             Some((bind, port)) => {
-                let bound = match reuse_tcp {
-                    Some(kept) => kept.try_clone(),
-                    None => bind_tcp(bind, *port).await,
+                let bound = match (reuse_tcp, crate::handover::take_tcp(bind, *port)) {
+                    (Some(kept), _) => kept.try_clone(),
+                    (None, Some(listener)) => {
+                        handed_over = true;
+                        Ok(listener)
+                    }
+                    (None, None) => bind_tcp(bind, *port).await,
                 };
                 match bound {
                     Ok(listener) => Some(listener),
@@ -143,33 +187,43 @@ impl AppFront {
             }
             None => None,
         };
-        let front = Front::new(FrontConfig::default());
+        let front = Front::new(config);
         // The pool first: the first request accepted must find the instances.
-        sync(&front, &members);
+        let (pool, has_pool) = watch::channel(false);
+        sync(&front, &members, &pool);
+        // Listeners of the previous image: their clients wait in the backlog until an
+        // instance is ready, rather than being answered 502.
+        let hold = handed_over.then_some(has_pool);
         let mut serving = Vec::new();
         if let (Some(kept), Some(path)) = (&kept_unix, &listen.unix_socket) {
             let listener = kept
                 .try_clone()
                 .and_then(tokio::net::UnixListener::from_std)
                 .map_err(|e| unix_error(path, e))?;
-            let front = front.clone();
-            serving.push(tokio::spawn(
-                async move { front.serve_unix(listener).await },
-            ));
+            let (front, hold) = (front.clone(), hold.clone());
+            serving.push(tokio::spawn(async move {
+                held(hold).await;
+                front.serve_unix(listener).await
+            }));
         }
         if let (Some(kept), Some((bind, port))) = (&kept_tcp, &listen.tcp) {
             let listener = kept
                 .try_clone()
                 .and_then(tokio::net::TcpListener::from_std)
                 .map_err(|e| tcp_error(bind, *port, e))?;
-            let front = front.clone();
-            serving.push(tokio::spawn(async move { front.serve_tcp(listener).await }));
+            let (front, hold) = (front.clone(), hold.clone());
+            serving.push(tokio::spawn(async move {
+                held(hold).await;
+                front.serve_tcp(listener).await
+            }));
         }
         let (members, watched) = watch::channel(members);
-        let follow = tokio::spawn(follow(front.clone(), watched));
+        let follow = tokio::spawn(follow(front.clone(), watched, pool));
         tracing::info!(app, ?listen, "front listening");
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
         Ok(AppFront {
             app: app.to_string(),
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             listen,
             front,
             members,
@@ -178,6 +232,29 @@ impl AppFront {
             kept_unix,
             kept_tcp,
         })
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// Stops accepting for an upgrade, keeping the listening sockets (and the socket file)
+    /// for the next image; requests in flight go on until the serving tasks end.
+    pub fn freeze(self) -> FrozenFront {
+        self.front.shutdown();
+        self.follow.abort();
+        let unix = self.listen.unix_socket.clone().zip(self.kept_unix);
+        let tcp = self
+            .listen
+            .tcp
+            .clone()
+            .zip(self.kept_tcp)
+            .map(|((bind, port), listener)| (bind, port, listener));
+        FrozenFront {
+            unix,
+            tcp,
+            serving: self.serving,
+        }
     }
 
     pub fn listen(&self) -> &Listen {
@@ -191,7 +268,10 @@ impl AppFront {
     /// The instances that exist now; the pool follows at once (an instance no longer listed
     /// gets no new request once this returns).
     pub fn set_members(&self, members: Vec<Member>) {
-        sync(&self.front, &members);
+        let up = up(&members);
+        if self.front.backends() != up {
+            self.front.set_backends(up);
+        }
         self.members.send_replace(members);
     }
 
@@ -229,9 +309,9 @@ impl AppFront {
     }
 }
 
-/// Makes the pool the members that are up, in member order; untouched when already so.
-fn sync(front: &Front, members: &[Member]) {
-    let up: Vec<Backend> = members
+/// The members that are up, in member order, as backends.
+fn up(members: &[Member]) -> Vec<Backend> {
+    members
         .iter()
         .filter(|m| m.state.borrow().ready())
         .map(|m| {
@@ -240,16 +320,37 @@ fn sync(front: &Front, members: &[Member]) {
                 SocketAddr::from(([127, 0, 0, 1], m.port)),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Makes the pool the members that are up, in member order; untouched when already so.
+/// `pool` says whether it has a backend.
+fn sync(front: &Front, members: &[Member], pool: &watch::Sender<bool>) {
+    let up = up(members);
+    let has_backends = !up.is_empty();
     if front.backends() != up {
         tracing::debug!(backends = ?up.iter().map(|b| &b.id).collect::<Vec<_>>(), "front pool");
         front.set_backends(up);
+    }
+    // After the pool is set: a held listener released now must find the instances.
+    pool.send_if_modified(|has| std::mem::replace(has, has_backends) != has_backends);
+}
+
+/// Returns once the pool has a backend or [`HOLD_AT_MOST`] has passed (`None`: at once), or
+/// once the front closes or freezes (its `follow` task, which owns the sender, is aborted).
+async fn held(hold: Option<watch::Receiver<bool>>) {
+    if let Some(mut has_pool) = hold {
+        let _ = tokio::time::timeout(HOLD_AT_MOST, has_pool.wait_for(|has| *has)).await;
     }
 }
 
 /// Keeps the pool in step with the members' states for the front's life: wakes when a
 /// member's actor publishes a change or the members change, never otherwise.
-async fn follow(front: Front, mut members: watch::Receiver<Vec<Member>>) {
+async fn follow(
+    front: Front,
+    mut members: watch::Receiver<Vec<Member>>,
+    pool: watch::Sender<bool>,
+) {
     loop {
         let mut states: Vec<Watch> = members
             .borrow_and_update()
@@ -259,7 +360,7 @@ async fn follow(front: Front, mut members: watch::Receiver<Vec<Member>>) {
         for state in &mut states {
             state.mark_unchanged();
         }
-        sync(&front, &members.borrow());
+        sync(&front, &members.borrow(), &pool);
         let member_changed = async {
             if states.is_empty() {
                 return std::future::pending().await;

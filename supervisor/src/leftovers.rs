@@ -7,7 +7,7 @@
 //! the process's start time (field 22 of `/proc/<pid>/stat`): a pid alone could by now name
 //! an unrelated process, a pid with the same start time cannot. Only a match is killed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -98,7 +98,8 @@ impl Running {
 
 /// Kills what a previous daemon left running (see the module doc), waiting up to `grace`
 /// after SIGTERM before SIGKILL. Returns the names of the instances that were found.
-pub async fn kill_leftovers(path: &Path, grace: Duration) -> Vec<String> {
+/// Processes in `spare` (handed over by an upgrade) are not leftovers.
+pub async fn kill_leftovers(path: &Path, grace: Duration, spare: &BTreeSet<u32>) -> Vec<String> {
     let table: BTreeMap<String, Record> = match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             tracing::warn!("ignoring unreadable {}: {e}", path.display());
@@ -108,7 +109,7 @@ pub async fn kill_leftovers(path: &Path, grace: Duration) -> Vec<String> {
     };
     let found: Vec<(String, Record)> = table
         .into_iter()
-        .filter(|(_, r)| procinfo::same_process(r.pid, r.start_ticks))
+        .filter(|(_, r)| !spare.contains(&r.pid) && procinfo::same_process(r.pid, r.start_ticks))
         .collect();
     for (name, r) in &found {
         tracing::info!(

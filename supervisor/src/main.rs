@@ -8,7 +8,9 @@ mod cgroup;
 mod cron;
 mod daemon;
 mod exit;
+mod fds;
 mod front;
+mod handover;
 mod instance;
 mod leftovers;
 mod logs;
@@ -37,10 +39,21 @@ struct Args {
     /// The piku root (default: $PIKU_ROOT, else ~/.piku).
     #[arg(long, value_name = "PATH")]
     root: Option<PathBuf>,
+    /// Print the version of the upgrade hand-over this binary speaks, and exit (a running
+    /// daemon asks its successor before handing over on SIGUSR2).
+    #[arg(long)]
+    handover_version: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.handover_version {
+        println!("{}", handover::version_line());
+        return Ok(());
+    }
+    // Where the binary is now, for an upgrade: the package replaces the file under this
+    // path, and the running image's own file may by then be gone.
+    let exe = handover::own_binary().context("cannot find this binary's path")?;
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("PIKU_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -61,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(daemon::run(root));
+    let result = runtime.block_on(daemon::run(root, exe));
     // Every app is stopped by now; don't wait on a connection task (a `logs --follow`
     // client) or a blocking log writer that has not noticed yet.
     runtime.shutdown_timeout(SHUTDOWN_LEFTOVER_TASKS);

@@ -40,6 +40,14 @@ impl Ports {
         ))
     }
 
+    /// The app other than `app` that holds `port`, if any.
+    pub fn holder_besides(&self, app: &str, port: u16) -> Option<String> {
+        self.lock()
+            .iter()
+            .find(|(name, ports)| name.as_str() != app && ports.contains(&port))
+            .map(|(name, _)| name.clone())
+    }
+
     /// The ports `app` holds from now on (ports it held and no longer lists are free again).
     pub fn hold(&self, app: &str, ports: BTreeSet<u16>) {
         let mut held = self.lock();
@@ -75,7 +83,11 @@ mod tests {
         ports.hold("a", a.clone());
         assert_eq!(ports.lock()["a"], a);
         assert_eq!(ports.lock()["b"].len(), 10);
+        let b_port = *ports.lock()["b"].first().unwrap();
+        assert_eq!(ports.holder_besides("a", b_port), Some("b".to_string()));
+        assert_eq!(ports.holder_besides("b", b_port), None);
         ports.hold("b", BTreeSet::new());
         assert!(!ports.lock().contains_key("b"));
+        assert_eq!(ports.holder_besides("a", b_port), None);
     }
 }

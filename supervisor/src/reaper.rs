@@ -45,7 +45,13 @@ impl Spawning {
     }
 }
 
-/// Call once tokio has returned the exit status of `pid`.
+/// Records `pid`, a child this image did not spawn (handed over by the image before an
+/// `execve`), as one whose status is collected by its own waiter (`handover::pidfd`).
+pub fn adopt(pid: u32) {
+    owned().insert(pid);
+}
+
+/// Call once tokio (or an adopted process's waiter) has returned the exit status of `pid`.
 pub fn disown(pid: u32) {
     owned().remove(&pid);
 }

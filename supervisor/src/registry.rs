@@ -48,10 +48,24 @@ impl Registry {
     /// saved for any app are reserved before any actor picks new ones.
     pub fn restore(self: &Arc<Self>, saved: SavedState) {
         let mut valid = BTreeMap::new();
-        for (name, app) in saved.apps {
+        for (name, mut app) in saved.apps {
+            // A state file from before the cap: the app comes back, its grace bounded.
+            let grace = &mut app.spec.settings.stop_grace_ms;
+            *grace = (*grace).min(piku_proto::MAX_STOP_GRACE_MS);
+            if let Some(front) = &mut app.spec.settings.front {
+                front.health_deadline_ms =
+                    front.health_deadline_ms.min(piku_proto::MAX_FRONT_WAIT_MS);
+                front.drain_ms = front.drain_ms.min(piku_proto::MAX_FRONT_WAIT_MS);
+            }
             match crate::validate::spec(&app.spec) {
                 Ok(()) => {
-                    let ports = app.ports.values().copied().chain(app.front_port).collect();
+                    let ports = app
+                        .ports
+                        .values()
+                        .copied()
+                        .chain(app.front_port)
+                        .chain(crate::app::pinned_port(&app.spec))
+                        .collect();
                     self.ctx.ports.hold(&name, ports);
                     valid.insert(name, app);
                 }
@@ -185,6 +199,39 @@ impl Registry {
     }
 
     /// SIGHUP: the state file is compared with what runs; no process is touched.
+    /// Freezes every app for an upgrade (`app/upgrade.rs`); every change is refused from
+    /// now on. An app that has not answered by `deadline` (a command still waiting) hands
+    /// nothing over: its processes will be the next image's leftovers.
+    pub async fn freeze(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Vec<crate::app::upgrade::FrozenApp> {
+        let asked: Vec<(String, oneshot::Receiver<crate::app::upgrade::FrozenApp>)> = {
+            let mut table = self.lock();
+            table.shutting_down = true;
+            table
+                .apps
+                .iter()
+                .map(|(name, handle)| {
+                    let (reply, frozen) = oneshot::channel();
+                    send(handle, Command::Freeze { reply });
+                    (name.clone(), frozen)
+                })
+                .collect()
+        };
+        let mut frozen = Vec::new();
+        for (name, answer) in asked {
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(app)) => frozen.push(app),
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::error!(app = %name, "not frozen in time for the upgrade; its processes will be restarted")
+                }
+            }
+        }
+        frozen
+    }
+
     pub async fn reload(&self) {
         self.ctx.store.reload().await;
     }

@@ -65,6 +65,8 @@ impl Snapshot {
             cpu_secs: self.pid.and_then(procinfo::cpu_secs),
             next_run: self.next_run.clone(),
             log_lines_dropped: dropped,
+            in_flight: None,
+            timed_out: None,
         }
     }
 }

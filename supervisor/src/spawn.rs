@@ -103,6 +103,9 @@ pub fn spawn(launch: &Launch, id: &InstanceId, cgroups: Vec<CString>) -> io::Res
     if !cgroups.is_empty() {
         join_cgroups_before_exec(&mut cmd, cgroups);
     }
+    if let Some(soft) = crate::fds::child_soft_limit() {
+        restore_fd_limit_before_exec(&mut cmd, soft);
+    }
     let spawning = crate::reaper::spawning();
     let child = cmd.spawn()?;
     let pid = child
@@ -110,6 +113,27 @@ pub fn spawn(launch: &Launch, id: &InstanceId, cgroups: Vec<CString>) -> io::Res
         .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
     spawning.own(pid);
     Ok(Spawned { child, pid })
+}
+
+/// Gives the child the soft file descriptor limit the daemon was started with: programs that
+/// size tables by it or close every descriptor up to it at start must not see the raised one.
+fn restore_fd_limit_before_exec(cmd: &mut Command, soft: u64) {
+    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
+    // allowed; getrlimit and setrlimit are plain system calls on a stack value, and nothing
+    // is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                limit.rlim_cur = soft.min(limit.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Makes the child write itself ("0") into each `cgroup.procs` file between fork and exec,

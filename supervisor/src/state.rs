@@ -119,6 +119,15 @@ impl Store {
         }
     }
 
+    /// How many instances the apps other than `app` run (stopped apps run none).
+    pub fn instances_except(&self, app: &str) -> u64 {
+        self.lock()
+            .iter()
+            .filter(|(name, saved)| name.as_str() != app && !saved.stopped)
+            .map(|(_, saved)| crate::validate::instances(&saved.spec))
+            .sum()
+    }
+
     /// The longest stop grace of any app: bounds a shutdown.
     pub fn max_grace(&self) -> Duration {
         self.lock()

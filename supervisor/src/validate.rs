@@ -16,6 +16,20 @@ pub fn app_name(name: &str) -> Result<AppName, String> {
     name.parse::<AppName>().map_err(|e| e.to_string())
 }
 
+/// How many instances `spec` runs (cron entries at most one each).
+pub fn instances(spec: &AppSpec) -> u64 {
+    spec.processes
+        .iter()
+        .map(|p| {
+            let cron = matches!(p.role, Role::Cron { .. });
+            u64::from(piku_model::running_count(p.count, cron))
+        })
+        .sum()
+}
+
+/// The longest front timeout taken (an hour, as `PIKU_RESPONSE_TIMEOUT`'s ceiling).
+const MAX_FRONT_TIMEOUT_MS: u64 = 3_600_000;
+
 /// Checks a whole spec; the error lists every problem found.
 pub fn spec(spec: &AppSpec) -> Result<(), String> {
     let mut problems = Vec::new();
@@ -62,6 +76,29 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
             problems.push(format!("cron entry {}: {e}", p.kind));
         }
     }
+    if let Err(e) = piku_model::check_app_total(instances(spec)) {
+        problems.push(e.to_string());
+    }
+    if spec.settings.stop_grace_ms > piku_proto::MAX_STOP_GRACE_MS {
+        problems.push(format!(
+            "stop_grace_ms {} is more than {} (5 minutes)",
+            spec.settings.stop_grace_ms,
+            piku_proto::MAX_STOP_GRACE_MS
+        ));
+    }
+    if let Some(front) = &spec.settings.front {
+        for (name, ms) in [
+            ("health_deadline_ms", front.health_deadline_ms),
+            ("drain_ms", front.drain_ms),
+        ] {
+            if ms > piku_proto::MAX_FRONT_WAIT_MS {
+                problems.push(format!(
+                    "{name} {ms} is more than {} (1 hour)",
+                    piku_proto::MAX_FRONT_WAIT_MS
+                ));
+            }
+        }
+    }
     if spec.settings.log_max_bytes == 0 {
         problems.push("log_max_bytes must be above 0".to_string());
     }
@@ -86,6 +123,18 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
     }
     if limits.tasks_max == Some(0) {
         problems.push("tasks_max must be at least 1".to_string());
+    }
+    if let Some(front) = &spec.settings.front {
+        for (name, ms) in [
+            ("response_timeout_ms", front.response_timeout_ms),
+            ("header_timeout_ms", front.header_timeout_ms),
+            ("keepalive_timeout_ms", front.keepalive_timeout_ms),
+        ] {
+            // A zero timeout would cut every request; an hour is the settings' ceiling.
+            if !(1..=MAX_FRONT_TIMEOUT_MS).contains(&ms) {
+                problems.push(format!("{name} must be from 1 to {MAX_FRONT_TIMEOUT_MS}"));
+            }
+        }
     }
     if problems.is_empty() {
         Ok(())
@@ -128,6 +177,14 @@ mod tests {
     #[test]
     fn a_good_spec_passes() {
         spec(&good()).unwrap();
+        let mut fronted = good();
+        fronted.settings.front = Some(piku_proto::FrontSpec::default());
+        spec(&fronted).unwrap();
+        if let Some(front) = fronted.settings.front.as_mut() {
+            front.response_timeout_ms = 0;
+        }
+        let err = spec(&fronted).unwrap_err();
+        assert!(err.contains("response_timeout_ms must be from 1"), "{err}");
     }
 
     #[test]
@@ -171,5 +228,24 @@ mod tests {
         spec(&s).unwrap();
         s.processes[0].count = piku_model::MAX_INSTANCES_PER_KIND + 1;
         assert!(spec(&s).unwrap_err().contains("web=257"));
+    }
+
+    /// Issue 10: waits that must end (a stop, a switch) are bounded.
+    #[test]
+    fn endless_waits_are_refused() {
+        let mut s = good();
+        s.settings.stop_grace_ms = u64::MAX;
+        s.settings.front = Some(piku_proto::FrontSpec {
+            drain_ms: 3_600_001,
+            health_deadline_ms: 3_600_000,
+            ..piku_proto::FrontSpec::default()
+        });
+        let e = spec(&s).unwrap_err();
+        assert!(e.contains("stop_grace_ms"), "{e}");
+        assert!(
+            e.contains("drain_ms 3600001 is more than 3600000 (1 hour)"),
+            "{e}"
+        );
+        assert!(!e.contains("health_deadline_ms"), "{e}");
     }
 }

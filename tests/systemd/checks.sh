@@ -428,15 +428,21 @@ check_reload_by_sudo() {
 
 # --- the package's life -----------------------------------------------------------------------
 
+# Issue 15: the package's upgrade reloads the supervisor, which re-executes itself on the new
+# binary (same MainPID) and keeps every app process (same pids).
 check_upgrade() {
-    local before out
+    local before out apps_before
     before=$(host_root systemctl show -P MainPID piku-supervisor.service)
+    apps_before=$( (running blog web; running flask wsgi; running flask worker) | sort)
     out=$(host_root bash -c "cd $E2E && apt install -y ./$(basename "$E2E_DEB_NEXT") 2>&1")
     echo "$out" | tail -n 5
     expect_in "$(host_root dpkg-query -W -f '${Version}' piku)" "$E2E_VERSION_NEXT" "the installed version"
-    [ "$(host_root systemctl show -P MainPID piku-supervisor.service)" != "$before" ] ||
-        fail "the supervisor was not restarted on the new binary"
+    eventually 30 "the supervisor upgraded in place" journal_has "upgraded in place" -u piku-supervisor.service
+    [ "$(host_root systemctl show -P MainPID piku-supervisor.service)" = "$before" ] ||
+        fail "the supervisor was restarted instead of upgraded in place"
     apps_back
+    [ "$( (running blog web; running flask wsgi; running flask worker) | sort)" = "$apps_before" ] ||
+        fail "app processes were restarted by the upgrade"
 }
 
 check_remove() {

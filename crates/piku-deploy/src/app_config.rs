@@ -86,7 +86,7 @@ fn read_literal(path: &Path) -> Result<Option<EnvMap>, DeployError> {
 }
 
 fn write(root: &PikuRoot, app: &AppName, path: &Path, text: &str) -> Result<(), DeployError> {
-    files::create_dir(&root.env_dir(app))?;
+    files::create_private_dir(&root.env_dir(app))?;
     files::write(path, text.as_bytes(), piku_fs::MODE_PRIVATE)
 }
 
@@ -115,6 +115,27 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(root.env_dir(&app))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn an_env_dir_left_open_by_an_older_piku_is_closed_to_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = PikuRoot::new(dir.path());
+        let app: AppName = "blog".parse().unwrap();
+        std::fs::create_dir_all(root.env_dir(&app)).unwrap();
+        std::fs::set_permissions(root.env_dir(&app), PermissionsExt::from_mode(0o755)).unwrap();
+        write_scaling(&root, &app, &BTreeMap::from([("web".into(), 1)])).unwrap();
+        let mode = std::fs::metadata(root.env_dir(&app))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]

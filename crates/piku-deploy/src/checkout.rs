@@ -51,24 +51,21 @@ fn output(mut cmd: Command, what: &str) -> Result<String, DeployError> {
 
 /// The text of `name` in the checkout `src`, or `None` when the commit has no such file.
 pub fn read_file(src: &Path, name: &str) -> Result<Option<String>, DeployError> {
-    files::read_optional(&repo_file(src, name))
+    let Some(bytes) = read_bytes(src, name)? else {
+        return Ok(None);
+    };
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| DeployError::refused(format!("'{name}' in this commit is not UTF-8 text")))
 }
 
 /// The bytes of `name` in the checkout `src` (a dependency manifest need not be UTF-8), or
 /// `None` when the commit has no such file.
 pub fn read_bytes(src: &Path, name: &str) -> Result<Option<Vec<u8>>, DeployError> {
-    let path = repo_file(src, name);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).cannot("read", &path),
-    }
-}
-
-/// Where the repo file `name` is in the checkout: the one door through which the deploy reads
-/// the repo's files (the place to accept only regular files inside the checkout).
-fn repo_file(src: &Path, name: &str) -> std::path::PathBuf {
-    src.join(name)
+    // The one door through which the deploy reads the repo's files: only regular files
+    // inside the checkout, symlinks resolved (a committed link to another app's ENV or to
+    // /etc/passwd is refused without a word of its content).
+    piku_fs::read_inside(src, Path::new(name)).cannot("read", &src.join(name))
 }
 
 /// The checkout's Procfile, its warnings printed. A missing Procfile is a one-line error; a
@@ -320,5 +317,23 @@ mod tests {
             std::fs::read_to_string(dest.join("vendor/lib/lib.txt")).unwrap(),
             "old\n"
         );
+    }
+
+    /// Issue 10 item 13: a committed symlink to a file outside the checkout (another app's
+    /// ENV, `authorized_keys`) is refused, and its content appears nowhere in the error.
+    #[test]
+    fn repo_files_that_lead_outside_the_checkout_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let secret = dir.path().join("other-ENV");
+        std::fs::write(&secret, "ssh-ed25519 AAAAsecret\n").unwrap();
+        std::os::unix::fs::symlink(&secret, src.join("Procfile")).unwrap();
+        std::os::unix::fs::symlink(&secret, src.join("ENV")).unwrap();
+        let mut log = BuildLog::terminal_only();
+        let err = read_procfile(&src, &mut log).unwrap_err().to_string();
+        assert!(err.contains("leads outside the checkout"), "{err}");
+        assert!(!err.contains("AAAAsecret"), "{err}");
+        assert!(read_file(&src, "ENV").is_err());
     }
 }

@@ -21,6 +21,9 @@ pub enum DeployError {
     /// A refusal, or a state the user has to act on, as a complete sentence.
     #[error("{0}")]
     Refused(String),
+    /// The app's settings take what another app has (a host name, a cache directory).
+    #[error("{0}")]
+    Conflict(String),
     /// An operation on a file or a program failed: `doing` says which (`cannot create '/x'`,
     /// `pip install: cannot start 'pip'`), `error` why.
     #[error("{doing}: {error}")]
@@ -80,6 +83,22 @@ impl DeployError {
     /// Shorthand for [`DeployError::Refused`].
     pub fn refused(sentence: impl fmt::Display) -> DeployError {
         DeployError::Refused(sentence.to_string())
+    }
+
+    /// Whether the change itself was refused (bad settings, nginx's or the supervisor's
+    /// refusal), as opposed to a failure to carry it out (daemon down, disk error): a
+    /// refused `config:set` is undone, one that could not be applied is kept.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            DeployError::Conflict(_)
+            | DeployError::Env { .. }
+            | DeployError::Scaling { .. }
+            | DeployError::NginxSettings(_)
+            | DeployError::Nginx(_)
+            | DeployError::Supervisor(ProtoError::Refused(_)) => true,
+            DeployError::Context { error, .. } => error.is_refusal(),
+            _ => false,
+        }
     }
 
     /// One line per problem: several when a file or the app's settings had several problems

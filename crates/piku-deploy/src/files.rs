@@ -26,6 +26,12 @@ pub fn create_dir(dir: &Path) -> Result<(), DeployError> {
     std::fs::create_dir_all(dir).cannot("create", dir)
 }
 
+/// Creates `dir` (parents as needed) as a private directory, 0700 even if it existed; a
+/// symlink in its place is an error (see [`piku_fs::create_dir_mode`]).
+pub fn create_private_dir(dir: &Path) -> Result<(), DeployError> {
+    piku_fs::create_dir_mode(dir, piku_fs::MODE_PRIVATE_DIR).cannot("create", dir)
+}
+
 /// Removes a directory tree; one that is already gone is fine.
 pub fn remove_dir(dir: &Path) -> Result<(), DeployError> {
     match std::fs::remove_dir_all(dir) {

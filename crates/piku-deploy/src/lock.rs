@@ -9,7 +9,7 @@
 //! would then be refused because the other push moved the branch. The hook learns that its
 //! parent holds the lock from [`HELD_VAR`] and does not wait on it (which would deadlock).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -61,11 +61,7 @@ fn open(path: &Path) -> Result<File, DeployError> {
     if let Some(dir) = path.parent() {
         files::create_dir(dir)?;
     }
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
+    piku_fs::open_nofollow(path, piku_fs::OpenFor::Lock, piku_fs::MODE_PRIVATE)
         .cannot("open lock file", path)
 }
 

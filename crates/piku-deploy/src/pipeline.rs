@@ -67,9 +67,30 @@ fn default_branch(root: &PikuRoot, app: &AppName) -> Result<String, DeployError>
         .ok_or_else(|| DeployError::refused(format!("app '{app}' has nothing pushed yet")))
 }
 
+/// How long `preflight` and `release` may run when `PIKU_RELEASE_TIMEOUT` is unset.
+const DEFAULT_STEP_LIMIT_SECS: u64 = 1800;
+
+/// The limit of an app's own build step: `PIKU_RELEASE_TIMEOUT` seconds from `env` (the
+/// release's; `preflight` runs before it is known and gets the default).
+fn step_limit(env: Option<&piku_model::EnvMap>) -> std::time::Duration {
+    let secs = match env {
+        Some(env) => crate::settings::number(
+            env,
+            "PIKU_RELEASE_TIMEOUT",
+            DEFAULT_STEP_LIMIT_SECS,
+            &mut Vec::new(),
+        ),
+        None => DEFAULT_STEP_LIMIT_SECS,
+    };
+    std::time::Duration::from_secs(secs.max(1))
+}
+
 /// Deploys `target` as a new release of `app`.
 pub fn deploy(root: &PikuRoot, app: &AppName, target: &Target) -> Result<(), DeployError> {
     let mut log = BuildLog::pending();
+    if target.from_hook {
+        log.under_git();
+    }
     let store = Store::new(root, app);
     log.step(format!("Deploying app '{app}'"));
     let _lock = if target.from_hook {
@@ -88,9 +109,11 @@ pub fn deploy(root: &PikuRoot, app: &AppName, target: &Target) -> Result<(), Dep
         )));
     }
     let commit = checkout::resolve_commit(&repo, &target.rev)?;
-    for dir in [root.data_dir(app), root.log_dir(app), root.env_dir(app)] {
+    for dir in [root.data_dir(app), root.log_dir(app)] {
         files::create_dir(&dir)?;
     }
+    // The app's secrets (ENV, LIVE_ENV) live here: owner only, whatever an older piku made.
+    files::create_private_dir(&root.env_dir(app))?;
     mark_interrupted(&store);
 
     let id = store.next_id()?;
@@ -162,7 +185,7 @@ fn build_and_activate(
             .arg(&preflight.command)
             .env_clear()
             .current_dir(&src);
-        log.run(cmd, "preflight command")?;
+        log.run_bounded(cmd, "preflight command", step_limit(None))?;
     }
 
     let repo_env = read_file(&src, "ENV")?;
@@ -221,7 +244,11 @@ fn build_and_activate(
             .env_clear()
             .envs(&activation.spec.env)
             .current_dir(&src);
-        log.run(cmd, "release command")?;
+        log.run_bounded(
+            cmd,
+            "release command",
+            step_limit(Some(&activation.spec.env)),
+        )?;
     }
     activation.apply(root, app, log)?;
     store.make_live(&id)?;

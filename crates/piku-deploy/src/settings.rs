@@ -48,7 +48,18 @@ pub fn app_settings(env: &EnvMap, warnings: &mut Vec<String>) -> AppSettings {
         defaults.stop_grace_ms as f64 / 1000.0,
         warnings,
     );
+    let max_secs = piku_proto::MAX_STOP_GRACE_MS as f64 / 1000.0;
+    let grace_secs = if grace_secs > max_secs {
+        let text = env.get("PIKU_STOP_GRACE").map_or("", |t| t.trim());
+        warnings.push(format!(
+            "Warning: PIKU_STOP_GRACE={text} is more than {max_secs} s, using {max_secs}"
+        ));
+        max_secs
+    } else {
+        grace_secs
+    };
     AppSettings {
+        // `as` saturates and maps NaN to 0; the value is at most MAX_STOP_GRACE_MS here.
         stop_grace_ms: (grace_secs.max(0.0) * 1000.0) as u64,
         log_max_bytes: number(env, "UWSGI_LOG_MAXSIZE", defaults.log_max_bytes, warnings),
         log_backups: defaults.log_backups,
@@ -92,6 +103,24 @@ mod tests {
         assert_eq!(keep_releases(&EnvMap::new(), &mut warnings), 5);
         assert!(is_true(Some(&"Yes".to_owned())));
         assert!(!is_true(Some(&"0".to_owned())));
+    }
+
+    #[test]
+    fn a_stop_grace_beyond_five_minutes_is_capped_with_a_warning() {
+        for huge in ["1e30", "inf", "301"] {
+            let env = EnvMap::from([("PIKU_STOP_GRACE".into(), huge.into())]);
+            let mut warnings = Vec::new();
+            let s = app_settings(&env, &mut warnings);
+            assert_eq!(s.stop_grace_ms, 300_000, "{huge}");
+            assert_eq!(warnings.len(), 1, "{huge}");
+            assert_eq!(
+                warnings[0],
+                format!("Warning: PIKU_STOP_GRACE={huge} is more than 300 s, using 300")
+            );
+        }
+        let env = EnvMap::from([("PIKU_STOP_GRACE".into(), "NaN".into())]);
+        let mut warnings = Vec::new();
+        assert_eq!(app_settings(&env, &mut warnings).stop_grace_ms, 0);
     }
 
     #[test]

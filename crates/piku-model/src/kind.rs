@@ -11,6 +11,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const MAX_KIND_LEN: usize = 64;
 /// Most instances of one kind: a typo (`web=1000`) must not fork-bomb the host.
 pub const MAX_INSTANCES_PER_KIND: u32 = 256;
+/// The most instances one app may run in all its kinds: a Procfile of many kinds must not
+/// take the daemon's file descriptors and processes from every other app.
+pub const MAX_INSTANCES_PER_APP: u32 = 512;
 /// A cron entry is one scheduled command; a second copy would only run it twice.
 pub const MAX_CRON_INSTANCES: u32 = 1;
 
@@ -50,6 +53,14 @@ pub fn check_count(kind: &str, count: u32, cron: bool) -> Result<(), KindError> 
     Ok(())
 }
 
+/// Whether an app may run `total` instances in all (see [`MAX_INSTANCES_PER_APP`]).
+pub fn check_app_total(total: u64) -> Result<(), KindError> {
+    if total > u64::from(MAX_INSTANCES_PER_APP) {
+        return Err(KindError::AppTotal { total });
+    }
+    Ok(())
+}
+
 /// How many instances a formation count starts: cron entries at most one (an old state file
 /// may hold more; `0` disables the entry).
 pub fn running_count(count: u32, cron: bool) -> u32 {
@@ -66,6 +77,8 @@ pub enum KindError {
     Name(String),
     #[error("{kind}={count} is more than the {MAX_INSTANCES_PER_KIND} instances a kind may have")]
     Count { kind: String, count: u32 },
+    #[error("{total} instances in all is more than the {MAX_INSTANCES_PER_APP} an app may have")]
+    AppTotal { total: u64 },
     #[error("cron entry {kind} can run at most {MAX_CRON_INSTANCES} instance, not {count}")]
     CronCount { kind: String, count: u32 },
     #[error("invalid instance name {0:?}: expected <kind>.<number>, e.g. web.1")]
@@ -160,6 +173,11 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "web=257 is more than the 256 instances a kind may have"
+        );
+        assert!(check_app_total(u64::from(MAX_INSTANCES_PER_APP)).is_ok());
+        assert_eq!(
+            check_app_total(3000).unwrap_err().to_string(),
+            "3000 instances in all is more than the 512 an app may have"
         );
         assert!(check_count("cron1", 1, true).is_ok());
         assert!(check_count("cron1", 0, true).is_ok());

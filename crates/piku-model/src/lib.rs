@@ -7,6 +7,8 @@
 //! - [`scaling`]: `SCALING` files and `ps:scale` arguments ([`parse_scaling`]).
 //! - [`kind`]: process kind names, instance caps and [`InstanceId`] (`web.1`).
 //! - [`cron`]: cron schedules for `cron*` Procfile kinds ([`CronSchedule`]).
+//! - [`front`]: the HTTP path's timeouts and body limit (`PIKU_RESPONSE_TIMEOUT`, …)
+//!   ([`FrontSettings`]).
 //! - [`limits`]: per-instance resource limits (`PIKU_MEMORY_MAX`, …) ([`Limits`]).
 //! - [`problems`]: [`Problems`], every problem of one input at once.
 //!
@@ -19,6 +21,7 @@
 pub mod app_name;
 pub mod cron;
 pub mod env;
+pub mod front;
 pub mod kind;
 pub mod limits;
 pub mod paths;
@@ -32,9 +35,10 @@ pub use env::{
     EnvError, EnvErrors, EnvKeyError, check_env_key, expand_vars, parse_env, parse_env_literal,
     render_env,
 };
+pub use front::{FrontSettingError, FrontSettings};
 pub use kind::{
-    InstanceId, KindError, MAX_INSTANCES_PER_KIND, MAX_KIND_LEN, check_count, check_kind,
-    is_valid_kind, running_count,
+    InstanceId, KindError, MAX_INSTANCES_PER_APP, MAX_INSTANCES_PER_KIND, MAX_KIND_LEN,
+    check_app_total, check_count, check_kind, is_valid_kind, running_count,
 };
 pub use limits::{LimitError, Limits};
 pub use paths::{ModelError, PikuRoot};

@@ -161,7 +161,9 @@ pub async fn issue_certificate(
         }
         let key_auth = challenge.key_authorization().as_str().to_owned();
         let path = webroot.join(&token);
-        std::fs::write(&path, &key_auth).map_err(NginxError::io(&path))?;
+        // Public (nginx serves it), and never written through a planted symlink.
+        piku_fs::write_atomic(&path, key_auth.as_bytes(), piku_fs::MODE_PUBLIC)
+            .map_err(NginxError::io(&path))?;
         files.0.push(path);
         let host = challenge.identifier().to_string();
         self_check(

@@ -31,10 +31,10 @@
 //!   deferred only when the reload mode runs that test as another user; otherwise nginx runs
 //!   as piku too, and the refusal stands.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::NginxError;
 use crate::install::nginx_problem;
@@ -177,27 +177,27 @@ fn isolation() -> Isolation {
     })
 }
 
-/// A private directory for one `nginx -t` run (prefix, main config, temp paths), removed on drop.
+/// A private directory for one `nginx -t` run (prefix, main config, temp paths), removed on
+/// drop. Its name is random and it is created with `O_EXCL` semantics, mode 0700: another
+/// local user can neither predict it (and block the check by creating it first) nor read or
+/// swap what is in it.
 struct CheckDir {
     path: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl CheckDir {
     fn create() -> Result<CheckDir, NginxError> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("piku-nginx-check-{}-{n}", std::process::id()));
-        // A leftover from a crashed run with a recycled pid is ours to replace.
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir(&path).map_err(NginxError::io(&path))?;
-        Ok(CheckDir { path })
-    }
-}
-
-impl Drop for CheckDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        let temp = std::env::temp_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("piku-nginx-check-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(&temp)
+            .map_err(NginxError::io(&temp))?;
+        Ok(CheckDir {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        })
     }
 }
 
@@ -222,6 +222,25 @@ mod tests {
         crate::NginxCommand::new(NGINX, crate::ReloadMode::None)
             .features()
             .unwrap()
+    }
+
+    /// Issue 10 item 5: the directory is private and not predictable, so a local user who
+    /// pre-creates `/tmp/piku-nginx-check-<pid>-0`… blocks nothing.
+    #[test]
+    fn the_check_directory_is_private_and_unpredictable() {
+        let planted =
+            std::env::temp_dir().join(format!("piku-nginx-check-{}-0", std::process::id()));
+        let _ = std::fs::create_dir(&planted);
+        let one = CheckDir::create().unwrap();
+        let two = CheckDir::create().unwrap();
+        assert_ne!(one.path, two.path);
+        assert_ne!(one.path, planted);
+        let mode = std::fs::metadata(&one.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o700);
+        let path = one.path.clone();
+        drop(one);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir(&planted);
     }
 
     #[test]

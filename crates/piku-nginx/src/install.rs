@@ -372,7 +372,10 @@ pub fn install(
     }
     // `.conf.new` does not match the main config's `*.conf` include: never live by accident.
     let new = dir.join(format!("{app}.conf.new"));
-    std::fs::write(&new, conf_text).map_err(NginxError::io(&new))?;
+    // Replaced, never written through: a symlink planted at `.conf.new` must not make us
+    // write outside PIKU_ROOT.
+    piku_fs::write_atomic(&new, conf_text.as_bytes(), piku_fs::MODE_PUBLIC)
+        .map_err(NginxError::io(&new))?;
     if let Err(e) = nginx.check(&new) {
         let _ = std::fs::remove_file(&new);
         return Err(e);
@@ -413,11 +416,8 @@ fn names_file(message: &str, file: &Path) -> bool {
 /// previous configuration (it refused the new one), so nothing needs reloading.
 fn put_back(live: &Path, previous: Option<&str>) -> Result<(), NginxError> {
     match previous {
-        Some(text) => {
-            let tmp = live.with_extension("conf.old");
-            std::fs::write(&tmp, text).map_err(NginxError::io(&tmp))?;
-            std::fs::rename(&tmp, live).map_err(NginxError::io(live))
-        }
+        Some(text) => piku_fs::write_atomic(live, text.as_bytes(), piku_fs::MODE_PUBLIC)
+            .map_err(NginxError::io(live)),
         None => std::fs::remove_file(live).map_err(NginxError::io(live)),
     }
 }
@@ -617,5 +617,36 @@ mod tests {
         assert_eq!(removed, [conf_path(&root, &app), key_path(&root, &app)]);
         assert!(root.nginx().join("blog2.conf").exists());
         assert!(remove(&app, &root).unwrap().is_empty());
+    }
+
+    /// Issue 10 item 10: a symlink planted at `<app>.conf.new` is replaced, never written
+    /// through (it pointed at `authorized_keys`).
+    #[test]
+    fn a_symlink_at_conf_new_is_never_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = PikuRoot::new(tmp.path().join("piku"));
+        let app: AppName = "blog".parse().unwrap();
+        std::fs::create_dir_all(root.nginx()).unwrap();
+        let victim = tmp.path().join("authorized_keys");
+        std::fs::write(&victim, "ssh-ed25519 AAAA keep\n").unwrap();
+        std::os::unix::fs::symlink(&victim, root.nginx().join("blog.conf.new")).unwrap();
+        let nginx = NginxCommand::new("/usr/sbin/nginx", ReloadMode::None);
+        let conf = "server {\n  listen 127.0.0.1:8999;\n  return 204;\n}\n";
+        install(&app, &root, conf, &nginx).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "ssh-ed25519 AAAA keep\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(conf_path(&root, &app)).unwrap(),
+            conf
+        );
+        // The previous config goes back the same way.
+        std::os::unix::fs::symlink(&victim, root.nginx().join("blog.conf.old")).unwrap();
+        put_back(&conf_path(&root, &app), Some("server {}\n")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "ssh-ed25519 AAAA keep\n"
+        );
     }
 }

@@ -64,9 +64,19 @@ pub fn render(settings: &NginxSettings) -> String {
         );
         let _ = writeln!(
             out,
-            "upstream {id} {{\n  server unix:{};\n  keepalive 16;\n}}",
+            "upstream {id} {{\n  server unix:{};\n  keepalive 16;",
             settings.socket_path().display()
         );
+        // Below the front's keep-alive timeout, so nginx closes an idle connection first and
+        // never sends a request on one the front is closing (`upstream` takes it since 1.15.3).
+        if settings.features.version.is_some_and(|v| v >= (1, 15, 3)) {
+            let _ = writeln!(
+                out,
+                "  keepalive_timeout {}s;",
+                settings.front.nginx_upstream_keepalive_secs()
+            );
+        }
+        out.push_str("}\n");
     }
 
     let names = settings.server_names.join(" ");
@@ -238,6 +248,14 @@ fn proxy_directives(out: &mut String, s: &NginxSettings, id: &str) {
     let _ = writeln!(out, "    proxy_set_header X-Remote-Address {remote};");
     out.push_str("    proxy_set_header X-Forwarded-Port $server_port;\n");
     out.push_str("    proxy_set_header X-Request-Start $msec;\n");
+    // nginx outwaits the front, whose 504 names the instance and the path (piku-model's
+    // `front` module says why).
+    let wait = s.front.nginx_proxy_timeout_secs();
+    let _ = writeln!(out, "    proxy_read_timeout {wait}s;");
+    let _ = writeln!(out, "    proxy_send_timeout {wait}s;");
+    if let Some(bytes) = s.front.client_max_body_size {
+        let _ = writeln!(out, "    client_max_body_size {bytes};");
+    }
 }
 
 #[cfg(test)]
@@ -315,6 +333,67 @@ mod tests {
         assert_ne!(conf_id(&a), conf_id(&c));
         assert_eq!(conf_id(&a), conf_id(&a.clone()));
         assert!(conf_id(&a).starts_with("piku_") && conf_id(&a).len() == 21);
+    }
+
+    #[test]
+    fn nginx_outwaits_the_front_and_takes_the_body_limit() {
+        let conf = render(&settings(&[]));
+        assert!(has(&conf, "proxy_read_timeout 60s;"), "{conf}");
+        assert!(has(&conf, "proxy_send_timeout 60s;"));
+        assert!(!conf.contains("client_max_body_size"));
+        // Unknown nginx version: no upstream keepalive_timeout (older than 1.15.3 refuse it).
+        assert!(!conf.contains("keepalive_timeout"));
+
+        let mut s = settings(&[
+            ("PIKU_RESPONSE_TIMEOUT", "300"),
+            ("PIKU_KEEPALIVE_TIMEOUT", "30"),
+            ("NGINX_CLIENT_MAX_BODY_SIZE", "100m"),
+        ]);
+        s.features.version = Some((1, 22, 1));
+        s.cache = Some(crate::settings::CacheSettings {
+            prefixes: vec!["assets".into()],
+            path: "/r/cache/blog".into(),
+            size_gb: 1,
+            time_content: 3600,
+            time_redirects: 3600,
+            time_any: 3600,
+            time_control: 3600,
+            time_expiry: 86400,
+        });
+        let conf = render(&s);
+        // Both proxied locations (the cached one and `/`) get every directive.
+        assert_eq!(
+            conf.matches("proxy_read_timeout 310s;").count(),
+            2,
+            "{conf}"
+        );
+        assert_eq!(conf.matches("proxy_send_timeout 310s;").count(), 2);
+        assert_eq!(conf.matches("client_max_body_size 104857600;").count(), 2);
+        let upstream = &conf[conf.find("upstream").unwrap()..];
+        let upstream = &upstream[..upstream.find('}').unwrap()];
+        assert!(upstream.contains("keepalive_timeout 29s;"), "{upstream}");
+        assert_eq!(conf.matches('{').count(), conf.matches('}').count());
+    }
+
+    #[test]
+    fn bad_front_settings_are_refused_by_name() {
+        let env: EnvMap = [
+            ("NGINX_SERVER_NAME", "a.example"),
+            ("PIKU_RESPONSE_TIMEOUT", "0"),
+            ("NGINX_CLIENT_MAX_BODY_SIZE", "huge"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let app: AppName = "blog".parse().unwrap();
+        let err = NginxSettings::from_env(&app, &PikuRoot::new("/r"), &env, true, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PIKU_RESPONSE_TIMEOUT: '0' must be"), "{err}");
+        assert!(
+            err.contains("NGINX_CLIENT_MAX_BODY_SIZE: 'huge' must be"),
+            "{err}"
+        );
     }
 
     #[test]

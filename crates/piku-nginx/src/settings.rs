@@ -10,8 +10,10 @@
 //!   (`0 off false disabled no n`, empty); anything else is an error. `NGINX_ALLOW_GIT_FOLDERS`
 //!   is a boolean too (piku: any non-empty value, even `false`, allowed `.git`).
 //! - `NGINX_STATIC_PATHS`: relative paths resolve inside the app dir and may not contain `..`;
-//!   an absolute path is accepted only if it is an existing directory (piku users point these
-//!   at `$DATA_ROOT` subdirectories). The location and its alias agree on the trailing slash,
+//!   an absolute path is accepted only if it is an existing directory inside the release or
+//!   the app's `$DATA_ROOT` (piku users point these at `$DATA_ROOT` subdirectories). Either
+//!   is resolved, symlinks included, and must stay inside: nginx would otherwise serve `/` or
+//!   another app's secrets to the internet. The location and its alias agree on the trailing slash,
 //!   which closes nginx's `alias` off-by-slash traversal.
 //! - `NGINX_INCLUDE_FILE` must be a relative path inside the app dir.
 //! - `NGINX_CACHE_PATH` that does not exist falls back to `cache/<app>` (created), with a
@@ -25,7 +27,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Component, Path, PathBuf};
 
-use piku_model::{AppName, EnvMap, PikuRoot, Problems, expand_vars};
+use piku_model::{AppName, EnvMap, FrontSettings, PikuRoot, Problems, expand_vars};
 
 use crate::error::NginxError;
 use crate::version::NginxFeatures;
@@ -51,6 +53,9 @@ pub struct NginxSettings {
     pub listen: Listen,
     /// The app has a web process: `location /` proxies to the glue's socket.
     pub proxy: bool,
+    /// The timeouts and body limit nginx must agree with the daemon's front on
+    /// (`PIKU_RESPONSE_TIMEOUT`, `PIKU_KEEPALIVE_TIMEOUT`, `NGINX_CLIENT_MAX_BODY_SIZE`).
+    pub front: FrontSettings,
     /// What the installed nginx supports (HTTP/2 style, `aio threads`). `from_env` leaves the
     /// conservative default; set it from [`crate::NginxCommand::features`].
     pub features: NginxFeatures,
@@ -167,11 +172,16 @@ impl NginxSettings {
         let app_dir = root.app_dir(app);
         let mut warnings = Vec::new();
 
+        let confine = Confine {
+            checkout,
+            data: root.data_dir(app),
+        };
         let static_paths = static_paths(
             env,
             has_web,
             static_paths_from_procfile,
             &app_dir,
+            &confine,
             &mut found,
         );
         let catch_all = found.ok(parse_catch_all(env)).flatten();
@@ -185,6 +195,15 @@ impl NginxSettings {
         let listen = parse_listen(env, &mut found);
         let https_only = found.or(parse_bool(env, "NGINX_HTTPS_ONLY"), false);
         let allow_git_folders = found.or(parse_bool(env, "NGINX_ALLOW_GIT_FOLDERS"), false);
+        let front = FrontSettings::from_env(env).unwrap_or_else(|problems| {
+            for problem in problems.into_vec() {
+                found.0.push(NginxError::setting(
+                    problem.key,
+                    format!("'{}' {}", problem.value, problem.why),
+                ));
+            }
+            FrontSettings::default()
+        });
 
         if let Some(cache) = &cache
             && found.0.is_empty()
@@ -205,6 +224,7 @@ impl NginxSettings {
                 cloudflare_acl,
                 listen,
                 proxy: has_web,
+                front,
                 features: NginxFeatures::default(),
                 warnings,
             }),
@@ -254,18 +274,19 @@ fn static_paths(
     has_web: bool,
     from_procfile: Option<&str>,
     app_dir: &Path,
+    confine: &Confine,
     found: &mut Found,
 ) -> Vec<StaticPath> {
     // (setting, path): the setting a problem with the path is reported under.
     let mut paths: Vec<(&'static str, StaticPath)> = Vec::new();
     if let Some(command) = from_procfile
-        && let Some(path) = found.ok(procfile_static_path(command, app_dir))
+        && let Some(path) = found.ok(procfile_static_path(command, app_dir, confine))
     {
         paths.push(("static", path));
     }
     if let Some(spec) = non_empty(env, "NGINX_STATIC_PATHS") {
         for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            if let Some(path) = found.ok(parse_static_path(item, app_dir)) {
+            if let Some(path) = found.ok(parse_static_path(item, app_dir, confine)) {
                 paths.push(("NGINX_STATIC_PATHS", path));
             }
         }
@@ -310,12 +331,17 @@ fn read_include(env: &EnvMap, checkout: &Path) -> Result<Option<String>, NginxEr
     };
     let rel = relative_inside("NGINX_INCLUDE_FILE", file)?;
     let path = checkout.join(rel);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let cannot = |e: String| {
         NginxError::setting(
             "NGINX_INCLUDE_FILE",
             format!("cannot read '{}': {e}", path.display()),
         )
-    })?;
+    };
+    // Only a regular file inside the checkout, symlinks resolved.
+    let bytes = piku_fs::read_inside(checkout, rel)
+        .map_err(|e| cannot(e.to_string()))?
+        .ok_or_else(|| cannot("no such file".into()))?;
+    let text = String::from_utf8(bytes).map_err(|_| cannot("not UTF-8 text".into()))?;
     Ok(Some(expand_vars(&text, env)))
 }
 
@@ -470,13 +496,62 @@ fn relative_inside<'a>(setting: &'static str, path: &'a str) -> Result<&'a Path,
     Ok(p)
 }
 
-fn procfile_static_path(command: &str, app_dir: &Path) -> Result<StaticPath, NginxError> {
+/// Where an app's static files may come from: its release (the checkout being deployed)
+/// and its own `$DATA_ROOT`, after symlinks are resolved.
+struct Confine<'a> {
+    checkout: &'a Path,
+    data: PathBuf,
+}
+
+impl Confine<'_> {
+    /// `dir` (a relative static path joined to the checkout when `relative`) resolved must
+    /// lie inside the checkout, or for an absolute path inside the checkout or the data dir.
+    /// A relative path that does not exist yet serves nothing and passes.
+    fn check(
+        &self,
+        setting: &'static str,
+        shown: &str,
+        dir: &Path,
+        relative: bool,
+    ) -> Result<(), NginxError> {
+        let resolved = match dir.canonicalize() {
+            Ok(path) => path,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && relative => return Ok(()),
+            Err(e) => {
+                return Err(NginxError::setting(
+                    setting,
+                    format!("cannot resolve '{shown}': {e}"),
+                ));
+            }
+        };
+        let inside = |base: &Path| base.canonicalize().is_ok_and(|b| resolved.starts_with(b));
+        if inside(self.checkout) || (!relative && inside(&self.data)) {
+            return Ok(());
+        }
+        let allowed = if relative {
+            "the release"
+        } else {
+            "the release and the app's DATA_ROOT"
+        };
+        Err(NginxError::setting(
+            setting,
+            format!("'{shown}' leads outside {allowed} (symlinks resolved)"),
+        ))
+    }
+}
+
+fn procfile_static_path(
+    command: &str,
+    app_dir: &Path,
+    confine: &Confine,
+) -> Result<StaticPath, NginxError> {
     // piku: strip slashes, tolerate a leading ':', empty means the app dir itself.
     let stripped = command.trim().trim_matches('/');
     let stripped = stripped.strip_prefix(':').unwrap_or(stripped);
     let path = if stripped.is_empty() { "." } else { stripped };
     check_token("static", path)?;
     let rel = relative_inside("static", path)?;
+    confine.check("static", path, &confine.checkout.join(rel), true)?;
     Ok(StaticPath {
         url: "/".into(),
         dir: dir_with_slash(&app_dir.join(rel), true),
@@ -484,7 +559,11 @@ fn procfile_static_path(command: &str, app_dir: &Path) -> Result<StaticPath, Ngi
 }
 
 /// One `/url:path` item of `NGINX_STATIC_PATHS`.
-fn parse_static_path(item: &str, app_dir: &Path) -> Result<StaticPath, NginxError> {
+fn parse_static_path(
+    item: &str,
+    app_dir: &Path,
+    confine: &Confine,
+) -> Result<StaticPath, NginxError> {
     const S: &str = "NGINX_STATIC_PATHS";
     let Some((url, path)) = item.split_once(':') else {
         return Err(NginxError::setting(S, format!("'{item}' is not /url:path")));
@@ -512,9 +591,12 @@ fn parse_static_path(item: &str, app_dir: &Path) -> Result<StaticPath, NginxErro
                 format!("absolute path '{path}' is not an existing directory"),
             ));
         }
+        confine.check(S, path, p, false)?;
         dir_with_slash(p, slash)
     } else {
-        dir_with_slash(&app_dir.join(relative_inside(S, path)?), slash)
+        let rel = relative_inside(S, path)?;
+        confine.check(S, path, &confine.checkout.join(rel), true)?;
+        dir_with_slash(&app_dir.join(rel), slash)
     };
     Ok(StaticPath {
         url: url.to_owned(),
@@ -857,9 +939,67 @@ mod tests {
     #[test]
     fn absolute_static_path_must_exist() {
         let tmp = tempfile::tempdir().unwrap();
-        let spec = format!("/up/:{}", tmp.path().display());
-        let s = ok(&[NAME, ("NGINX_STATIC_PATHS", &spec)]);
-        assert_eq!(s.static_paths[0].dir, format!("{}/", tmp.path().display()));
+        let root = PikuRoot::new(tmp.path());
+        let uploads = root.data_dir(&app()).join("uploads");
+        std::fs::create_dir_all(&uploads).unwrap();
+        let spec = format!("/up/:{}", uploads.display());
+        let s = confined(&root, &spec, None).unwrap();
+        assert_eq!(s.static_paths[0].dir, format!("{}/", uploads.display()));
+    }
+
+    /// `NGINX_STATIC_PATHS` (and `static:`) of `root`'s app `blog`, checked against a
+    /// checkout in `root/releases/blog/v1/src`.
+    fn confined(
+        root: &PikuRoot,
+        static_paths: &str,
+        procfile_static: Option<&str>,
+    ) -> Result<NginxSettings, String> {
+        let checkout = root.release_dir(&app()).join("v1").join("src");
+        std::fs::create_dir_all(&checkout).unwrap();
+        let env = env(&[NAME, ("NGINX_STATIC_PATHS", static_paths)]);
+        NginxSettings::from_env_for_checkout(
+            &app(),
+            root,
+            &env,
+            procfile_static.is_none(),
+            procfile_static,
+            &checkout,
+        )
+        .map(Option::unwrap)
+        .map_err(|e| e.to_string())
+    }
+
+    /// Issue 10 item 8: static paths never reach outside the release or the app's data:
+    /// not `/`, not `$PIKU_ROOT`, not a committed symlink to `/`.
+    #[test]
+    fn static_paths_stay_inside_the_release_and_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = PikuRoot::new(tmp.path().join("piku"));
+        let checkout = root.release_dir(&app()).join("v1").join("src");
+        std::fs::create_dir_all(checkout.join("public")).unwrap();
+        std::fs::create_dir_all(root.env_dir(&app())).unwrap();
+        std::os::unix::fs::symlink("/", checkout.join("escape")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.path().join("etc-link")).unwrap();
+        let outside = |spec: &str| {
+            let e = confined(&root, spec, None).unwrap_err();
+            assert!(e.contains("leads outside"), "{spec}: {e}");
+        };
+        outside("/u:/");
+        outside(&format!("/u:{}", root.path().display()));
+        outside(&format!(
+            "/u:{}",
+            root.env_dir(&app()).parent().unwrap().display()
+        ));
+        outside("/u:escape");
+        outside("/u:escape/etc");
+        outside(&format!("/u:{}/etc-link", root.path().display()));
+        assert!(confined(&root, "/u:public", None).is_ok());
+        assert!(confined(&root, "/u:not-built-yet", None).is_ok());
+        let e = confined(&root, "/u:public", Some("escape")).unwrap_err();
+        assert!(
+            e.contains("static: 'escape' leads outside the release"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1145,5 +1285,27 @@ mod tests {
         );
         assert!(err(&[NAME, ("NGINX_HTTPS_PORT", "70000")]).starts_with("NGINX_HTTPS_PORT:"));
         assert!(err(&[NAME, ("NGINX_HTTPS_PORT", "80")]).contains("also NGINX_HTTP_PORT"));
+    }
+
+    /// Issue 10 item 13: `NGINX_INCLUDE_FILE` committed as a symlink out of the checkout is
+    /// refused, its target's content never pasted into the config.
+    #[test]
+    fn an_include_file_leading_outside_the_checkout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkout = dir.path().join("src");
+        std::fs::create_dir_all(&checkout).unwrap();
+        let secret = dir.path().join("LIVE_ENV");
+        std::fs::write(&secret, "SECRET=hunter2\n").unwrap();
+        std::os::unix::fs::symlink(&secret, checkout.join("extra.conf")).unwrap();
+        std::fs::write(checkout.join("ok.conf"), "gzip on;\n").unwrap();
+        let env = EnvMap::from([("NGINX_INCLUDE_FILE".to_string(), "extra.conf".to_string())]);
+        let err = read_include(&env, &checkout).unwrap_err().to_string();
+        assert!(err.contains("leads outside the checkout"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let env = EnvMap::from([("NGINX_INCLUDE_FILE".to_string(), "ok.conf".to_string())]);
+        assert_eq!(
+            read_include(&env, &checkout).unwrap().unwrap(),
+            "gzip on;\n"
+        );
     }
 }

@@ -116,9 +116,12 @@ pub fn request(nginx_dir: &Path) -> std::io::Result<Token> {
 }
 
 fn write_request(nginx_dir: &Path, token: &Token) -> std::io::Result<()> {
-    let tmp = nginx_dir.join(format!("{REQUEST_FILE}.{}", std::process::id()));
-    std::fs::write(&tmp, token.to_string())?;
-    std::fs::rename(&tmp, nginx_dir.join(REQUEST_FILE))
+    // A random temporary name, never a predictable one a symlink could be planted at.
+    piku_fs::write_atomic(
+        &nginx_dir.join(REQUEST_FILE),
+        token.to_string().as_bytes(),
+        piku_fs::MODE_PUBLIC,
+    )
 }
 
 /// The request token in `nginx_dir`, read safely as root (see the module docs).

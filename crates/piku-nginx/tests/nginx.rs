@@ -30,6 +30,9 @@ fn a_config_with_every_setting_passes_nginx_t() {
             ("NGINX_CACHE_PREFIXES", "/api,/img"),
             ("NGINX_CLOUDFLARE_ACL", "true"),
             ("SSH_CLIENT", "192.0.2.10 40000 22"),
+            ("PIKU_RESPONSE_TIMEOUT", "120"),
+            ("PIKU_KEEPALIVE_TIMEOUT", "30"),
+            ("NGINX_CLIENT_MAX_BODY_SIZE", "100m"),
         ],
     );
     let settings = site.settings(&app, &env);
@@ -38,6 +41,15 @@ fn a_config_with_every_setting_passes_nginx_t() {
     with_features.features = nginx.features().unwrap();
     piku_nginx::ensure_self_signed(&with_features).unwrap();
     let text = render(&with_features);
+    // The front's timeouts and body limit, in the places nginx takes them (checked below).
+    for line in [
+        "proxy_read_timeout 130s;",
+        "proxy_send_timeout 130s;",
+        "client_max_body_size 104857600;",
+        "keepalive_timeout 29s;",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
     // Not running: the check alone must accept it, and install must put it in place even
     // though the reload has no nginx to signal.
     let outcome = install(&app, &site.root, &text, &nginx).unwrap();

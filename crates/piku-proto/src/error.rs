@@ -10,6 +10,13 @@ use std::io;
 pub enum ProtoError {
     #[error("cannot reach the supervisor at {path}: {error}")]
     Connect { path: String, error: io::Error },
+    #[error(
+        "the supervisor at {path} did not answer within {limit:?}; it may be overloaded or stuck (see its log)"
+    )]
+    Timeout {
+        path: String,
+        limit: std::time::Duration,
+    },
     #[error("i/o error on the control socket: {0}")]
     Io(io::Error),
     #[error("frame of {size} bytes is larger than the {max}-byte limit")]

@@ -105,6 +105,14 @@ pub enum Role {
     Cron { schedule: String },
 }
 
+/// The longest stop grace an app may ask for: a stop must end, and a shutdown (bounded by the
+/// longest grace) must not abandon processes that outlive the daemon.
+pub const MAX_STOP_GRACE_MS: u64 = 300_000;
+
+/// The longest a front waits for new instances to become healthy, or for old ones to
+/// drain: a switch, and so a deploy or a shutdown, must end.
+pub const MAX_FRONT_WAIT_MS: u64 = 3_600_000;
+
 /// Per-app knobs, all with defaults so older requests stay valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -159,6 +167,15 @@ pub struct FrontSpec {
     pub health_deadline_ms: u64,
     /// How long old instances may keep finishing in-flight requests after a switch.
     pub drain_ms: u64,
+    /// How long an instance may take to send its response head before the front answers 504
+    /// (`PIKU_RESPONSE_TIMEOUT`); an instance whose requests all time out is recycled.
+    pub response_timeout_ms: u64,
+    /// How long a client may take to send a request head (`PIKU_HEADER_TIMEOUT`).
+    pub header_timeout_ms: u64,
+    /// How long an idle client connection is kept open (`PIKU_KEEPALIVE_TIMEOUT`).
+    pub keepalive_timeout_ms: u64,
+    /// Larger request bodies get 413 (`NGINX_CLIENT_MAX_BODY_SIZE`); `None`: no limit.
+    pub max_request_body: Option<u64>,
 }
 
 impl Default for FrontSpec {
@@ -169,6 +186,10 @@ impl Default for FrontSpec {
             health_path: None,
             health_deadline_ms: 30_000,
             drain_ms: 10_000,
+            response_timeout_ms: 30_000,
+            header_timeout_ms: 10_000,
+            keepalive_timeout_ms: 75_000,
+            max_request_body: None,
         }
     }
 }
@@ -297,6 +318,13 @@ pub struct InstanceStatus {
     /// full disk). No line is dropped for speed: a child that writes faster than its log is
     /// written waits. (The name is kept for protocol compatibility.)
     pub log_lines_dropped: u64,
+    /// Web instances behind a front: requests (and upgraded connections) on it now.
+    #[serde(default)]
+    pub in_flight: Option<u64>,
+    /// Web instances behind a front: requests the front answered 504 because it did not
+    /// answer within the response timeout.
+    #[serde(default)]
+    pub timed_out: Option<u64>,
 }
 
 impl InstanceStatus {

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use piku_deploy::app_config::{read_overrides, write_overrides};
 use piku_deploy::files::read_optional;
 use piku_deploy::releases;
-use piku_model::{AppName, EnvMap, check_env_key, limits};
+use piku_model::{AppName, EnvMap, check_env_key, front, limits};
 
 use super::Ctx;
 use super::args::{Args, is_deployed};
@@ -72,13 +72,14 @@ pub fn set(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
         .map(|s| parse_setting(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let mut env = read_overrides(&ctx.root, &app)?.unwrap_or_default();
+    let before = read_overrides(&ctx.root, &app)?;
+    let mut env = before.clone().unwrap_or_default();
     for (key, value) in parsed {
         output::say(format_args!("Setting {key}={value} for '{app}'"));
         env.insert(key, value);
     }
     write_overrides(&ctx.root, &app, &env)?;
-    apply(ctx, &app)?;
+    apply(ctx, &app, before)?;
     Ok(0)
 }
 
@@ -86,7 +87,8 @@ pub fn unset(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     let mut args = Args::new("config:unset", words);
     let app = args.existing_app(ctx)?;
     let keys = args.at_least_one("KEY")?;
-    let mut env: EnvMap = read_overrides(&ctx.root, &app)?.unwrap_or_default();
+    let before = read_overrides(&ctx.root, &app)?;
+    let mut env: EnvMap = before.clone().unwrap_or_default();
     let mut changed = false;
     for key in &keys {
         if env.remove(key).is_some() {
@@ -96,7 +98,7 @@ pub fn unset(ctx: &Ctx, words: &[String]) -> anyhow::Result<i32> {
     }
     if changed {
         write_overrides(&ctx.root, &app, &env)?;
-        apply(ctx, &app)?;
+        apply(ctx, &app, before)?;
     }
     Ok(0)
 }
@@ -113,21 +115,50 @@ fn parse_setting(setting: &str) -> anyhow::Result<(String, String)> {
     if value.contains(['\n', '\r', '\0']) {
         bail!("the value of '{key}' must be a single line");
     }
-    // A limit the next deploy would refuse is refused now, before anything is saved.
+    // A limit or front setting the next deploy would refuse is refused now, before anything
+    // is saved.
     limits::check_setting(key, value)?;
+    front::check_setting(key, value)?;
     Ok((key.to_owned(), value.to_owned()))
 }
 
-/// Makes the running processes see the changed overrides, without a rebuild.
-fn apply(ctx: &Ctx, app: &AppName) -> anyhow::Result<()> {
+/// Makes the running processes see the changed overrides, without a rebuild. When the
+/// change is refused (by the deploy's checks, nginx or the supervisor), the overrides go
+/// back to `before`, so what is saved is always what runs; when it merely could not be
+/// applied (the supervisor is down), it is kept for the next start.
+fn apply(ctx: &Ctx, app: &AppName, before: Option<EnvMap>) -> anyhow::Result<()> {
     if !is_deployed(&ctx.root, app) {
         output::step(format_args!(
             "'{app}' has no live release yet: the config applies at its next deploy"
         ));
         return Ok(());
     }
-    releases::reapply(&ctx.root, app)
-        .context("the config is saved but the running app was not updated")
+    match releases::reapply(&ctx.root, app) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_refusal() => {
+            restore_overrides(ctx, app, before)?;
+            Err(anyhow::Error::new(e).context("the config was refused and is unchanged"))
+        }
+        Err(e) => Err(anyhow::Error::new(e)
+            .context("the config is saved but the running app was not updated")),
+    }
+}
+
+fn restore_overrides(ctx: &Ctx, app: &AppName, before: Option<EnvMap>) -> anyhow::Result<()> {
+    match before {
+        Some(env) => write_overrides(&ctx.root, app, &env)?,
+        None => {
+            let path = ctx.root.env_file(app);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove '{}'", path.display()));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -172,5 +203,24 @@ mod tests {
         );
         assert!(!err.contains('\n'));
         assert!(parse_setting("PIKU_TASKS_MAX=0").is_err());
+    }
+
+    #[test]
+    fn bad_front_settings_are_refused_in_one_line() {
+        assert_eq!(
+            parse_setting("PIKU_RESPONSE_TIMEOUT=120").unwrap(),
+            ("PIKU_RESPONSE_TIMEOUT".into(), "120".into())
+        );
+        assert!(parse_setting("NGINX_CLIENT_MAX_BODY_SIZE=100m").is_ok());
+        let err = parse_setting("PIKU_RESPONSE_TIMEOUT=0")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "PIKU_RESPONSE_TIMEOUT='0' must be a whole number of seconds from 1 to 3600"
+        );
+        assert!(parse_setting("PIKU_KEEPALIVE_TIMEOUT=1").is_err());
+        assert!(parse_setting("PIKU_HEADER_TIMEOUT=301").is_err());
+        assert!(parse_setting("NGINX_CLIENT_MAX_BODY_SIZE=1.5m").is_err());
     }
 }

@@ -49,6 +49,10 @@ struct ProcessJson {
     cpu_secs: Option<f64>,
     last_exit: Option<String>,
     next_run: Option<String>,
+    /// Web instances behind the front: requests on it now (`null` otherwise).
+    in_flight: Option<u64>,
+    /// Web instances behind the front: requests the front answered 504 for it.
+    timed_out: Option<u64>,
 }
 
 impl From<&InstanceStatus> for ProcessJson {
@@ -67,6 +71,8 @@ impl From<&InstanceStatus> for ProcessJson {
             cpu_secs: i.cpu_secs,
             last_exit: i.last_exit.clone(),
             next_run: i.next_run.clone(),
+            in_flight: i.in_flight,
+            timed_out: i.timed_out,
         }
     }
 }
@@ -159,17 +165,14 @@ fn render_ps(status: &AppStatus) -> String {
         return text;
     }
     let has_cron = status.instances.iter().any(|i| i.next_run.is_some());
+    let fronted = status.instances.iter().any(|i| i.in_flight.is_some());
     let mut header = vec![
-        "process",
-        "state",
-        "pid",
-        "port",
-        "uptime",
-        "restarts",
-        "memory",
-        "cpu",
-        "last exit",
+        "process", "state", "pid", "port", "uptime", "restarts", "memory", "cpu",
     ];
+    if fronted {
+        header.extend(["in flight", "timed out"]);
+    }
+    header.push("last exit");
     if has_cron {
         header.push("next run");
     }
@@ -185,8 +188,12 @@ fn render_ps(status: &AppStatus) -> String {
             i.restarts.to_string(),
             memory(i).map_or_else(dash, human_bytes),
             i.cpu_secs.map_or_else(dash, human_cpu),
-            i.last_exit.clone().unwrap_or_else(dash),
         ];
+        if fronted {
+            let count = |n: Option<u64>| n.map_or_else(dash, |n| n.to_string());
+            row.extend([count(i.in_flight), count(i.timed_out)]);
+        }
+        row.push(i.last_exit.clone().unwrap_or_else(dash));
         if has_cron {
             row.push(i.next_run.clone().unwrap_or_else(dash));
         }
@@ -320,6 +327,8 @@ mod tests {
             cpu_secs: Some(0.5),
             next_run: None,
             log_lines_dropped: 0,
+            in_flight: None,
+            timed_out: None,
         }
     }
 
@@ -361,5 +370,60 @@ mod tests {
             "memory: 43.0M in all; limits per instance: memory 256M, cpu 50%"
         );
         assert!(lines[5].contains("crash-looping: worker.1"), "{text}");
+        assert!(!text.contains("in flight"), "{text}");
+    }
+
+    #[test]
+    fn ps_shows_the_fronts_counters_and_why_an_instance_was_recycled() {
+        let mut web = instance("web", 1, InstanceState::Running);
+        web.in_flight = Some(2);
+        web.timed_out = Some(3);
+        web.restarts = 1;
+        web.last_exit = Some("wedged restart".into());
+        let status = AppStatus {
+            app: "blog".into(),
+            release: "v3".into(),
+            stopped: false,
+            formation: BTreeMap::from([("web".into(), 1), ("worker".into(), 1)]),
+            instances: vec![web, instance("worker", 1, InstanceState::Running)],
+            front: None,
+            limits: ResourceLimits::default(),
+        };
+        let text = render_ps(&status);
+        let lines: Vec<&str> = text.lines().collect();
+        let header: Vec<&str> = lines[1]
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(
+            header,
+            [
+                "process",
+                "state",
+                "pid",
+                "port",
+                "uptime",
+                "restarts",
+                "memory",
+                "cpu",
+                "in flight",
+                "timed out",
+                "last exit"
+            ],
+            "{text}"
+        );
+        let web: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            web[web.len() - 4..],
+            ["2", "3", "wedged", "restart"],
+            "{text}"
+        );
+        let worker: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(worker[worker.len() - 3..], ["-", "-", "-"], "{text}");
+        let json = serde_json::to_value(ProcessJson::from(&status.instances[0])).unwrap();
+        assert_eq!(json["in_flight"], 2);
+        assert_eq!(json["timed_out"], 3);
+        assert_eq!(json["last_exit"], "wedged restart");
     }
 }

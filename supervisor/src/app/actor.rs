@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::command::{AppError, AppHandle, Command, Directory, Progress, Reply};
 use super::switch::{Switch, Unhealthy};
+use super::wedged::{WedgedWatch, front_news};
 use super::{App, Ctx, Pending};
 use crate::logs::LogSink;
 use crate::state::SavedApp;
@@ -45,6 +46,7 @@ pub fn spawn(
         queue: VecDeque::new(),
         shutting_down: false,
         ceiling_at: None,
+        wedged: WedgedWatch::default(),
     };
     tokio::spawn(actor.run(commands, restore));
     AppHandle { id, mailbox }
@@ -60,10 +62,12 @@ pub(super) struct Actor {
     /// What the current command waits for before it is answered.
     busy: Option<BoxFuture<'static, Resume>>,
     /// Changing commands that arrived while busy.
-    queue: VecDeque<Command>,
-    shutting_down: bool,
+    pub(super) queue: VecDeque<Command>,
+    pub(super) shutting_down: bool,
     /// When the memory ceiling is next checked (`ceiling.rs`).
     pub(super) ceiling_at: Option<Instant>,
+    /// The front's reports of wedged instances (`wedged.rs`).
+    pub(super) wedged: WedgedWatch,
 }
 
 /// What the actor does once the work it was busy with is over.
@@ -92,12 +96,14 @@ pub(super) enum AfterSwitch {
         kind: Option<String>,
         reply: Reply<()>,
     },
-    /// A web instance replaced for its memory: the new one takes over its history
-    /// (`restarts` + 1); a failure is noted in the old one's log (`sink`).
+    /// A web instance replaced for its memory or because it is wedged (`reason`): the new
+    /// one takes over its history (`restarts` + 1); a failure is noted in the old one's log
+    /// (`sink`).
     Recycle {
         id: InstanceId,
         restarts: u32,
         sink: LogSink,
+        reason: &'static str,
     },
 }
 
@@ -127,6 +133,8 @@ impl Actor {
         }
         loop {
             let ceiling = self.next_ceiling_check();
+            self.follow_front();
+            let wedged = self.next_wedged_check();
             let resumed = tokio::select! {
                 biased;
                 resume = busy(&mut self.busy) => Some(resume),
@@ -140,6 +148,14 @@ impl Actor {
                 },
                 () = until(ceiling) => {
                     self.check_ceiling();
+                    None
+                }
+                news = front_news(&mut self.wedged) => {
+                    self.front_news(news);
+                    None
+                }
+                () = until(wedged) => {
+                    self.check_wedged();
                     None
                 }
             };
@@ -197,7 +213,8 @@ impl Actor {
                 let _ = reply.send(self.app.as_ref().map(App::status));
             }
             Command::Shutdown { reply } => self.shutdown(reply),
-            Command::Recycle { id, pid } => self.recycle(id, pid),
+            Command::Recycle { id, pid, reason } => self.recycle(id, pid, reason),
+            Command::Freeze { reply } => self.freeze(reply).await,
         }
     }
 

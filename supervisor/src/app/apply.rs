@@ -98,6 +98,17 @@ impl Actor {
             }
             p.count = *count;
         }
+        let total = crate::validate::instances(&spec);
+        let checked = piku_model::check_app_total(total)
+            .map_err(|e| format!("app {}: {e}", spec.app))
+            .and_then(|()| {
+                let others = self.ctx.store.instances_except(&spec.app);
+                crate::fds::check(&spec.app, total, others)
+            });
+        if let Err(e) = checked {
+            let _ = reply.send(Err(AppError::Invalid(e)));
+            return;
+        }
         let previous = (app.spec.clone(), app.ports.clone());
         app.spec = spec;
         if let Err(e) = app.assign_ports(&self.ctx.ports) {
@@ -179,9 +190,14 @@ impl Actor {
                 self.record();
                 self.answer_after(pending, reply, Ok(()));
             }
-            AfterSwitch::Recycle { id, restarts, .. } => {
+            AfterSwitch::Recycle {
+                id,
+                restarts,
+                reason,
+                ..
+            } => {
                 if let Some(new) = app.instances.get(&id) {
-                    new.inherit(restarts + 1, MEMORY_SOFT_LIMIT);
+                    new.inherit(restarts + 1, reason);
                 }
                 // Its new port is saved; the old instance is drained and stopped meanwhile.
                 self.record();
@@ -200,10 +216,14 @@ impl AfterSwitch {
             AfterSwitch::Restart { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
-            AfterSwitch::Recycle { sink, .. } => sink.note(&format!(
-                "the replacement was abandoned ({}); this instance keeps serving up to the \
-                 kernel's limit",
-                crate::report::chain(&error)
+            AfterSwitch::Recycle { sink, reason, .. } => sink.note(&format!(
+                "the replacement was abandoned ({}); this instance keeps serving{}",
+                crate::report::chain(&error),
+                if reason == MEMORY_SOFT_LIMIT {
+                    " up to the kernel's limit"
+                } else {
+                    ""
+                }
             )),
         }
     }

@@ -153,7 +153,11 @@ impl Actor {
                             .sink
                             .note(&format!("{note}: a new instance takes over first"));
                     }
-                    replace.push(Command::Recycle { id, pid });
+                    replace.push(Command::Recycle {
+                        id,
+                        pid,
+                        reason: MEMORY_SOFT_LIMIT,
+                    });
                 }
             }
         }
@@ -163,8 +167,8 @@ impl Actor {
     }
 
     /// `Recycle`: replaces web instance `id` through the switch, if it still runs process
-    /// `pid` (a deploy may have replaced it meanwhile).
-    pub(super) fn recycle(&mut self, id: InstanceId, pid: u32) {
+    /// `pid` (a deploy may have replaced it meanwhile); `reason` is its last exit in `ps`.
+    pub(super) fn recycle(&mut self, id: InstanceId, pid: u32, reason: &'static str) {
         let Some(app) = self.app.as_mut() else {
             return;
         };
@@ -184,12 +188,16 @@ impl Actor {
             Ok(Some(switch)) => self.await_switch(
                 switch,
                 Progress::default(),
-                AfterSwitch::Recycle { id, restarts, sink },
+                AfterSwitch::Recycle {
+                    id,
+                    restarts,
+                    sink,
+                    reason,
+                },
             ),
             Ok(None) => {}
             Err(e) => sink.note(&format!(
-                "no replacement started: {}; this instance keeps serving up to the kernel's \
-                 limit",
+                "no replacement started: {}; this instance keeps serving",
                 crate::report::chain(&e)
             )),
         }

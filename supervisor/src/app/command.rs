@@ -53,10 +53,17 @@ pub enum Command {
         reply: oneshot::Sender<()>,
     },
     /// Replace web instance `id` through the switch if it still runs process `pid`: its
-    /// memory crossed the soft mark (`ceiling.rs`). The actor posts it to itself.
+    /// memory crossed the soft mark (`ceiling.rs`), or it is wedged (`wedged.rs`); `reason`
+    /// is the last exit `ps` shows. The actor posts it to itself.
     Recycle {
         id: InstanceId,
         pid: u32,
+        reason: &'static str,
+    },
+    /// Stop acting for good and leave every process running, for an upgrade: the front stops
+    /// accepting, the instances say what they run (`upgrade.rs`).
+    Freeze {
+        reply: oneshot::Sender<super::upgrade::FrozenApp>,
     },
 }
 
@@ -82,6 +89,8 @@ impl Command {
             }
             // Asked by nobody: nothing to answer.
             Command::Recycle { .. } => {}
+            // Dropped: the daemon learns that this app hands nothing over.
+            Command::Freeze { .. } => {}
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{App, Pending};
-use crate::front::{AppFront, FrontError, Listen, Member, backend_id};
+use crate::front::{AppFront, FrontError, Listen, Member, backend_id, config_of};
 use crate::instance::{Done, InstanceHandle};
 use crate::ports::Ports;
 
@@ -15,7 +15,8 @@ impl App {
         self.front.is_some()
     }
 
-    /// Opens, rebinds or closes the front to match the spec (closed while stopped). The TCP
+    /// Opens, rebinds or closes the front to match the spec (closed while stopped); a front
+    /// whose timeouts or body limit change is replaced the same way as a rebind. The TCP
     /// port, when the spec does not pin one, is chosen once and kept in `front_port`. On a
     /// bind error the previous front (if any) stays as it was.
     pub(super) async fn ensure_front(&mut self, ports: &Ports) -> Result<(), FrontError> {
@@ -44,12 +45,24 @@ impl App {
             return Ok(());
         }
         let listen = Listen::of(&spec, self.front_port);
-        if self.front.as_ref().is_some_and(|f| *f.listen() == listen) {
+        let config = config_of(&spec);
+        if self
+            .front
+            .as_ref()
+            .is_some_and(|f| *f.listen() == listen && *f.front().config() == config)
+        {
             return Ok(());
         }
-        // Listeners that stay are handed over, so the rebind refuses no connection.
-        let front =
-            AppFront::open(&self.spec.app, listen, self.members(), self.front.as_ref()).await?;
+        // Listeners that stay are handed over, so a rebind (or new timeouts) refuses no
+        // connection.
+        let front = AppFront::open(
+            &self.spec.app,
+            listen,
+            config,
+            self.members(),
+            self.front.as_ref(),
+        )
+        .await?;
         if let Some(old) = self.front.replace(front) {
             old.close(self.front.as_ref());
         }

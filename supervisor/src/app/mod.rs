@@ -12,6 +12,8 @@
 //! - `listen.rs`: the app's front (listeners opened, rebound, closed; its members).
 //! - `switch.rs`: the zero-downtime switch of web instances, and readiness waits.
 //! - `ceiling.rs`: the memory soft mark of `PIKU_MEMORY_MAX` (`Recycle`).
+//! - `wedged.rs`: instances whose requests all time out at the front (`Recycle`).
+//! - `upgrade.rs`: freezing the app for an in-place upgrade of the daemon (`Freeze`).
 //! - `status.rs`: what `Status` shows.
 
 pub mod actor;
@@ -27,6 +29,8 @@ mod status;
 mod switch;
 #[cfg(test)]
 mod tests;
+pub mod upgrade;
+mod wedged;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -111,8 +115,15 @@ impl App {
             .values()
             .copied()
             .chain(self.front_port)
+            .chain(self.pinned_port())
             .chain(self.switching.values().filter_map(|h| h.config.launch.port))
             .collect()
+    }
+
+    /// The front's TCP port when the spec pins it (`PORT`): held like a chosen one, so no
+    /// other app can take it.
+    pub fn pinned_port(&self) -> Option<u16> {
+        pinned_port(&self.spec)
     }
 
     /// Tells the daemon's port table exactly which ports this app holds now.
@@ -159,4 +170,9 @@ impl Pending {
         self.done.extend(other.done);
         self.restarted.extend(other.restarted);
     }
+}
+
+/// The TCP port `spec`'s front pins, if any.
+pub fn pinned_port(spec: &piku_proto::AppSpec) -> Option<u16> {
+    spec.settings.front.as_ref()?.tcp.as_ref()?.port
 }

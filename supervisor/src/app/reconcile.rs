@@ -42,6 +42,7 @@ impl App {
         for id in gone {
             if let Some(handle) = self.instances.remove(&id) {
                 report.stopped.push(id.to_string());
+                ctx.logs.forget_process(&self.spec.app, &id.to_string());
                 if self.has_front() && handle.config.launch.port.is_some() {
                     retiring.push(handle);
                 } else {

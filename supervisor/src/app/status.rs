@@ -4,6 +4,7 @@ use piku_model::InstanceId;
 use piku_proto::{AppStatus, InstanceState, InstanceStatus, Role};
 
 use super::App;
+use crate::front::backend_id;
 use crate::instance::InstanceHandle;
 
 impl App {
@@ -24,6 +25,7 @@ impl App {
                 }
             }
         }
+        self.add_front_counters(&mut instances);
         instances.sort_by(|a, b| (&a.kind, a.index).cmp(&(&b.kind, b.index)));
         AppStatus {
             app: self.spec.app.clone(),
@@ -38,6 +40,24 @@ impl App {
             instances,
             front: self.front_status(),
             limits: self.spec.settings.limits,
+        }
+    }
+}
+
+impl App {
+    /// Each web instance's requests in flight and timed out, as the front counts them.
+    fn add_front_counters(&self, instances: &mut [InstanceStatus]) {
+        let Some(front) = &self.front else {
+            return;
+        };
+        let stats = front.front().backend_stats();
+        for instance in instances {
+            let Some(port) = instance.port else { continue };
+            let id = backend_id(&instance.id(), port);
+            if let Some(stats) = stats.iter().find(|s| s.id == id) {
+                instance.in_flight = Some(stats.in_flight as u64);
+                instance.timed_out = Some(stats.timed_out);
+            }
         }
     }
 }
@@ -57,5 +77,7 @@ fn stopped(id: &InstanceId, port: Option<u16>) -> InstanceStatus {
         cpu_secs: None,
         next_run: None,
         log_lines_dropped: 0,
+        in_flight: None,
+        timed_out: None,
     }
 }

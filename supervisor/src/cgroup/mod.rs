@@ -59,12 +59,20 @@ static NONE: Tree = Tree {
 pub fn init(piku_root: &Path) {
     let tree = TREE.get_or_init(|| {
         let read = |path| fs::read_to_string(path).unwrap_or_default();
-        let own = detect::own(
+        let mut own = detect::own(
             &read("/proc/self/mountinfo"),
             &read("/proc/self/cgroup"),
             Path::new("/"),
         );
-        Tree::set_up(&own, &tree_id(piku_root), std::process::id())
+        let id = tree_id(piku_root);
+        // An image started by an upgrade (execve) is already in the leaf its predecessor
+        // moved the daemon to: the daemon's own cgroup is the one above.
+        if let Some(unified) = &mut own.unified
+            && unified.file_name() == Some(std::ffi::OsStr::new(&format!("piku-{id}.daemon")))
+        {
+            unified.pop();
+        }
+        Tree::set_up(&own, &id, std::process::id())
     });
     tracing::info!("cgroups: {}", tree.describe());
 }
@@ -177,13 +185,15 @@ impl Tree {
     /// Kills whatever a previous daemon left in the trees (every process of every
     /// instance, including ones that escaped their process group), then removes the empty
     /// cgroups. Returns how many instances had processes left.
-    pub async fn kill_leftovers(&self) -> usize {
+    pub async fn kill_leftovers(&self, spare: &BTreeSet<(String, String)>) -> usize {
         let mut slots = BTreeSet::new();
         for base in self.bases() {
             for (app, slot) in instance_dirs(base) {
                 slots.insert((app, slot));
             }
         }
+        // Instances handed over by an upgrade: theirs, not leftovers.
+        let slots = slots.difference(spare).cloned().collect::<BTreeSet<_>>();
         let mut found = 0;
         for (app, slot) in slots {
             let cgroup = self.instance(&app, &slot);

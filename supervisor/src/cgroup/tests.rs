@@ -229,7 +229,7 @@ async fn leftovers_are_found_in_every_tree_and_removed() {
         fs::create_dir_all(cg.join(slot)).unwrap();
     }
     // Nothing runs in them (a fake has no processes): none is counted, all are removed.
-    assert_eq!(tree.kill_leftovers().await, 0);
+    assert_eq!(tree.kill_leftovers(&Default::default()).await, 0);
     assert!(!cg.join("memory/box/piku-1234/shop.app").exists());
     assert!(!cg.join("pids/piku-1234/shop.app").exists());
     assert!(!cg.join("unified/piku-1234/blog.app").exists());

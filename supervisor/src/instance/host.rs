@@ -15,7 +15,9 @@ use hyper_proxy_glue::{HealthCheck, wait_healthy};
 use nix::sys::signal::Signal;
 
 use super::config::InstanceConfig;
+use super::machine::History;
 use crate::cgroup::{self, InstanceCgroup};
+use crate::handover::{self, Adoption};
 use crate::leftovers::Running;
 use crate::logs::LogSink;
 use crate::spawn::{self, Spawned};
@@ -60,6 +62,21 @@ pub trait Host: Send + 'static {
     fn note(&mut self, msg: &str);
     /// The instance has ended: release what it held.
     fn ended(&mut self);
+    /// Right after a spawn: the history of the process and how long it has been up, when it
+    /// was not started but taken over from the previous image of the daemon (an upgrade).
+    fn adopted(&mut self) -> Option<(History, Duration)> {
+        None
+    }
+    /// Instead of a first start: the history of an instance the previous image was waiting
+    /// to restart, and how soon it is due.
+    fn backing_off(&mut self) -> Option<(History, Duration)> {
+        None
+    }
+    /// Whether the next spawn takes over a process of the previous image (a cron entry,
+    /// which starts waiting, then runs at once to take over its run in progress).
+    fn has_adoption(&self) -> bool {
+        false
+    }
 }
 
 /// Real processes: process groups, cgroups, the running table and the log sink.
@@ -70,16 +87,57 @@ pub struct ProcessHost {
     /// The instance's cgroups; made (with its limits) at its first spawn, once the instance
     /// it replaces (which removes them when it ends) is gone.
     cgroup: Option<InstanceCgroup>,
+    /// The process the previous image handed over for this instance: its first spawn takes
+    /// it over instead of starting one.
+    adoption: Option<Adoption>,
+    /// The history of the process just taken over and its uptime, for the shell.
+    kept: Option<(History, Duration)>,
+    /// The back-off the previous image had this instance in, for the shell's start.
+    waiting: Option<(History, Duration)>,
+    /// The pid taken over, until its start is noted (as kept, not started).
+    adopted_pid: Option<u32>,
 }
 
 impl ProcessHost {
     pub fn new(config: InstanceConfig, sink: LogSink, running: Arc<Running>) -> ProcessHost {
+        let adoption = handover::take_adoption(&config.running_key());
+        let waiting = handover::take_waiting(&config.running_key());
         ProcessHost {
             config,
             sink,
             running,
             cgroup: None,
+            adoption,
+            kept: None,
+            waiting,
+            adopted_pid: None,
         }
+    }
+
+    /// Takes over the process the previous image ran: its pipes, its running-table entry,
+    /// its exit (through its pidfd: tokio did not spawn it).
+    fn adopt(&mut self, adoption: Adoption) -> Child {
+        self.cgroup();
+        let Adoption {
+            pid,
+            pidfd,
+            history,
+            up,
+            stdout,
+            stderr,
+        } = adoption;
+        self.sink.adopt(pid, stdout, stderr);
+        let key = self.config.running_key();
+        self.running.insert(key.clone(), pid);
+        self.kept = Some((history, up));
+        self.adopted_pid = Some(pid);
+        let running = self.running.clone();
+        let exit = Box::pin(async move {
+            let what = handover::pidfd::exited(pid, pidfd).await;
+            running.remove(&key, pid);
+            what
+        });
+        Child { pid, exit }
     }
 
     fn cgroup(&mut self) -> InstanceCgroup {
@@ -97,6 +155,9 @@ impl ProcessHost {
 
 impl Host for ProcessHost {
     fn spawn(&mut self) -> Result<Child, String> {
+        if let Some(adoption) = self.adoption.take() {
+            return Ok(self.adopt(adoption));
+        }
         let cgroup = self.cgroup();
         // An OOM kill of another of its processes before the leader's own SIGKILL would be
         // taken for the leader's: rare (an OOM-killed child, then a manual kill -9), and
@@ -106,7 +167,7 @@ impl Host for ProcessHost {
             spawn::spawn(&self.config.launch, &self.config.id, cgroup.procs_files())
                 .map_err(|e| format!("cannot start `{}`: {e}", self.config.launch.command))?;
         if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
-            self.sink.attach(out, err);
+            self.sink.attach(out, err, pid);
         }
         let key = self.config.running_key();
         self.running.insert(key.clone(), pid);
@@ -186,8 +247,36 @@ impl Host for ProcessHost {
     }
 
     fn note(&mut self, msg: &str) {
+        // The machine notes a spawn as a start; a process taken over did not start.
+        let kept;
+        let msg = match self.adopted_pid.take() {
+            Some(pid)
+                if msg == format!("started pid {pid}")
+                    || msg == format!("run started, pid {pid}") =>
+            {
+                kept = format!("pid {pid} kept running across the supervisor's upgrade");
+                kept.as_str()
+            }
+            Some(pid) => {
+                self.adopted_pid = Some(pid);
+                msg
+            }
+            None => msg,
+        };
         tracing::info!(app = %self.config.app, instance = %self.config.id, "{msg}");
         self.sink.note(msg);
+    }
+
+    fn adopted(&mut self) -> Option<(History, Duration)> {
+        self.kept.take()
+    }
+
+    fn backing_off(&mut self) -> Option<(History, Duration)> {
+        self.waiting.take()
+    }
+
+    fn has_adoption(&self) -> bool {
+        self.adoption.is_some()
     }
 
     fn ended(&mut self) {

@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use piku_proto::InstanceState;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
@@ -160,6 +161,17 @@ pub enum Action {
     Note(String),
 }
 
+/// The counters an upgrade carries over (`Machine::history`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct History {
+    pub restarts: u32,
+    pub exits: u32,
+    pub last_exit: Option<String>,
+    /// Failed starts in a row: the back-off.
+    pub failed_starts: u32,
+}
+
 /// The instance's state and the history its decisions depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
@@ -200,6 +212,67 @@ impl Machine {
     pub fn inherit(&mut self, restarts: u32, last_exit: String) {
         self.restarts = restarts;
         self.last_exit = Some(last_exit);
+    }
+
+    /// What an upgrade carries over to the next image of the daemon.
+    pub fn history(&self) -> History {
+        History {
+            restarts: self.restarts,
+            exits: self.exits,
+            last_exit: self.last_exit.clone(),
+            failed_starts: self.backoff.failed_starts(),
+        }
+    }
+
+    fn carry_on(&mut self, history: History) {
+        self.restarts = history.restarts;
+        self.exits = history.exits;
+        self.last_exit = history.last_exit;
+        self.backoff = Backoff::after_failed_starts(history.failed_starts);
+    }
+
+    /// The process just spawned was in fact taken over from the previous image of the
+    /// daemon (an upgrade): it keeps its history and has been running `since`.
+    pub fn adopted(&mut self, history: History, since: Option<Instant>) {
+        self.carry_on(history);
+        if let (
+            Some(since),
+            State::Starting { since: started, .. } | State::Running { since: started, .. },
+        ) = (since, &mut self.state)
+        {
+            *started = since;
+        }
+    }
+
+    /// Instead of a first start: the previous image of the daemon (an upgrade) was waiting
+    /// to restart this instance at `until`, after the failed starts of `history`.
+    pub fn resume_backing_off(&mut self, history: History, until: Instant) {
+        self.carry_on(history);
+        self.state = State::BackingOff { until };
+    }
+
+    /// When the instance restarts, while it backs off.
+    pub fn backing_off_until(&self) -> Option<Instant> {
+        match self.state {
+            State::BackingOff { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    /// The process that runs and is not being stopped, and since when: what an upgrade
+    /// hands to the next image.
+    pub fn adoptable(&self) -> Option<(u32, Instant)> {
+        match &self.state {
+            State::Starting { pid, since, .. } | State::Running { pid, since } => {
+                Some((*pid, *since))
+            }
+            State::Idle
+            | State::Spawning
+            | State::BackingOff { .. }
+            | State::Waiting
+            | State::Stopping { .. }
+            | State::Stopped => None,
+        }
     }
 
     /// A new grace period, from the next stop on (an apply changed the settings only).

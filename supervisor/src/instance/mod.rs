@@ -5,11 +5,16 @@
 //! result, the group gone, a cron entry due, a request), steps the machine and carries out
 //! the actions through a [`Host`] ([`host`]). Every step is published on a `watch` channel
 //! ([`Snapshot`]) that status reads and the switch and the front await. Nothing else touches
-//! the process, so there is no race between a crash and a stop.
+//! the process, so there is no race between a crash and a stop. An upgrade's freeze and
+//! take-over are in `freeze.rs`.
+//!
+//! Over 500 lines on purpose: the handle, the requests and the shell's loop are one actor and
+//! read best together; what each step decides is in `machine/table.rs`.
 
 pub mod config;
 #[cfg(test)]
 pub mod fake;
+mod freeze;
 pub mod host;
 pub mod machine;
 #[cfg(test)]
@@ -24,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use self::config::InstanceConfig;
+pub use self::freeze::{Carried, Frozen, Kept};
 use self::host::{GroupSignal, Host, ProcessHost};
 use self::machine::{Action, Event, Machine, Probe, State};
 use crate::cron::{NextRun, Schedule, SystemClock};
@@ -47,6 +53,9 @@ enum Control {
     Recycle { reason: String, note: String },
     /// Take over the history of the instance this one replaced.
     Inherit { restarts: u32, last_exit: String },
+    /// Stop acting for good, leaving the process running, and say what runs (an upgrade
+    /// hands it to the next image).
+    Freeze(oneshot::Sender<Option<Kept>>),
 }
 
 /// Resolves once an actor has ended (its process stopped and reaped).
@@ -305,7 +314,7 @@ impl<H: Host> Shell<H> {
         let mut requests = Some(requests);
         let mut after = after.map(|done| Box::pin(done.wait()));
         if after.is_none() {
-            self.feed(Event::Start);
+            self.begin();
         }
         while !self.machine.is_stopped() {
             self.next_run = match (&self.schedule, &self.machine.state) {
@@ -331,6 +340,7 @@ impl<H: Host> Shell<H> {
             };
             let event = match woke {
                 Woke::Event(event) => event,
+                Woke::Control(Some(Control::Freeze(reply))) => return self.freeze(reply).await,
                 Woke::Control(control) => {
                     if control.is_none() {
                         // The handle is gone: nothing more can be asked.
@@ -384,6 +394,11 @@ impl<H: Host> Shell<H> {
                 self.publish();
                 None
             }
+            // Taken by `run` before it gets here.
+            Some(Control::Freeze(reply)) => {
+                let _ = reply.send(self.kept());
+                None
+            }
         }
     }
 
@@ -392,9 +407,14 @@ impl<H: Host> Shell<H> {
     fn feed(&mut self, event: Event) {
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
-            let (machine, actions) =
-                machine::table::step(self.machine.clone(), event, Instant::now());
+            let spawned = matches!(event, Event::Spawned { .. });
+            let now = Instant::now();
+            let (machine, actions) = machine::table::step(self.machine.clone(), event, now);
             self.machine = machine;
+            if spawned && let Some((history, up)) = self.host.adopted() {
+                // A process the previous image ran: its history goes on.
+                self.machine.adopted(history, now.checked_sub(up));
+            }
             for action in actions {
                 match action {
                     Action::Spawn => match self.host.spawn() {

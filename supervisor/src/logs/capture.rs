@@ -102,7 +102,17 @@ enum Command {
     Flush(Arc<Shared>, oneshot::Sender<u64>),
     /// The sink's writer took its queue: read its pipes again.
     Resume(Arc<Shared>),
+    /// Give up every pipe, unread data left in it, for the next image (upgrade).
+    HandOver(oneshot::Sender<Vec<HandedPipe>>),
     Shutdown,
+}
+
+/// A pipe's read end given up for an upgrade: whose it is and the line it was in.
+pub struct HandedPipe {
+    pub pid: u32,
+    pub stream: Stream,
+    pub fd: OwnedFd,
+    pub partial: Vec<u8>,
 }
 
 impl Inner {
@@ -161,8 +171,16 @@ impl Capture {
         })
     }
 
-    /// Hands a pipe's read end to the thread, armed.
-    pub(super) fn attach(&self, fd: OwnedFd, stream: Stream, sink: Arc<Shared>) -> io::Result<()> {
+    /// Hands a pipe's read end (of process `pid`) to the thread, armed; `partial` is the
+    /// start of a line already read from it (handed over by a previous image).
+    pub(super) fn attach(
+        &self,
+        fd: OwnedFd,
+        stream: Stream,
+        sink: Arc<Shared>,
+        pid: u32,
+        partial: Vec<u8>,
+    ) -> io::Result<()> {
         let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
         fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         let token = Token(self.inner.next_token.fetch_add(1, Ordering::Relaxed));
@@ -171,7 +189,8 @@ impl Capture {
             file: File::from(fd),
             stream,
             sink,
-            splitter: LineSplitter::default(),
+            pid,
+            splitter: LineSplitter::resume(partial),
             pace: Pace::new(Instant::now()),
             paused: false,
             queued: false,
@@ -220,6 +239,12 @@ impl Capture {
     pub(super) fn resume(&self, sink: Arc<Shared>) {
         self.inner.post(Command::Resume(sink), true);
     }
+
+    /// Takes every pipe back from the thread, which reads none of them any more: what they
+    /// hold stays in them for the next image.
+    pub(super) fn hand_over(&self, reply: oneshot::Sender<Vec<HandedPipe>>) {
+        self.inner.post(Command::HandOver(reply), true);
+    }
 }
 
 /// A pipe's read end and what the thread knows about it.
@@ -228,6 +253,8 @@ struct Pipe {
     file: File,
     stream: Stream,
     sink: Arc<Shared>,
+    /// The process writing into it.
+    pid: u32,
     splitter: LineSplitter,
     pace: Pace,
     /// Not read until its sink's writer asks for more.
@@ -376,6 +403,24 @@ impl Engine {
                     }
                     self.mark_ready(token);
                 }
+            }
+            Command::HandOver(reply) => {
+                let tokens: Vec<Token> = self.pipes.keys().copied().collect();
+                let mut handed = Vec::new();
+                for token in tokens {
+                    let Some(mut pipe) = self.pipes.remove(&token) else {
+                        continue;
+                    };
+                    let _ = self.unregister(token, pipe.file.as_raw_fd(), pipe.pace.mode());
+                    self.ready.retain(|t| *t != token);
+                    handed.push(HandedPipe {
+                        pid: pipe.pid,
+                        stream: pipe.stream,
+                        partial: pipe.splitter.take_partial(),
+                        fd: OwnedFd::from(pipe.file),
+                    });
+                }
+                let _ = reply.send(handed);
             }
             Command::Shutdown => return false,
         }

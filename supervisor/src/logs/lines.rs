@@ -67,6 +67,17 @@ impl LineSplitter {
         }
     }
 
+    /// A splitter that goes on from `partial`, the start of a line another one had read
+    /// (handed over across an upgrade).
+    pub(super) fn resume(partial: Vec<u8>) -> LineSplitter {
+        LineSplitter { partial }
+    }
+
+    /// The start of a line read so far, taken out (to be handed over).
+    pub(super) fn take_partial(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.partial)
+    }
+
     /// Delivers the last unterminated line, if any (at EOF).
     pub(super) fn finish(&mut self, out: &mut Lines) {
         if !self.partial.is_empty() {

@@ -31,6 +31,8 @@
 //!   `logto`); the supervisor's own lines start with `[piku] `.
 
 mod capture;
+pub use capture::HandedPipe;
+pub use sink::Stream;
 mod journal;
 mod lines;
 mod pace;
@@ -278,6 +280,18 @@ impl LogHub {
         }
     }
 
+    /// Closes the sink of one instance that is gone (scaled down) once its queue is written,
+    /// so its log file does not stay open; lines its stopping process still writes reopen
+    /// the file. An instance of that name started later gets a fresh sink.
+    pub fn forget_process(&self, app: &str, process: &str) {
+        let removed = lock(&self.inner.apps)
+            .get_mut(app)
+            .and_then(|logs| logs.sinks.remove(process));
+        if let Some(sink) = removed {
+            sink.close_when_idle();
+        }
+    }
+
     /// Flushes everything (daemon shutdown): returns when every line the pipes held and the
     /// sinks had queued at the call is written. Wrap it in a timeout where a hung disk must
     /// not delay shutdown.
@@ -289,6 +303,15 @@ impl LogHub {
         for sink in sinks {
             sink.flush().await;
         }
+    }
+
+    /// Takes every pipe back from the capture thread for the next image (upgrade): each
+    /// read end with its process, stream and unfinished line. Nothing is read from them
+    /// after this; what they hold is the next image's to read.
+    pub async fn hand_over(&self) -> Vec<HandedPipe> {
+        let (reply, handed) = tokio::sync::oneshot::channel();
+        self.inner.capture.hand_over(reply);
+        handed.await.unwrap_or_default()
     }
 
     fn app_sinks(&self, app: &str) -> Vec<LogSink> {

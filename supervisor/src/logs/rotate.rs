@@ -142,10 +142,13 @@ impl RotatingFile {
                 if let Some(dir) = self.path.parent() {
                     DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
                 }
+                // O_NOFOLLOW: a symlink planted in the app's log directory is an error, never
+                // a way to make the daemon append to a file outside PIKU_ROOT.
                 let file = OpenOptions::new()
                     .append(true)
                     .create(true)
                     .mode(0o640)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(&self.path)?;
                 let meta = file.metadata()?;
                 self.identity = (meta.dev(), meta.ino());

@@ -34,7 +34,7 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 /// Where a line came from (its journald priority).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Stream {
+pub enum Stream {
     Stdout,
     Stderr,
     /// The supervisor's own `[piku] …` lines.
@@ -191,13 +191,30 @@ impl LogSink {
     /// Starts capturing a freshly spawned child's pipes: from now on the capture thread owns
     /// their read ends (until EOF). Lines are split on '\n' (a line longer than 64 KiB is cut
     /// into pieces); invalid UTF-8 is replaced lossily.
-    pub fn attach(&self, stdout: ChildStdout, stderr: ChildStderr) {
+    pub fn attach(&self, stdout: ChildStdout, stderr: ChildStderr, pid: u32) {
         for (pipe, stream) in [
             (stdout.into_owned_fd(), Stream::Stdout),
             (stderr.into_owned_fd(), Stream::Stderr),
         ] {
-            let attached = pipe.and_then(|fd| self.attach_fd(fd, stream));
+            let attached = pipe.and_then(|fd| self.attach_fd(fd, stream, pid, Vec::new()));
             if let Err(err) = attached {
+                tracing::error!(app = %self.shared.app, process = %self.shared.process, %err, "cannot capture a pipe of the process; its output there is lost");
+            }
+        }
+    }
+
+    /// Captures the pipes of a process handed over by the previous image: each read end, and
+    /// the start of the line it was in.
+    pub fn adopt(
+        &self,
+        pid: u32,
+        stdout: Option<(std::os::fd::OwnedFd, Vec<u8>)>,
+        stderr: Option<(std::os::fd::OwnedFd, Vec<u8>)>,
+    ) {
+        for (pipe, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
+            if let Some((fd, partial)) = pipe
+                && let Err(err) = self.attach_fd(fd, stream, pid, partial)
+            {
                 tracing::error!(app = %self.shared.app, process = %self.shared.process, %err, "cannot capture a pipe of the process; its output there is lost");
             }
         }
@@ -207,12 +224,14 @@ impl LogSink {
         &self,
         fd: std::os::fd::OwnedFd,
         stream: Stream,
+        pid: u32,
+        partial: Vec<u8>,
     ) -> std::io::Result<()> {
         lock(&self.shared.state).pipes += 1;
-        let attached = self
-            .shared
-            .capture
-            .attach(fd, stream, Arc::clone(&self.shared));
+        let attached =
+            self.shared
+                .capture
+                .attach(fd, stream, Arc::clone(&self.shared), pid, partial);
         if attached.is_err() {
             lock(&self.shared.state).pipes -= 1;
         }

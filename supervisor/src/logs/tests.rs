@@ -26,7 +26,12 @@ fn spawn_sh(script: &str) -> Child {
 
 /// Attaches `child`'s pipes to `sink`, waits for the child and for both pipes to reach EOF.
 async fn capture_until_eof(sink: &LogSink, mut child: Child) {
-    sink.attach(child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let pid = child.id().unwrap();
+    sink.attach(
+        child.stdout.take().unwrap(),
+        child.stderr.take().unwrap(),
+        pid,
+    );
     tokio::time::timeout(DEADLINE, async {
         child.wait().await.unwrap();
         sink.pipes_closed().await;
@@ -157,7 +162,12 @@ async fn a_slow_disk_holds_back_its_own_child_only_and_loses_nothing() {
         "seq 1 {total}; touch {}; exec sleep 60",
         done.display()
     ));
-    slow.attach(flood.stdout.take().unwrap(), flood.stderr.take().unwrap());
+    let pid = flood.id().unwrap();
+    slow.attach(
+        flood.stdout.take().unwrap(),
+        flood.stderr.take().unwrap(),
+        pid,
+    );
     let deadline = Instant::now() + DEADLINE;
     while slow.back_pressure().0 == 0 {
         assert!(Instant::now() < deadline, "the flood was never held back");
@@ -215,7 +225,12 @@ async fn a_note_after_a_quiet_process_exits_comes_after_its_last_words() {
         "echo hello; sleep 3; echo last words; touch {}; exec sleep 30",
         said.display()
     ));
-    sink.attach(child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let pid = child.id().unwrap();
+    sink.attach(
+        child.stdout.take().unwrap(),
+        child.stderr.take().unwrap(),
+        pid,
+    );
     let path = dir.path().join("app/worker.1.log");
     let deadline = Instant::now() + DEADLINE;
     while !said.exists() {
@@ -310,7 +325,12 @@ async fn followers_get_live_lines_and_notes() {
     let sink = hub.sink("app", "web.2", Rotation::PIKU);
     sink.note("starting");
     let mut child = spawn_sh("echo live; echo also live >&2");
-    sink.attach(child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let pid = child.id().unwrap();
+    sink.attach(
+        child.stdout.take().unwrap(),
+        child.stderr.take().unwrap(),
+        pid,
+    );
     let mut got = Vec::new();
     for _ in 0..3 {
         let line = tokio::time::timeout(DEADLINE, follower.recv())

@@ -11,6 +11,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::registry::Registry;
 use crate::server::handlers;
+use crate::server::slots::Slot;
 use crate::server::wire::{Conn, send};
 
 /// Time a client has to complete the handshake after connecting.
@@ -41,6 +42,7 @@ pub async fn serve(
     stream: UnixStream,
     apps: Arc<Registry>,
     own_uid: u32,
+    slot: Slot,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let peer = stream.peer_cred();
@@ -68,7 +70,11 @@ pub async fn serve(
         }
     }
 
-    match timeout(HANDSHAKE_TIMEOUT, next_request(&mut conn)).await {
+    let handshake = tokio::select! {
+        answer = timeout(HANDSHAKE_TIMEOUT, next_request(&mut conn)) => answer,
+        () = slot.evicted.cancelled() => return,
+    };
+    match handshake {
         Err(_) => return refuse(&mut conn, "no handshake in time".into()).await,
         Ok(Err(message)) => return refuse(&mut conn, message).await,
         Ok(Ok(None)) => return,
@@ -97,12 +103,19 @@ pub async fn serve(
     }
 
     loop {
-        let request = match timeout(IDLE_TIMEOUT, next_request(&mut conn)).await {
+        slot.set_idle(true);
+        let next = tokio::select! {
+            next = timeout(IDLE_TIMEOUT, next_request(&mut conn)) => next,
+            // Closed to make room for a newcomer while every connection was taken.
+            () = slot.evicted.cancelled() => return,
+        };
+        slot.set_idle(false);
+        let request = match next {
             Err(_) | Ok(Ok(None)) => return,
             Ok(Err(message)) => return refuse(&mut conn, message).await,
             Ok(Ok(Some(request))) => request,
         };
-        let response = handlers::handle(&apps, request, &mut conn, &mut shutdown).await;
+        let response = handlers::handle(&apps, request, &mut conn, &slot, &mut shutdown).await;
         match response {
             Some(resp) => {
                 if !send(&mut conn, &resp).await {

@@ -9,36 +9,38 @@ mod answer;
 mod connection;
 mod handlers;
 mod shutdown;
+mod slots;
 mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use self::shutdown::stopped;
+use self::slots::Slots;
 use crate::registry::Registry;
 
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 64;
+/// The connections still open once the server stopped accepting.
+pub struct Open(Arc<Slots>);
 
-/// Serves until `shutdown` turns true.
+impl Open {
+    /// Waits until every connection has closed (its request answered); false after `within`.
+    pub async fn closed(&self, within: Duration) -> bool {
+        self.0.all_free(within).await
+    }
+}
+
+/// Serves until `shutdown` turns true; then returns the connections still open.
 pub async fn serve(
     listener: UnixListener,
     apps: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+) -> Open {
+    let slots = Slots::new();
     let own_uid = nix::unistd::geteuid().as_raw();
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return, // the semaphore is never closed
-            },
-            () = stopped(&mut shutdown) => return,
-        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -49,12 +51,18 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return Open(slots.clone()),
+        };
+        // Accepted first, then placed: a full table closes an idle client only for a real
+        // newcomer. Until a place is free nothing more is accepted (one descriptor at most).
+        let slot = tokio::select! {
+            slot = slots.take() => match slot {
+                Some(slot) => slot,
+                None => return Open(slots.clone()),
+            },
+            () = stopped(&mut shutdown) => return Open(slots.clone()),
         };
         let (apps, shutdown) = (apps.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            connection::serve(stream, apps, own_uid, shutdown).await;
-            drop(permit);
-        });
+        tokio::spawn(connection::serve(stream, apps, own_uid, slot, shutdown));
     }
 }

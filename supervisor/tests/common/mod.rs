@@ -126,13 +126,27 @@ impl Daemon {
         })
     }
 
-    fn start_with(root: &TestRoot, adjust: impl FnOnce(&mut Command)) -> Daemon {
+    /// A daemon started from the binary at `exe` (a copy a test may replace, as a package
+    /// upgrade does).
+    pub fn start_from(root: &TestRoot, exe: &Path) -> Daemon {
+        Daemon::start_binary(root, exe, |_| {})
+    }
+
+    pub fn start_with(root: &TestRoot, adjust: impl FnOnce(&mut Command)) -> Daemon {
+        Daemon::start_binary(
+            root,
+            Path::new(env!("CARGO_BIN_EXE_piku-supervisor")),
+            adjust,
+        )
+    }
+
+    fn start_binary(root: &TestRoot, exe: &Path, adjust: impl FnOnce(&mut Command)) -> Daemon {
         let log = fs::File::create(root.dir.path().join(format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos() + u128::from(std::process::id())
         )))
         .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_piku-supervisor"));
+        let mut command = Command::new(exe);
         adjust(&mut command);
         let child = command
             .arg("--root")

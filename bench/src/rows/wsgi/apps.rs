@@ -28,6 +28,25 @@ def index():
     return render_template_string(PAGE, title="hello " + request.args.get("name", "world"), items=range(10))
 "#;
 
+/// A WSGI app that misbehaves on request (`piku-bench robust`, as `examples/python-faulty`):
+/// `/wedge` never answers, `/crash` ends its worker after noting the delivery in
+/// `crashes-<PIKU_APP>.log` (a replayed request shows as a second line).
+const FAULTY_PY: &str = r#"import os, time
+APP = os.environ.get("PIKU_APP", "bench")
+def application(environ, start_response):
+    path = environ.get("PATH_INFO", "/")
+    if path == "/wedge":
+        while True:
+            time.sleep(60)
+    if path == "/crash":
+        with open("crashes-%s.log" % APP, "a") as f:
+            f.write("crash in pid %d\n" % os.getpid())
+        os._exit(3)
+    body = ("hello from %s\n" % APP).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
 /// An ASGI app, to check that the ASGI path starts (not measured against uWSGI: piku has none).
 const ASGI_PY: &str = r#"async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -49,6 +68,8 @@ const ASGI_PY: &str = r#"async def app(scope, receive, send):
 pub enum App {
     Plain,
     Flask,
+    /// Only in `piku-bench robust`.
+    Faulty,
 }
 
 impl App {
@@ -58,6 +79,7 @@ impl App {
         match self {
             App::Plain => "plain",
             App::Flask => "flask",
+            App::Faulty => "faulty",
         }
     }
 
@@ -66,6 +88,7 @@ impl App {
         match self {
             App::Plain => "plain:application",
             App::Flask => "flaskapp:app",
+            App::Faulty => "faulty:application",
         }
     }
 
@@ -73,6 +96,7 @@ impl App {
         match self {
             App::Plain => "plain WSGI app",
             App::Flask => "small Flask app",
+            App::Faulty => "faulty WSGI app",
         }
     }
 }
@@ -84,6 +108,7 @@ pub fn write_sources(dir: &Path) -> Result<PathBuf> {
         ("plain.py", PLAIN_PY),
         ("flaskapp.py", FLASK_PY),
         ("asgiapp.py", ASGI_PY),
+        ("faulty.py", FAULTY_PY),
     ] {
         fs::write(dir.join(name), text)?;
     }

@@ -11,6 +11,7 @@
 mod apps;
 mod formation;
 mod load;
+pub mod robust;
 mod target;
 
 use std::collections::BTreeMap;
@@ -301,13 +302,13 @@ fn memory(
     result
 }
 
-fn loadavg() -> String {
+pub(super) fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "?".into())
 }
 
-fn utc_now() -> String {
+pub(super) fn utc_now() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()

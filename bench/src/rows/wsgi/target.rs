@@ -283,6 +283,8 @@ impl Stack {
                     count: 1,
                 }];
                 processes.extend(extra.with.iter().map(process_spec));
+                // The front's timeouts from the env, as piku-deploy reads them.
+                let timeouts = piku_model::FrontSettings::from_env(&env).unwrap_or_default();
                 let spec = AppSpec {
                     app: e.app.clone(),
                     release: "v1".into(),
@@ -293,6 +295,7 @@ impl Stack {
                         stop_grace_ms: 3000,
                         front: Some(FrontSpec {
                             unix_socket: Some(e.socket.clone()),
+                            response_timeout_ms: timeouts.response_timeout_secs * 1000,
                             ..FrontSpec::default()
                         }),
                         ..AppSettings::default()

@@ -17,6 +17,7 @@
 //! a warning and the self-signed certificate stays.
 
 pub mod acme;
+pub mod conflicts;
 pub mod nginx;
 pub mod ready;
 pub mod spec;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use piku_model::{AppName, EnvMap, PikuRoot, ProcessClass, Procfile};
+use piku_model::{AppName, EnvMap, FrontSettings, PikuRoot, ProcessClass, Procfile};
 use piku_nginx::NginxSettings;
 use piku_proto::{AppStatus, FrontSpec, TcpFront};
 
@@ -51,6 +51,9 @@ pub fn plan(
         .find(|e| e.class == ProcessClass::Static)
         .map(|e| e.command.as_str());
     let nginx = NginxSettings::from_env_for_checkout(app, root, env, web, static_entry, checkout)?;
+    if let Some(nginx) = &nginx {
+        super::conflicts::check(root, nginx)?;
+    }
     let spec = if web {
         Some(front_spec(root, app, env, nginx.is_some(), warnings)?)
     } else {
@@ -100,7 +103,11 @@ fn front_spec(
     };
     let seconds = |key: &str, default: f64, warnings: &mut Vec<String>| {
         let secs: f64 = number(env, key, default, warnings);
-        if secs.is_finite() && secs >= 0.0 {
+        let max = piku_proto::MAX_FRONT_WAIT_MS as f64 / 1000.0;
+        if secs > max {
+            warnings.push(format!("Warning: {key} is more than {max} s, using {max}"));
+            piku_proto::MAX_FRONT_WAIT_MS
+        } else if secs.is_finite() && secs >= 0.0 {
             (secs * 1000.0) as u64
         } else {
             warnings.push(format!(
@@ -109,12 +116,19 @@ fn front_spec(
             (default * 1000.0) as u64
         }
     };
+    // Refused when malformed, as `config:set` refuses them: a timeout silently replaced by
+    // its default is one the user believes in.
+    let timeouts = FrontSettings::from_env(env).map_err(DeployError::refused)?;
     Ok(FrontSpec {
         unix_socket,
         tcp,
         health_path,
         health_deadline_ms: seconds("PIKU_HEALTHCHECK_TIMEOUT", DEFAULT_HEALTH_SECS, warnings),
         drain_ms: seconds("PIKU_DRAIN_TIMEOUT", DEFAULT_DRAIN_SECS, warnings),
+        response_timeout_ms: timeouts.response_timeout_secs * 1000,
+        header_timeout_ms: timeouts.header_timeout_secs * 1000,
+        keepalive_timeout_ms: timeouts.keepalive_timeout_secs * 1000,
+        max_request_body: timeouts.max_request_body(),
     })
 }
 
@@ -231,6 +245,8 @@ mod tests {
         assert_eq!(spec.health_path.as_deref(), Some("/up"));
         assert_eq!(spec.health_deadline_ms, 5_000);
         assert_eq!(spec.drain_ms, 500);
+        assert_eq!(spec.response_timeout_ms, 30_000);
+        assert_eq!(spec.max_request_body, None);
         assert_eq!(
             front.nginx.unwrap().server_names,
             ["a.example", "b.example"]
@@ -279,5 +295,59 @@ mod tests {
         assert!(err.to_string().contains("PIKU_HEALTHCHECK"), "{err}");
         let err = plan_for("web: ./s\n", &[("PORT", "http")]).unwrap_err();
         assert!(err.to_string().contains("PORT"), "{err}");
+        let err = plan_for("web: ./s\n", &[("PIKU_RESPONSE_TIMEOUT", "0")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("PIKU_RESPONSE_TIMEOUT='0'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_front_takes_the_apps_timeouts_and_body_limit() {
+        let front = plan_for(
+            "web: ./serve\n",
+            &[
+                ("PIKU_RESPONSE_TIMEOUT", "90"),
+                ("PIKU_HEADER_TIMEOUT", "5"),
+                ("PIKU_KEEPALIVE_TIMEOUT", "20"),
+                ("NGINX_CLIENT_MAX_BODY_SIZE", "100m"),
+            ],
+        )
+        .unwrap();
+        let spec = front.spec.unwrap();
+        assert_eq!(spec.response_timeout_ms, 90_000);
+        assert_eq!(spec.header_timeout_ms, 5_000);
+        assert_eq!(spec.keepalive_timeout_ms, 20_000);
+        assert_eq!(spec.max_request_body, Some(100 << 20));
+        let unlimited = plan_for("web: ./s\n", &[("NGINX_CLIENT_MAX_BODY_SIZE", "0")]).unwrap();
+        assert_eq!(unlimited.spec.unwrap().max_request_body, None);
+    }
+
+    /// Issue 10: a drain or health wait of "forever" is capped at an hour, with a warning.
+    #[test]
+    fn endless_front_waits_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PikuRoot::new(dir.path());
+        let mut warnings = Vec::new();
+        let spec = front_spec(
+            &root,
+            &"blog".parse().unwrap(),
+            &env(&[
+                ("PIKU_DRAIN_TIMEOUT", "1e30"),
+                ("PIKU_HEALTHCHECK_TIMEOUT", "inf"),
+            ]),
+            false,
+            &mut warnings,
+        )
+        .unwrap();
+        assert_eq!(spec.drain_ms, 3_600_000);
+        assert_eq!(spec.health_deadline_ms, 3_600_000);
+        assert_eq!(
+            warnings,
+            [
+                "Warning: PIKU_HEALTHCHECK_TIMEOUT is more than 3600 s, using 3600",
+                "Warning: PIKU_DRAIN_TIMEOUT is more than 3600 s, using 3600",
+            ]
+        );
     }
 }

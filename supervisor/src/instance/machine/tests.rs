@@ -662,3 +662,51 @@ fn every_state_and_event_is_decided() {
     }
     assert_eq!(cases, 3 * 16 * 12);
 }
+
+/// An upgrade carries the history over: a crash-looping instance waiting to restart is still
+/// crash-looping and waiting in the next image, and goes on counting from there.
+#[test]
+fn a_back_off_carried_over_by_an_upgrade_goes_on() {
+    let t = Instant::now();
+    let history = History {
+        restarts: 7,
+        exits: 8,
+        last_exit: Some("exit 3".into()),
+        failed_starts: 7,
+    };
+    let mut m = new(Duty::Service);
+    m.resume_backing_off(history.clone(), t + Duration::from_millis(1600));
+    assert_eq!(m.shown_as(), InstanceState::CrashLooping);
+    assert_eq!(m.deadline(), Some(t + Duration::from_millis(1600)));
+    assert_eq!(m.history(), history);
+    let (m, actions) = step(m, Event::Deadline, t + Duration::from_millis(1600));
+    assert_eq!(without_notes(&actions), [Action::Spawn]);
+    assert_eq!(m.restarts(), 8);
+}
+
+/// A process taken over keeps its uptime: its exit an hour later is that of a started
+/// process (restarted at once), not a failed start.
+#[test]
+fn an_adopted_process_keeps_its_uptime() {
+    let t = Instant::now();
+    let m = new(Duty::Service);
+    let (m, _) = step(m, Event::Start, t);
+    let (mut m, _) = step(m, Event::Spawned { pid: 9 }, t);
+    let hour = Duration::from_secs(3600);
+    m.adopted(
+        History {
+            restarts: 2,
+            failed_starts: 3,
+            ..History::default()
+        },
+        t.checked_sub(hour),
+    );
+    assert_eq!(m.process().1, t.checked_sub(hour));
+    assert_eq!(m.adoptable().map(|(pid, _)| pid), Some(9));
+    let (m, actions) = step(m, Event::Exited("exit 1".into()), t + QUICK);
+    assert!(
+        without_notes(&actions).ends_with(&[Action::Spawn]),
+        "{actions:?}"
+    );
+    assert_eq!(m.restarts(), 3);
+}

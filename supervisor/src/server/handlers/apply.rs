@@ -16,6 +16,20 @@ pub async fn handle(apps: &Arc<Registry>, spec: AppSpec, conn: &mut Conn) -> Res
     if let Err(problems) = crate::validate::spec(&spec) {
         return Response::Error { message: problems };
     }
+    if let Some(port) = crate::app::pinned_port(&spec)
+        && let Some(other) = apps.ctx().ports.holder_besides(&spec.app, port)
+    {
+        return Response::Error {
+            message: format!(
+                "app {}: port {port} is already used by app {other}",
+                spec.app
+            ),
+        };
+    }
+    let others = apps.ctx().store.instances_except(&spec.app);
+    if let Err(message) = crate::fds::check(&spec.app, crate::validate::instances(&spec), others) {
+        return Response::Error { message };
+    }
     // Said at every apply, so the push and `config:set` that set a limit both show it.
     let warnings = crate::cgroup::tree().unenforced(&spec.settings.limits);
     answer::with_progress(conn, |progress| async move {

@@ -8,6 +8,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::logs::process_matches;
 use crate::registry::Registry;
 use crate::server::answer;
+use crate::server::slots::{MAX_FOLLOWERS, Slot};
 use crate::server::wire::{Conn, send};
 
 /// The most past lines sent per log file.
@@ -19,15 +20,32 @@ pub async fn handle(
     apps: &Registry,
     req: LogsRequest,
     conn: &mut Conn,
+    slot: &Slot,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Response> {
     if let Some(refused) = answer::refuse_bad_name(&req.app) {
         return Some(refused);
     }
+    // Held for the whole follow: followers never take the places commands need.
+    let _follower = match req.follow {
+        false => None,
+        true => match slot.follower() {
+            Some(permit) => Some(permit),
+            None => {
+                return Some(Response::Error {
+                    message: format!(
+                        "{MAX_FOLLOWERS} clients already follow logs; try again when one stops"
+                    ),
+                });
+            }
+        },
+    };
     // piku shows 100 lines by default; a huge count would only buffer whole files in memory.
     let lines = req.lines.min(MAX_TAIL_LINES);
-    // Subscribe before reading the files so that no line falls between the two.
-    let mut live = req.follow.then(|| apps.ctx().logs.subscribe(&req.app));
+    // Subscribe before reading the files so that no line falls between the two. Only for an
+    // app the daemon runs: a name it does not know gets no state (a channel each) here.
+    let known = apps.knows(&req.app);
+    let mut live = (req.follow && known).then(|| apps.ctx().logs.subscribe(&req.app));
     let past = match apps
         .ctx()
         .logs
@@ -41,7 +59,7 @@ pub async fn handle(
             });
         }
     };
-    if past.is_empty() && !apps.knows(&req.app) {
+    if past.is_empty() && !known {
         return Some(Response::Error {
             message: format!("no app named {} and no logs for it", req.app),
         });

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use std::sync::Arc;
 
 use crate::registry::Registry;
+use crate::server::slots::Slot;
 use crate::server::wire::Conn;
 
 /// Answers one request after the handshake: the final frame, or `None` when the connection
@@ -23,6 +24,7 @@ pub async fn handle(
     apps: &Arc<Registry>,
     request: Request,
     conn: &mut Conn,
+    slot: &Slot,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Response> {
     match request {
@@ -37,6 +39,6 @@ pub async fn handle(
         Request::Remove { app } => Some(remove::handle(apps, &app).await),
         Request::Status { app } => Some(status::handle(apps, app.as_deref()).await),
         // Streams its own frames; a following request ends when the client hangs up.
-        Request::Logs(req) => logs::handle(apps, req, conn, shutdown).await,
+        Request::Logs(req) => logs::handle(apps, req, conn, slot, shutdown).await,
     }
 }

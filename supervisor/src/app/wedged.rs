@@ -1,0 +1,174 @@
+//! Wedged web instances (uWSGI's harakiri, done by the platform): the app's front reports an
+//! instance whose last requests all went unanswered past the response timeout
+//! (`BackendEvent::Wedged`), and routes around it meanwhile. The actor gives it one more
+//! response timeout to answer something; one still wedged then is recycled like an instance
+//! over its memory soft mark (`ceiling.rs`): a new one starts beside it through the
+//! zero-downtime switch, takes the traffic once ready, and the wedged one is drained (its
+//! stuck requests get the front's 504) and stopped. `ps` shows `wedged restart` as the new
+//! one's last exit.
+//!
+//! The actor listens to the events of the front it has now: a front replaced (new listeners
+//! or timeouts) is followed at the next turn of its loop.
+
+use std::time::Duration;
+
+use hyper_proxy_glue::BackendEvent;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+use super::actor::Actor;
+use super::command::Command;
+use crate::exit::WEDGED_RESTART;
+
+/// The front whose events the actor follows, and the wedged instances it gives a last chance.
+#[derive(Default)]
+pub(super) struct WedgedWatch {
+    /// The front's serial and its events (`None`: the app has no open front).
+    events: Option<(u64, broadcast::Receiver<BackendEvent>)>,
+    /// Backend ids (`web.1@41002`) reported wedged, and when to look at them again.
+    due: Vec<(Instant, String)>,
+}
+
+/// What the actor's loop got from the front.
+pub(super) enum FrontNews {
+    Event(BackendEvent),
+    /// Events were missed: every instance's state is read from the front instead.
+    Missed,
+    /// The front is gone (closed); the next turn follows its successor, if any.
+    Closed,
+}
+
+impl Actor {
+    /// Subscribes to the events of the app's front if it changed since the last turn.
+    pub(super) fn follow_front(&mut self) {
+        let current = self
+            .app
+            .as_ref()
+            .and_then(|app| app.front.as_ref())
+            .map(|front| (front.serial(), front));
+        let followed = self.wedged.events.as_ref().map(|(serial, _)| *serial);
+        match current {
+            Some((serial, front)) if followed != Some(serial) => {
+                self.wedged.events = Some((serial, front.front().events()));
+                self.wedged.due.clear();
+            }
+            Some(_) => {}
+            None => {
+                self.wedged.events = None;
+                self.wedged.due.clear();
+            }
+        }
+    }
+
+    /// When the next wedged instance is due for its second look.
+    pub(super) fn next_wedged_check(&self) -> Option<Instant> {
+        self.wedged.due.iter().map(|(at, _)| *at).min()
+    }
+
+    /// A front event: a wedged instance gets one response timeout to answer again.
+    pub(super) fn front_news(&mut self, news: FrontNews) {
+        let wait = self.response_timeout();
+        match news {
+            FrontNews::Event(BackendEvent::Wedged { id, timeouts }) => {
+                tracing::warn!(
+                    app = %self.name,
+                    backend = %id,
+                    timeouts,
+                    "instance wedged: recycled unless it answers within {wait:?}"
+                );
+                self.wedged.due.push((Instant::now() + wait, id));
+            }
+            FrontNews::Event(BackendEvent::Recovered { id }) => {
+                self.wedged.due.retain(|(_, due)| *due != id);
+            }
+            FrontNews::Missed => {
+                let stats = self
+                    .app
+                    .as_ref()
+                    .and_then(|app| app.front.as_ref())
+                    .map(|front| front.front().backend_stats())
+                    .unwrap_or_default();
+                self.wedged.due.clear();
+                let at = Instant::now() + wait;
+                self.wedged.due.extend(
+                    stats
+                        .into_iter()
+                        .filter(|s| s.wedged)
+                        .map(|stats| (at, stats.id)),
+                );
+            }
+            FrontNews::Closed => self.wedged.events = None,
+        }
+    }
+
+    /// The second look: instances still wedged are recycled, in turn behind the app's other
+    /// changes.
+    pub(super) fn check_wedged(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.wedged.due)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.wedged.due = later;
+        let Some(app) = self.app.as_ref() else {
+            return;
+        };
+        let Some(front) = app.front.as_ref() else {
+            return;
+        };
+        let stats = front.front().backend_stats();
+        let mut recycle = Vec::new();
+        for (_, backend) in due {
+            let Some(stats) = stats.iter().find(|s| s.id == backend && s.wedged) else {
+                continue;
+            };
+            let Some((id, handle)) = app.instances.iter().find(|(id, h)| {
+                h.config
+                    .launch
+                    .port
+                    .is_some_and(|port| crate::front::backend_id(id, port) == backend)
+            }) else {
+                continue;
+            };
+            let Some(pid) = handle.watch().borrow().pid else {
+                continue;
+            };
+            handle.sink.note(&format!(
+                "wedged: its last {} requests got no answer within the response timeout, and \
+                 none since ({} in flight, {} timed out in all): a new instance takes over first",
+                front.front().config().wedged_after,
+                stats.in_flight,
+                stats.timed_out,
+            ));
+            recycle.push(Command::Recycle {
+                id: id.clone(),
+                pid,
+                reason: WEDGED_RESTART,
+            });
+        }
+        for command in recycle {
+            self.post(command);
+        }
+    }
+
+    fn response_timeout(&self) -> Duration {
+        self.app
+            .as_ref()
+            .and_then(|app| app.front.as_ref())
+            .map_or(Duration::from_secs(30), |front| {
+                front.front().config().response_timeout
+            })
+    }
+}
+
+/// The next event of the front the actor follows (never, without one).
+pub(super) async fn front_news(watch: &mut WedgedWatch) -> FrontNews {
+    let Some((_, events)) = watch.events.as_mut() else {
+        return std::future::pending().await;
+    };
+    match events.recv().await {
+        Ok(event) => FrontNews::Event(event),
+        Err(RecvError::Lagged(_)) => FrontNews::Missed,
+        Err(RecvError::Closed) => FrontNews::Closed,
+    }
+}

@@ -1,0 +1,388 @@
+//! A robust front end to end (issue 14): `examples/python-faulty`, a plain WSGI app under the
+//! default server (uWSGI, two workers of four threads) that wedges, crashes, streams big
+//! bodies and reads big uploads on request, deployed with a real `git push` behind a real
+//! nginx → the supervisor's front → the app.
+//!
+//! Covered: a wedged request gets the front's 504 at the app's `PIKU_RESPONSE_TIMEOUT` (3 s,
+//! well before nginx's own timeout) while the other requests are served; a request that kills
+//! its worker gets one 502 and reaches the app once (never replayed), and the app serves at
+//! once; a 200 MiB upload (under `NGINX_CLIENT_MAX_BODY_SIZE=256m`) arrives intact, a larger
+//! one gets 413; a 1 GiB download arrives whole; a leak under `PIKU_MEMORY_MAX=300M` is
+//! replaced at the soft mark and `ps` says so; `config:set` refuses a bad timeout in one line
+//! and saves nothing, and a good one reaches the running front. And the issue's measure: with 1 % of a paced load
+//! wedging (each wedged request holds a uWSGI thread for good), at least 99 % of the others
+//! are answered 200 within 2 s, every wedged one gets 504 at the response timeout, and once
+//! the instance's threads are all held it is recycled (`ps`: `wedged restart`) and answers
+//! right after.
+//!
+//! Needs PyPI (uWSGI) on the first deploy, like `python_wsgi.rs`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use piku_e2e::{CHANGE_TIMEOUT, Piku, example_dir, http_get_host, make_app_repo, run_with_timeout};
+
+const HOST: &str = "faulty.test";
+
+/// `examples/python-faulty` deployed behind the harness's nginx; its nginx HTTP port.
+fn deploy(piku: &Piku) -> u16 {
+    let nginx = piku.nginx.as_ref().expect("started with nginx");
+    let repo = make_app_repo("python-faulty");
+    let env = std::fs::read_to_string(example_dir("python-faulty").join("ENV")).unwrap();
+    repo.write("ENV", &format!("{env}{}", nginx.app_env(HOST)));
+    repo.commit("behind nginx");
+    piku.git_push(repo.path(), "faulty").assert_ok();
+    let port = nginx.http_port;
+    let served = piku_e2e::wait_until(CHANGE_TIMEOUT, || {
+        http_get_host(port, HOST, "/")
+            .ok()
+            .filter(|a| a.status == 200 && a.body.starts_with("ok "))
+    });
+    assert!(
+        served.is_some(),
+        "the faulty app is not served through nginx\n{}",
+        piku.diagnostics()
+    );
+    port
+}
+
+/// One request through nginx with `Connection: close`: (status, body), or what went wrong.
+fn request(port: u16, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{path}: no answer ({text:?})"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{path}: bad status line in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// curl through nginx (`--resolve` sends the app's host name): its stdout, or a panic with
+/// what curl said.
+fn curl(port: u16, args: &[&str], path: &str) -> String {
+    let run = run_with_timeout(
+        {
+            let mut c = Command::new("curl");
+            c.args(["-sS", "--max-time", "120", "--resolve"])
+                .arg(format!("{HOST}:{port}:127.0.0.1"))
+                .args(args)
+                .arg(format!("http://{HOST}:{port}{path}"));
+            c
+        },
+        None,
+        Duration::from_secs(150),
+    );
+    run.assert_ok();
+    run.stdout
+}
+
+/// Lines of the app's log (`piku logs`) that contain `needle`.
+fn log_lines(piku: &Piku, needle: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(piku.root.join("logs/faulty/wsgi.1.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_faulty_wsgi_app_costs_only_its_faulty_requests() {
+    let piku = Piku::start_with_nginx();
+    let port = deploy(&piku);
+
+    // --- A wedged request: the front's 504 at PIKU_RESPONSE_TIMEOUT=3, the rest served. ---
+    let started = Instant::now();
+    let wedged = std::thread::spawn(move || {
+        let answer = request(port, "/wedge", Duration::from_secs(30));
+        (answer, started.elapsed())
+    });
+    let mut slowest = Duration::ZERO;
+    let mut served = 0;
+    while !wedged.is_finished() {
+        let began = Instant::now();
+        let (status, body) = request(port, "/", Duration::from_secs(10)).unwrap();
+        assert_eq!(status, 200, "{body}");
+        slowest = slowest.max(began.elapsed());
+        served += 1;
+    }
+    let (answer, took) = wedged.join().unwrap();
+    let (status, _) = answer.unwrap();
+    assert_eq!(status, 504, "a wedged request is answered by the front");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "504 after {took:?}, PIKU_RESPONSE_TIMEOUT=3"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a normal request took {slowest:?} beside the wedged one"
+    );
+    println!(
+        "wedged request: 504 after {:.2} s; {served} others served meanwhile, slowest {:.0} ms",
+        took.as_secs_f64(),
+        slowest.as_secs_f64() * 1000.0
+    );
+
+    // --- A request that kills its worker: one 502, delivered once, serving again at once. ---
+    for (killed, (path, said)) in [("/crash", "crashing pid"), ("/segv", "segfaulting pid")]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = request(port, path, Duration::from_secs(30)).unwrap();
+        assert_eq!(status, 502, "{path}: {body}");
+        let after = Instant::now();
+        let mut meanwhile = Vec::new();
+        let back = piku_e2e::wait_until(Duration::from_secs(5), || {
+            match request(port, "/", Duration::from_secs(5)) {
+                Ok((200, body)) => Some(body),
+                other => {
+                    meanwhile.push((after.elapsed(), other));
+                    None
+                }
+            }
+        });
+        assert!(back.is_some(), "not serving after {path}: {meanwhile:?}");
+        let again = after.elapsed();
+        assert!(
+            again < Duration::from_secs(1),
+            "serving again {again:?} after {path}; meanwhile {meanwhile:?}"
+        );
+        let seen = piku_e2e::wait_until(Duration::from_secs(5), || {
+            let lines = log_lines(&piku, said);
+            (!lines.is_empty()).then_some(lines)
+        })
+        .unwrap_or_default();
+        assert_eq!(seen.len(), 1, "{path} reached the app once: {seen:?}");
+        // uWSGI's master notices a dead worker on its next cycle (up to a second): before the
+        // next kill, both workers run again, or that kill would leave none.
+        let respawned = piku_e2e::wait_until(Duration::from_secs(5), || {
+            (log_lines(&piku, "Respawned uWSGI worker").len() > killed).then_some(())
+        });
+        assert!(
+            respawned.is_some(),
+            "uWSGI never replaced the worker {path} ended"
+        );
+        println!(
+            "{path}: one 502, serving again after {:.0} ms (meanwhile {meanwhile:?})",
+            again.as_secs_f64() * 1000.0
+        );
+    }
+
+    // --- Bodies: NGINX_CLIENT_MAX_BODY_SIZE=256m in nginx and the front. ---
+    let dir = tempfile::tempdir().unwrap();
+    let upload = dir.path().join("upload.bin");
+    let content: Vec<u8> = (0..200u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&upload, &content).unwrap();
+    let sha = run_with_timeout(
+        {
+            let mut c = Command::new("sha256sum");
+            c.arg(&upload);
+            c
+        },
+        None,
+        Duration::from_secs(60),
+    );
+    sha.assert_ok();
+    let sha = sha
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let data = format!("@{}", upload.display());
+    let sent = Instant::now();
+    let answer = curl(port, &["--data-binary", &data], "/upload");
+    assert_eq!(
+        answer.trim(),
+        format!("{} {sha}", content.len()),
+        "a 200 MiB upload"
+    );
+    let upload_took = sent.elapsed();
+    drop(content);
+
+    // Refused on its declared length, before any of it is sent.
+    let (status, _) = declared_upload(port, 300 << 20).unwrap();
+    assert_eq!(status, 413, "an upload over NGINX_CLIENT_MAX_BODY_SIZE");
+
+    let sent = Instant::now();
+    let size = curl(
+        port,
+        &["-o", "/dev/null", "-w", "%{http_code} %{size_download}"],
+        "/big?mb=1024",
+    );
+    assert_eq!(size, format!("200 {}", 1u64 << 30), "a 1 GiB download");
+    println!(
+        "200 MiB upload intact in {:.1} s; 1 GiB download whole in {:.1} s",
+        upload_took.as_secs_f64(),
+        sent.elapsed().as_secs_f64()
+    );
+
+    // --- A leak under PIKU_MEMORY_MAX=300M: replaced at the soft mark, and ps says so. ---
+    let before = piku.instances("faulty");
+    let leaked = piku_e2e::wait_until(Duration::from_secs(60), || {
+        let _ = request(port, "/leak?mb=40", Duration::from_secs(10));
+        let ps = piku.ssh("ps faulty");
+        ps.stdout
+            .contains("memory-soft-limit restart")
+            .then_some(ps.stdout)
+    });
+    let ps = leaked.unwrap_or_else(|| {
+        panic!(
+            "no soft-mark restart; before: {before:?}\n{}",
+            piku.ssh("ps faulty").stdout
+        )
+    });
+    println!("after the leak:\n{ps}");
+    let (status, body) = request(port, "/", Duration::from_secs(10)).unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // --- config:set: a bad timeout is refused in one line and changes nothing; a good one
+    // reaches the running front and nginx without a push. ---
+    let refused = piku.ssh("config:set faulty PIKU_RESPONSE_TIMEOUT=0 GREETING=hi");
+    assert!(!refused.success(), "{refused}");
+    let error: Vec<&str> = refused.stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        error,
+        ["Error: PIKU_RESPONSE_TIMEOUT='0' must be a whole number of seconds from 1 to 3600"],
+        "{refused}"
+    );
+    let kept = piku.ssh("config:get faulty GREETING");
+    assert!(kept.stdout.trim().is_empty(), "GREETING was saved: {kept}");
+    piku.ssh("config:set faulty PIKU_RESPONSE_TIMEOUT=1")
+        .assert_ok();
+    let conf = std::fs::read_to_string(piku.root.join("nginx/faulty.conf")).unwrap();
+    assert!(conf.contains("proxy_read_timeout 60s;"), "{conf}");
+    assert!(conf.contains("client_max_body_size 268435456;"), "{conf}");
+    let sent = Instant::now();
+    let (status, _) = request(port, "/sleep?s=3", Duration::from_secs(30)).unwrap();
+    let took = sent.elapsed();
+    assert_eq!(status, 504, "a 3 s answer with PIKU_RESPONSE_TIMEOUT=1");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "504 after {took:?}"
+    );
+}
+
+/// Sends only the head of a POST declaring `length` bytes: (status, body) of the answer.
+fn declared_upload(port: u16, length: u64) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {length}\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no answer: {text:?}"))?;
+    Ok((status, text.into_owned()))
+}
+
+/// The issue's measure: 1 % of the requests wedge (their threads are held for good) in a
+/// paced load of 40 requests a second for 20 s; the others must be answered 200 within 2 s
+/// (at least 99 % of them), each wedged one gets the front's 504 at the response timeout, and
+/// the app answers normally right after. One client sends the normal requests one after
+/// another (closed loop): while one waits for its 504 no other is sent, so the 99 % reads
+/// kinder than an open-loop load; `piku-bench robust` measures that (BENCHMARKS.md).
+#[test]
+fn one_percent_of_requests_wedging_leaves_the_others_served() {
+    let piku = Piku::start_with_nginx();
+    let port = deploy(&piku);
+    let pace = Duration::from_millis(25);
+    let began = Instant::now();
+    let mut wedges = Vec::new();
+    let mut normal = Vec::new();
+    for i in 0..800u32 {
+        let due = began + pace * i;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if i % 100 == 50 {
+            wedges.push(std::thread::spawn(move || {
+                let sent = Instant::now();
+                (
+                    request(port, "/wedge", Duration::from_secs(30)),
+                    sent.elapsed(),
+                )
+            }));
+            continue;
+        }
+        let sent = Instant::now();
+        let answer = request(port, "/", Duration::from_secs(10));
+        normal.push((answer.map(|(status, _)| status), sent.elapsed()));
+    }
+    let good = normal
+        .iter()
+        .filter(|(answer, took)| *answer == Ok(200) && *took < Duration::from_secs(2))
+        .count();
+    let bad: Vec<_> = normal
+        .iter()
+        .filter(|(answer, took)| *answer != Ok(200) || *took >= Duration::from_secs(2))
+        .collect();
+    let wedged: Vec<_> = wedges.into_iter().map(|w| w.join().unwrap()).collect();
+    let after = Instant::now();
+    let back = piku_e2e::wait_until(Duration::from_secs(30), || {
+        request(port, "/", Duration::from_secs(2))
+            .ok()
+            .filter(|(status, _)| *status == 200)
+    });
+    let back_after = after.elapsed();
+    let ps = piku.ssh("ps faulty");
+    println!(
+        "1 % wedging: {good} of {} others answered 200 within 2 s ({:.1} %); not: {:?}\n\
+         wedged: {:?}\nanswering {:.0} ms after the load\n{}",
+        normal.len(),
+        100.0 * good as f64 / normal.len() as f64,
+        &bad[..bad.len().min(20)],
+        wedged
+            .iter()
+            .map(|(a, took)| (
+                a.as_ref().map(|(s, _)| *s).map_err(String::clone),
+                took.as_secs_f64()
+            ))
+            .collect::<Vec<_>>(),
+        back_after.as_secs_f64() * 1000.0,
+        ps.stdout
+    );
+    assert!(back.is_some(), "the app does not answer after the load");
+    // 8 wedges hold the instance's 8 threads (2 workers of 4): it is recycled.
+    assert!(ps.stdout.contains("wedged restart"), "{}", ps.stdout);
+    assert!(
+        good * 100 >= normal.len() * 99,
+        "{good} of {} answered 200 within 2 s",
+        normal.len()
+    );
+    for (answer, took) in &wedged {
+        let status = answer.as_ref().map(|(status, _)| *status);
+        assert_eq!(status, Ok(504), "a wedged request");
+        assert!(
+            *took >= Duration::from_secs(3) && *took < Duration::from_secs(10),
+            "504 after {took:?}"
+        );
+    }
+}
