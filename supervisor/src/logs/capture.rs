@@ -14,7 +14,8 @@
 //! When the thread reads each pipe is pace.rs's: at once (armed), every couple of
 //! milliseconds while it floods (hot), or on the one-second tick while it is quiet.
 //! Back-pressure: a sink whose writer has a full queue is not read (its child blocks in
-//! write(2)) until the writer asks for more ([`Capture::resume`]); nothing is ever dropped.
+//! write(2)) until the writer asks for more ([`Capture::resume`]), or until this thread has
+//! written the queue itself (the disk was fast again); nothing is ever dropped.
 //!
 //! Issue 15 (handing the pipes to a successor daemon) finds every read end here, in
 //! `Engine::pipes`.
@@ -392,17 +393,11 @@ impl Engine {
             Command::Flush(sink, reply) => {
                 self.drain_pipes_of(&sink);
                 sink.release_notes();
-                sink.settle();
+                self.settle(&sink);
                 let _ = reply.send(sink.accepted());
             }
             Command::Resume(sink) => {
-                let tokens: Vec<Token> = self.tokens_of(&sink);
-                for token in tokens {
-                    if let Some(pipe) = self.pipes.get_mut(&token) {
-                        pipe.paused = false;
-                    }
-                    self.mark_ready(token);
-                }
+                self.resume(&sink);
             }
             Command::HandOver(reply) => {
                 let tokens: Vec<Token> = self.pipes.keys().copied().collect();
@@ -425,6 +420,25 @@ impl Engine {
             Command::Shutdown => return false,
         }
         true
+    }
+
+    /// Reads `sink`'s held-back pipes again: its queue was taken (by its writer thread, or
+    /// written by this thread).
+    fn resume(&mut self, sink: &Arc<Shared>) {
+        for token in self.tokens_of(sink) {
+            if let Some(pipe) = self.pipes.get_mut(&token) {
+                pipe.paused = false;
+            }
+            self.mark_ready(token);
+        }
+    }
+
+    /// Writes `sink`'s queue (see [`Shared::settle`]), reading its held-back pipes again
+    /// when that frees their sink.
+    fn settle(&mut self, sink: &Arc<Shared>) {
+        if sink.settle() {
+            self.resume(sink);
+        }
     }
 
     fn tokens_of(&self, sink: &Arc<Shared>) -> Vec<Token> {
@@ -645,7 +659,7 @@ impl Engine {
             if dirty[..i].iter().any(|seen| Arc::ptr_eq(seen, sink)) {
                 continue;
             }
-            sink.settle();
+            self.settle(sink);
         }
     }
 }

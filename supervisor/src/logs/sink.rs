@@ -415,33 +415,44 @@ impl Shared {
     /// Called by the capture thread after it queued something (or was asked to): writes the
     /// queue now, or leaves it to the sink's writer thread when there is one or the disk is
     /// slow.
-    pub(super) fn settle(self: &Arc<Self>) {
-        let (batch, rotation) = {
+    ///
+    /// Returns true when the capture thread had stopped reading this sink's pipes and must
+    /// read them again: it took the queue itself, so no writer thread will ask
+    /// ([`Capture::resume`]). (A pipe is held back behind its sibling whose read in the same
+    /// round filled the queue, or after a slow spell whose writer thread has ended.)
+    #[must_use = "held-back pipes must be read again"]
+    pub(super) fn settle(self: &Arc<Self>) -> bool {
+        let (batch, rotation, resume) = {
             let mut state = lock(&self.state);
             if state.writer_thread {
-                return;
+                return false;
             }
             if state.queue.is_empty() {
                 if state.close_when_idle {
                     drop(state);
                     lock(&self.file).close();
                 }
-                return;
+                return false;
             }
             if state.slow {
                 state.writer_thread = true;
                 drop(state);
                 self.start_writer_thread();
-                return;
+                return false;
             }
             state.cost = 0;
-            (std::mem::take(&mut state.queue), state.rotation)
+            (
+                std::mem::take(&mut state.queue),
+                state.rotation,
+                std::mem::take(&mut state.paused),
+            )
         };
         let took = self.write(batch, rotation);
         if took >= SLOW_WRITE {
             tracing::debug!(app = %self.app, process = %self.process, ?took, "slow log write: this log gets a writer thread");
             lock(&self.state).slow = true;
         }
+        resume
     }
 
     fn start_writer_thread(self: &Arc<Self>) {

@@ -212,6 +212,43 @@ async fn a_slow_disk_holds_back_its_own_child_only_and_loses_nothing() {
     assert_sequence(&all, 1, total);
 }
 
+/// Both pipes of a child flood into a sink whose queue one read overfills: the pipe read
+/// second in a round finds the queue full and is not read. The disk is fast, so the capture
+/// thread writes the queue itself (no writer thread to ask for more), and must then read
+/// that pipe again; else its writer blocks for good and the pipe never reaches EOF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipe_held_back_behind_its_sibling_is_read_again_after_an_inline_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        queue_bytes: 4 * 1024,
+        ..LogConfig::default()
+    };
+    let hub = LogHub::with_config(dir.path().to_path_buf(), config).unwrap();
+    let rotation = Rotation {
+        max_bytes: 64 * 1024 * 1024,
+        backups: 1,
+    };
+    let sink = hub.sink("app", "worker.1", rotation);
+    let total = 100_000;
+    let child = spawn_sh(&format!("seq -f e%.0f 1 {total} >&2 & seq 1 {total}; wait"));
+    capture_to_end(&sink, child).await;
+    assert!(
+        sink.back_pressure().0 > 0,
+        "no pipe was ever held back: the test did not test anything"
+    );
+    let lines = read_lines(&dir.path().join("app/worker.1.log"));
+    assert_sequence(&lines, 1, total);
+    let stderr: Vec<u64> = lines
+        .iter()
+        .filter_map(|line| line.strip_prefix('e')?.parse().ok())
+        .collect();
+    assert!(
+        stderr == (1..=total).collect::<Vec<u64>>(),
+        "{} stderr lines, expected 1..={total}",
+        stderr.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_note_after_a_quiet_process_exits_comes_after_its_last_words() {
     let dir = tempfile::tempdir().unwrap();
