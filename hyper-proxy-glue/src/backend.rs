@@ -42,6 +42,11 @@ pub enum BackendEvent {
     /// again. The supervisor should recycle it (start a replacement, switch, stop this one):
     /// its stuck requests may hold every worker it has.
     Wedged { id: String, timeouts: u32 },
+    /// The instance holds `in_flight` requests and finished none of them for
+    /// [`FrontConfig::stall_after`](crate::FrontConfig::stall_after): its workers are all held.
+    /// It is wedged from now on (the same [`Recovered`](Self::Recovered) ends it), and gets no
+    /// requests meanwhile: a replacement should start at once, without waiting for timeouts.
+    Stalled { id: String, in_flight: usize },
     /// A wedged instance answered a request again.
     Recovered { id: String },
 }
@@ -89,6 +94,11 @@ pub(crate) struct BackendState {
     /// Milliseconds after `born` until which the backend is avoided after a refusal; 0 = never.
     down_until_ms: AtomicU64,
     wedged: AtomicBool,
+    /// Stalled (see [`BackendEvent::Stalled`]): no request goes to it until it answers one.
+    stalled: AtomicBool,
+    /// Milliseconds after `born` of the last sign of work: a response head, a request done, or
+    /// a first request on an idle instance.
+    progress_ms: AtomicU64,
     /// While wedged: milliseconds after `born` before which no request is tried on it.
     retry_at_ms: AtomicU64,
     consecutive_timeouts: AtomicU32,
@@ -113,6 +123,8 @@ impl BackendState {
             born: Instant::now(),
             down_until_ms: AtomicU64::new(0),
             wedged: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
+            progress_ms: AtomicU64::new(0),
             retry_at_ms: AtomicU64::new(0),
             consecutive_timeouts: AtomicU32::new(0),
             answered: AtomicU64::new(0),
@@ -142,11 +154,16 @@ impl BackendState {
 
     /// Counts one more request on this backend unless it is full.
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<InFlightGuard> {
-        self.in_flight
+        let before = self
+            .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max_in_flight).then_some(n + 1)
             })
             .ok()?;
+        if before == 0 {
+            // An idle instance's wait starts now, not at its last answer.
+            self.note_progress();
+        }
         Some(InFlightGuard {
             state: Arc::clone(self),
         })
@@ -178,9 +195,52 @@ impl BackendState {
         self.down_until_ms.store(until, Ordering::Relaxed);
     }
 
+    /// Stalled: no request may go to it until it answers.
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
+    fn note_progress(&self) {
+        self.progress_ms
+            .store(self.millis_since_born(), Ordering::Relaxed);
+    }
+
+    /// Marks the backend stalled if it holds at least `min_in_flight` requests (or is full) and
+    /// none made progress for `after`; reports it the first time.
+    pub(crate) fn check_stall(
+        &self,
+        after: Duration,
+        min_in_flight: usize,
+        retry: Duration,
+    ) -> Option<BackendEvent> {
+        let in_flight = self.in_flight();
+        // The common case reads one counter: far below the mark, nothing else is looked at.
+        if in_flight < min_in_flight.min(self.max_in_flight).max(1) || self.is_stalled() {
+            return None;
+        }
+        let now = self.millis_since_born();
+        if now < self.progress_ms.load(Ordering::Relaxed) + millis(after) {
+            return None;
+        }
+        if self.stalled.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        self.retry_at_ms.store(now + millis(retry), Ordering::Relaxed);
+        self.wedged.store(true, Ordering::Relaxed);
+        Some(BackendEvent::Stalled {
+            id: self.backend.id.clone(),
+            in_flight,
+        })
+    }
+
     /// The instance sent a response head.
     pub(crate) fn record_answer(&self) -> Option<BackendEvent> {
         self.answered.fetch_add(1, Ordering::Relaxed);
+        self.note_progress();
+        if self.stalled.load(Ordering::Relaxed) && self.stalled.swap(false, Ordering::Relaxed) {
+            // Requests waiting in the front may go to it again.
+            self.signals.released.notify_waiters();
+        }
         // Plain loads first: on the hot path nothing needs writing.
         if self.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
             self.consecutive_timeouts.store(0, Ordering::Relaxed);
@@ -277,7 +337,13 @@ impl InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
+        self.state.note_progress();
         let before = self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if before == 1 {
+            // Holding nothing, it is merely wedged again: tried once per retry period, so an
+            // instance that was never replaced is not shut out for good.
+            self.state.stalled.store(false, Ordering::Relaxed);
+        }
         if before == 1 || before == self.state.max_in_flight {
             self.state.signals.released.notify_waiters();
         }
@@ -346,6 +412,47 @@ mod tests {
             (stats.answered, stats.timed_out, stats.wedged),
             (2, 5, false)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_requests_without_progress_stall_it_until_it_answers() {
+        let backend = state(4);
+        let (after, retry) = (Duration::from_secs(1), Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // Idle a minute, then busy: its wait starts with its first request.
+        let held: Vec<_> = (0..3).map(|_| backend.try_acquire().unwrap()).collect();
+        assert_eq!(backend.check_stall(after, 3, retry), None);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(backend.check_stall(after, 3, retry), None);
+        assert_eq!(backend.check_stall(after, 4, retry), None, "below the mark");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            backend.check_stall(after, 3, retry),
+            Some(BackendEvent::Stalled {
+                id: "web.1".into(),
+                in_flight: 3
+            })
+        );
+        assert!(backend.is_stalled() && backend.stats().wedged);
+        assert_eq!(backend.check_stall(after, 3, retry), None, "reported once");
+        assert_eq!(
+            backend.record_answer(),
+            Some(BackendEvent::Recovered { id: "web.1".into() })
+        );
+        assert!(!backend.is_stalled() && backend.is_healthy());
+
+        // Full counts whatever the mark; a request done is progress.
+        let fourth = backend.try_acquire().unwrap();
+        tokio::time::advance(after).await;
+        drop(fourth);
+        assert_eq!(backend.check_stall(after, 8, retry), None);
+        let fourth = backend.try_acquire().unwrap();
+        tokio::time::advance(after).await;
+        assert!(backend.check_stall(after, 8, retry).is_some(), "full");
+        // Holding nothing any more, it is merely wedged: tried again after the retry period.
+        drop(fourth);
+        drop(held);
+        assert!(!backend.is_stalled() && backend.stats().wedged);
     }
 
     #[tokio::test(start_paused = true)]
