@@ -166,6 +166,7 @@ impl BackendState {
         }
         Some(InFlightGuard {
             state: Arc::clone(self),
+            answered: false,
         })
     }
 
@@ -327,17 +328,27 @@ fn millis(d: Duration) -> u64 {
 /// Counts one request as in flight on a backend for as long as it lives.
 pub(crate) struct InFlightGuard {
     state: Arc<BackendState>,
+    /// The instance answered this request, so its end is progress (a timed-out one's is not:
+    /// its worker is probably still held).
+    answered: bool,
 }
 
 impl InFlightGuard {
     pub(crate) fn backend(&self) -> &Arc<BackendState> {
         &self.state
     }
+
+    /// The instance sent this request's response head.
+    pub(crate) fn answered(&mut self) {
+        self.answered = true;
+    }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.state.note_progress();
+        if self.answered {
+            self.state.note_progress();
+        }
         let before = self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
         if before == 1 {
             // Holding nothing, it is merely wedged again: tried once per retry period, so an
@@ -442,12 +453,18 @@ mod tests {
         assert!(!backend.is_stalled() && backend.is_healthy());
 
         // Full counts whatever the mark; a request done is progress.
-        let fourth = backend.try_acquire().unwrap();
+        let mut fourth = backend.try_acquire().unwrap();
         tokio::time::advance(after).await;
+        fourth.answered();
         drop(fourth);
-        assert_eq!(backend.check_stall(after, 8, retry), None);
         let fourth = backend.try_acquire().unwrap();
+        assert_eq!(backend.check_stall(after, 8, retry), None, "an answered request done");
+        drop(fourth);
+        // A request that timed out is no progress.
+        let timed_out = backend.try_acquire().unwrap();
         tokio::time::advance(after).await;
+        drop(timed_out);
+        let fourth = backend.try_acquire().unwrap();
         assert!(backend.check_stall(after, 8, retry).is_some(), "full");
         // Holding nothing any more, it is merely wedged: tried again after the retry period.
         drop(fourth);

@@ -229,7 +229,7 @@ async fn forward(
     // Each round either takes a kept-alive connection out of circulation or tries an instance
     // not tried yet, so the loop ends anyway; the bound only caps pathological churn.
     for _ in 0..(config.max_idle_per_backend + 8) {
-        let guard = proxy
+        let mut guard = proxy
             .pool
             .pick(&unreachable, arrived + config.response_timeout)
             .await
@@ -272,6 +272,7 @@ async fn forward(
         match sent {
             Ok(response) => {
                 proxy.report(backend.record_answer());
+                guard.answered();
                 return Ok(Answer {
                     response,
                     conn,

@@ -24,6 +24,9 @@ use super::actor::Actor;
 use super::command::Command;
 use crate::exit::WEDGED_RESTART;
 
+/// A stalled instance younger than this is replaced only once it is this old.
+const STALLED_MIN_UPTIME: Duration = Duration::from_secs(5);
+
 /// The front whose events the actor follows, and the wedged instances it gives a last chance.
 #[derive(Default)]
 pub(super) struct WedgedWatch {
@@ -177,6 +180,7 @@ impl Actor {
         };
         let stats = front.front().backend_stats();
         let mut recycle = Vec::new();
+        let mut deferred = Vec::new();
         for (_, backend, why) in due {
             let Some(stats) = stats.iter().find(|s| s.id == backend && s.wedged) else {
                 continue;
@@ -189,9 +193,24 @@ impl Actor {
             }) else {
                 continue;
             };
-            let Some(pid) = handle.watch().borrow().pid else {
+            let (pid, started) = {
+                let state = handle.watch();
+                let state = state.borrow();
+                (state.pid, state.started)
+            };
+            let Some(pid) = pid else {
                 continue;
             };
+            // An app whose every request is slow would stall each replacement in turn: one
+            // stalled early in its life waits until it has served a while, so replacements
+            // (each old one draining meanwhile) never pile up.
+            if let (Why::Stalled(_), Some(started)) = (why, started) {
+                let settled = Instant::from_std(started) + STALLED_MIN_UPTIME;
+                if settled > now {
+                    deferred.push((settled, backend, why));
+                    continue;
+                }
+            }
             let what = match why {
                 Why::TimedOut => format!(
                     "its last {} requests got no answer within the response timeout, and none \
@@ -214,6 +233,7 @@ impl Actor {
                 reason: WEDGED_RESTART,
             });
         }
+        self.wedged.due.extend(deferred);
         for command in recycle {
             self.post(command);
         }
