@@ -226,7 +226,8 @@ impl BackendState {
         if self.stalled.swap(true, Ordering::Relaxed) {
             return None;
         }
-        self.retry_at_ms.store(now + millis(retry), Ordering::Relaxed);
+        self.retry_at_ms
+            .store(now + millis(retry), Ordering::Relaxed);
         self.wedged.store(true, Ordering::Relaxed);
         Some(BackendEvent::Stalled {
             id: self.backend.id.clone(),
@@ -458,7 +459,11 @@ mod tests {
         fourth.answered();
         drop(fourth);
         let fourth = backend.try_acquire().unwrap();
-        assert_eq!(backend.check_stall(after, 8, retry), None, "an answered request done");
+        assert_eq!(
+            backend.check_stall(after, 8, retry),
+            None,
+            "an answered request done"
+        );
         drop(fourth);
         // A request that timed out is no progress.
         let timed_out = backend.try_acquire().unwrap();

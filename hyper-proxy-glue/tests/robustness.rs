@@ -349,8 +349,11 @@ async fn a_stalled_instance_gets_nothing_more_and_waiting_requests_go_to_its_rep
         assert_eq!(answer, (StatusCode::OK, "web.2".into()));
     }
     assert_eq!(stuck.flow.requests.load(Ordering::SeqCst), 3);
+    // The stuck instance stops: its held requests end (502), and the front can stop.
+    stuck.stop().await;
     for request in held {
-        request.abort();
+        let (status, _) = tokio::time::timeout(SLACK, request).await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
     }
     front.stop().await;
 }

@@ -872,11 +872,16 @@ fn a_stalled_only_instance_is_replaced_at_once_and_the_waiting_request_served() 
     println!("a request behind {held} stuck ones was served by the replacement after {took:?}");
     for request in hung {
         let answer = request.join().unwrap();
-        assert!(answer.is_err(), "a hung request cannot get a 200: {answer:?}");
+        assert!(
+            answer.is_err(),
+            "a hung request cannot get a 200: {answer:?}"
+        );
     }
     let log = root.wait_log("stalled", "web.1", "a new instance takes over first");
     assert!(
-        log.contains(&format!("wedged: it held {held} requests and finished none")),
+        log.contains(&format!(
+            "wedged: it held {held} requests and finished none"
+        )),
         "{log}"
     );
 }
