@@ -90,6 +90,9 @@ pub(crate) struct BackendState {
     pub(crate) backend: Backend,
     max_in_flight: usize,
     in_flight: AtomicUsize,
+    /// Requests on it that have no response head yet (an open tunnel or a streaming body is in
+    /// flight, but not waiting: it does not count toward a stall).
+    waiting: AtomicUsize,
     born: Instant,
     /// Milliseconds after `born` until which the backend is avoided after a refusal; 0 = never.
     down_until_ms: AtomicU64,
@@ -120,6 +123,7 @@ impl BackendState {
             backend,
             max_in_flight: max_in_flight.max(1),
             in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             born: Instant::now(),
             down_until_ms: AtomicU64::new(0),
             wedged: AtomicBool::new(false),
@@ -154,14 +158,14 @@ impl BackendState {
 
     /// Counts one more request on this backend unless it is full.
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<InFlightGuard> {
-        let before = self
-            .in_flight
+        self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max_in_flight).then_some(n + 1)
             })
             .ok()?;
-        if before == 0 {
-            // An idle instance's wait starts now, not at its last answer.
+        if self.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
+            // The first request waiting for an answer: the instance's wait starts now, not
+            // at its last answer.
             self.note_progress();
         }
         Some(InFlightGuard {
@@ -206,15 +210,16 @@ impl BackendState {
             .store(self.millis_since_born(), Ordering::Relaxed);
     }
 
-    /// Marks the backend stalled if it holds at least `min_in_flight` requests (or is full) and
-    /// none made progress for `after`; reports it the first time.
+    /// Marks the backend stalled if at least `min_in_flight` requests on it (or as many as it
+    /// may take) wait for an answer and none made progress for `after`; reports it the first
+    /// time.
     pub(crate) fn check_stall(
         &self,
         after: Duration,
         min_in_flight: usize,
         retry: Duration,
     ) -> Option<BackendEvent> {
-        let in_flight = self.in_flight();
+        let in_flight = self.waiting.load(Ordering::Acquire);
         // The common case reads one counter: far below the mark, nothing else is looked at.
         if in_flight < min_in_flight.min(self.max_in_flight).max(1) || self.is_stalled() {
             return None;
@@ -341,7 +346,10 @@ impl InFlightGuard {
 
     /// The instance sent this request's response head.
     pub(crate) fn answered(&mut self) {
-        self.answered = true;
+        if !self.answered {
+            self.answered = true;
+            self.state.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -349,6 +357,8 @@ impl Drop for InFlightGuard {
     fn drop(&mut self) {
         if self.answered {
             self.state.note_progress();
+        } else {
+            self.state.waiting.fetch_sub(1, Ordering::AcqRel);
         }
         let before = self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
         if before == 1 {
@@ -453,7 +463,7 @@ mod tests {
         );
         assert!(!backend.is_stalled() && backend.is_healthy());
 
-        // Full counts whatever the mark; a request done is progress.
+        // Full counts whatever the mark; an answered request done is progress.
         let mut fourth = backend.try_acquire().unwrap();
         tokio::time::advance(after).await;
         fourth.answered();
@@ -475,6 +485,20 @@ mod tests {
         drop(fourth);
         drop(held);
         assert!(!backend.is_stalled() && backend.stats().wedged);
+
+        // Open tunnels and streaming bodies (answered, still in flight) wait for nothing.
+        let backend = state(4);
+        let tunnels: Vec<_> = (0..4)
+            .map(|_| {
+                let mut guard = backend.try_acquire().unwrap();
+                guard.answered();
+                guard
+            })
+            .collect();
+        tokio::time::advance(after * 10).await;
+        assert!(backend.is_full());
+        assert_eq!(backend.check_stall(after, 1, retry), None);
+        drop(tunnels);
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,8 +44,10 @@ pub struct FrontConfig {
     pub wedged_after: u32,
     /// How long a wedged instance gets no requests before one is tried again. Default 10 s.
     pub wedged_retry: Duration,
-    /// An instance that holds at least [`stall_in_flight`](Self::stall_in_flight) requests (or
-    /// is full) and has finished none of them for this long is *stalled*: every worker it has
+    /// An instance on which at least [`stall_in_flight`](Self::stall_in_flight) requests (or as
+    /// many as it may take) wait for their response head, and which has answered or finished
+    /// none for this long, is *stalled* (open tunnels and streaming bodies wait for nothing and
+    /// do not count): every worker it has
     /// is held (stuck requests, long before they reach the response timeout), and what it was
     /// sent since waits in its listen queue. The front then sends it nothing more (requests
     /// wait in the front for another instance, as when every instance is full), counts it
