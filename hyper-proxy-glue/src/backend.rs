@@ -42,6 +42,11 @@ pub enum BackendEvent {
     /// again. The supervisor should recycle it (start a replacement, switch, stop this one):
     /// its stuck requests may hold every worker it has.
     Wedged { id: String, timeouts: u32 },
+    /// The instance holds `in_flight` requests and finished none of them for
+    /// [`FrontConfig::stall_after`](crate::FrontConfig::stall_after): its workers are all held.
+    /// It is wedged from now on (the same [`Recovered`](Self::Recovered) ends it), and gets no
+    /// requests meanwhile: a replacement should start at once, without waiting for timeouts.
+    Stalled { id: String, in_flight: usize },
     /// A wedged instance answered a request again.
     Recovered { id: String },
 }
@@ -85,10 +90,18 @@ pub(crate) struct BackendState {
     pub(crate) backend: Backend,
     max_in_flight: usize,
     in_flight: AtomicUsize,
+    /// Requests on it that have no response head yet (an open tunnel or a streaming body is in
+    /// flight, but not waiting: it does not count toward a stall).
+    waiting: AtomicUsize,
     born: Instant,
     /// Milliseconds after `born` until which the backend is avoided after a refusal; 0 = never.
     down_until_ms: AtomicU64,
     wedged: AtomicBool,
+    /// Stalled (see [`BackendEvent::Stalled`]): no request goes to it until it answers one.
+    stalled: AtomicBool,
+    /// Milliseconds after `born` of the last sign of work: a response head, a request done, or
+    /// a first request on an idle instance.
+    progress_ms: AtomicU64,
     /// While wedged: milliseconds after `born` before which no request is tried on it.
     retry_at_ms: AtomicU64,
     consecutive_timeouts: AtomicU32,
@@ -110,9 +123,12 @@ impl BackendState {
             backend,
             max_in_flight: max_in_flight.max(1),
             in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             born: Instant::now(),
             down_until_ms: AtomicU64::new(0),
             wedged: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
+            progress_ms: AtomicU64::new(0),
             retry_at_ms: AtomicU64::new(0),
             consecutive_timeouts: AtomicU32::new(0),
             answered: AtomicU64::new(0),
@@ -147,8 +163,14 @@ impl BackendState {
                 (n < self.max_in_flight).then_some(n + 1)
             })
             .ok()?;
+        if self.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
+            // The first request waiting for an answer: the instance's wait starts now, not
+            // at its last answer.
+            self.note_progress();
+        }
         Some(InFlightGuard {
             state: Arc::clone(self),
+            answered: false,
         })
     }
 
@@ -178,9 +200,54 @@ impl BackendState {
         self.down_until_ms.store(until, Ordering::Relaxed);
     }
 
+    /// Stalled: no request may go to it until it answers.
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
+    fn note_progress(&self) {
+        self.progress_ms
+            .store(self.millis_since_born(), Ordering::Relaxed);
+    }
+
+    /// Marks the backend stalled if at least `min_in_flight` requests on it (or as many as it
+    /// may take) wait for an answer and none made progress for `after`; reports it the first
+    /// time.
+    pub(crate) fn check_stall(
+        &self,
+        after: Duration,
+        min_in_flight: usize,
+        retry: Duration,
+    ) -> Option<BackendEvent> {
+        let in_flight = self.waiting.load(Ordering::Acquire);
+        // The common case reads one counter: far below the mark, nothing else is looked at.
+        if in_flight < min_in_flight.min(self.max_in_flight).max(1) || self.is_stalled() {
+            return None;
+        }
+        let now = self.millis_since_born();
+        if now < self.progress_ms.load(Ordering::Relaxed) + millis(after) {
+            return None;
+        }
+        if self.stalled.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        self.retry_at_ms
+            .store(now + millis(retry), Ordering::Relaxed);
+        self.wedged.store(true, Ordering::Relaxed);
+        Some(BackendEvent::Stalled {
+            id: self.backend.id.clone(),
+            in_flight,
+        })
+    }
+
     /// The instance sent a response head.
     pub(crate) fn record_answer(&self) -> Option<BackendEvent> {
         self.answered.fetch_add(1, Ordering::Relaxed);
+        self.note_progress();
+        if self.stalled.load(Ordering::Relaxed) && self.stalled.swap(false, Ordering::Relaxed) {
+            // Requests waiting in the front may go to it again.
+            self.signals.released.notify_waiters();
+        }
         // Plain loads first: on the hot path nothing needs writing.
         if self.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
             self.consecutive_timeouts.store(0, Ordering::Relaxed);
@@ -267,17 +334,38 @@ fn millis(d: Duration) -> u64 {
 /// Counts one request as in flight on a backend for as long as it lives.
 pub(crate) struct InFlightGuard {
     state: Arc<BackendState>,
+    /// The instance answered this request, so its end is progress (a timed-out one's is not:
+    /// its worker is probably still held).
+    answered: bool,
 }
 
 impl InFlightGuard {
     pub(crate) fn backend(&self) -> &Arc<BackendState> {
         &self.state
     }
+
+    /// The instance sent this request's response head.
+    pub(crate) fn answered(&mut self) {
+        if !self.answered {
+            self.answered = true;
+            self.state.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
+        if self.answered {
+            self.state.note_progress();
+        } else {
+            self.state.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
         let before = self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if before == 1 {
+            // Holding nothing, it is merely wedged again: tried once per retry period, so an
+            // instance that was never replaced is not shut out for good.
+            self.state.stalled.store(false, Ordering::Relaxed);
+        }
         if before == 1 || before == self.state.max_in_flight {
             self.state.signals.released.notify_waiters();
         }
@@ -346,6 +434,71 @@ mod tests {
             (stats.answered, stats.timed_out, stats.wedged),
             (2, 5, false)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_requests_without_progress_stall_it_until_it_answers() {
+        let backend = state(4);
+        let (after, retry) = (Duration::from_secs(1), Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // Idle a minute, then busy: its wait starts with its first request.
+        let held: Vec<_> = (0..3).map(|_| backend.try_acquire().unwrap()).collect();
+        assert_eq!(backend.check_stall(after, 3, retry), None);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(backend.check_stall(after, 3, retry), None);
+        assert_eq!(backend.check_stall(after, 4, retry), None, "below the mark");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            backend.check_stall(after, 3, retry),
+            Some(BackendEvent::Stalled {
+                id: "web.1".into(),
+                in_flight: 3
+            })
+        );
+        assert!(backend.is_stalled() && backend.stats().wedged);
+        assert_eq!(backend.check_stall(after, 3, retry), None, "reported once");
+        assert_eq!(
+            backend.record_answer(),
+            Some(BackendEvent::Recovered { id: "web.1".into() })
+        );
+        assert!(!backend.is_stalled() && backend.is_healthy());
+
+        // Full counts whatever the mark; an answered request done is progress.
+        let mut fourth = backend.try_acquire().unwrap();
+        tokio::time::advance(after).await;
+        fourth.answered();
+        drop(fourth);
+        let fourth = backend.try_acquire().unwrap();
+        assert_eq!(
+            backend.check_stall(after, 8, retry),
+            None,
+            "an answered request done"
+        );
+        drop(fourth);
+        // A request that timed out is no progress.
+        let timed_out = backend.try_acquire().unwrap();
+        tokio::time::advance(after).await;
+        drop(timed_out);
+        let fourth = backend.try_acquire().unwrap();
+        assert!(backend.check_stall(after, 8, retry).is_some(), "full");
+        // Holding nothing any more, it is merely wedged: tried again after the retry period.
+        drop(fourth);
+        drop(held);
+        assert!(!backend.is_stalled() && backend.stats().wedged);
+
+        // Open tunnels and streaming bodies (answered, still in flight) wait for nothing.
+        let backend = state(4);
+        let tunnels: Vec<_> = (0..4)
+            .map(|_| {
+                let mut guard = backend.try_acquire().unwrap();
+                guard.answered();
+                guard
+            })
+            .collect();
+        tokio::time::advance(after * 10).await;
+        assert!(backend.is_full());
+        assert_eq!(backend.check_stall(after, 1, retry), None);
+        drop(tunnels);
     }
 
     #[tokio::test(start_paused = true)]

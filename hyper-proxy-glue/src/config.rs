@@ -44,6 +44,23 @@ pub struct FrontConfig {
     pub wedged_after: u32,
     /// How long a wedged instance gets no requests before one is tried again. Default 10 s.
     pub wedged_retry: Duration,
+    /// An instance on which at least [`stall_in_flight`](Self::stall_in_flight) requests (or as
+    /// many as it may take) wait for their response head, and which has answered or finished
+    /// none for this long, is *stalled* (open tunnels and streaming bodies wait for nothing and
+    /// do not count): every worker it has
+    /// is held (stuck requests, long before they reach the response timeout), and what it was
+    /// sent since waits in its listen queue. The front then sends it nothing more (requests
+    /// wait in the front for another instance, as when every instance is full), counts it
+    /// wedged and reports [`BackendEvent::Stalled`](crate::BackendEvent::Stalled) so the
+    /// supervisor starts a replacement at once; it is back as soon as it answers. Default
+    /// 500 ms: fifty times the gap between answers of a busy instance (`piku-bench robust`:
+    /// each moment of it costs the requests sent to the stuck instance meanwhile, which are
+    /// lost with it), while a healthy instance with that many requests on it finishes one
+    /// well within it. A false alarm costs a restart (not a request: the old instance drains).
+    pub stall_after: Duration,
+    /// See [`stall_after`](Self::stall_after). Default 8: twice the threads of piku's default
+    /// worker, so a busy instance with a short queue is never taken for a stalled one.
+    pub stall_in_flight: usize,
     /// A backend that refused a connection is avoided for this long (unless no other is up).
     /// Default 2 s.
     pub down_after_refusal: Duration,
@@ -91,6 +108,8 @@ impl Default for FrontConfig {
             max_in_flight_per_backend: 128,
             wedged_after: 3,
             wedged_retry: Duration::from_secs(10),
+            stall_after: Duration::from_millis(500),
+            stall_in_flight: 8,
             down_after_refusal: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(1),
             max_idle_per_backend: 32,

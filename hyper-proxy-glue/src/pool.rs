@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
-use crate::backend::{Backend, BackendState, BackendStats, InFlightGuard, Signals};
+use crate::backend::{Backend, BackendEvent, BackendState, BackendStats, InFlightGuard, Signals};
 
 /// Why no backend was chosen for a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,10 +34,24 @@ pub(crate) struct Pool {
     signals: Arc<Signals>,
     max_in_flight: usize,
     wedged_retry: Duration,
+    stall: StallRule,
+    events: broadcast::Sender<BackendEvent>,
+}
+
+/// When a backend counts as stalled (`FrontConfig::stall_after`, `stall_in_flight`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StallRule {
+    pub(crate) after: Duration,
+    pub(crate) in_flight: usize,
 }
 
 impl Pool {
-    pub(crate) fn new(max_in_flight: usize, wedged_retry: Duration) -> Pool {
+    pub(crate) fn new(
+        max_in_flight: usize,
+        wedged_retry: Duration,
+        stall: StallRule,
+        events: broadcast::Sender<BackendEvent>,
+    ) -> Pool {
         Pool {
             current: RwLock::new(Arc::from(Vec::new())),
             known: Mutex::new(HashMap::new()),
@@ -47,6 +61,17 @@ impl Pool {
             }),
             max_in_flight,
             wedged_retry,
+            stall,
+            events,
+        }
+    }
+
+    /// Tells the supervisor (and the log) about a change of an instance's health.
+    pub(crate) fn report(&self, event: Option<BackendEvent>) {
+        if let Some(event) = event {
+            tracing::warn!(?event, "instance health changed");
+            // No subscriber is fine: the state is in `backend_stats` as well.
+            let _ = self.events.send(event);
         }
     }
 
@@ -124,7 +149,10 @@ impl Pool {
                 Err(NoPick::Busy) => {}
                 decided => return decided,
             }
-            if tokio::time::timeout_at(until, released).await.is_err() {
+            // Woken at least once per stall period, so that an instance stalling while no new
+            // request arrives is still found (by the next scan).
+            let wake = until.min(Instant::now() + self.stall.after);
+            if tokio::time::timeout_at(wake, released).await.is_err() && wake == until {
                 return self.try_pick(exclude);
             }
         }
@@ -152,6 +180,16 @@ impl Pool {
                     continue;
                 }
                 candidates = true;
+                self.report(state.check_stall(
+                    self.stall.after,
+                    self.stall.in_flight,
+                    self.wedged_retry,
+                ));
+                // A stalled backend would only queue the request behind its stuck ones: it is
+                // skipped like a full one, and the request waits here for a place elsewhere.
+                if state.is_stalled() {
+                    continue;
+                }
                 let healthy = state.is_healthy();
                 if state.is_full() {
                     healthy_but_full |= healthy;
@@ -229,13 +267,21 @@ mod tests {
             .collect()
     }
 
+    fn test_pool(max_in_flight: usize, retry: Duration) -> Pool {
+        let stall = StallRule {
+            after: Duration::from_secs(1),
+            in_flight: 8,
+        };
+        Pool::new(max_in_flight, retry, stall, broadcast::Sender::new(8))
+    }
+
     fn far() -> Instant {
         Instant::now() + Duration::from_secs(3600)
     }
 
     #[tokio::test]
     async fn least_loaded_first_and_equals_take_turns() {
-        let pool = Pool::new(8, Duration::from_secs(10));
+        let pool = test_pool(8, Duration::from_secs(10));
         pool.set(backends(&["a", "b"]));
         let first = pool.pick(&[], far()).await.unwrap();
         let second = pool.pick(&[], far()).await.unwrap();
@@ -250,7 +296,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_set_waits_for_a_place_then_gives_up() {
-        let pool = Arc::new(Pool::new(1, Duration::from_secs(10)));
+        let pool = Arc::new(test_pool(1, Duration::from_secs(10)));
         pool.set(backends(&["a"]));
         let held = pool.pick(&[], far()).await.unwrap();
         let until = Instant::now() + Duration::from_secs(5);
@@ -269,7 +315,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn avoided_backends_serve_only_when_no_healthy_one_exists() {
-        let pool = Pool::new(1, Duration::from_secs(10));
+        let pool = test_pool(1, Duration::from_secs(10));
         pool.set(backends(&["a", "b"]));
         let a = Arc::clone(&pool.snapshot()[0]);
         a.mark_refused(Duration::from_secs(2));
@@ -296,7 +342,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wedged_backend_gets_one_try_per_retry_period() {
         let retry = Duration::from_secs(10);
-        let pool = Pool::new(8, retry);
+        let pool = test_pool(8, retry);
         pool.set(backends(&["a", "b"]));
         let a = Arc::clone(&pool.snapshot()[0]);
         assert!(a.record_timeout(1, retry).is_some());
@@ -321,7 +367,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_backend_keeps_its_state_across_set() {
-        let pool = Pool::new(8, Duration::from_secs(10));
+        let pool = test_pool(8, Duration::from_secs(10));
         pool.set(backends(&["a"]));
         let guard = pool.pick(&[], far()).await.unwrap();
         pool.set(backends(&["a", "b"]));

@@ -18,7 +18,7 @@ use crate::backend::{BackendEvent, BackendState, InFlightGuard};
 use crate::body::{self, Cut, IdleTimeout};
 use crate::config::FrontConfig;
 use crate::headers::{self, Peer};
-use crate::pool::{NoPick, Pool};
+use crate::pool::{NoPick, Pool, StallRule};
 use crate::relay::{Release, ResponseBody};
 use crate::shutdown::Shutdown;
 use crate::tunnel;
@@ -34,22 +34,28 @@ pub(crate) struct Proxy {
 
 impl Proxy {
     pub(crate) fn new(config: FrontConfig) -> Proxy {
+        // Events are rare (one per change of an instance's health); a supervisor that falls
+        // this far behind reads the rest from `backend_stats`.
+        let events = broadcast::Sender::new(64);
+        let stall = StallRule {
+            after: config.stall_after,
+            in_flight: config.stall_in_flight,
+        };
         Proxy {
-            pool: Pool::new(config.max_in_flight_per_backend, config.wedged_retry),
+            pool: Pool::new(
+                config.max_in_flight_per_backend,
+                config.wedged_retry,
+                stall,
+                events.clone(),
+            ),
             config,
             shutdown: Shutdown::new(),
-            // Events are rare (one per change of an instance's health); a supervisor that
-            // falls this far behind reads the rest from `backend_stats`.
-            events: broadcast::Sender::new(64),
+            events,
         }
     }
 
     fn report(&self, event: Option<BackendEvent>) {
-        if let Some(event) = event {
-            tracing::warn!(?event, "instance health changed");
-            // No subscriber is fine: the state is in `backend_stats` as well.
-            let _ = self.events.send(event);
-        }
+        self.pool.report(event);
     }
 }
 
@@ -223,7 +229,7 @@ async fn forward(
     // Each round either takes a kept-alive connection out of circulation or tries an instance
     // not tried yet, so the loop ends anyway; the bound only caps pathological churn.
     for _ in 0..(config.max_idle_per_backend + 8) {
-        let guard = proxy
+        let mut guard = proxy
             .pool
             .pick(&unreachable, arrived + config.response_timeout)
             .await
@@ -266,6 +272,7 @@ async fn forward(
         match sent {
             Ok(response) => {
                 proxy.report(backend.record_answer());
+                guard.answered();
                 return Ok(Answer {
                     response,
                     conn,

@@ -284,6 +284,80 @@ async fn a_wedged_instance_is_routed_around_and_reported() {
     front.stop().await;
 }
 
+/// A wedged instance is found long before its requests time out: once it holds
+/// `stall_in_flight` requests and finishes none for `stall_after`, it is reported stalled (the
+/// supervisor's cue to replace it at once), gets nothing more (a request waits in the front
+/// instead of joining the stuck ones), and what waited goes to the replacement as soon as
+/// it joins.
+#[tokio::test]
+async fn a_stalled_instance_gets_nothing_more_and_waiting_requests_go_to_its_replacement() {
+    let stuck = TestBackend::start("web.1").await;
+    stuck.flow.wedged.store(true, Ordering::SeqCst);
+    let stall_after = Duration::from_millis(300);
+    let config = FrontConfig {
+        response_timeout: Duration::from_secs(20),
+        stall_after,
+        stall_in_flight: 3,
+        ..FrontConfig::default()
+    };
+    let front = RunningFront::start(config, vec![stuck.backend()]).await;
+    let mut events = front.front.events();
+
+    let addr = front.addr;
+    let held: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { get(addr, "/name").await }))
+        .collect();
+    let deadline = Instant::now() + SLACK;
+    while stuck.flow.requests.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "3 requests never reached web.1");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let held_since = Instant::now();
+    // Within the stall period a request still goes to web.1 (one more stuck); past it, the
+    // next request's choice finds web.1 stalled.
+    tokio::time::sleep(stall_after).await;
+    let waiting = tokio::spawn(async move { get(addr, "/name").await });
+    let event = tokio::time::timeout(SLACK, events.recv())
+        .await
+        .expect("a stalled instance is reported")
+        .unwrap();
+    assert_eq!(
+        event,
+        BackendEvent::Stalled {
+            id: "web.1".into(),
+            in_flight: 3
+        }
+    );
+    assert!(held_since.elapsed() >= stall_after);
+    assert!(
+        front
+            .front
+            .backend_stats()
+            .iter()
+            .any(|s| s.id == "web.1" && s.wedged)
+    );
+    // Another request arriving meanwhile waits too: web.1 got only the first three.
+    let also_waiting = tokio::spawn(async move { get(addr, "/name").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished() && !also_waiting.is_finished());
+    assert_eq!(stuck.flow.requests.load(Ordering::SeqCst), 3);
+
+    let replacement = TestBackend::start("web.2").await;
+    front.front.set_backends(vec![replacement.backend()]);
+    for request in [waiting, also_waiting] {
+        let answer = tokio::time::timeout(SLACK, request).await.unwrap().unwrap();
+        assert_eq!(answer, (StatusCode::OK, "web.2".into()));
+    }
+    assert_eq!(stuck.flow.requests.load(Ordering::SeqCst), 3);
+    // The stuck instance stops: its held requests end (502), and the front can stop.
+    stuck.stop().await;
+    for request in held {
+        let (status, _) = tokio::time::timeout(SLACK, request).await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+    }
+    front.stop().await;
+}
+
 /// Issue 14 item 5: a body over the limit gets 413 — at once when its length is declared
 /// (the instance sees nothing), and when a chunked upload passes the limit (the instance never
 /// gets a complete request). Under the limit it streams through.

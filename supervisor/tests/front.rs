@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
+use hyper_proxy_glue::FrontConfig;
 use nix::sys::signal::Signal;
 use piku_proto::{AppSpec, FrontSpec, InstanceState, Request, Response, Role, TcpFront};
 
@@ -813,6 +814,76 @@ fn a_web_instance_that_stays_wedged_is_replaced_and_ps_says_why() {
     );
     let log = root.wait_log("stuck", "web.1", "a new instance takes over first");
     assert!(log.contains("wedged: its last 3 requests"), "{log}");
+}
+
+/// An app's only instance with every worker held (uWSGI's threads on wedged requests) is
+/// found stalled by the front long before any request times out, and replaced at once: a
+/// request that arrives meanwhile waits in the front and is answered by the replacement, well
+/// within the response timeout.
+#[test]
+fn a_stalled_only_instance_is_replaced_at_once_and_the_waiting_request_served() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut spec = fronted("stalled", &root, 1);
+    let response_timeout = Duration::from_secs(30);
+    if let Some(front) = spec.settings.front.as_mut() {
+        front.response_timeout_ms = response_timeout.as_millis() as u64;
+        front.drain_ms = 1_000;
+    }
+    daemon.apply(&spec);
+    let addr = front_addr(&daemon, "stalled");
+    wait_backends(&daemon, "stalled", 1);
+    let old = daemon.wait_state("stalled", "web.1", InstanceState::Running);
+
+    // The glue's default `stall_in_flight`: 8 requests held, none finished.
+    let held = FrontConfig::default().stall_in_flight;
+    let hung: Vec<JoinHandle<Result<String, String>>> = (0..held)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut stream =
+                    std::net::TcpStream::connect(&addr).map_err(|e| format!("connect: {e}"))?;
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(40)))
+                    .map_err(|e| e.to_string())?;
+                get(&mut stream, "/hang")
+            })
+        })
+        .collect();
+    wait_for("the requests in flight", Duration::from_secs(10), || {
+        let i = daemon.instance("stalled", "web.1");
+        (i.in_flight == Some(held as u64)).then_some(())
+    });
+    // Past the stall period, the next request finds the instance stalled.
+    std::thread::sleep(FrontConfig::default().stall_after);
+    let asked = Instant::now();
+    let body = get_tcp(&addr).expect("the waiting request is served");
+    let took = asked.elapsed();
+    assert!(took < response_timeout / 2, "served after {took:?}");
+    let new = wait_for("the replacement's history", Duration::from_secs(10), || {
+        let i = daemon.instance("stalled", "web.1");
+        (i.pid != old.pid && i.last_exit.is_some()).then_some(i)
+    });
+    assert!(
+        body.trim_end().ends_with(&format!(" {}", new.pid.unwrap())),
+        "served by the replacement: {body}"
+    );
+    assert_eq!(new.last_exit.as_deref(), Some("wedged restart"), "{new:?}");
+    println!("a request behind {held} stuck ones was served by the replacement after {took:?}");
+    for request in hung {
+        let answer = request.join().unwrap();
+        assert!(
+            answer.is_err(),
+            "a hung request cannot get a 200: {answer:?}"
+        );
+    }
+    let log = root.wait_log("stalled", "web.1", "a new instance takes over first");
+    assert!(
+        log.contains(&format!(
+            "wedged: it held {held} requests and finished none"
+        )),
+        "{log}"
+    );
 }
 
 /// New front timeouts (`config:set PIKU_RESPONSE_TIMEOUT=…`) replace the glue's front with the

@@ -294,11 +294,14 @@ fn render(
     s.push_str(
         "- Reading: a wedged request holds its thread for good (neither setup kills it: piku \
          sets no uWSGI harakiri). Once every thread of the app is held, each request that \
-         arrives fails: for good under piku + uWSGI, until the wedged instance is replaced \
-         under ours (its last requests time out at the front, it is reported wedged, one \
-         response timeout later a new instance takes over). With 8 threads that is after the \
-         8th wedge (the load's last 49 requests); our default, 1 process of 4 threads on this \
-         2-core machine, gets there after the 4th, 10 s into the load.\n",
+         arrives fails under piku + uWSGI, for good. Under ours the front finds the instance \
+         stalled (8 requests on it, none finished for 500 ms: the glue's `stall_after`), \
+         sends it nothing more and the supervisor replaces it at once: what arrives meanwhile \
+         waits in the front and is served by the replacement, what was sent to the stuck \
+         instance before is lost with it. With 8 threads that is after the 8th wedge (the \
+         load's last 49 requests); our default, 1 process of 4 threads on this 2-core \
+         machine, gets there after the 4th, 10 s into the load, and its replacement after \
+         the 8th.\n",
     );
     let _ = writeln!(
         s,
@@ -370,7 +373,7 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("- Reading: "))
             .unwrap_or_default();
-        assert!(reading.ends_with("10 s into the load."), "{reading}");
+        assert!(reading.ends_with("after the 8th."), "{reading}");
         println!("{reading}");
     }
 }
