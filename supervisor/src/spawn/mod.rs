@@ -1,13 +1,22 @@
-//! How an instance's process is started: argv, environment, cwd, process group, pipes.
+//! How an instance's process is started: argv, environment, cwd, process group, pipes,
+//! cgroups. Born in its cgroup v2 where there is one (`into_cgroup.rs`: no migration on the
+//! respawn path), else through tokio's `Command`, joining its cgroups before exec.
+
+mod into_cgroup;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use futures_util::future::BoxFuture;
 use piku_model::InstanceId;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use crate::{exit, handover, reaper};
 
 /// Everything that decides what an instance runs. Two equal `Launch`es run the same process,
 /// which is how `Apply` knows that an instance can be left alone.
@@ -23,8 +32,25 @@ pub struct Launch {
 
 /// A started process, the leader of its own process group (pgid == pid).
 pub struct Spawned {
-    pub child: Child,
     pub pid: u32,
+    /// The read ends of its stdout and stderr (`None`: lost, and logged).
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    /// Resolves once it has exited and been reaped (and disowned), with how it ended
+    /// ([`exit::describe`]'s words).
+    pub exit: BoxFuture<'static, String>,
+}
+
+/// Where a process goes in the cgroup hierarchies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The cgroup v2 directory it is born in (`clone3`), when there is one.
+    pub born_in: Option<PathBuf>,
+    /// The `cgroup.procs` files it writes itself into before exec.
+    pub join: Vec<CString>,
+    /// The (v1) cgroups it and its descendants are moved into once it started
+    /// ([`crate::cgroup::follow`]); before exec instead when it cannot be born in `born_in`.
+    pub join_after: Vec<PathBuf>,
 }
 
 /// Characters that only a shell understands. Quotes and backslashes are not here: shell-words
@@ -75,21 +101,83 @@ fn is_simple_command(command: &str) -> bool {
     !COMPOUND_KEYWORDS.contains(&first) && !trimmed.starts_with(['(', '{'])
 }
 
+/// The environment the child gets: the app's, with the instance's own variables.
+fn environment(launch: &Launch, id: &InstanceId) -> BTreeMap<String, String> {
+    let mut env = launch.env.clone();
+    env.insert("PROC_TYPE".into(), id.kind.clone());
+    env.insert("PIKU_INSTANCE".into(), id.index.to_string());
+    if let Some(port) = launch.port {
+        env.insert("PORT".into(), port.to_string());
+    }
+    env
+}
+
 /// Starts `launch` as instance `id`, in its own process group, with stdin from /dev/null and
-/// stdout/stderr piped (the caller hands them to the log sink). The child writes itself into
-/// each of `cgroups` (`cgroup.procs` files) before exec.
-pub fn spawn(launch: &Launch, id: &InstanceId, cgroups: Vec<CString>) -> io::Result<Spawned> {
+/// stdout/stderr piped (the caller hands them to the log sink), in the cgroups of
+/// `placement`: born in its v2 one, and joining the rest before exec.
+pub fn spawn(launch: &Launch, id: &InstanceId, placement: &Placement) -> io::Result<Spawned> {
     let argv = argv(&launch.command);
+    let env = environment(launch, id);
+    let soft_nofile = crate::fds::child_soft_limit();
+    if let Some(cgroup) = &placement.born_in {
+        let plan = into_cgroup::Plan {
+            argv: &argv,
+            env: &env,
+            workdir: &launch.workdir,
+            cgroup,
+            join: &placement.join,
+            soft_nofile,
+        };
+        let spawning = reaper::spawning();
+        match into_cgroup::spawn(&plan) {
+            Ok(born) => {
+                spawning.own(born.pid);
+                let pid = born.pid;
+                if !placement.join_after.is_empty() {
+                    let (born_in, dirs) = (cgroup.clone(), placement.join_after.clone());
+                    tokio::task::spawn_blocking(move || crate::cgroup::follow(&born_in, &dirs));
+                }
+                return Ok(Spawned {
+                    pid,
+                    stdout: Some(born.stdout),
+                    stderr: Some(born.stderr),
+                    exit: Box::pin(handover::pidfd::exited(pid, born.pidfd)),
+                });
+            }
+            Err(into_cgroup::Failed::Start(e)) => return Err(e),
+            Err(into_cgroup::Failed::Unsupported(e)) => {
+                tracing::debug!(
+                    "cannot start a process inside {} ({e}); it joins its cgroups before exec",
+                    cgroup.display()
+                );
+            }
+        }
+    }
+    // Every cgroup is joined before exec here.
+    let procs = |dir: &PathBuf| CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok();
+    let join = (placement.born_in.iter().filter_map(procs))
+        .chain(placement.join.iter().cloned())
+        .chain(placement.join_after.iter().filter_map(procs))
+        .collect();
+    spawn_command(&argv, &env, &launch.workdir, join, soft_nofile)
+}
+
+/// [`spawn`] through tokio's `Command`: a fork, then the child joins the cgroups of `join`.
+fn spawn_command(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    workdir: &Path,
+    join: Vec<CString>,
+    soft_nofile: Option<u64>,
+) -> io::Result<Spawned> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
-        .envs(&launch.env)
-        .env("PROC_TYPE", &id.kind)
-        .env("PIKU_INSTANCE", id.index.to_string())
-        .current_dir(&launch.workdir)
+        .envs(env)
+        .current_dir(workdir)
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -97,22 +185,43 @@ pub fn spawn(launch: &Launch, id: &InstanceId, cgroups: Vec<CString>) -> io::Res
         // Stopping is explicit (SIGTERM, grace, SIGKILL to the group); a dropped handle must
         // not kill an app behind our back.
         .kill_on_drop(false);
-    if let Some(port) = launch.port {
-        cmd.env("PORT", port.to_string());
+    if !join.is_empty() {
+        join_cgroups_before_exec(&mut cmd, join);
     }
-    if !cgroups.is_empty() {
-        join_cgroups_before_exec(&mut cmd, cgroups);
-    }
-    if let Some(soft) = crate::fds::child_soft_limit() {
+    if let Some(soft) = soft_nofile {
         restore_fd_limit_before_exec(&mut cmd, soft);
     }
-    let spawning = crate::reaper::spawning();
-    let child = cmd.spawn()?;
+    let spawning = reaper::spawning();
+    let mut child = cmd.spawn()?;
     let pid = child
         .id()
         .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
     spawning.own(pid);
-    Ok(Spawned { child, pid })
+    let pipe = |fd: Option<io::Result<OwnedFd>>| match fd {
+        Some(Ok(fd)) => Some(fd),
+        Some(Err(e)) => {
+            tracing::error!(pid, "cannot take a pipe of the process ({e}); its output there is lost");
+            None
+        }
+        None => None,
+    };
+    let stdout = pipe(child.stdout.take().map(|p| p.into_owned_fd()));
+    let stderr = pipe(child.stderr.take().map(|p| p.into_owned_fd()));
+    let exit = Box::pin(async move {
+        let status = child.wait().await;
+        // tokio has reaped it: orphans of the group are the reaper's from now on.
+        reaper::disown(pid);
+        match status {
+            Ok(status) => exit::describe(&status),
+            Err(e) => format!("wait failed: {e}"),
+        }
+    });
+    Ok(Spawned {
+        pid,
+        stdout,
+        stderr,
+        exit,
+    })
 }
 
 /// Gives the child the soft file descriptor limit the daemon was started with: programs that
