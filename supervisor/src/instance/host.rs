@@ -168,8 +168,12 @@ impl Host for ProcessHost {
             stdout,
             stderr,
             exit: exited,
-        } = spawn::spawn(&self.config.launch, &self.config.id, &cgroup.placement(&self.config.limits))
-            .map_err(|e| format!("cannot start `{}`: {e}", self.config.launch.command))?;
+        } = spawn::spawn(
+            &self.config.launch,
+            &self.config.id,
+            &cgroup.placement(&self.config.limits),
+        )
+        .map_err(|e| format!("cannot start `{}`: {e}", self.config.launch.command))?;
         self.sink.adopt(
             pid,
             stdout.map(|fd| (fd, Vec::new())),

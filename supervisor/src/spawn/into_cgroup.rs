@@ -207,12 +207,15 @@ pub fn spawn(plan: &Plan) -> Result<Born, Failed> {
             stderr: err_r,
         });
     }
-    // The child failed before exec and exits at once: reap it here.
-    let _ = waitid(Id::PIDFd(std::os::fd::AsFd::as_fd(&pidfd)), WaitPidFlag::WEXITED);
-    crate::reaper::disown(pid);
-    Err(Failed::Start(io::Error::from_raw_os_error(i32::from_ne_bytes(
-        errno,
-    ))))
+    // The child failed before exec and exits at once: reap it here (it was never owned;
+    // the caller's guard keeps the reaper away from it until then).
+    let _ = waitid(
+        Id::PIDFd(std::os::fd::AsFd::as_fd(&pidfd)),
+        WaitPidFlag::WEXITED,
+    );
+    Err(Failed::Start(io::Error::from_raw_os_error(
+        i32::from_ne_bytes(errno),
+    )))
 }
 
 /// What the child needs between clone and exec, as raw pointers and descriptors.
@@ -291,7 +294,11 @@ impl Child<'_> {
             if libc::chdir(self.workdir.as_ptr()) != 0 {
                 return errno();
             }
-            libc::execve(self.program.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
+            libc::execve(
+                self.program.as_ptr(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            );
             errno()
         }
     }

@@ -200,7 +200,10 @@ fn spawn_command(
     let pipe = |fd: Option<io::Result<OwnedFd>>| match fd {
         Some(Ok(fd)) => Some(fd),
         Some(Err(e)) => {
-            tracing::error!(pid, "cannot take a pipe of the process ({e}); its output there is lost");
+            tracing::error!(
+                pid,
+                "cannot take a pipe of the process ({e}); its output there is lost"
+            );
             None
         }
         None => None,
@@ -269,6 +272,8 @@ fn join_cgroups_before_exec(cmd: &mut Command, procs: Vec<CString>) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -313,6 +318,203 @@ mod tests {
         ] {
             assert_eq!(argv(cmd), ["sh", "-c", cmd], "{cmd}");
         }
+    }
+
+    /// A scratch cgroup v2 directory of this host's (the process's own v2 cgroup's child),
+    /// removed on drop; `None` where there is no writable cgroup2 mount.
+    struct ScratchCgroup(PathBuf);
+
+    impl ScratchCgroup {
+        fn new(name: &str) -> Option<ScratchCgroup> {
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            let mount = mounts.lines().find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                right
+                    .starts_with("cgroup2 ")
+                    .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+            })?;
+            let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+            let own = own.lines().find_map(|l| l.strip_prefix("0::/"))?;
+            let dir = mount
+                .join(own)
+                .join(format!("{name}-{}", std::process::id()));
+            std::fs::create_dir(&dir).ok()?;
+            Some(ScratchCgroup(dir))
+        }
+
+        /// The same in the cgroup v1 hierarchy of `controller`.
+        fn v1(controller: &str, name: &str) -> Option<ScratchCgroup> {
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            let mount = mounts.lines().find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                let mut fields = right.split(' ');
+                let (kind, options) = (fields.next()?, fields.nth(1)?);
+                (kind == "cgroup" && options.split(',').any(|o| o == controller))
+                    .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+            })?;
+            let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+            let own = own.lines().find_map(|l| {
+                let (_, rest) = l.split_once(':')?;
+                let (controllers, path) = rest.split_once(':')?;
+                controllers.split(',').any(|c| c == controller).then_some(path)
+            })?;
+            let dir = mount
+                .join(own.trim_start_matches('/'))
+                .join(format!("{name}-{}", std::process::id()));
+            std::fs::create_dir(&dir).ok()?;
+            Some(ScratchCgroup(dir))
+        }
+    }
+
+    impl Drop for ScratchCgroup {
+        fn drop(&mut self) {
+            // Killed members may take a moment to leave.
+            for _ in 0..200 {
+                if std::fs::remove_dir(&self.0).is_ok() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn launch(command: &str) -> Launch {
+        Launch {
+            command: command.into(),
+            env: BTreeMap::from([("PATH".into(), "/usr/bin:/bin".into())]),
+            workdir: std::env::temp_dir(),
+            port: Some(5005),
+        }
+    }
+
+    fn read_all(fd: OwnedFd) -> String {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut out).unwrap();
+        out
+    }
+
+    /// Born in its cgroup (no join), with its own group, environment, directory and pipes,
+    /// and its exit awaited through its pidfd.
+    #[tokio::test]
+    async fn a_process_is_born_in_its_cgroup_v2() {
+        let Some(cgroup) = ScratchCgroup::new("piku-spawn-test") else {
+            eprintln!("no writable cgroup2 here: skipped");
+            return;
+        };
+        let id = InstanceId {
+            kind: "worker".into(),
+            index: 2,
+        };
+        let placement = Placement {
+            born_in: Some(cgroup.0.clone()),
+            ..Placement::default()
+        };
+        let command = "echo $PROC_TYPE.$PIKU_INSTANCE:$PORT; pwd; cut -d' ' -f5 /proc/$$/stat; \
+                       cat /proc/self/cgroup; echo oops >&2; exit 3";
+        let spawned = spawn(&launch(command), &id, &placement).unwrap();
+        let out = read_all(spawned.stdout.unwrap());
+        let err = read_all(spawned.stderr.unwrap());
+        assert_eq!(spawned.exit.await, "exit 3");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "worker.2:5005");
+        assert_eq!(
+            Path::new(lines[1]).canonicalize().unwrap(),
+            std::env::temp_dir().canonicalize().unwrap()
+        );
+        assert_eq!(lines[2].trim(), spawned.pid.to_string(), "its own group");
+        let name = cgroup.0.file_name().unwrap().to_str().unwrap();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("0::/") && l.ends_with(name)),
+            "{out}"
+        );
+        assert_eq!(err, "oops\n");
+    }
+
+    /// An exec that fails in the child is the spawn's error, as with std, and leaves no
+    /// zombie behind; a program that is not on PATH is an error before any clone.
+    #[tokio::test]
+    async fn a_failed_exec_is_the_spawns_error() {
+        let Some(cgroup) = ScratchCgroup::new("piku-spawn-fail") else {
+            eprintln!("no writable cgroup2 here: skipped");
+            return;
+        };
+        let id = InstanceId {
+            kind: "worker".into(),
+            index: 1,
+        };
+        let placement = Placement {
+            born_in: Some(cgroup.0.clone()),
+            ..Placement::default()
+        };
+        let Err(e) = spawn(&launch("/no/such/program"), &id, &placement) else {
+            panic!("a missing program started");
+        };
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        let Err(e) = spawn(&launch("no-such-program-piku"), &id, &placement) else {
+            panic!("a missing program started");
+        };
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        let mut bad_dir = launch("true");
+        bad_dir.workdir = PathBuf::from("/no/such/dir");
+        let Err(e) = spawn(&bad_dir, &id, &placement) else {
+            panic!("started in a missing directory");
+        };
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        // The failed children were reaped: the cgroup is empty.
+        let procs = std::fs::read_to_string(cgroup.0.join("cgroup.procs")).unwrap();
+        assert_eq!(procs, "");
+    }
+
+    /// A v1 cgroup without a limit is joined right after the start, by the process and
+    /// by what it forked at once (it was born in the v2 cgroup, which is followed).
+    #[tokio::test]
+    async fn v1_cgroups_are_joined_after_the_start_by_the_whole_tree() {
+        let (Some(v2), Some(v1)) = (
+            ScratchCgroup::new("piku-follow-test"),
+            ScratchCgroup::v1("memory", "piku-follow-test"),
+        ) else {
+            eprintln!("no writable cgroup2 and v1 memory hierarchy here: skipped");
+            return;
+        };
+        let id = InstanceId {
+            kind: "worker".into(),
+            index: 1,
+        };
+        let placement = Placement {
+            born_in: Some(v2.0.clone()),
+            join: Vec::new(),
+            join_after: vec![v1.0.clone()],
+        };
+        let spawned = spawn(&launch("sleep 30 & exec sleep 31"), &id, &placement).unwrap();
+        let members = |dir: &Path| -> BTreeSet<u32> {
+            std::fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let joined = loop {
+            let born = members(&v2.0);
+            if born.len() == 2 && members(&v1.0) == born {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        let (born, inside) = (members(&v2.0), members(&v1.0));
+        for pid in &born {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert_eq!(spawned.exit.await, "SIGKILL");
+        assert!(joined, "v2 {born:?}, v1 {inside:?}");
     }
 
     /// The shell really runs such lines: a loop and a list both produce their output.
