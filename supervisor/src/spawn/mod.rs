@@ -356,7 +356,10 @@ mod tests {
             let own = own.lines().find_map(|l| {
                 let (_, rest) = l.split_once(':')?;
                 let (controllers, path) = rest.split_once(':')?;
-                controllers.split(',').any(|c| c == controller).then_some(path)
+                controllers
+                    .split(',')
+                    .any(|c| c == controller)
+                    .then_some(path)
             })?;
             let dir = mount
                 .join(own.trim_start_matches('/'))
