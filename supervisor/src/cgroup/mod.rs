@@ -343,7 +343,16 @@ impl InstanceCgroup {
         }
         for (c, dir) in &self.v1 {
             match fs::create_dir_all(dir) {
-                Ok(()) => write_limits(dir, *c, Version::V1, limits, &mut problems),
+                Ok(()) => {
+                    write_limits(dir, *c, Version::V1, limits, &mut problems);
+                    if *c == Controller::Memory {
+                        // A process joins after it started (`follow`) when no limit is set:
+                        // what it allocated by then moves with it. Best effort (the file
+                        // is deprecated in recent kernels); without it that is counted to
+                        // the daemon's cgroup.
+                        let _ = fs::write(dir.join("memory.move_charge_at_immigrate"), "1");
+                    }
+                }
                 Err(e) => problems.push(format!("cannot create cgroup {}: {e}", dir.display())),
             }
         }
@@ -351,11 +360,36 @@ impl InstanceCgroup {
     }
 
     /// The `cgroup.procs` files a child writes itself into before exec.
+    #[cfg(test)]
     pub fn procs_files(&self) -> Vec<CString> {
         self.dirs()
             .filter(|dir| dir.is_dir())
             .filter_map(|dir| CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok())
             .collect()
+    }
+
+    /// Where a new process of the instance goes under `limits`: born in the v2 cgroup when
+    /// there is one; into each v1 cgroup whose controller enforces a limit before exec (so
+    /// the limit holds from its first fork); into the other v1 ones (measurement only) after
+    /// it started, by [`follow`], since every such write waits for an RCU grace period
+    /// (`spawn/into_cgroup.rs`) that would otherwise delay each respawn.
+    pub fn placement(&self, limits: &ResourceLimits) -> crate::spawn::Placement {
+        let procs = |dir: &PathBuf| {
+            dir.is_dir()
+                .then(|| CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok())
+                .flatten()
+        };
+        let born_in = self.unified.clone().filter(|dir| dir.is_dir());
+        let (join, after): (Vec<_>, Vec<_>) = self
+            .v1
+            .iter()
+            .filter(|(_, dir)| dir.is_dir())
+            .partition(|(c, _)| born_in.is_none() || limits::set_by(**c, limits).is_some());
+        crate::spawn::Placement {
+            join: join.into_iter().filter_map(|(_, dir)| procs(dir)).collect(),
+            join_after: after.into_iter().map(|(_, dir)| dir.clone()).collect(),
+            born_in,
+        }
     }
 
     fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
@@ -451,6 +485,33 @@ impl InstanceCgroup {
             Version::V1 => "memory.oom_control",
         };
         keyed_value(&fs::read_to_string(dir.join(file)).ok()?, "oom_kill")
+    }
+}
+
+/// Moves every process of the v2 cgroup `born_in` into each of the v1 cgroups `dirs`,
+/// until a pass finds none left to move: a process forked before its parent moved is in
+/// the v2 cgroup (it was born there), so it is moved by the next pass. Blocking (each first
+/// write waits for an RCU grace period): run off the async workers.
+pub fn follow(born_in: &Path, dirs: &[PathBuf]) {
+    // Bounded: an app that forks without end (a shell loop) must not keep this going, and
+    // every pass that moves something holds the kernel's fork/exit lock for writing. A
+    // process forked after these passes by one not yet moved stays in the daemon's v1
+    // cgroups: outside the memory figure, still reached by a stop (v2 cgroup, group).
+    for _ in 0..10 {
+        let all = members(born_in);
+        let mut moved = false;
+        for dir in dirs {
+            let inside: BTreeSet<u32> = members(dir).into_iter().collect();
+            for pid in all.iter().filter(|pid| !inside.contains(pid)) {
+                // A process that has exited meanwhile is not an error (ESRCH).
+                if fs::write(dir.join("cgroup.procs"), pid.to_string()).is_ok() {
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::handover::{self, Adoption};
 use crate::leftovers::Running;
 use crate::logs::LogSink;
 use crate::spawn::{self, Spawned};
-use crate::{exit, reaper, stop};
+use crate::{exit, stop};
 
 /// A port probe gets this long to connect (loopback: plenty)...
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
@@ -163,24 +163,29 @@ impl Host for ProcessHost {
         // taken for the leader's: rare (an OOM-killed child, then a manual kill -9), and
         // only the name of that exit would be wrong.
         let oom_kills = cgroup.oom_kills();
-        let Spawned { mut child, pid } =
-            spawn::spawn(&self.config.launch, &self.config.id, cgroup.procs_files())
-                .map_err(|e| format!("cannot start `{}`: {e}", self.config.launch.command))?;
-        if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
-            self.sink.attach(out, err, pid);
-        }
+        let Spawned {
+            pid,
+            stdout,
+            stderr,
+            exit: exited,
+        } = spawn::spawn(
+            &self.config.launch,
+            &self.config.id,
+            &cgroup.placement(&self.config.limits),
+        )
+        .map_err(|e| format!("cannot start `{}`: {e}", self.config.launch.command))?;
+        self.sink.adopt(
+            pid,
+            stdout.map(|fd| (fd, Vec::new())),
+            stderr.map(|fd| (fd, Vec::new())),
+        );
         let key = self.config.running_key();
         self.running.insert(key.clone(), pid);
         let running = self.running.clone();
         let exit = Box::pin(async move {
-            let status = child.wait().await;
-            // tokio has reaped it: orphans of the group are the reaper's from now on.
-            reaper::disown(pid);
+            // Reaped: orphans of the group are the reaper's from now on.
+            let what = exited.await;
             running.remove(&key, pid);
-            let what = match status {
-                Ok(status) => exit::describe(&status),
-                Err(e) => return format!("wait failed: {e}"),
-            };
             // The kernel counts an OOM kill before it sends the SIGKILL (mm/oom_kill.c:
             // "Raise event before sending signal"), so the count is up by the time the
             // victim has died and been reaped: one read, no wait on the respawn path.

@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
 use tokio::process::{ChildStderr, ChildStdout};
 
 use super::capture::Capture;
@@ -190,7 +191,9 @@ impl LogSink {
 
     /// Starts capturing a freshly spawned child's pipes: from now on the capture thread owns
     /// their read ends (until EOF). Lines are split on '\n' (a line longer than 64 KiB is cut
-    /// into pieces); invalid UTF-8 is replaced lossily.
+    /// into pieces); invalid UTF-8 is replaced lossily. (Instances hand their pipes over as
+    /// descriptors, through [`LogSink::adopt`].)
+    #[cfg(test)]
     pub fn attach(&self, stdout: ChildStdout, stderr: ChildStderr, pid: u32) {
         for (pipe, stream) in [
             (stdout.into_owned_fd(), Stream::Stdout),
