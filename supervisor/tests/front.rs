@@ -615,13 +615,15 @@ fn a_first_release_that_never_becomes_ready_is_refused_and_leaves_nothing_runnin
     silent.env.insert("NEVER_LISTEN".into(), "1".into());
     // Other tests of this file run the same fixture: this one is told apart by its content.
     silent.env.insert("CONTENT".into(), "never-ready".into());
+    // 5 s, not less: on a loaded machine the fixture's Python may take seconds to start, and
+    // the error should name a probe that ran ("connection refused"), not "none yet".
     if let Some(front) = silent.settings.front.as_mut() {
-        front.health_deadline_ms = 2000;
+        front.health_deadline_ms = 5000;
     }
     let (answer, progress) = apply_with_progress(&daemon, &silent);
     let err = answer.expect_err("a release that never listens is refused");
     assert!(
-        err.contains("not healthy after 2.0s: last probe: connection refused"),
+        err.contains("not healthy after 5.0s: last probe: connection refused"),
         "{err}"
     );
     assert!(
