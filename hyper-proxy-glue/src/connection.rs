@@ -70,12 +70,7 @@ where
         tokio::select! {
             // The connection first: it is what wakes this task nearly every time.
             biased;
-            result = connection.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!(%err, "client connection ended with an error");
-                }
-                return;
-            }
+            result = connection.as_mut() => return ended(result),
             () = &mut watchdog => match activity.verdict(config) {
                 Verdict::Wait(until) => watchdog.as_mut().reset(until),
                 Verdict::Close(why) => {
@@ -97,18 +92,20 @@ where
     {
         tokio::select! {
             biased;
-            result = connection.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!(%err, "client connection ended with an error");
-                }
-                return;
-            }
+            result = connection.as_mut() => return ended(result),
             () = tokio::time::sleep(FIRST_REQUEST_POLL) => {}
         }
     }
     connection.as_mut().graceful_shutdown();
     if let Err(err) = connection.await {
         tracing::debug!(%err, "client connection ended with an error during shutdown");
+    }
+}
+
+/// A client connection that ended by itself (closed, or broken off).
+fn ended<E: std::fmt::Display>(result: Result<(), E>) {
+    if let Err(err) = result {
+        tracing::debug!(%err, "client connection ended with an error");
     }
 }
 
