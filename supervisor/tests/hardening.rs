@@ -1,5 +1,10 @@
 //! Issue 10, the daemon's side: each test is the attack from the audit, run against the
 //! real daemon, and what must hold instead.
+//!
+//! Lab shortcut: the daemon runs as the test's user (root in CI) in a temp PIKU_ROOT, not as
+//! the `piku` user under systemd, and "another local user" is checked through file modes and
+//! O_NOFOLLOW rather than by a second account: the attacks are on the daemon's own files and
+//! socket, which behave the same for any owner. The production shape is scripts/systemd-e2e's.
 
 mod common;
 

@@ -2,6 +2,10 @@
 //! without stopping any app: a real daemon started from a copy of the binary that the test
 //! replaces (as a package upgrade does), real HTTP instances behind the front under load,
 //! a worker whose every line is numbered.
+//!
+//! Lab shortcut: no systemd here; the daemon is signalled directly. The same upgrade under a
+//! real systemd (`apt install` of a newer .deb → `systemctl reload`, same MainPID and app pids)
+//! is `check_upgrade` in tests/systemd/checks.sh.
 
 mod common;
 
