@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use crate::logs::LogHub;
 use crate::ports::Ports;
 use crate::registry::Registry;
 use crate::state::Store;
-use crate::{cgroup, reaper, server, state};
+use crate::{cgroup, fdstore, reaper, server, state};
 
 /// Added to the longest grace period to bound a shutdown (SIGKILLed processes still need
 /// a moment to be reaped).
@@ -38,7 +39,13 @@ const FLUSH_BOUND: Duration = Duration::from_secs(5);
 /// In the supervisor directory: what an upgrade leaves the next image.
 const HANDOVER_FILE: &str = "handover.json";
 
-pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
+/// `stored`: the descriptors systemd kept for us (`fdstore`), after a crash of the previous
+/// daemon.
+pub async fn run(
+    root: PikuRoot,
+    exe: PathBuf,
+    stored: BTreeMap<String, OwnedFd>,
+) -> anyhow::Result<()> {
     // First of all: a SIGTERM during start-up must not kill us with apps half started (it
     // is acted upon once the apps are restored); nor a SIGUSR2 (its default is to exit).
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -84,27 +91,33 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
     })?;
     let socket = root.socket();
     let installed = handover.map(handover::install).transpose()?;
-    let control = match &installed {
+    let running_path = root.running_file();
+    // After a crash: what systemd kept for us, and the processes the dead daemon ran. An
+    // upgrade's handover (same process) has everything already.
+    let recovered = (installed.is_none() && !stored.is_empty())
+        .then(|| handover::recover::install(stored, leftovers::read_table(&running_path)));
+    let recovered_control = recovered.as_ref().and_then(|r| r.control_socket.as_ref());
+    let control = match (&installed, recovered_control) {
         // Still listening: clients of the previous image wait in its backlog.
-        Some(installed) => installed.control_socket.try_clone()?,
-        None => {
+        (Some(installed), _) => installed.control_socket.try_clone()?,
+        (None, Some(kept)) => kept.try_clone()?,
+        (None, None) => {
             remove_stale_socket(&socket)?;
             // Bound now, while nothing else creates files (the umask trick is
             // process-wide); connections wait in the backlog until the apps are restored
             // and we accept.
-            bind(&socket)?
+            let control = bind(&socket)?;
+            fdstore::store(fdstore::CONTROL, control.as_fd());
+            control
         }
     };
     // Ours, for the next upgrade; the server accepts on a duplicate.
     let listener = UnixListener::from_std(control.try_clone()?)?;
-    let spare_pids = installed
-        .as_ref()
-        .map(|i| i.pids.clone())
-        .unwrap_or_default();
-    let spare_slots = installed
-        .as_ref()
-        .map(|i| i.slots.clone())
-        .unwrap_or_default();
+    let (spare_pids, spare_slots) = match (&installed, &recovered) {
+        (Some(i), _) => (i.pids.clone(), i.slots.clone()),
+        (None, Some(r)) => (r.pids.clone(), r.slots.clone()),
+        (None, None) => Default::default(),
+    };
 
     reaper::become_subreaper();
     let state_path = root.state_file();
@@ -125,7 +138,6 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let running_path = root.running_file();
     let leftover_grace = saved
         .apps
         .values()
@@ -150,7 +162,7 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
     let running = Running::new(running_path);
     // After an upgrade the file still lists the processes handed over, until their instances
     // have taken them (a crash meanwhile must leave them findable as leftovers).
-    if installed.is_none() {
+    if installed.is_none() && recovered.is_none() {
         running.write_now();
     }
     tokio::spawn(running.clone().run_writer());
@@ -176,6 +188,16 @@ pub async fn run(root: PikuRoot, exe: PathBuf) -> anyhow::Result<()> {
         tracing::info!(
             kept = installed.pids.len(),
             "upgraded in place: new image serving {ms} ms after the signal"
+        );
+    }
+
+    if let Some(recovered) = &recovered {
+        let _ = apps.status(None).await;
+        handover::stop_unclaimed(leftover_grace);
+        tracing::warn!(
+            adopted = recovered.pids.len(),
+            "recovered after a crash: adopted {} processes still running",
+            recovered.pids.len()
         );
     }
 

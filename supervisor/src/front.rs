@@ -19,6 +19,7 @@
 //! shipped systemd unit) to connect.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -217,6 +218,17 @@ impl AppFront {
                 front.serve_tcp(listener).await
             }));
         }
+        // Kept by systemd too: after a crash of the daemon, clients wait in the backlog for
+        // the next one (`fdstore`).
+        let [unix_name, tcp_name] = crate::fdstore::front_names(app);
+        match &kept_unix {
+            Some(listener) => crate::fdstore::store(&unix_name, listener.as_fd()),
+            None => crate::fdstore::remove(&unix_name),
+        }
+        match &kept_tcp {
+            Some(listener) => crate::fdstore::store(&tcp_name, listener.as_fd()),
+            None => crate::fdstore::remove(&tcp_name),
+        }
         let (members, watched) = watch::channel(members);
         let follow = tokio::spawn(follow(front.clone(), watched, pool));
         tracing::info!(app, ?listen, "front listening");
@@ -281,6 +293,11 @@ impl AppFront {
         self.front.shutdown();
         self.follow.abort();
         drop(self.serving);
+        if successor.is_none() {
+            crate::fdstore::front_names(&self.app)
+                .iter()
+                .for_each(|name| crate::fdstore::remove(name));
+        }
         let inherited = successor.is_some_and(|s| s.listen.unix_socket == self.listen.unix_socket);
         if !inherited && let Some(path) = &self.listen.unix_socket {
             let _ = std::fs::remove_file(path);

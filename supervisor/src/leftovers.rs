@@ -96,17 +96,22 @@ impl Running {
     }
 }
 
-/// Kills what a previous daemon left running (see the module doc), waiting up to `grace`
-/// after SIGTERM before SIGKILL. Returns the names of the instances that were found.
-/// Processes in `spare` (handed over by an upgrade) are not leftovers.
-pub async fn kill_leftovers(path: &Path, grace: Duration, spare: &BTreeSet<u32>) -> Vec<String> {
-    let table: BTreeMap<String, Record> = match std::fs::read(path) {
+/// The table a previous daemon left (empty if none or unreadable).
+pub fn read_table(path: &Path) -> BTreeMap<String, Record> {
+    match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             tracing::warn!("ignoring unreadable {}: {e}", path.display());
             BTreeMap::new()
         }),
         Err(_) => BTreeMap::new(),
-    };
+    }
+}
+
+/// Kills what a previous daemon left running (see the module doc), waiting up to `grace`
+/// after SIGTERM before SIGKILL. Returns the names of the instances that were found.
+/// Processes in `spare` (handed over by an upgrade) are not leftovers.
+pub async fn kill_leftovers(path: &Path, grace: Duration, spare: &BTreeSet<u32>) -> Vec<String> {
+    let table = read_table(path);
     let found: Vec<(String, Record)> = table
         .into_iter()
         .filter(|(_, r)| !spare.contains(&r.pid) && procinfo::same_process(r.pid, r.start_ticks))

@@ -8,6 +8,7 @@ mod cgroup;
 mod cron;
 mod daemon;
 mod exit;
+mod fdstore;
 mod fds;
 mod front;
 mod handover;
@@ -46,6 +47,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First: these are numbered descriptors and environment variables (see `fdstore`).
+    let stored = fdstore::receive();
     let args = Args::parse();
     if args.handover_version {
         println!("{}", handover::version_line());
@@ -74,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(daemon::run(root, exe));
+    let result = runtime.block_on(daemon::run(root, exe, stored));
     // Every app is stopped by now; don't wait on a connection task (a `logs --follow`
     // client) or a blocking log writer that has not noticed yet.
     runtime.shutdown_timeout(SHUTDOWN_LEFTOVER_TASKS);

@@ -19,6 +19,7 @@
 pub mod file;
 mod leave;
 pub mod pidfd;
+pub mod recover;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsString};
@@ -368,7 +369,13 @@ pub fn take_unix(path: &Path) -> Option<std::os::unix::net::UnixListener> {
 
 /// The listening socket a front of the previous image had on `bind:port`.
 pub fn take_tcp(bind: &str, port: u16) -> Option<std::net::TcpListener> {
-    let fd = inherited().as_mut()?.tcp.remove(&(bind.to_owned(), port))?;
+    let mut guard = inherited();
+    let table = guard.as_mut()?;
+    // A recovery names the address as the socket has it (`recover`).
+    let fd = table.tcp.remove(&(bind.to_owned(), port)).or_else(|| {
+        let ip: std::net::IpAddr = bind.parse().ok()?;
+        table.tcp.remove(&(ip.to_string(), port))
+    })?;
     Some(std::net::TcpListener::from(fd))
 }
 

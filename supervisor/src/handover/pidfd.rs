@@ -1,7 +1,9 @@
 //! The exit of a process this image did not spawn: after `execve` the apps are still the
 //! daemon's children, but tokio (which waits on what it spawned) knows nothing of them. A
 //! pidfd becomes readable when its process exits, and `waitid(P_PIDFD)` reaps that very
-//! process and no other, so tokio's own exit statuses are never taken.
+//! process and no other, so tokio's own exit statuses are never taken. After a crash of the
+//! daemon (`recover`) the adopted processes are not our children any more: the pidfd still
+//! says when they exit, not how.
 
 use std::io;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
@@ -67,8 +69,12 @@ fn reap(pidfd: &OwnedFd) -> Option<String> {
         ))),
         Ok(WaitStatus::StillAlive) => None,
         Ok(other) => Some(format!("ended ({other:?})")),
-        // Not our child (its parent reaps it): it has exited, how is not ours to know.
-        Err(nix::errno::Errno::ECHILD) => Some("exited (status unknown)".to_owned()),
+        // Not our child: only a process adopted after a crash of the daemon (`recover`;
+        // it was re-parented then, and its new parent reaps it). It has exited, how is not
+        // ours to know.
+        Err(nix::errno::Errno::ECHILD) => {
+            Some("exited (status unknown: adopted after a crash)".to_owned())
+        }
         Err(e) => Some(format!("exited (waitid: {e})")),
     }
 }

@@ -21,7 +21,7 @@ use crate::handover::{self, Adoption};
 use crate::leftovers::Running;
 use crate::logs::LogSink;
 use crate::spawn::{self, Spawned};
-use crate::{exit, stop};
+use crate::{exit, fdstore, stop};
 
 /// A port probe gets this long to connect (loopback: plenty)...
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
@@ -135,6 +135,9 @@ impl ProcessHost {
         let exit = Box::pin(async move {
             let what = handover::pidfd::exited(pid, pidfd).await;
             running.remove(&key, pid);
+            fdstore::pipe_names(pid)
+                .iter()
+                .for_each(|name| fdstore::remove(name));
             what
         });
         Child { pid, exit }
@@ -174,6 +177,13 @@ impl Host for ProcessHost {
             &cgroup.placement(&self.config.limits),
         )
         .map_err(|e| format!("cannot start `{}`: {e}", self.config.launch.command))?;
+        // Kept by systemd too, so that a crash of the daemon loses no line (`fdstore`).
+        let names = fdstore::pipe_names(pid);
+        for (name, pipe) in names.iter().zip([&stdout, &stderr]) {
+            if let Some(fd) = pipe {
+                fdstore::store(name, std::os::fd::AsFd::as_fd(fd));
+            }
+        }
         self.sink.adopt(
             pid,
             stdout.map(|fd| (fd, Vec::new())),
@@ -186,6 +196,7 @@ impl Host for ProcessHost {
             // Reaped: orphans of the group are the reaper's from now on.
             let what = exited.await;
             running.remove(&key, pid);
+            names.iter().for_each(|name| fdstore::remove(name));
             // The kernel counts an OOM kill before it sends the SIGKILL (mm/oom_kill.c:
             // "Raise event before sending signal"), so the count is up by the time the
             // victim has died and been reaped: one read, no wait on the respawn path.

@@ -141,13 +141,22 @@ impl Daemon {
     }
 
     fn start_binary(root: &TestRoot, exe: &Path, adjust: impl FnOnce(&mut Command)) -> Daemon {
-        let log = fs::File::create(root.dir.path().join(format!(
-            "daemon-{}.log",
-            Instant::now().elapsed().as_nanos() + u128::from(std::process::id())
-        )))
-        .unwrap();
         let mut command = Command::new(exe);
         adjust(&mut command);
+        Daemon::start_command(root, command)
+    }
+
+    /// A daemon started by `command` (the binary, or a wrapper that executes it), to which
+    /// `--root` and the harness's environment and log file are added.
+    pub fn start_command(root: &TestRoot, mut command: Command) -> Daemon {
+        let log = fs::File::create(root.dir.path().join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        )))
+        .unwrap();
         let child = command
             .arg("--root")
             .arg(root.root())

@@ -1,0 +1,128 @@
+//! Crash recovery: the daemon died (SIGKILL, a panic) and systemd started it again with the
+//! descriptors the dead one had put in its store (`fdstore`). The apps it ran are still
+//! running (`KillMode=process`); the running table (`leftovers::Running`, rewritten after
+//! every spawn and exit) says which process each instance had, by pid and start time.
+//!
+//! An instance's process is adopted as an upgrade's would be ([`super::take_adoption`]) when
+//! it is still the same process and both its pipes came back: its output is still captured
+//! (what it wrote meanwhile waited in the pipe). Its exit is noticed through a pidfd, but it
+//! is no longer our child (it was re-parented when the daemon died): how it ended is unknown
+//! (`pidfd`). Anything else the table lists is a leftover, stopped as before. A front gets
+//! its listening sockets back ([`super::take_unix`], [`super::take_tcp`]): clients waited in
+//! the backlog. What is not adopted here is what an upgrade carries besides: restart
+//! counters, back-off and the start of an unfinished line (lost with the daemon's memory).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use super::{Adoption, Inherited, inherited, pidfd};
+use crate::instance::machine::History;
+use crate::leftovers::Record;
+use crate::{fdstore, procinfo, reaper};
+
+/// What the daemon's start needs of a recovery.
+pub struct Recovered {
+    /// The control socket, still listening (clients waited in its backlog).
+    pub control_socket: Option<std::os::unix::net::UnixListener>,
+    /// Pids the leftover clean-up must spare.
+    pub pids: BTreeSet<u32>,
+    /// `(app, slot)` of the instances whose cgroups must be spared.
+    pub slots: BTreeSet<(String, String)>,
+}
+
+/// Takes over what systemd kept (`stored`) for the processes of `table` (the dead daemon's
+/// running table). Descriptors nobody can use are closed.
+pub fn install(mut stored: BTreeMap<String, OwnedFd>, table: BTreeMap<String, Record>) -> Recovered {
+    let control_socket = stored
+        .remove(fdstore::CONTROL)
+        .map(std::os::unix::net::UnixListener::from)
+        .filter(|l| l.set_nonblocking(true).is_ok());
+    let mut inherited_table = Inherited::default();
+    let mut pids = BTreeSet::new();
+    let mut slots = BTreeSet::new();
+    for (key, record) in table {
+        let [out, err] = fdstore::pipe_names(record.pid);
+        let (Some(stdout), Some(stderr)) = (stored.remove(&out), stored.remove(&err)) else {
+            tracing::info!(%key, pid = record.pid, "no pipes kept for this process; it is stopped as a leftover");
+            continue;
+        };
+        if !procinfo::same_process(record.pid, record.start_ticks) {
+            continue;
+        }
+        let pidfd = match pidfd::open(record.pid) {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                tracing::warn!(%key, pid = record.pid, "cannot watch a process left by the crashed daemon ({e}); it is stopped as a leftover");
+                continue;
+            }
+        };
+        reaper::adopt(record.pid);
+        pids.insert(record.pid);
+        if let Some((app, slot)) = key.split_once('/') {
+            slots.insert((app.to_owned(), slot.to_owned()));
+        }
+        inherited_table.adoptions.insert(
+            key,
+            Adoption {
+                pid: record.pid,
+                pidfd,
+                history: History::default(),
+                up: up(record.start_ticks),
+                stdout: Some((stdout, Vec::new())),
+                stderr: Some((stderr, Vec::new())),
+            },
+        );
+    }
+    for (name, fd) in stored {
+        let (kind, _) = name.split_once('.').unwrap_or((name.as_str(), ""));
+        match kind {
+            "unix" => {
+                let listener = std::os::unix::net::UnixListener::from(fd);
+                match listener.local_addr().ok().and_then(|a| a.as_pathname().map(Into::into)) {
+                    Some(path) => {
+                        inherited_table.unix.insert(path, listener.into());
+                    }
+                    None => tracing::warn!("{name}: a kept front socket without a path; closed"),
+                }
+            }
+            "tcp" => {
+                let listener = std::net::TcpListener::from(fd);
+                match listener.local_addr() {
+                    Ok(addr) => {
+                        inherited_table
+                            .tcp
+                            .insert((addr.ip().to_string(), addr.port()), listener.into());
+                    }
+                    Err(e) => tracing::warn!("{name}: a kept front socket without an address ({e}); closed"),
+                }
+            }
+            // The pipes of a process that is gone or was not recorded: their lines are lost
+            // with it.
+            _ => tracing::info!("{name}: kept by systemd, not needed any more; closed"),
+        }
+    }
+    *inherited() = Some(inherited_table);
+    Recovered {
+        control_socket,
+        pids,
+        slots,
+    }
+}
+
+/// How long a process that started `start_ticks` after boot has run.
+fn up(start_ticks: u64) -> Duration {
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let Ok(hz) = u64::try_from(hz) else {
+        return Duration::ZERO;
+    };
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let started = Duration::from_secs_f64(start_ticks as f64 / hz.max(1) as f64);
+    Duration::try_from_secs_f64(uptime)
+        .unwrap_or_default()
+        .saturating_sub(started)
+}
