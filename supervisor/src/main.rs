@@ -2,6 +2,7 @@
 //! scales and logs every app process, and answers the `piku` CLI on a Unix socket.
 //! Runs in the foreground (under systemd, or by hand).
 
+mod after_stop;
 mod app;
 mod backoff;
 mod cgroup;
@@ -44,6 +45,10 @@ struct Args {
     /// daemon asks its successor before handing over on SIGUSR2).
     #[arg(long)]
     handover_version: bool,
+    /// The unit's ExecStopPost: after a crash, leave the apps for the next daemon; after a
+    /// stop, kill what is left of them (reads systemd's $SERVICE_RESULT).
+    #[arg(long)]
+    after_stop: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +58,11 @@ fn main() -> anyhow::Result<()> {
     if args.handover_version {
         println!("{}", handover::version_line());
         return Ok(());
+    }
+    if args.after_stop {
+        // What systemd passed is the daemon's, not this command's.
+        drop(stored);
+        return after_stop::run();
     }
     // Where the binary is now, for an upgrade: the package replaces the file under this
     // path, and the running image's own file may by then be gone.

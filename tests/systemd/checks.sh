@@ -295,12 +295,53 @@ apps_back() {
 }
 
 check_supervisor_restart() {
-    local before after
+    local before after apps_before
     before=$(host_root systemctl show -P MainPID piku-supervisor.service)
+    apps_before=$( (running blog web; running flask wsgi; running flask worker) | sort)
     host_root systemctl restart piku-supervisor.service
     after=$(host_root systemctl show -P MainPID piku-supervisor.service)
     [ "$before" != "$after" ] || fail "MainPID did not change ($before)"
     apps_back
+    # A clean restart stops the apps (KillMode=process keeps them only after a crash).
+    [ "$( (running blog web; running flask wsgi; running flask worker) | sort)" != "$apps_before" ] ||
+        fail "the apps kept their processes across a clean restart"
+}
+
+# new_main_pid OLD: piku-supervisor runs with another MainPID than OLD.
+new_main_pid() {
+    local now
+    now=$(host_root systemctl show -P MainPID piku-supervisor.service)
+    [ "$now" != "$1" ] && [ "$now" != 0 ]
+}
+
+# Issue 15: a crash of the daemon (kill -9 under load through nginx) → systemd starts it again
+# with the descriptors it kept (FDSTORE): the new daemon adopts every app process (same pids),
+# nginx's requests wait in the front sockets' backlog meanwhile.
+check_supervisor_crash() {
+    local before apps_before load codes failed slowest
+    before=$(host_root systemctl show -P MainPID piku-supervisor.service)
+    apps_before=$( (running blog web; running flask wsgi; running flask worker) | sort)
+    load=$(mktemp)
+    # 4 clients for 6 s, one request after another: "<status> <seconds>" each.
+    host_client 'for w in 1 2 3 4; do (end=$((SECONDS + 6)); while [ $SECONDS -lt $end ]; do
+            curl -s -o /dev/null --max-time 20 -w "%{http_code} %{time_total}\n" http://blog.example.com/
+        done) & done; wait' >"$load" &
+    sleep 2
+    host_root kill -9 "$before"
+    wait
+    eventually 30 "a new MainPID" new_main_pid "$before"
+    eventually 30 "the journal's adoption line" journal_has "recovered after a crash: adopted" -u piku-supervisor.service
+    host_journal -u piku-supervisor.service -o cat | grep -E "recovered after a crash|after-stop|ended \(" | tail -n 3
+    apps_back
+    [ "$( (running blog web; running flask wsgi; running flask worker) | sort)" = "$apps_before" ] ||
+        fail "app processes were restarted after the crash"
+    codes=$(awk '{print $1}' "$load" | sort | uniq -c | tr '\n' ' ')
+    failed=$(awk '$1 != 200' "$load" | wc -l)
+    slowest=$(awk '$2 > m {m = $2} END {print m}' "$load")
+    rm -f "$load"
+    echo "after kill -9: $(echo "$codes") (status counts); slowest request ${slowest} s"
+    # One request in flight per client may be cut by the kill; none is refused.
+    [ "$failed" -le 4 ] || fail "$failed requests failed during the crash: $codes"
 }
 
 check_cron_ran() {
