@@ -115,3 +115,36 @@ fn release_controllers(dir: &Path, released: &mut usize) {
         Err(e) => eprintln!("cannot release the controllers of {}: {e}", dir.display()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake cgroupfs (plain files): every level that hands controllers down is told to
+    /// stop, and none that hands nothing down is written.
+    #[test]
+    fn after_a_crash_every_level_hands_its_controllers_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let unit = dir.path();
+        let app = unit.join("piku-1/shop.app");
+        fs::create_dir_all(app.join("web.1@4001")).unwrap();
+        fs::create_dir_all(unit.join("piku-1.daemon")).unwrap();
+        for level in [unit.to_path_buf(), unit.join("piku-1"), app.clone()] {
+            fs::write(level.join("cgroup.subtree_control"), "cpu memory pids\n").unwrap();
+        }
+        fs::write(app.join("web.1@4001/cgroup.subtree_control"), "").unwrap();
+        let mut released = 0;
+        release_controllers(unit, &mut released);
+        assert_eq!(released, 3);
+        for level in [unit.to_path_buf(), unit.join("piku-1"), app.clone()] {
+            assert_eq!(
+                fs::read_to_string(level.join("cgroup.subtree_control")).unwrap(),
+                "-cpu -memory -pids"
+            );
+        }
+        assert_eq!(
+            fs::read_to_string(app.join("web.1@4001/cgroup.subtree_control")).unwrap(),
+            ""
+        );
+    }
+}
