@@ -1,4 +1,5 @@
-//! The daemon's life: take the lock, clean up after a killed predecessor, bring every app
+//! The daemon's life: take the lock, adopt the apps a crashed predecessor left running
+//! (`handover::recover`, with what systemd kept for it) or clean up after it, bring every app
 //! back, listen, tell systemd we are ready, and stop everything cleanly on SIGTERM; or, on
 //! SIGUSR2, hand everything over to the binary now at our path without stopping any app
 //! (`handover`), and, as that binary, take it over at start.

@@ -27,8 +27,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use nix::sys::signal::Signal;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use piku_proto::{AppSpec, FrontSpec, InstanceState, Role, TcpFront};
 
 /// systemd's side of the file descriptor store.
@@ -239,7 +239,10 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) {
                         let sent = Instant::now();
                         let failed = get(&addr).err();
-                        outcomes.lock().unwrap().push((sent, sent.elapsed(), failed));
+                        outcomes
+                            .lock()
+                            .unwrap()
+                            .push((sent, sent.elapsed(), failed));
                     }
                 })
             })
@@ -281,7 +284,14 @@ fn ticks(root: &TestRoot) -> Vec<u64> {
     std::fs::read_to_string(root.log_file("up", "ticker.1"))
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split_once("tick ")?.1.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            l.split_once("tick ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -300,7 +310,10 @@ fn daemon_log(root: &TestRoot) -> String {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("daemon-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("daemon-"))
+        })
         .collect();
     logs.sort();
     logs.iter()
@@ -346,11 +359,19 @@ fn a_daemon_killed_under_load_comes_back_with_every_app_still_running() {
         })
         .chain(["control".into(), "unix.up".into(), "tcp.up".into()])
         .collect();
-    wait_for("the store to hold every descriptor", Duration::from_secs(10), || {
-        let names = systemd.names();
-        expected.iter().all(|e| names.contains(e)).then_some(())
-    });
-    let addr = daemon.status("up").front.and_then(|f| f.tcp).expect("a TCP front");
+    wait_for(
+        "the store to hold every descriptor",
+        Duration::from_secs(10),
+        || {
+            let names = systemd.names();
+            expected.iter().all(|e| names.contains(e)).then_some(())
+        },
+    );
+    let addr = daemon
+        .status("up")
+        .front
+        .and_then(|f| f.tcp)
+        .expect("a TCP front");
     let load = Load::start(&addr);
     load.wait_more(20);
 
@@ -418,9 +439,8 @@ fn a_daemon_killed_under_load_comes_back_with_every_app_still_running() {
     let new_pid = web.pid.unwrap();
     wait_for("the new pipes stored", Duration::from_secs(10), || {
         let names = systemd.names();
-        (names.contains(&format!("out.{new_pid}"))
-            && !names.contains(&format!("out.{web_pid}")))
-        .then_some(())
+        (names.contains(&format!("out.{new_pid}")) && !names.contains(&format!("out.{web_pid}")))
+            .then_some(())
     });
     eprintln!(
         "kill -9 → first request served: {} ms; slowest request {} ms; {} requests, {} cut \
@@ -439,10 +459,16 @@ fn without_the_store_a_crash_restarts_the_apps() {
     let root = TestRoot::new();
     let mut daemon = Daemon::start(&root);
     daemon.apply(&app(&root));
-    let old = daemon.wait_state("up", "ticker.1", InstanceState::Running).pid.unwrap();
+    let old = daemon
+        .wait_state("up", "ticker.1", InstanceState::Running)
+        .pid
+        .unwrap();
     daemon.kill9();
     let daemon = Daemon::start(&root);
-    let new = daemon.wait_state("up", "ticker.1", InstanceState::Running).pid.unwrap();
+    let new = daemon
+        .wait_state("up", "ticker.1", InstanceState::Running)
+        .pid
+        .unwrap();
     assert_ne!(old, new);
     wait_for("the leftover stopped", Duration::from_secs(15), || {
         (!alive(old)).then_some(())

@@ -33,7 +33,10 @@ pub struct Recovered {
 
 /// Takes over what systemd kept (`stored`) for the processes of `table` (the dead daemon's
 /// running table). Descriptors nobody can use are closed.
-pub fn install(mut stored: BTreeMap<String, OwnedFd>, table: BTreeMap<String, Record>) -> Recovered {
+pub fn install(
+    mut stored: BTreeMap<String, OwnedFd>,
+    table: BTreeMap<String, Record>,
+) -> Recovered {
     let control_socket = stored
         .remove(fdstore::CONTROL)
         .map(std::os::unix::net::UnixListener::from)
@@ -79,7 +82,11 @@ pub fn install(mut stored: BTreeMap<String, OwnedFd>, table: BTreeMap<String, Re
         match kind {
             "unix" => {
                 let listener = std::os::unix::net::UnixListener::from(fd);
-                match listener.local_addr().ok().and_then(|a| a.as_pathname().map(Into::into)) {
+                match listener
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(Into::into))
+                {
                     Some(path) => {
                         inherited_table.unix.insert(path, listener.into());
                     }
@@ -94,7 +101,9 @@ pub fn install(mut stored: BTreeMap<String, OwnedFd>, table: BTreeMap<String, Re
                             .tcp
                             .insert((addr.ip().to_string(), addr.port()), listener.into());
                     }
-                    Err(e) => tracing::warn!("{name}: a kept front socket without an address ({e}); closed"),
+                    Err(e) => tracing::warn!(
+                        "{name}: a kept front socket without an address ({e}); closed"
+                    ),
                 }
             }
             // The pipes of a process that is gone or was not recorded: their lines are lost
