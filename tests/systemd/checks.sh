@@ -323,7 +323,7 @@ check_supervisor_crash() {
     apps_before=$( (running blog web; running flask wsgi; running flask worker) | sort)
     load=$(mktemp)
     # 4 clients for 6 s, one request after another: "<status> <seconds>" each.
-    host_client 'for w in 1 2 3 4; do (end=$((SECONDS + 6)); while [ $SECONDS -lt $end ]; do
+    host_client 'for w in 1 2 3 4; do (end=$(($(date +%s) + 6)); while [ "$(date +%s)" -lt $end ]; do
             curl -s -o /dev/null --max-time 20 -w "%{http_code} %{time_total}\n" http://blog.example.com/
         done) & done; wait' >"$load" &
     sleep 2
