@@ -67,9 +67,10 @@ pub fn run() -> anyhow::Result<()> {
 /// The unit's cgroup directory and this process's own (the unit's, or its `.control`
 /// sub-cgroup where systemd runs a delegated unit's `ExecStopPost=`).
 fn unit_cgroup() -> Option<(PathBuf, PathBuf)> {
-    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let own = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let self_cgroup = fs::read_to_string("/proc/self/cgroup").ok()?;
+    // Where the daemon looks too: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host.
+    let own = crate::cgroup::detect::own(&mountinfo, &self_cgroup, Path::new("/")).unified?;
     let unit = match own.file_name() {
         Some(name) if name == ".control" => own.parent()?.to_path_buf(),
         _ => own.clone(),
