@@ -97,7 +97,11 @@ pub async fn run(
     // upgrade's handover (same process) has everything already.
     let recovered = (installed.is_none() && !stored.is_empty())
         .then(|| handover::recover::install(stored, leftovers::read_table(&running_path)));
-    let recovered_control = recovered.as_ref().and_then(|r| r.control_socket.as_ref());
+    // Kept, but its file is gone (a daemon that died in its clean stop): useless.
+    let recovered_control = recovered
+        .as_ref()
+        .and_then(|r| r.control_socket.as_ref())
+        .filter(|_| socket.exists());
     let control = match (&installed, recovered_control) {
         // Still listening: clients of the previous image wait in its backlog.
         (Some(installed), _) => installed.control_socket.try_clone()?,
@@ -195,6 +199,11 @@ pub async fn run(
     if let Some(recovered) = &recovered {
         let _ = apps.status(None).await;
         handover::stop_unclaimed(leftover_grace);
+        tracing::info!(
+            kept = ?recovered.names,
+            "systemd kept {} descriptors of the previous daemon",
+            recovered.names.len()
+        );
         tracing::warn!(
             adopted = recovered.pids.len(),
             "recovered after a crash: adopted {} processes still running",
@@ -266,6 +275,8 @@ pub async fn run(
         tracing::error!("log files not flushed within {FLUSH_BOUND:?}; some lines may be lost");
     }
     running.write_now();
+    // Only a crash leaves anything to the next daemon.
+    fdstore::clear();
     cgroup::tree().remove_tree();
     let _ = fs::remove_file(&socket);
     tracing::info!("stopped");

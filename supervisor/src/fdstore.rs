@@ -8,19 +8,19 @@
 //! (`FDSTOREREMOVE=1`) when it is closed. systemd keeps its copies while the service is
 //! restarted after a crash (`Restart=always`) and hands them to the next daemon
 //! (`LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`; [`receive`]), which adopts the apps still
-//! running (`handover::recover`). A clean stop ends the service: systemd closes the store
-//! (the apps were stopped anyway). Without systemd, or with `FileDescriptorStoreMax=0`,
+//! running (`handover::recover`). A clean stop empties the store ([`clear`]): systemd 252
+//! keeps it across `systemctl restart`, and the next daemon must then start afresh. Without systemd, or with `FileDescriptorStoreMax=0`,
 //! nothing comes back and a crash restarts the apps, as before.
 //!
 //! Names (`FDNAME` may not hold `:`, the separator of `LISTEN_FDNAMES`): `control` (the
 //! control socket), `out.<pid>` and `err.<pid>` (an instance's pipes), `unix.<app>` and
 //! `tcp.<app>` (a front's listeners; their addresses are read from the sockets).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 
@@ -104,12 +104,25 @@ fn socket() -> Option<&'static UnixDatagram> {
         .as_ref()
 }
 
+/// The names this daemon (or the one it took over from) has in the store.
+static STORED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn stored() -> MutexGuard<'static, BTreeSet<String>> {
+    STORED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Notes that `name` is in the store already (passed back after a crash).
+pub fn note(name: &str) {
+    stored().insert(name.to_owned());
+}
+
 /// Gives systemd a copy of `fd` under `name` (replacing what `name` held). Nothing without
 /// systemd.
 pub fn store(name: &str, fd: BorrowedFd<'_>) {
     let Some(socket) = socket() else {
         return;
     };
+    stored().insert(name.to_owned());
     let message = format!("FDSTOREREMOVE=1\nFDNAME={name}\n");
     let _ = socket.send(message.as_bytes());
     let message = format!("FDSTORE=1\nFDNAME={name}\n");
@@ -128,8 +141,18 @@ pub fn store(name: &str, fd: BorrowedFd<'_>) {
 /// Takes `name` out of systemd's store (its descriptor was closed, or is about to be).
 pub fn remove(name: &str) {
     if let Some(socket) = socket() {
+        stored().remove(name);
         let message = format!("FDSTOREREMOVE=1\nFDNAME={name}\n");
         let _ = socket.send(message.as_bytes());
+    }
+}
+
+/// Empties the store, at the end of a clean stop: systemd 252 keeps it across
+/// `systemctl restart` too, and only a crash must leave anything to the next daemon.
+pub fn clear() {
+    let names = std::mem::take(&mut *stored());
+    for name in names {
+        remove(&name);
     }
 }
 

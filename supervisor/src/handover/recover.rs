@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::time::Duration;
 
 use super::{Adoption, Inherited, inherited, pidfd};
@@ -29,6 +30,8 @@ pub struct Recovered {
     pub pids: BTreeSet<u32>,
     /// `(app, slot)` of the instances whose cgroups must be spared.
     pub slots: BTreeSet<(String, String)>,
+    /// The names systemd passed.
+    pub names: Vec<String>,
 }
 
 /// Takes over what systemd kept (`stored`) for the processes of `table` (the dead daemon's
@@ -37,6 +40,9 @@ pub fn install(
     mut stored: BTreeMap<String, OwnedFd>,
     table: BTreeMap<String, Record>,
 ) -> Recovered {
+    let names: Vec<String> = stored.keys().cloned().collect();
+    // Still in systemd's store: a clean stop of this daemon takes them out.
+    names.iter().for_each(|name| fdstore::note(name));
     let control_socket = stored
         .remove(fdstore::CONTROL)
         .map(std::os::unix::net::UnixListener::from)
@@ -46,19 +52,23 @@ pub fn install(
     let mut slots = BTreeSet::new();
     for (key, record) in table {
         let [out, err] = fdstore::pipe_names(record.pid);
-        let (Some(stdout), Some(stderr)) = (stored.remove(&out), stored.remove(&err)) else {
-            tracing::info!(%key, pid = record.pid, "no pipes kept for this process; it is stopped as a leftover");
-            continue;
-        };
-        if !procinfo::same_process(record.pid, record.start_ticks) {
-            continue;
-        }
-        let pidfd = match pidfd::open(record.pid) {
-            Ok(pidfd) => pidfd,
-            Err(e) => {
-                tracing::warn!(%key, pid = record.pid, "cannot watch a process left by the crashed daemon ({e}); it is stopped as a leftover");
-                continue;
+        let pipes = (stored.remove(&out), stored.remove(&err));
+        let pidfd = match pipes {
+            _ if !procinfo::same_process(record.pid, record.start_ticks) => None,
+            (Some(_), Some(_)) => pidfd::open(record.pid)
+                .inspect_err(|e| {
+                    tracing::warn!(%key, pid = record.pid, "cannot watch a process left by the crashed daemon ({e}); it is stopped as a leftover");
+                })
+                .ok(),
+            _ => {
+                tracing::info!(%key, pid = record.pid, "no pipes kept for this process; it is stopped as a leftover");
+                None
             }
+        };
+        let (Some(pidfd), (Some(stdout), Some(stderr))) = (pidfd, pipes) else {
+            fdstore::remove(&out);
+            fdstore::remove(&err);
+            continue;
         };
         reaper::adopt(record.pid);
         pids.insert(record.pid);
@@ -85,12 +95,17 @@ pub fn install(
                 match listener
                     .local_addr()
                     .ok()
-                    .and_then(|a| a.as_pathname().map(Into::into))
+                    .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                    // Its file removed: nothing reaches it any more.
+                    .filter(|path| path.exists())
                 {
                     Some(path) => {
                         inherited_table.unix.insert(path, listener.into());
                     }
-                    None => tracing::warn!("{name}: a kept front socket without a path; closed"),
+                    None => {
+                        tracing::info!("{name}: a kept front socket whose file is gone; closed");
+                        fdstore::remove(&name);
+                    }
                 }
             }
             "tcp" => {
@@ -108,7 +123,10 @@ pub fn install(
             }
             // The pipes of a process that is gone or was not recorded: their lines are lost
             // with it.
-            _ => tracing::info!("{name}: kept by systemd, not needed any more; closed"),
+            _ => {
+                tracing::info!("{name}: kept by systemd, not needed any more; closed");
+                fdstore::remove(&name);
+            }
         }
     }
     *inherited() = Some(inherited_table);
@@ -116,6 +134,7 @@ pub fn install(
         control_socket,
         pids,
         slots,
+        names,
     }
 }
 
