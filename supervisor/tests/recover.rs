@@ -387,6 +387,10 @@ fn a_daemon_killed_under_load_comes_back_with_every_app_still_running() {
         said.contains("recovered after a crash: adopted 3 processes still running"),
         "{said}"
     );
+    assert!(
+        said.contains("kept running across the supervisor's crash"),
+        "{said}"
+    );
 
     // Requests: those cut mid-way by the kill (at most one per thread) fail; none is
     // refused, the others waited in the backlog.

@@ -331,10 +331,20 @@ check_supervisor_crash() {
     wait
     eventually 30 "a new MainPID" new_main_pid "$before"
     eventually 30 "the journal's adoption line" journal_has "recovered after a crash: adopted" -u piku-supervisor.service
-    host_journal -u piku-supervisor.service -o cat | grep -E "recovered after a crash|after-stop|ended \(" | tail -n 3
+    journal_has "kept running across the supervisor's crash" -t blog ||
+        fail "blog's journal does not say its processes were kept"
+    host_journal -u piku-supervisor.service -o short-precise |
+        grep -E "recovered after a crash|Main process exited|Started piku" | tail -n 3
     apps_back
     [ "$( (running blog web; running flask wsgi; running flask worker) | sort)" = "$apps_before" ] ||
         fail "app processes were restarted after the crash"
+    # The worker's numbered lines (one every 3 s): none lost across the crash.
+    local worker ticks gaps
+    worker=$(running flask worker | awk '{print $2}')
+    ticks=$(host_journal -t flask -o cat | awk -v pid="pid=$worker" '$1 == "worker" && $2 == "tick" && $4 == pid {print $3}')
+    gaps=$(echo "$ticks" | awk 'NR > 1 && $1 != prev + 1 {g++} {prev = $1} END {print g + 0}')
+    echo "worker $worker: $(echo "$ticks" | wc -l) ticks in the journal, $gaps gaps"
+    [ "$gaps" -eq 0 ] || fail "worker lines lost: $(echo $ticks)"
     codes=$(awk '{print $1}' "$load" | sort | uniq -c | tr '\n' ' ')
     failed=$(awk '$1 != 200' "$load" | wc -l)
     slowest=$(awk '$2 > m {m = $2} END {print m}' "$load")

@@ -229,6 +229,8 @@ pub struct Adoption {
     pub up: Duration,
     pub stdout: Option<(OwnedFd, Vec<u8>)>,
     pub stderr: Option<(OwnedFd, Vec<u8>)>,
+    /// Left by a daemon that crashed (`recover`), not handed over by an upgrade.
+    pub after_crash: bool,
 }
 
 /// What the new image took over, until claimed.
@@ -311,6 +313,7 @@ pub fn install(handover: Handover) -> anyhow::Result<Installed> {
                 up: Duration::from_millis(adoptee.up_ms),
                 stdout,
                 stderr,
+                after_crash: false,
             },
         );
     }

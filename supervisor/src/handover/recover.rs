@@ -84,6 +84,7 @@ pub fn install(
                 up: up(record.start_ticks),
                 stdout: Some((stdout, Vec::new())),
                 stderr: Some((stderr, Vec::new())),
+                after_crash: true,
             },
         );
     }

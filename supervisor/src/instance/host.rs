@@ -96,6 +96,8 @@ pub struct ProcessHost {
     waiting: Option<(History, Duration)>,
     /// The pid taken over, until its start is noted (as kept, not started).
     adopted_pid: Option<u32>,
+    /// The process taken over was left by a daemon that crashed, not by an upgrade.
+    adopted_after_crash: bool,
 }
 
 impl ProcessHost {
@@ -111,6 +113,7 @@ impl ProcessHost {
             kept: None,
             waiting,
             adopted_pid: None,
+            adopted_after_crash: false,
         }
     }
 
@@ -125,7 +128,9 @@ impl ProcessHost {
             up,
             stdout,
             stderr,
+            after_crash,
         } = adoption;
+        self.adopted_after_crash = after_crash;
         self.sink.adopt(pid, stdout, stderr);
         let key = self.config.running_key();
         self.running.insert(key.clone(), pid);
@@ -270,7 +275,12 @@ impl Host for ProcessHost {
                 if msg == format!("started pid {pid}")
                     || msg == format!("run started, pid {pid}") =>
             {
-                kept = format!("pid {pid} kept running across the supervisor's upgrade");
+                let across = if self.adopted_after_crash {
+                    "crash"
+                } else {
+                    "upgrade"
+                };
+                kept = format!("pid {pid} kept running across the supervisor's {across}");
                 kept.as_str()
             }
             Some(pid) => {
