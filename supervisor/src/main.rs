@@ -5,6 +5,7 @@
 mod app;
 mod backoff;
 mod cgroup;
+mod chores;
 mod cron;
 mod daemon;
 mod exit;
