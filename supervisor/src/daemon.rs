@@ -170,7 +170,6 @@ pub async fn run(
     if installed.is_none() && recovered.is_none() {
         running.write_now();
     }
-    tokio::spawn(running.clone().run_writer());
     tokio::spawn(reaper::run());
     let logs = LogHub::new(root.logs()).context("cannot start the log capture thread")?;
     let store = Arc::new(Store::new(state_path, BTreeMap::new()));

@@ -9,12 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use tokio::time::{Instant, sleep};
 
 use crate::procinfo;
@@ -31,7 +31,12 @@ pub struct Record {
 pub struct Running {
     path: PathBuf,
     table: Mutex<BTreeMap<String, Record>>,
-    changed: Notify,
+    /// A rewrite is posted to the chores thread and has not taken its snapshot yet: the
+    /// changes of a burst of spawns and exits share one write.
+    queued: AtomicBool,
+    /// Held from a write's snapshot to its rename, so that an older snapshot never replaces
+    /// a newer one (a chore's write and the shutdown's own).
+    writing: Mutex<()>,
 }
 
 impl Running {
@@ -39,13 +44,14 @@ impl Running {
         Arc::new(Running {
             path,
             table: Mutex::new(BTreeMap::new()),
-            changed: Notify::new(),
+            queued: AtomicBool::new(false),
+            writing: Mutex::new(()),
         })
     }
 
-    /// Records a freshly spawned process; the file is written by [`Running::run_writer`], off
+    /// Records a freshly spawned process; the file is rewritten on the chores thread, off
     /// the respawn path.
-    pub fn insert(&self, name: String, pid: u32) {
+    pub fn insert(self: &Arc<Self>, name: String, pid: u32) {
         let Some(stat) = procinfo::stat(pid) else {
             return; // already gone: nothing to clean up later
         };
@@ -56,16 +62,28 @@ impl Running {
                 start_ticks: stat.start_ticks,
             },
         );
-        self.changed.notify_one();
+        self.changed();
     }
 
     /// Forgets `name` if it still records `pid`.
-    pub fn remove(&self, name: &str, pid: u32) {
+    pub fn remove(self: &Arc<Self>, name: &str, pid: u32) {
         let mut table = self.lock();
         if table.get(name).is_some_and(|r| r.pid == pid) {
             table.remove(name);
             drop(table);
-            self.changed.notify_one();
+            self.changed();
+        }
+    }
+
+    /// Has the file rewritten on the chores thread, unless a rewrite is already queued
+    /// (it will see this change: it takes its snapshot when it runs).
+    fn changed(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            let me = Arc::clone(self);
+            crate::chores::post(move || {
+                me.queued.store(false, Ordering::Release);
+                me.write_now();
+            });
         }
     }
 
@@ -75,23 +93,18 @@ impl Running {
 
     /// Writes the table now.
     pub fn write_now(&self) {
+        let _turn = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let snapshot = self.lock().clone();
         match serde_json::to_vec(&snapshot) {
             Ok(bytes) => {
-                if let Err(e) = piku_fs::write_atomic(&self.path, &bytes, piku_fs::MODE_PRIVATE) {
+                // Not synced: the file matters to the next daemon of this boot only (after a
+                // reboot nothing it lists still runs), and sees the rename either way.
+                if let Err(e) = piku_fs::replace_unsynced(&self.path, &bytes, piku_fs::MODE_PRIVATE)
+                {
                     tracing::warn!("cannot write {}: {e}", self.path.display());
                 }
             }
             Err(e) => tracing::warn!("cannot serialise the running table: {e}"),
-        }
-    }
-
-    /// Rewrites the file after every change, coalescing bursts.
-    pub async fn run_writer(self: Arc<Self>) {
-        loop {
-            self.changed.notified().await;
-            let me = self.clone();
-            let _ = tokio::task::spawn_blocking(move || me.write_now()).await;
         }
     }
 }

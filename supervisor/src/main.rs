@@ -6,6 +6,7 @@ mod after_stop;
 mod app;
 mod backoff;
 mod cgroup;
+mod chores;
 mod cron;
 mod daemon;
 mod exit;

@@ -151,8 +151,21 @@ pub fn read_inside(base: &Path, rel: &Path) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
-/// Replaces `path` with `bytes`, mode `mode` exactly (the umask does not apply).
+/// Replaces `path` with `bytes`, mode `mode` exactly (the umask does not apply), durably:
+/// synced to disk before and after the rename.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode, true)
+}
+
+/// Replaces `path` with `bytes` like [`write_atomic`], but without syncing to disk: a reader
+/// sees the old content or the new one, whoever dies meanwhile, but a power cut may leave
+/// either, or an empty file. For files that only matter while the machine stays up (what
+/// runs now), where two syncs on every change would be the writer's main cost.
+pub fn replace_unsynced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         Some(_) => Path::new("."),
@@ -180,10 +193,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     temp.as_file()
         .set_permissions(Permissions::from_mode(mode))?;
     temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
+    if durable {
+        temp.as_file().sync_all()?;
+    }
     // On failure the temporary file is removed when `temp` (inside the error) drops.
     temp.persist(path).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -209,6 +227,17 @@ mod tests {
         // Nothing left beside it.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn an_unsynced_replace_also_replaces_with_the_exact_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("running.json");
+        replace_unsynced(&path, b"one", MODE_PUBLIC).unwrap();
+        replace_unsynced(&path, b"two", MODE_PRIVATE).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

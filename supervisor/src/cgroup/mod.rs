@@ -491,7 +491,7 @@ impl InstanceCgroup {
 /// Moves every process of the v2 cgroup `born_in` into each of the v1 cgroups `dirs`,
 /// until a pass finds none left to move: a process forked before its parent moved is in
 /// the v2 cgroup (it was born there), so it is moved by the next pass. Blocking (each first
-/// write waits for an RCU grace period): run off the async workers.
+/// write waits for an RCU grace period): run off the async workers, on the chores thread.
 pub fn follow(born_in: &Path, dirs: &[PathBuf]) {
     // Bounded: an app that forks without end (a shell loop) must not keep this going, and
     // every pass that moves something holds the kernel's fork/exit lock for writing. A

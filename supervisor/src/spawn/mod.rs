@@ -135,7 +135,7 @@ pub fn spawn(launch: &Launch, id: &InstanceId, placement: &Placement) -> io::Res
                 let pid = born.pid;
                 if !placement.join_after.is_empty() {
                     let (born_in, dirs) = (cgroup.clone(), placement.join_after.clone());
-                    tokio::task::spawn_blocking(move || crate::cgroup::follow(&born_in, &dirs));
+                    crate::chores::post(move || crate::cgroup::follow(&born_in, &dirs));
                 }
                 return Ok(Spawned {
                     pid,
