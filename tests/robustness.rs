@@ -35,6 +35,29 @@ fn deploy(piku: &Piku) -> u16 {
     repo.commit("behind nginx");
     piku.git_push(repo.path(), "faulty").assert_ok();
     let port = nginx.http_port;
+    wait_served(piku, port, "through nginx");
+    port
+}
+
+/// `examples/python-faulty` deployed as `app` without a server name, with `extra_env`: the
+/// front's own public TCP port, where it answers.
+fn deploy_on_tcp(piku: &Piku, app: &str, extra_env: &str) -> u16 {
+    let repo = make_app_repo("python-faulty");
+    let env = std::fs::read_to_string(example_dir("python-faulty").join("ENV")).unwrap();
+    repo.write("ENV", &format!("{env}{extra_env}"));
+    repo.commit("on the front's TCP port");
+    piku.git_push(repo.path(), app).assert_ok();
+    let ps = piku.ps_json(app).unwrap();
+    let port = ps["front"]["tcp"]
+        .as_str()
+        .and_then(|tcp| tcp.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("no TCP front for {app}: {ps}"));
+    wait_served(piku, port, "on the front's TCP port");
+    port
+}
+
+fn wait_served(piku: &Piku, port: u16, how: &str) {
     let served = piku_e2e::wait_until(CHANGE_TIMEOUT, || {
         http_get_host(port, HOST, "/")
             .ok()
@@ -42,10 +65,9 @@ fn deploy(piku: &Piku) -> u16 {
     });
     assert!(
         served.is_some(),
-        "the faulty app is not served through nginx\n{}",
+        "the faulty app is not served {how}\n{}",
         piku.diagnostics()
     );
-    port
 }
 
 /// One request through nginx with `Connection: close`: (status, body), or what went wrong.
@@ -385,4 +407,223 @@ fn one_percent_of_requests_wedging_leaves_the_others_served() {
             "504 after {took:?}"
         );
     }
+}
+
+/// The front's header timeout in the slowloris test: short, so the attack's connections are cut
+/// (and reopened) several times within the test.
+const LORIS_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Slow connections held open at once.
+const LORIS: usize = 500;
+
+/// The issue's measure: 500 slowloris connections (each sends a request head a byte a second
+/// and never finishes it; a cut one is reopened at once) leave other clients' p99 unchanged
+/// and the front's memory bounded — (a) through nginx, which holds them itself (its 60 s
+/// `client_header_timeout`), and (b) straight at the front's public TCP port, where the front
+/// cuts each one at its `PIKU_HEADER_TIMEOUT` (3 s here): a byte a second keeps a connection
+/// busy, so only a deadline on the whole head (not an idle timer) cuts it.
+#[test]
+fn five_hundred_slowloris_connections_leave_the_others_served() {
+    let piku = Piku::start_with_nginx();
+    let supervisor = piku.supervisor_pid().expect("the supervisor runs");
+    let via_nginx = deploy(&piku);
+    let timeout = format!("PIKU_HEADER_TIMEOUT={}\n", LORIS_HEADER_TIMEOUT.as_secs());
+    let tcp = deploy_on_tcp(&piku, "loris", &timeout);
+
+    // (a) Through nginx: nginx holds the slow connections; the front never sees them.
+    let a = attack(supervisor, via_nginx);
+    a.print("through nginx");
+    let report = &a.report;
+    assert!(
+        report.failed.is_empty() && report.answered.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.open_at_stop.len(),
+        LORIS,
+        "nginx did not hold every slow connection for the attack's length: {report:?}"
+    );
+    a.assert_others_served();
+    a.assert_front_memory_bounded();
+
+    // (b) Straight at the front: each slow connection is cut at the header timeout.
+    let b = attack(supervisor, tcp);
+    b.print("at the front's TCP port");
+    let report = &b.report;
+    assert!(
+        report.failed.is_empty() && report.answered.is_empty(),
+        "{report:?}"
+    );
+    assert!(
+        report.cuts.len() >= LORIS,
+        "not every slow connection was cut: {} cuts",
+        report.cuts.len()
+    );
+    // From the first byte to the close the client sees: the timeout, plus the front's and this
+    // client's wake-ups on a busy 2-core machine.
+    let (earliest, latest) = (
+        LORIS_HEADER_TIMEOUT - Duration::from_millis(50),
+        LORIS_HEADER_TIMEOUT + Duration::from_millis(1500),
+    );
+    let outside: Vec<_> = report
+        .cuts
+        .iter()
+        .filter(|cut| **cut < earliest || **cut > latest)
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "{} of {} cuts outside {earliest:?}..{latest:?}: {:?}",
+        outside.len(),
+        report.cuts.len(),
+        &outside[..outside.len().min(20)]
+    );
+    let overdue: Vec<_> = report
+        .open_at_stop
+        .iter()
+        .filter(|open| **open > latest)
+        .collect();
+    assert!(overdue.is_empty(), "connections never cut: {overdue:?}");
+    b.assert_others_served();
+    b.assert_front_memory_bounded();
+}
+
+/// What one slowloris attack cost: other clients' latencies before, during and after it, the
+/// front's memory, and what the attack saw.
+struct Attack {
+    before: Vec<Duration>,
+    during: Vec<Duration>,
+    after: Vec<Duration>,
+    /// The supervisor's (the front's) VmRSS just before the attack.
+    rss_before: u64,
+    /// Its peak (VmHWM, reset before the attack) during the attack.
+    peak_during: u64,
+    /// Its VmRSS once the attack's connections are closed.
+    rss_after: u64,
+    report: piku_e2e::slowloris::Report,
+}
+
+/// How long each window of normal requests lasts.
+const WINDOW: Duration = Duration::from_secs(5);
+
+/// Measures normal requests on `port` for a window, then again while [`LORIS`] slow
+/// connections hang on the same port, then once more after them.
+fn attack(supervisor: u32, port: u16) -> Attack {
+    let before = latencies(port, WINDOW);
+    let reset = piku_e2e::reset_peak(supervisor);
+    let rss_before = memory(supervisor).rss_kib;
+    let loris = piku_e2e::Slowloris::start(port, LORIS, Duration::from_secs(1), true);
+    let during = latencies(port, 2 * WINDOW);
+    let at_stop = memory(supervisor);
+    let report = loris.stop();
+    let peak_during = if reset {
+        at_stop.hwm_kib
+    } else {
+        at_stop.rss_kib
+    };
+    let after = latencies(port, WINDOW);
+    let rss_after = memory(supervisor).rss_kib;
+    Attack {
+        before,
+        during,
+        after,
+        rss_before,
+        peak_during,
+        rss_after,
+        report,
+    }
+}
+
+impl Attack {
+    fn print(&self, what: &str) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let cuts = {
+            let mut cuts = self.report.cuts.clone();
+            cuts.sort();
+            match (cuts.first(), cuts.last()) {
+                (Some(first), Some(last)) => format!(
+                    "{} cuts, {:.2}–{:.2} s after the first byte (median {:.2} s)",
+                    cuts.len(),
+                    first.as_secs_f64(),
+                    last.as_secs_f64(),
+                    cuts[cuts.len() / 2].as_secs_f64()
+                ),
+                _ => "no cuts".to_owned(),
+            }
+        };
+        println!(
+            "slowloris {what}: {LORIS} connections ({} opened in all, {} bytes sent, {} open at \
+             the end); {cuts}\n  others' p99: {:.1} ms before ({} requests), {:.1} ms during \
+             ({}), {:.1} ms after ({}); max during {:.1} ms\n  front (piku-supervisor) RSS: \
+             {} KiB before, peak {} KiB during (+{} KiB), {} KiB after",
+            self.report.opened,
+            self.report.bytes,
+            self.report.open_at_stop.len(),
+            ms(p99(&self.before)),
+            self.before.len(),
+            ms(p99(&self.during)),
+            self.during.len(),
+            ms(p99(&self.after)),
+            self.after.len(),
+            ms(self.during.iter().copied().max().unwrap_or_default()),
+            self.rss_before,
+            self.peak_during,
+            self.peak_during.saturating_sub(self.rss_before),
+            self.rss_after,
+        );
+    }
+
+    /// p99 during the attack within max(2×, +25 ms) of the quiet p99 (the slower of the
+    /// windows before and after it, so that a change in the machine's other load between
+    /// windows is not read as the attack's).
+    fn assert_others_served(&self) {
+        let quiet = p99(&self.before).max(p99(&self.after));
+        let bound = (2 * quiet).max(quiet + Duration::from_millis(25));
+        let during = p99(&self.during);
+        assert!(
+            during <= bound,
+            "others' p99 {during:?} during the attack, {quiet:?} without (bound {bound:?})"
+        );
+    }
+
+    fn assert_front_memory_bounded(&self) {
+        let grew = self.peak_during.saturating_sub(self.rss_before);
+        assert!(
+            grew <= LORIS_MEMORY_KIB,
+            "the front grew {grew} KiB under {LORIS} slow connections (bound {LORIS_MEMORY_KIB})"
+        );
+    }
+}
+
+/// How much the front may grow while [`LORIS`] slow connections hang on it.
+const LORIS_MEMORY_KIB: u64 = 32 << 10;
+
+fn memory(pid: u32) -> piku_e2e::Memory {
+    piku_e2e::Memory::of(pid).expect("the supervisor's /proc/<pid>/status")
+}
+
+/// Sends `GET /` one after another for `window` (a fresh connection each, as
+/// [`request`] does): each one's latency; every one must be a 200.
+fn latencies(port: u16, window: Duration) -> Vec<Duration> {
+    let began = Instant::now();
+    let mut took = Vec::new();
+    while began.elapsed() < window {
+        let sent = Instant::now();
+        let answer = request(port, "/", Duration::from_secs(10));
+        assert!(
+            matches!(answer, Ok((200, _))),
+            "a normal request got {answer:?}"
+        );
+        took.push(sent.elapsed());
+    }
+    took
+}
+
+/// The 99th percentile (nearest rank) of `samples`.
+fn p99(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = (sorted.len() * 99).div_ceil(100);
+    sorted
+        .get(rank.saturating_sub(1))
+        .copied()
+        .unwrap_or_default()
 }
