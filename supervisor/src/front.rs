@@ -83,14 +83,15 @@ impl Listen {
     }
 }
 
-/// The glue's settings for `spec`: its timeouts and body limit; the rest stays the glue's
-/// defaults (see `FrontConfig`).
+/// The glue's settings for `spec`: its timeouts, body limit and stall rule; the rest stays the
+/// glue's defaults (see `FrontConfig`).
 pub fn config_of(spec: &FrontSpec) -> FrontConfig {
     FrontConfig {
         response_timeout: Duration::from_millis(spec.response_timeout_ms),
         header_read_timeout: Duration::from_millis(spec.header_timeout_ms),
         keep_alive_timeout: Duration::from_millis(spec.keepalive_timeout_ms),
         max_request_body: spec.max_request_body,
+        stall_after: spec.stall_after_ms.map(Duration::from_millis),
         ..FrontConfig::default()
     }
 }

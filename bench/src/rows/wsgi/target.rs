@@ -303,6 +303,7 @@ impl Stack {
                             header_timeout_ms: settings.header_timeout_secs * 1000,
                             keepalive_timeout_ms: settings.keepalive_timeout_secs * 1000,
                             max_request_body: settings.max_request_body(),
+                            stall_after_ms: settings.stall_after_ms(),
                             ..FrontSpec::default()
                         }),
                         ..AppSettings::default()
