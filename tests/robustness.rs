@@ -299,6 +299,14 @@ fn a_faulty_wsgi_app_costs_only_its_faulty_requests() {
     );
     let kept = piku.ssh("config:get faulty GREETING");
     assert!(kept.stdout.trim().is_empty(), "GREETING was saved: {kept}");
+    let refused = piku.ssh("config:set faulty PIKU_STALL_TIMEOUT=50ms");
+    assert!(!refused.success(), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .starts_with("Error: PIKU_STALL_TIMEOUT='50ms' must be 0 (off), or whole seconds"),
+        "{refused}"
+    );
     piku.ssh("config:set faulty PIKU_RESPONSE_TIMEOUT=1")
         .assert_ok();
     let conf = std::fs::read_to_string(piku.root.join("nginx/faulty.conf")).unwrap();
