@@ -520,10 +520,13 @@ fn five_hundred_slowloris_connections_leave_the_others_served() {
         report.cuts.len()
     );
     // From the first byte to the close the client sees: the timeout, plus the front's and this
-    // client's wake-ups on a busy 2-core machine.
+    // client's wake-ups. Nothing else would cut them between the two (the keep-alive timeout
+    // is 75 s), so a wide margin still says which timeout did it: on a 2-core machine shared
+    // with builds (load 7–10) a batch of cuts was seen 1.8 s late once (a normal request's
+    // slowest answer in that window: 1.3 s); typically they come within 0.1 s.
     let (earliest, latest) = (
         LORIS_HEADER_TIMEOUT - Duration::from_millis(50),
-        LORIS_HEADER_TIMEOUT + Duration::from_millis(1500),
+        LORIS_HEADER_TIMEOUT + Duration::from_secs(5),
     );
     let outside: Vec<_> = report
         .cuts
@@ -536,6 +539,13 @@ fn five_hundred_slowloris_connections_leave_the_others_served() {
         outside.len(),
         report.cuts.len(),
         &outside[..outside.len().min(20)]
+    );
+    let mut sorted = report.cuts.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+    assert!(
+        median <= LORIS_HEADER_TIMEOUT + Duration::from_millis(500),
+        "half the cuts came {median:?} or later after the first byte"
     );
     let overdue: Vec<_> = report
         .open_at_stop
