@@ -271,7 +271,7 @@ mod tests {
 
     fn test_pool(max_in_flight: usize, retry: Duration) -> Pool {
         let stall = StallRule {
-            after: Duration::from_secs(1),
+            after: Some(Duration::from_secs(1)),
             in_flight: 8,
         };
         Pool::new(max_in_flight, retry, stall, broadcast::Sender::new(8))

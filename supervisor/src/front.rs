@@ -512,7 +512,11 @@ mod tests {
                 Err(e) => panic!("accept: {e}"),
             }
         }
-        assert_eq!(accepted, clients.len(), "connections of the burst were dropped");
+        assert_eq!(
+            accepted,
+            clients.len(),
+            "connections of the burst were dropped"
+        );
     }
 
     #[test]

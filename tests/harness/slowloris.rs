@@ -189,7 +189,7 @@ fn drive(
             }
         }
         // Highest index first, so swap_remove moves only connections already looked at.
-        gone.sort_by(|a, b| b.0.cmp(&a.0));
+        gone.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
         for (i, answer) in gone {
             let conn = conns.swap_remove(i);
             match answer {

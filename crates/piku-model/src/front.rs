@@ -296,7 +296,9 @@ mod tests {
         assert_eq!(read("100ms").unwrap().stall_after_ms(), Some(100));
         assert_eq!(read("3600").unwrap().stall_after_ms(), Some(3_600_000));
         assert_eq!(read("").unwrap(), FrontSettings::default());
-        let err = check_setting(STALL_TIMEOUT, "50ms").unwrap_err().to_string();
+        let err = check_setting(STALL_TIMEOUT, "50ms")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "PIKU_STALL_TIMEOUT='50ms' must be 0 (off), or whole seconds (2, 2s) or \
