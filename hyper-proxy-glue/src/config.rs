@@ -57,7 +57,9 @@ pub struct FrontConfig {
     /// each moment of it costs the requests sent to the stuck instance meanwhile, which are
     /// lost with it), while a healthy instance with that many requests on it finishes one
     /// well within it. A false alarm costs a restart (not a request: the old instance drains).
-    pub stall_after: Duration,
+    /// `None`: no stall rule (an app whose requests may all take long on purpose, e.g. long
+    /// polls on few threads); a stuck instance is then found by its response timeouts only.
+    pub stall_after: Option<Duration>,
     /// See [`stall_after`](Self::stall_after). Default 8: twice the threads of piku's default
     /// worker, so a busy instance with a short queue is never taken for a stalled one.
     pub stall_in_flight: usize,
@@ -108,7 +110,7 @@ impl Default for FrontConfig {
             max_in_flight_per_backend: 128,
             wedged_after: 3,
             wedged_retry: Duration::from_secs(10),
-            stall_after: Duration::from_millis(500),
+            stall_after: Some(Duration::from_millis(500)),
             stall_in_flight: 8,
             down_after_refusal: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(1),

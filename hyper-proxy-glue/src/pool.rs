@@ -41,7 +41,8 @@ pub(crate) struct Pool {
 /// When a backend counts as stalled (`FrontConfig::stall_after`, `stall_in_flight`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StallRule {
-    pub(crate) after: Duration,
+    /// `None`: the rule is off.
+    pub(crate) after: Option<Duration>,
     pub(crate) in_flight: usize,
 }
 
@@ -151,7 +152,10 @@ impl Pool {
             }
             // Woken at least once per stall period, so that an instance stalling while no new
             // request arrives is still found (by the next scan).
-            let wake = until.min(Instant::now() + self.stall.after);
+            let wake = match self.stall.after {
+                Some(after) => until.min(Instant::now() + after),
+                None => until,
+            };
             if tokio::time::timeout_at(wake, released).await.is_err() && wake == until {
                 return self.try_pick(exclude);
             }
@@ -180,11 +184,9 @@ impl Pool {
                     continue;
                 }
                 candidates = true;
-                self.report(state.check_stall(
-                    self.stall.after,
-                    self.stall.in_flight,
-                    self.wedged_retry,
-                ));
+                if let Some(after) = self.stall.after {
+                    self.report(state.check_stall(after, self.stall.in_flight, self.wedged_retry));
+                }
                 // A stalled backend would only queue the request behind its stuck ones: it is
                 // skipped like a full one, and the request waits here for a place elsewhere.
                 if state.is_stalled() {
@@ -269,7 +271,7 @@ mod tests {
 
     fn test_pool(max_in_flight: usize, retry: Duration) -> Pool {
         let stall = StallRule {
-            after: Duration::from_secs(1),
+            after: Some(Duration::from_secs(1)),
             in_flight: 8,
         };
         Pool::new(max_in_flight, retry, stall, broadcast::Sender::new(8))

@@ -296,7 +296,7 @@ async fn a_stalled_instance_gets_nothing_more_and_waiting_requests_go_to_its_rep
     let stall_after = Duration::from_millis(300);
     let config = FrontConfig {
         response_timeout: Duration::from_secs(20),
-        stall_after,
+        stall_after: Some(stall_after),
         stall_in_flight: 3,
         ..FrontConfig::default()
     };
@@ -350,6 +350,51 @@ async fn a_stalled_instance_gets_nothing_more_and_waiting_requests_go_to_its_rep
     }
     assert_eq!(stuck.flow.requests.load(Ordering::SeqCst), 3);
     // The stuck instance stops: its held requests end (502), and the front can stop.
+    stuck.stop().await;
+    for request in held {
+        let (status, _) = tokio::time::timeout(SLACK, request).await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+    }
+    front.stop().await;
+}
+
+/// `stall_after: None` (`PIKU_STALL_TIMEOUT=0`): an instance holding more than the stall mark
+/// for longer than the stall period is never found stalled — it keeps getting requests (up
+/// to its in-flight bound) and nothing is reported; only the response timeout ends them.
+#[tokio::test]
+async fn without_the_stall_rule_a_busy_instance_keeps_its_requests() {
+    let stuck = TestBackend::start("web.1").await;
+    stuck.flow.wedged.store(true, Ordering::SeqCst);
+    let config = FrontConfig {
+        response_timeout: Duration::from_secs(20),
+        stall_after: None,
+        stall_in_flight: 3,
+        ..FrontConfig::default()
+    };
+    let front = RunningFront::start(config, vec![stuck.backend()]).await;
+    let mut events = front.front.events();
+    let addr = front.addr;
+    let mut held: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { get(addr, "/name").await }))
+        .collect();
+    let deadline = Instant::now() + SLACK;
+    while stuck.flow.requests.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "3 requests never reached web.1");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Well past the default stall period (500 ms), one more goes to the instance all the same.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    held.push(tokio::spawn(async move { get(addr, "/name").await }));
+    while stuck.flow.requests.load(Ordering::SeqCst) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the 4th request waited in the front: {:?}",
+            front.front.backend_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(events.try_recv().is_err(), "an event without a stall rule");
+    assert!(front.front.backend_stats().iter().all(|s| !s.wedged));
     stuck.stop().await;
     for request in held {
         let (status, _) = tokio::time::timeout(SLACK, request).await.unwrap().unwrap();

@@ -84,14 +84,15 @@ impl Listen {
     }
 }
 
-/// The glue's settings for `spec`: its timeouts and body limit; the rest stays the glue's
-/// defaults (see `FrontConfig`).
+/// The glue's settings for `spec`: its timeouts, body limit and stall rule; the rest stays the
+/// glue's defaults (see `FrontConfig`).
 pub fn config_of(spec: &FrontSpec) -> FrontConfig {
     FrontConfig {
         response_timeout: Duration::from_millis(spec.response_timeout_ms),
         header_read_timeout: Duration::from_millis(spec.header_timeout_ms),
         keep_alive_timeout: Duration::from_millis(spec.keepalive_timeout_ms),
         max_request_body: spec.max_request_body,
+        stall_after: spec.stall_after_ms.map(Duration::from_millis),
         ..FrontConfig::default()
     }
 }
@@ -427,8 +428,20 @@ fn bind_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     }
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    deepen_backlog(&listener)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// std listens with a backlog of 128. Past the front's connection cap new connections wait in
+/// this queue, and a burst of connections overflows 128 at once: the kernel then drops the
+/// handshakes it has no room for and each such client waits for its retransmission (1 s, then
+/// 3 s) — 500 slow clients reconnecting together cost a normal request 1.3–1.6 s that way
+/// (`tests/robustness.rs`). Listening again with the host's maximum (`net.core.somaxconn`,
+/// 4096 by default; nginx asks for 511) lets a burst wait in the queue instead.
+fn deepen_backlog<F: std::os::fd::AsFd>(listener: &F) -> std::io::Result<()> {
+    nix::sys::socket::listen(listener, nix::sys::socket::Backlog::MAXCONN)
+        .map_err(std::io::Error::from)
 }
 
 async fn bind_tcp(bind: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
@@ -453,6 +466,7 @@ async fn bind_tcp(bind: &str, port: u16) -> std::io::Result<std::net::TcpListene
             Err(e) => return Err(e),
         }
     };
+    deepen_backlog(&listener)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
@@ -488,6 +502,38 @@ mod tests {
         );
         spec.tcp = None;
         assert_eq!(Listen::of(&spec, Some(41000)).tcp, None);
+    }
+
+    /// A burst of connections the front has not accepted yet is all in the listen queue when
+    /// it next accepts. With std's backlog of 128 the kernel drops the handshakes past it (the
+    /// client believes it is connected) and they arrive a retransmission (1 s) later.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_listen_queue() {
+        let listener = bind_tcp("127.0.0.1", 0).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients: Vec<_> = (0..300)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut accepted = 0;
+        let mut quiet_since = std::time::Instant::now();
+        // Patience for a loaded machine, well below the retransmission.
+        while accepted < clients.len() && quiet_since.elapsed() < Duration::from_millis(300) {
+            match listener.accept() {
+                Ok(_) => {
+                    accepted += 1;
+                    quiet_since = std::time::Instant::now();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        assert_eq!(
+            accepted,
+            clients.len(),
+            "connections of the burst were dropped"
+        );
     }
 
     #[test]

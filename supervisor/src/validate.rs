@@ -135,6 +135,15 @@ pub fn spec(spec: &AppSpec) -> Result<(), String> {
                 problems.push(format!("{name} must be from 1 to {MAX_FRONT_TIMEOUT_MS}"));
             }
         }
+        // `None` turns the stall rule off; a zero period would find every instance stalled.
+        if front
+            .stall_after_ms
+            .is_some_and(|ms| !(1..=MAX_FRONT_TIMEOUT_MS).contains(&ms))
+        {
+            problems.push(format!(
+                "stall_after_ms must be from 1 to {MAX_FRONT_TIMEOUT_MS}, or none (off)"
+            ));
+        }
     }
     if problems.is_empty() {
         Ok(())
@@ -185,6 +194,16 @@ mod tests {
         }
         let err = spec(&fronted).unwrap_err();
         assert!(err.contains("response_timeout_ms must be from 1"), "{err}");
+        if let Some(front) = fronted.settings.front.as_mut() {
+            front.response_timeout_ms = 30_000;
+            front.stall_after_ms = None;
+        }
+        spec(&fronted).unwrap();
+        if let Some(front) = fronted.settings.front.as_mut() {
+            front.stall_after_ms = Some(0);
+        }
+        let err = spec(&fronted).unwrap_err();
+        assert!(err.contains("stall_after_ms must be from 1"), "{err}");
     }
 
     #[test]

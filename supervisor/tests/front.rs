@@ -857,7 +857,11 @@ fn a_stalled_only_instance_is_replaced_at_once_and_the_waiting_request_served() 
         (i.in_flight == Some(held as u64)).then_some(())
     });
     // Past the stall period, the next request finds the instance stalled.
-    std::thread::sleep(FrontConfig::default().stall_after);
+    std::thread::sleep(
+        FrontConfig::default()
+            .stall_after
+            .expect("the stall rule is on"),
+    );
     let asked = Instant::now();
     let body = get_tcp(&addr).expect("the waiting request is served");
     let took = asked.elapsed();

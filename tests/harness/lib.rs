@@ -17,19 +17,23 @@
 pub mod apps;
 pub mod binaries;
 pub mod http;
+pub mod memory;
 pub mod nginx;
 pub mod process;
 pub mod server;
 pub mod server_user;
+pub mod slowloris;
 pub mod wait;
 
 pub use apps::{AppRepo, copy_tree, example_dir, make_app_repo};
 pub use binaries::{Binaries, binaries, repo_root};
 pub use http::{Answer, get_ok, http_get, http_get_host};
+pub use memory::{Memory, reset_peak};
 pub use nginx::Nginx;
 pub use process::{Run, Streaming, run_with_timeout};
 pub use server::{Instance, Piku, free_port, git_command, instances_in, sweep};
 pub use server_user::{ServerUser, server_user};
+pub use slowloris::Slowloris;
 pub use wait::wait_until;
 
 use std::time::Duration;

@@ -2,8 +2,11 @@
 //! `PIKU_RESPONSE_TIMEOUT` (seconds an instance may take to start answering, 1–3600, default
 //! 30), `PIKU_HEADER_TIMEOUT` (seconds a client may take to send a request head, 1–300,
 //! default 10), `PIKU_KEEPALIVE_TIMEOUT` (seconds an idle client connection is kept, 2–3600,
-//! default 75) and `NGINX_CLIENT_MAX_BODY_SIZE` (the largest request body, in nginx's size
-//! syntax: `100m`, `512k`, `1g`, a number of bytes, `0` for no limit).
+//! default 75), `NGINX_CLIENT_MAX_BODY_SIZE` (the largest request body, in nginx's size
+//! syntax: `100m`, `512k`, `1g`, a number of bytes, `0` for no limit) and `PIKU_STALL_TIMEOUT`
+//! (the front's stall rule: how long an instance holding 8 requests may finish none before it
+//! gets no more and is replaced; `500ms` by default, whole seconds or `ms`, `0` for off — the
+//! daemon's front alone reads it, nginx has no such rule).
 //!
 //! This is the one parser of these values: the deploy reads them from the merged env (for the
 //! front's spec and for the nginx config), and `config:set` checks them before it saves
@@ -25,6 +28,13 @@ pub const RESPONSE_TIMEOUT: &str = "PIKU_RESPONSE_TIMEOUT";
 pub const HEADER_TIMEOUT: &str = "PIKU_HEADER_TIMEOUT";
 pub const KEEPALIVE_TIMEOUT: &str = "PIKU_KEEPALIVE_TIMEOUT";
 pub const CLIENT_MAX_BODY_SIZE: &str = "NGINX_CLIENT_MAX_BODY_SIZE";
+pub const STALL_TIMEOUT: &str = "PIKU_STALL_TIMEOUT";
+
+/// The stall rule's shortest setting: below it a busy instance's gap between two answers
+/// would pass for a stall (the default, 500 ms, is fifty such gaps).
+const MIN_STALL_MS: u64 = 100;
+/// The longest: the response timeout's ceiling (past that, the timeouts find it first).
+const MAX_STALL_MS: u64 = 3_600_000;
 
 /// The front's waits that are not settings (its body idle timeout), in seconds: nginx must
 /// outwait them too.
@@ -43,6 +53,8 @@ pub struct FrontSettings {
     /// `NGINX_CLIENT_MAX_BODY_SIZE` in bytes: `None` when unset (nginx keeps its own default,
     /// the front sets no limit), `Some(0)` for no limit (nginx's `0`).
     pub client_max_body_size: Option<u64>,
+    /// `PIKU_STALL_TIMEOUT` in milliseconds; 0: the stall rule is off.
+    pub stall_timeout_ms: u64,
 }
 
 impl Default for FrontSettings {
@@ -52,6 +64,7 @@ impl Default for FrontSettings {
             header_timeout_secs: 10,
             keepalive_timeout_secs: 75,
             client_max_body_size: None,
+            stall_timeout_ms: 500,
         }
     }
 }
@@ -77,6 +90,7 @@ impl FrontSettings {
                 Ok(Parsed::Default) => {}
                 Ok(Parsed::Secs(secs)) => *settings.secs_mut(key) = secs,
                 Ok(Parsed::Bytes(bytes)) => settings.client_max_body_size = Some(bytes),
+                Ok(Parsed::Millis(ms)) => settings.stall_timeout_ms = ms,
                 Err(why) => problems.push(error(key, value, why)),
             }
         }
@@ -111,6 +125,11 @@ impl FrontSettings {
     pub fn max_request_body(&self) -> Option<u64> {
         self.client_max_body_size.filter(|bytes| *bytes > 0)
     }
+
+    /// The front's stall rule's period: `None` when it is off.
+    pub fn stall_after_ms(&self) -> Option<u64> {
+        Some(self.stall_timeout_ms).filter(|ms| *ms > 0)
+    }
 }
 
 /// Checks one `KEY=value` setting (`config:set`); keys that are not front settings pass.
@@ -127,6 +146,7 @@ enum Parsed {
     Default,
     Secs(u64),
     Bytes(u64),
+    Millis(u64),
 }
 
 fn known(key: &str) -> Option<&'static str> {
@@ -135,6 +155,7 @@ fn known(key: &str) -> Option<&'static str> {
         HEADER_TIMEOUT,
         KEEPALIVE_TIMEOUT,
         CLIENT_MAX_BODY_SIZE,
+        STALL_TIMEOUT,
     ]
     .into_iter()
     .find(|known| *known == key)
@@ -147,6 +168,7 @@ fn parse(key: &'static str, value: &str) -> Result<Parsed, String> {
     }
     let (min, max) = match key {
         CLIENT_MAX_BODY_SIZE => return parse_nginx_size(value).map(Parsed::Bytes),
+        STALL_TIMEOUT => return parse_stall(value).map(Parsed::Millis),
         HEADER_TIMEOUT => (1, 300),
         KEEPALIVE_TIMEOUT => (2, 3600),
         _ => (1, 3600),
@@ -155,6 +177,28 @@ fn parse(key: &'static str, value: &str) -> Result<Parsed, String> {
         Ok(secs) if (min..=max).contains(&secs) => Ok(Parsed::Secs(secs)),
         _ => Err(format!(
             "must be a whole number of seconds from {min} to {max}"
+        )),
+    }
+}
+
+/// `PIKU_STALL_TIMEOUT`: `0` (off), whole seconds (`2`, `2s`) or milliseconds (`500ms`),
+/// from 100 ms to an hour; in milliseconds.
+fn parse_stall(value: &str) -> Result<u64, String> {
+    let ms = match value.strip_suffix("ms") {
+        Some(ms) => ms.parse::<u64>().ok(),
+        None => value
+            .strip_suffix('s')
+            .unwrap_or(value)
+            .parse::<u64>()
+            .ok()
+            .and_then(|secs| secs.checked_mul(1000)),
+    };
+    match ms {
+        Some(ms) if ms == 0 || (MIN_STALL_MS..=MAX_STALL_MS).contains(&ms) => Ok(ms),
+        _ => Err(format!(
+            "must be 0 (off), or whole seconds (2, 2s) or milliseconds (500ms) from \
+             {MIN_STALL_MS}ms to {}s",
+            MAX_STALL_MS / 1000
         )),
     }
 }
@@ -212,6 +256,7 @@ mod tests {
         assert_eq!(settings.header_timeout_secs, 10);
         assert_eq!(settings.keepalive_timeout_secs, 75);
         assert_eq!(settings.max_request_body(), None);
+        assert_eq!(settings.stall_after_ms(), Some(500));
         assert_eq!(settings.nginx_proxy_timeout_secs(), 60);
         assert_eq!(settings.nginx_upstream_keepalive_secs(), 60);
     }
@@ -242,6 +287,26 @@ mod tests {
     }
 
     #[test]
+    fn the_stall_rule_is_set_in_seconds_or_milliseconds_and_zero_turns_it_off() {
+        let read = |value: &str| FrontSettings::from_env(&env(&[(STALL_TIMEOUT, value)]));
+        assert_eq!(read("0").unwrap().stall_after_ms(), None);
+        assert_eq!(read("2").unwrap().stall_after_ms(), Some(2000));
+        assert_eq!(read("2s").unwrap().stall_after_ms(), Some(2000));
+        assert_eq!(read("250ms").unwrap().stall_after_ms(), Some(250));
+        assert_eq!(read("100ms").unwrap().stall_after_ms(), Some(100));
+        assert_eq!(read("3600").unwrap().stall_after_ms(), Some(3_600_000));
+        assert_eq!(read("").unwrap(), FrontSettings::default());
+        let err = check_setting(STALL_TIMEOUT, "50ms")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "PIKU_STALL_TIMEOUT='50ms' must be 0 (off), or whole seconds (2, 2s) or \
+             milliseconds (500ms) from 100ms to 3600s"
+        );
+    }
+
+    #[test]
     fn sizes_read_as_nginx_reads_them() {
         assert_eq!(parse_nginx_size("0"), Ok(0));
         assert_eq!(parse_nginx_size("1024"), Ok(1024));
@@ -266,6 +331,10 @@ mod tests {
             (KEEPALIVE_TIMEOUT, "1"),
             (KEEPALIVE_TIMEOUT, "soon"),
             (CLIENT_MAX_BODY_SIZE, "big"),
+            (STALL_TIMEOUT, "99ms"),
+            (STALL_TIMEOUT, "3601"),
+            (STALL_TIMEOUT, "0.5"),
+            (STALL_TIMEOUT, "off"),
         ] {
             let err = check_setting(key, bad).unwrap_err().to_string();
             assert!(err.starts_with(&format!("{key}='{bad}' must be")), "{err}");

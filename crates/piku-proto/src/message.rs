@@ -176,6 +176,9 @@ pub struct FrontSpec {
     pub keepalive_timeout_ms: u64,
     /// Larger request bodies get 413 (`NGINX_CLIENT_MAX_BODY_SIZE`); `None`: no limit.
     pub max_request_body: Option<u64>,
+    /// The front's stall rule (`PIKU_STALL_TIMEOUT`): an instance holding 8 requests that
+    /// finishes none for this long gets no more and is replaced; `None`: the rule is off.
+    pub stall_after_ms: Option<u64>,
 }
 
 impl Default for FrontSpec {
@@ -190,6 +193,7 @@ impl Default for FrontSpec {
             header_timeout_ms: 10_000,
             keepalive_timeout_ms: 75_000,
             max_request_body: None,
+            stall_after_ms: Some(500),
         }
     }
 }

@@ -222,5 +222,15 @@ mod tests {
         assert!(parse_setting("PIKU_KEEPALIVE_TIMEOUT=1").is_err());
         assert!(parse_setting("PIKU_HEADER_TIMEOUT=301").is_err());
         assert!(parse_setting("NGINX_CLIENT_MAX_BODY_SIZE=1.5m").is_err());
+        assert!(parse_setting("PIKU_STALL_TIMEOUT=0").is_ok());
+        assert!(parse_setting("PIKU_STALL_TIMEOUT=750ms").is_ok());
+        let err = parse_setting("PIKU_STALL_TIMEOUT=soon")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("PIKU_STALL_TIMEOUT='soon' must be 0 (off)"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
     }
 }

@@ -219,7 +219,7 @@ impl Actor {
                 ),
                 Why::Stalled(held) => format!(
                     "it held {held} requests and finished none for {:?}",
-                    front.front().config().stall_after
+                    front.front().config().stall_after.unwrap_or_default()
                 ),
             };
             handle.sink.note(&format!(

@@ -30,9 +30,11 @@ def index():
 
 /// A WSGI app that misbehaves on request (`piku-bench robust`, as `examples/python-faulty`):
 /// `/wedge` never answers, `/crash` ends its worker after noting the delivery in
-/// `crashes-<PIKU_APP>.log` (a replayed request shows as a second line).
-const FAULTY_PY: &str = r#"import os, time
+/// `crashes-<PIKU_APP>.log` (a replayed request shows as a second line), `/big?mb=N` streams
+/// N MiB, `POST /upload` answers the body's length and SHA-256 (read 1 MiB at a time).
+const FAULTY_PY: &str = r#"import hashlib, os, time
 APP = os.environ.get("PIKU_APP", "bench")
+MIB = 1 << 20
 def application(environ, start_response):
     path = environ.get("PATH_INFO", "/")
     if path == "/wedge":
@@ -42,6 +44,21 @@ def application(environ, start_response):
         with open("crashes-%s.log" % APP, "a") as f:
             f.write("crash in pid %d\n" % os.getpid())
         os._exit(3)
+    if path == "/big":
+        size = int(environ.get("QUERY_STRING", "mb=1").split("=")[-1]) * MIB
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
+        return (b"x" * MIB for _ in range(size // MIB))
+    if path == "/upload":
+        digest, total, stream = hashlib.sha256(), 0, environ["wsgi.input"]
+        while True:
+            chunk = stream.read(MIB)
+            if not chunk:
+                break
+            digest.update(chunk)
+            total += len(chunk)
+        body = ("%d %s\n" % (total, digest.hexdigest())).encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
     body = ("hello from %s\n" % APP).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]

@@ -46,6 +46,7 @@ pub fn measure(
     let extra = Extra {
         with: &with,
         others: &others,
+        ..Extra::default()
     };
     let mut f = Figures {
         piku: Vec::new(),

@@ -9,6 +9,7 @@
 //! from measurement to the markdown it writes.
 
 mod apps;
+mod bodies;
 mod formation;
 mod load;
 pub mod robust;

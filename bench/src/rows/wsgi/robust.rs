@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use piku_deploy::runtime::python::wsgi::Server;
 
 use super::apps::{self, App};
+use super::bodies;
 use super::target::{Candidate, Extra, PIKU, Stack, Target};
 use super::{loadavg, utc_now};
 
@@ -30,19 +31,26 @@ const OURS: [Candidate; 3] = [
     Candidate {
         label: "uWSGI per instance (our defaults, PIKU_RESPONSE_TIMEOUT=30)",
         server: Server::Uwsgi,
-        env: &[],
+        env: &[BODY_LIMIT],
     },
     Candidate {
         label: "uWSGI per instance, PIKU_RESPONSE_TIMEOUT=3",
         server: Server::Uwsgi,
-        env: &[("PIKU_RESPONSE_TIMEOUT", "3")],
+        env: &[("PIKU_RESPONSE_TIMEOUT", "3"), BODY_LIMIT],
     },
     Candidate {
         label: "uWSGI per instance, 2 processes, PIKU_RESPONSE_TIMEOUT=3",
         server: Server::Uwsgi,
-        env: &[("PIKU_RESPONSE_TIMEOUT", "3"), ("UWSGI_PROCESSES", "2")],
+        env: &[
+            ("PIKU_RESPONSE_TIMEOUT", "3"),
+            ("UWSGI_PROCESSES", "2"),
+            BODY_LIMIT,
+        ],
     },
 ];
+
+/// Room for the big upload in the front as in nginx (it changes nothing else).
+const BODY_LIMIT: (&str, &str) = ("NGINX_CLIENT_MAX_BODY_SIZE", bodies::MAX_BODY);
 
 /// Requests a second in the wedge scenario, and one in how many wedges.
 const RATE: u32 = 40;
@@ -82,9 +90,14 @@ pub fn run(
     let load_start = loadavg();
     let date = utc_now();
     let src = apps::write_sources(&base.join("src"))?;
-    let targets: Vec<Target> = std::iter::once(PIKU)
+    let faulty: Vec<Target> = std::iter::once(PIKU)
         .chain(OURS.iter().copied().map(Target::Ours))
         .collect();
+    // Bodies and slow clients meet neither timeouts nor processes: piku and ours as shipped
+    // are enough. Each gets an app of its own, so that neither table's requests change what
+    // the other measures (thousands of them bring piku's workers to `max-requests`).
+    let streaming = [PIKU, Target::Ours(OURS[0])];
+    let targets: Vec<Target> = faulty.iter().chain(&streaming).copied().collect();
     let mut stack = Stack::start(
         &base.join("stack"),
         supervisor_bin,
@@ -92,15 +105,32 @@ pub fn run(
         &src,
         App::Faulty,
         &targets,
-        &Extra::default(),
+        &Extra {
+            client_max_body_size: Some(bodies::MAX_BODY),
+            ..Extra::default()
+        },
     )?;
+    let upload = bodies::Upload::write(&base)?;
     let mut measured = Vec::new();
-    let runs: Vec<(Target, u16, String)> = stack
+    let mut streamed = Vec::new();
+    let runs: Vec<(Target, u16, String, Option<u32>)> = stack
         .entries
         .iter()
-        .map(|e| (e.target, e.port, e.app.clone()))
+        .map(|e| {
+            // The front is in our daemon; piku has none.
+            let daemon = matches!(e.target, Target::Ours(_))
+                .then(|| stack.root(e))
+                .flatten()
+                .and_then(|pid| u32::try_from(pid).ok());
+            (e.target, e.port, e.app.clone(), daemon)
+        })
         .collect();
-    for (target, port, app) in runs {
+    for (i, (target, port, app, daemon)) in runs.into_iter().enumerate() {
+        if i >= faulty.len() {
+            println!("== robust, bodies and slow clients: {}", target.label());
+            streamed.push((target, bodies::measure(port, daemon, &upload)));
+            continue;
+        }
         println!("== robust: {}", target.label());
         let crash_log = src.join(format!("crashes-{app}.log"));
         let figures = measure(port, secs, &crash_log)
@@ -127,7 +157,8 @@ pub fn run(
             Err(e) => notes.push(format!("{}: {e:#}", target.label())),
         }
     }
-    let text = render(&date, secs, &load_start, &loadavg(), &rows, &notes, quick);
+    let mut text = render(&date, secs, &load_start, &loadavg(), &rows, &notes, quick);
+    text.push_str(&bodies::render(&streamed));
     println!("\n{text}");
     if let Some(md) = markdown {
         let old = fs::read_to_string(md).unwrap_or_default();
@@ -209,7 +240,7 @@ fn back_within(port: u16, limit: Duration) -> Option<Duration> {
 }
 
 /// One `GET path` through nginx with `Connection: close`: the status, or what went wrong.
-fn get(port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
+pub(super) fn get(port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;

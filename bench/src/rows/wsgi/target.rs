@@ -203,7 +203,11 @@ impl Stack {
         if let Some(u) = stack.uwsgi.as_mut() {
             u.deploy(extra.others)?;
         }
-        stack.nginx = Some(Nginx::start(&base.join("nginx"), &stack.entries)?);
+        stack.nginx = Some(Nginx::start(
+            &base.join("nginx"),
+            &stack.entries,
+            extra.client_max_body_size,
+        )?);
         for e in &stack.entries {
             wait_serving(e.port, Duration::from_secs(60))
                 .with_context(|| format!("{} did not answer through nginx", e.target.label()))?;
@@ -283,8 +287,8 @@ impl Stack {
                     count: 1,
                 }];
                 processes.extend(extra.with.iter().map(process_spec));
-                // The front's timeouts from the env, as piku-deploy reads them.
-                let timeouts = piku_model::FrontSettings::from_env(&env).unwrap_or_default();
+                // The front's timeouts and body limit from the env, as piku-deploy reads them.
+                let settings = piku_model::FrontSettings::from_env(&env).unwrap_or_default();
                 let spec = AppSpec {
                     app: e.app.clone(),
                     release: "v1".into(),
@@ -295,7 +299,11 @@ impl Stack {
                         stop_grace_ms: 3000,
                         front: Some(FrontSpec {
                             unix_socket: Some(e.socket.clone()),
-                            response_timeout_ms: timeouts.response_timeout_secs * 1000,
+                            response_timeout_ms: settings.response_timeout_secs * 1000,
+                            header_timeout_ms: settings.header_timeout_secs * 1000,
+                            keepalive_timeout_ms: settings.keepalive_timeout_secs * 1000,
+                            max_request_body: settings.max_request_body(),
+                            stall_after_ms: settings.stall_after_ms(),
                             ..FrontSpec::default()
                         }),
                         ..AppSettings::default()
@@ -475,11 +483,13 @@ impl Stack {
 }
 
 /// Processes run beside the measured app: `with` in the same app (a worker, a cron entry),
-/// `others` as apps of their own. Empty for the throughput rows.
+/// `others` as apps of their own. Empty for the throughput rows. And nginx's
+/// `client_max_body_size` for every server (nginx's 1 MiB default when `None`).
 #[derive(Default)]
 pub struct Extra<'a> {
     pub with: &'a [ProcDef],
     pub others: &'a [AppDef],
+    pub client_max_body_size: Option<&'a str>,
 }
 
 /// A fixture process as our daemon's spec.
@@ -547,10 +557,10 @@ const PIKU_UWSGI_PARAMS: &[(&str, &str)] = &[
 ];
 
 impl Nginx {
-    fn start(dir: &Path, entries: &[Entry]) -> Result<Nginx> {
+    fn start(dir: &Path, entries: &[Entry], client_max_body_size: Option<&str>) -> Result<Nginx> {
         fs::create_dir_all(dir)?;
         let conf = dir.join("nginx.conf");
-        fs::write(&conf, nginx_conf(dir, entries))?;
+        fs::write(&conf, nginx_conf(dir, entries, client_max_body_size))?;
         let log = File::create(dir.join("nginx.log"))?;
         let child = Command::new("/usr/sbin/nginx")
             .arg("-p")
@@ -582,7 +592,7 @@ impl Drop for Nginx {
     }
 }
 
-fn nginx_conf(dir: &Path, entries: &[Entry]) -> String {
+fn nginx_conf(dir: &Path, entries: &[Entry], client_max_body_size: Option<&str>) -> String {
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
         .flatten()
@@ -596,6 +606,9 @@ fn nginx_conf(dir: &Path, entries: &[Entry]) -> String {
          \x20 client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
          \x20 fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n"
     );
+    if let Some(size) = client_max_body_size {
+        let _ = writeln!(s, "  client_max_body_size {size};");
+    }
     for (i, e) in entries.iter().enumerate() {
         match e.target {
             Target::Piku { .. } => {

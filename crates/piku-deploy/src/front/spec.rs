@@ -129,6 +129,7 @@ fn front_spec(
         header_timeout_ms: timeouts.header_timeout_secs * 1000,
         keepalive_timeout_ms: timeouts.keepalive_timeout_secs * 1000,
         max_request_body: timeouts.max_request_body(),
+        stall_after_ms: timeouts.stall_after_ms(),
     })
 }
 
@@ -311,16 +312,22 @@ mod tests {
                 ("PIKU_HEADER_TIMEOUT", "5"),
                 ("PIKU_KEEPALIVE_TIMEOUT", "20"),
                 ("NGINX_CLIENT_MAX_BODY_SIZE", "100m"),
+                ("PIKU_STALL_TIMEOUT", "2"),
             ],
         )
         .unwrap();
         let spec = front.spec.unwrap();
+        assert_eq!(spec.stall_after_ms, Some(2_000));
         assert_eq!(spec.response_timeout_ms, 90_000);
         assert_eq!(spec.header_timeout_ms, 5_000);
         assert_eq!(spec.keepalive_timeout_ms, 20_000);
         assert_eq!(spec.max_request_body, Some(100 << 20));
         let unlimited = plan_for("web: ./s\n", &[("NGINX_CLIENT_MAX_BODY_SIZE", "0")]).unwrap();
         assert_eq!(unlimited.spec.unwrap().max_request_body, None);
+        let no_stall_rule = plan_for("web: ./s\n", &[("PIKU_STALL_TIMEOUT", "0")]).unwrap();
+        assert_eq!(no_stall_rule.spec.unwrap().stall_after_ms, None);
+        let default = plan_for("web: ./s\n", &[]).unwrap();
+        assert_eq!(default.spec.unwrap().stall_after_ms, Some(500));
     }
 
     /// Issue 10: a drain or health wait of "forever" is capped at an hour, with a warning.
