@@ -91,6 +91,11 @@ pub fn config_of(spec: &FrontSpec) -> FrontConfig {
         header_read_timeout: Duration::from_millis(spec.header_timeout_ms),
         keep_alive_timeout: Duration::from_millis(spec.keepalive_timeout_ms),
         max_request_body: spec.max_request_body,
+        max_in_flight_per_backend: spec
+            .max_in_flight_per_instance
+            .map_or(FrontConfig::default().max_in_flight_per_backend, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX).max(1)
+            }),
         ..FrontConfig::default()
     }
 }

@@ -176,6 +176,11 @@ pub struct FrontSpec {
     pub keepalive_timeout_ms: u64,
     /// Larger request bodies get 413 (`NGINX_CLIENT_MAX_BODY_SIZE`); `None`: no limit.
     pub max_request_body: Option<u64>,
+    /// At most this many requests in flight on one instance; the rest wait in the front, oldest
+    /// first. Set for servers that pin a thread to each open connection (uWSGI with keep-alive:
+    /// its processes × threads); `None`: the front's own cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_instance: Option<u32>,
 }
 
 impl Default for FrontSpec {
@@ -190,6 +195,7 @@ impl Default for FrontSpec {
             header_timeout_ms: 10_000,
             keepalive_timeout_ms: 75_000,
             max_request_body: None,
+            max_in_flight_per_instance: None,
         }
     }
 }

@@ -129,6 +129,8 @@ fn front_spec(
         header_timeout_ms: timeouts.header_timeout_secs * 1000,
         keepalive_timeout_ms: timeouts.keepalive_timeout_secs * 1000,
         max_request_body: timeouts.max_request_body(),
+        // Set by the activation when the app's WSGI server needs it.
+        max_in_flight_per_instance: None,
     })
 }
 
