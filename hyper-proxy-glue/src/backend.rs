@@ -400,7 +400,9 @@ impl Drop for InFlightGuard {
         let line = &state.signals.line;
         // The place goes to the oldest waiter as it is, still counted: nobody can take it in
         // between.
-        if !line.is_empty() && state.may_hand_over() && line.hand_over(state, || state.counted_guard())
+        if !line.is_empty()
+            && state.may_hand_over()
+            && line.hand_over(state, || state.counted_guard())
         {
             return;
         }

@@ -153,7 +153,8 @@ impl Line {
 
     /// Tells every waiter to look again (the set changed, an instance is usable again).
     pub(crate) fn rescan_all(&self) {
-        let waiters = std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+        let waiters =
+            std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
         for waiter in waiters {
             let _ = waiter.tx.send(Grant::Rescan);
         }

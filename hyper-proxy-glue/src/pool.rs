@@ -394,7 +394,11 @@ mod tests {
         let released = Instant::now();
         drop(held);
         assert!(patient.await.unwrap());
-        assert_eq!(Instant::now(), released, "handed over at once, not at a later scan");
+        assert_eq!(
+            Instant::now(),
+            released,
+            "handed over at once, not at a later scan"
+        );
     }
 
     #[tokio::test(start_paused = true)]

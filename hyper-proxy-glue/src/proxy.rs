@@ -312,11 +312,17 @@ pub(crate) const SLOW_HEAD: std::time::Duration = std::time::Duration::from_mill
 
 /// Where one answered request's time went: waiting for a place on an instance, taking or
 /// opening a connection to it, and from sending the request to the response head.
-fn timing(backend: &BackendState, target: &Uri, reused: bool, [picking, checkout, sending]: [Instant; 3]) {
+fn timing(
+    backend: &BackendState,
+    target: &Uri,
+    reused: bool,
+    [picking, checkout, sending]: [Instant; 3],
+) {
     let answered = Instant::now();
     let total = answered - picking;
     let slow = total >= SLOW_HEAD;
-    if slow && tracing::enabled!(tracing::Level::DEBUG) || tracing::enabled!(tracing::Level::TRACE) {
+    if slow && tracing::enabled!(tracing::Level::DEBUG) || tracing::enabled!(tracing::Level::TRACE)
+    {
         let wait_us = (checkout - picking).as_micros();
         let conn_us = (sending - checkout).as_micros();
         let head_us = (answered - sending).as_micros();

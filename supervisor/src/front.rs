@@ -479,6 +479,20 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_on_requests_per_instance_reaches_the_glue_only_when_set() {
+        let mut spec = FrontSpec::default();
+        assert_eq!(
+            config_of(&spec).max_in_flight_per_backend,
+            FrontConfig::default().max_in_flight_per_backend
+        );
+        spec.max_in_flight_per_instance = Some(4);
+        assert_eq!(config_of(&spec).max_in_flight_per_backend, 4);
+        // Serialized only when set, so that a spec without it reads the same in an older daemon.
+        let json = serde_json::to_string(&FrontSpec::default()).unwrap();
+        assert!(!json.contains("max_in_flight"), "{json}");
+    }
+
+    #[test]
     fn addresses_print_as_clients_write_them() {
         assert_eq!(format_addr("127.0.0.1", 80), "127.0.0.1:80");
         assert_eq!(format_addr("::1", 80), "[::1]:80");

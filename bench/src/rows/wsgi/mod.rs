@@ -85,6 +85,10 @@ pub fn run(
             formation_reps: 2,
         }
     };
+    let plan = Plan {
+        rounds: subset::rounds().unwrap_or(plan.rounds),
+        ..plan
+    };
     let tmp = tempfile::Builder::new()
         .prefix("piku-bench-wsgi-")
         .tempdir()?;

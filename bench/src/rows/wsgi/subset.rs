@@ -1,12 +1,14 @@
 //! Running part of `piku-bench wsgi` while tuning (the full run takes about 15 minutes):
 //! `PIKU_BENCH_WSGI_TARGETS` keeps the targets whose label contains one of its comma-separated
-//! words (e.g. `piku's defaults,uWSGI per instance (our`), `PIKU_BENCH_WSGI_APPS` the apps
-//! named (`plain`, `flask`), and `PIKU_BENCH_WSGI_THROUGHPUT_ONLY=1` skips memory, start-up and
-//! the formation. A partial run's report has only what was measured: do not write it to
-//! BENCHMARKS.md.
+//! words (e.g. `piku's defaults,uWSGI per instance (our,keep-alive`; the last one, uWSGI
+//! keeping the front's connections alive with the front bounding requests to its threads, runs
+//! only when asked for), `PIKU_BENCH_WSGI_APPS` the apps named (`plain`, `flask`),
+//! `PIKU_BENCH_WSGI_THROUGHPUT_ONLY=1` skips memory, start-up and the formation, and
+//! `PIKU_BENCH_WSGI_ROUNDS` sets the rounds of `wrk` per target. A partial run's report has
+//! only what was measured: do not write it to BENCHMARKS.md.
 
 use super::apps::App;
-use super::target::{Target, UWSGI_CONNECTION_PER_REQUEST};
+use super::target::{Target, UWSGI_KEEP_ALIVE};
 
 fn words(var: &str) -> Option<Vec<String>> {
     let value = std::env::var(var).ok()?;
@@ -21,8 +23,8 @@ fn words(var: &str) -> Option<Vec<String>> {
 
 pub fn targets() -> Vec<Target> {
     let mut all = Target::all();
-    // Not in the full run: the default before keep-alive, for comparison while tuning.
-    all.push(Target::Ours(UWSGI_CONNECTION_PER_REQUEST));
+    // Not in the full run: the keep-alive experiment, for comparison while tuning.
+    all.push(Target::Ours(UWSGI_KEEP_ALIVE));
     match words("PIKU_BENCH_WSGI_TARGETS") {
         None => Target::all(),
         Some(words) => all
@@ -44,4 +46,14 @@ pub fn apps() -> Vec<App> {
 
 pub fn throughput_only() -> bool {
     std::env::var_os("PIKU_BENCH_WSGI_THROUGHPUT_ONLY").is_some_and(|v| v == "1")
+}
+
+/// `PIKU_BENCH_WSGI_ROUNDS`, when it is a number of rounds.
+pub fn rounds() -> Option<usize> {
+    std::env::var("PIKU_BENCH_WSGI_ROUNDS")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
 }
