@@ -1,14 +1,13 @@
 //! Running part of `piku-bench wsgi` while tuning (the full run takes about 15 minutes):
 //! `PIKU_BENCH_WSGI_TARGETS` keeps the targets whose label contains one of its comma-separated
-//! words (e.g. `piku's defaults,uWSGI per instance (our,keep-alive`; the last one, uWSGI
-//! keeping the front's connections alive with the front bounding requests to its threads, runs
-//! only when asked for), `PIKU_BENCH_WSGI_APPS` the apps named (`plain`, `flask`),
+//! words (e.g. `piku's defaults,uWSGI per instance (our,connection per request`; the last one,
+//! uWSGI as it ran before the front kept connections to it alive, runs only when asked for), `PIKU_BENCH_WSGI_APPS` the apps named (`plain`, `flask`),
 //! `PIKU_BENCH_WSGI_THROUGHPUT_ONLY=1` skips memory, start-up and the formation, and
 //! `PIKU_BENCH_WSGI_ROUNDS` sets the rounds of `wrk` per target. A partial run's report has
 //! only what was measured: do not write it to BENCHMARKS.md.
 
 use super::apps::App;
-use super::target::{Target, UWSGI_KEEP_ALIVE};
+use super::target::{Target, UWSGI_CONNECTION_PER_REQUEST};
 
 fn words(var: &str) -> Option<Vec<String>> {
     let value = std::env::var(var).ok()?;
@@ -23,8 +22,8 @@ fn words(var: &str) -> Option<Vec<String>> {
 
 pub fn targets() -> Vec<Target> {
     let mut all = Target::all();
-    // Not in the full run: the keep-alive experiment, for comparison while tuning.
-    all.push(Target::Ours(UWSGI_KEEP_ALIVE));
+    // Not in the full run: the default before keep-alive, for comparison while tuning.
+    all.push(Target::Ours(UWSGI_CONNECTION_PER_REQUEST));
     match words("PIKU_BENCH_WSGI_TARGETS") {
         None => Target::all(),
         Some(words) => all

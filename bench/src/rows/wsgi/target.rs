@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
-use piku_deploy::runtime::python::wsgi::{self, Server};
+use piku_deploy::runtime::python::wsgi::Server;
 use piku_model::EnvMap;
 use piku_proto::{AppSettings, AppSpec, FrontSpec, InstanceState, ProcessSpec, Request, Role};
 
@@ -76,32 +76,17 @@ pub const CANDIDATES: [Candidate; 7] = [
     },
 ];
 
-/// Set in a candidate's env: uWSGI keeps the front's connections alive (`--http11-socket`,
-/// no `Connection: close`) and the front bounds the requests on an instance to its processes ×
-/// threads (`FrontSpec::max_in_flight_per_instance`), since uWSGI ties a thread to each open
-/// connection. Not our default (see piku-deploy's `wsgi.rs`); run only when asked for
+/// Set in a candidate's env: uWSGI as it ran before the front kept connections to it alive
+/// (`--http-socket`, `Connection: close`, no bound in the front); run only when asked for
 /// (`PIKU_BENCH_WSGI_TARGETS`, see `subset.rs`).
-pub const KEEP_ALIVE: &str = "PIKU_BENCH_UWSGI_KEEP_ALIVE";
+pub const CONNECTION_PER_REQUEST: &str = "PIKU_BENCH_CONNECTION_PER_REQUEST";
 
-/// The keep-alive experiment of issue 13.
-pub const UWSGI_KEEP_ALIVE: Candidate = Candidate {
-    label: "uWSGI per instance, keep-alive, front bound to its threads (experiment)",
+/// uWSGI as our default ran it before keep-alive.
+pub const UWSGI_CONNECTION_PER_REQUEST: Candidate = Candidate {
+    label: "uWSGI per instance, a connection per request (before keep-alive)",
     server: Server::Uwsgi,
-    env: &[(KEEP_ALIVE, "1")],
+    env: &[(CONNECTION_PER_REQUEST, "1")],
 };
-
-/// An instance's processes × threads, as piku-deploy starts uWSGI on this machine.
-fn uwsgi_threads(env: &EnvMap) -> u32 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let number = |key: &str, default: u32| {
-        env.get(key)
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(default)
-            .max(1)
-    };
-    number("UWSGI_PROCESSES", wsgi::default_workers(cpus))
-        .saturating_mul(number("UWSGI_THREADS", wsgi::DEFAULT_THREADS))
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -303,13 +288,12 @@ impl Stack {
                 let mut command =
                     c.server
                         .command(&self.venv, self.app.module(), &env, &mut warnings);
-                // The keep-alive experiment: uWSGI keeps the front's connections, and the front
-                // sends an instance no more requests than it has threads.
-                let keep_alive = env.contains_key(KEEP_ALIVE);
-                if keep_alive {
-                    command = command
-                        .replace("--http-socket", "--http11-socket")
-                        .replace(" --add-header 'Connection: close'", "");
+                // uWSGI as it ran before keep-alive, for comparison: a connection per request,
+                // no bound in the front.
+                let before_keep_alive = env.contains_key(CONNECTION_PER_REQUEST);
+                if before_keep_alive {
+                    command = command.replace("--http11-socket", "--http-socket")
+                        + " --add-header 'Connection: close'";
                 }
                 let mut processes = vec![ProcessSpec {
                     kind: "wsgi".into(),
@@ -320,7 +304,9 @@ impl Stack {
                 processes.extend(extra.with.iter().map(process_spec));
                 // The front's timeouts from the env, as piku-deploy reads them.
                 let timeouts = piku_model::FrontSettings::from_env(&env).unwrap_or_default();
-                let max_in_flight_per_instance = keep_alive.then(|| uwsgi_threads(&env));
+                // As piku-deploy sets it for the server (activate.rs).
+                let max_in_flight_per_instance =
+                    c.server.max_in_flight(&env).filter(|_| !before_keep_alive);
                 let spec = AppSpec {
                     app: e.app.clone(),
                     release: "v1".into(),
