@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::line::Line;
 use crate::upstream::Sender;
 
 /// An app instance the front may send requests to.
@@ -79,10 +80,11 @@ struct IdleConn {
 }
 
 /// What the requests of one instance tell the rest of the front: `released` is notified when
-/// an instance's in-flight count drops to zero (drain waiters) or from its cap (requests
-/// waiting for a free place).
+/// an instance's in-flight count drops to zero (drain waiters); a place a request frees goes
+/// to the oldest request in `line`, if any waits.
 pub(crate) struct Signals {
     pub(crate) released: Notify,
+    pub(crate) line: Line,
 }
 
 /// The live state of one backend, shared by the current set, in-flight requests and their bodies.
@@ -99,6 +101,8 @@ pub(crate) struct BackendState {
     wedged: AtomicBool,
     /// Stalled (see [`BackendEvent::Stalled`]): no request goes to it until it answers one.
     stalled: AtomicBool,
+    /// No longer in the front's set: it finishes what it has and gets nothing new.
+    retired: AtomicBool,
     /// Milliseconds after `born` of the last sign of work: a response head, a request done, or
     /// a first request on an idle instance.
     progress_ms: AtomicU64,
@@ -128,6 +132,7 @@ impl BackendState {
             down_until_ms: AtomicU64::new(0),
             wedged: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             progress_ms: AtomicU64::new(0),
             retry_at_ms: AtomicU64::new(0),
             consecutive_timeouts: AtomicU32::new(0),
@@ -163,15 +168,32 @@ impl BackendState {
                 (n < self.max_in_flight).then_some(n + 1)
             })
             .ok()?;
+        Some(self.counted_guard())
+    }
+
+    /// The guard of a place already counted in `in_flight`.
+    fn counted_guard(self: &Arc<Self>) -> InFlightGuard {
         if self.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
             // The first request waiting for an answer: the instance's wait starts now, not
             // at its last answer.
             self.note_progress();
         }
-        Some(InFlightGuard {
+        InFlightGuard {
             state: Arc::clone(self),
             answered: false,
-        })
+            armed: true,
+        }
+    }
+
+    /// Taken out of the front's set (`true`) or back in it.
+    pub(crate) fn set_retired(&self, retired: bool) {
+        self.retired.store(retired, Ordering::Relaxed);
+    }
+
+    /// A place freed here may go straight to a waiting request: the instance is in the set,
+    /// usable and preferred (a refusing or wedged one is for a waiter's own scan to choose).
+    fn may_hand_over(&self) -> bool {
+        !self.retired.load(Ordering::Relaxed) && !self.is_stalled() && self.is_healthy()
     }
 
     /// A wedged backend chosen for a request: the one try it gets per `retry` period. `false`
@@ -246,7 +268,7 @@ impl BackendState {
         self.note_progress();
         if self.stalled.load(Ordering::Relaxed) && self.stalled.swap(false, Ordering::Relaxed) {
             // Requests waiting in the front may go to it again.
-            self.signals.released.notify_waiters();
+            self.signals.line.rescan_all();
         }
         // Plain loads first: on the hot path nothing needs writing.
         if self.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
@@ -337,11 +359,22 @@ pub(crate) struct InFlightGuard {
     /// The instance answered this request, so its end is progress (a timed-out one's is not:
     /// its worker is probably still held).
     answered: bool,
+    /// `false` once [`disarm`](Self::disarm)ed: dropping it then changes nothing.
+    armed: bool,
 }
 
 impl InFlightGuard {
     pub(crate) fn backend(&self) -> &Arc<BackendState> {
         &self.state
+    }
+
+    /// A place handed to a waiter that had just given up: it stays counted, for the one handing
+    /// it over to pass on or release.
+    pub(crate) fn disarm(mut self) {
+        if !self.answered {
+            self.state.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.armed = false;
     }
 
     /// The instance sent this request's response head.
@@ -355,19 +388,35 @@ impl InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        if self.answered {
-            self.state.note_progress();
-        } else {
-            self.state.waiting.fetch_sub(1, Ordering::AcqRel);
+        if !self.armed {
+            return;
         }
-        let before = self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let state = &self.state;
+        if self.answered {
+            state.note_progress();
+        } else {
+            state.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        let line = &state.signals.line;
+        // The place goes to the oldest waiter as it is, still counted: nobody can take it in
+        // between.
+        if !line.is_empty()
+            && state.may_hand_over()
+            && line.hand_over(state, || state.counted_guard())
+        {
+            return;
+        }
+        let before = state.in_flight.fetch_sub(1, Ordering::AcqRel);
         if before == 1 {
             // Holding nothing, it is merely wedged again: tried once per retry period, so an
             // instance that was never replaced is not shut out for good.
-            self.state.stalled.store(false, Ordering::Relaxed);
+            state.stalled.store(false, Ordering::Relaxed);
+            state.signals.released.notify_waiters();
         }
-        if before == 1 || before == self.state.max_in_flight {
-            self.state.signals.released.notify_waiters();
+        // Someone may have joined the line after the check above, or the place could not be
+        // handed over: the head looks for it itself.
+        if !line.is_empty() {
+            line.rescan_head();
         }
     }
 }
@@ -382,6 +431,7 @@ mod tests {
             max_in_flight,
             Arc::new(Signals {
                 released: Notify::new(),
+                line: Line::default(),
             }),
         ))
     }

@@ -44,7 +44,8 @@
 //! connection cap) → `connection` (one client connection, its idle and header timeouts) →
 //! `proxy` (one request: checks, choice, no replay, response timeout) → `tunnel` (upgrades),
 //! `relay` (response bodies giving their connection back) → `pool` (the backend set and the
-//! choice) → `backend` (one instance: load, health, events, idle connections) → `upstream`
+//! choice) → `backend` (one instance: load, health, events, idle connections) and `line`
+//! (requests waiting for a place, oldest first; a freed place is handed over by `backend`) → `upstream`
 //! (connections to instances) → `body` (stall and size limits); `headers` (rewriting and the
 //! Host rules), `shutdown`, `config` and `health` (readiness probes) stand alone.
 
@@ -55,6 +56,7 @@ mod connection;
 mod front;
 mod headers;
 mod health;
+mod line;
 mod pool;
 mod proxy;
 mod relay;

@@ -12,6 +12,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use crate::backend::{Backend, BackendEvent, BackendState, BackendStats, InFlightGuard, Signals};
+use crate::line::{Grant, Joined, Line};
 
 /// Why no backend was chosen for a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +60,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             signals: Arc::new(Signals {
                 released: Notify::new(),
+                line: Line::default(),
             }),
             max_in_flight,
             wedged_retry,
@@ -101,6 +103,12 @@ impl Pool {
                 },
             )
             .collect();
+        for state in old.iter() {
+            state.set_retired(true);
+        }
+        for state in &states {
+            state.set_retired(false);
+        }
         // The write lock is what makes the switch exact: `pick` counts a request as in flight
         // under the read lock, so once this returns no request can still start on a backend
         // that is not in the new set.
@@ -112,6 +120,7 @@ impl Pool {
         });
         // Requests waiting for a free place may find one in the new set.
         self.signals.released.notify_waiters();
+        self.signals.line.rescan_all();
     }
 
     pub(crate) fn snapshot(&self) -> Arc<[Arc<BackendState>]> {
@@ -123,42 +132,62 @@ impl Pool {
     }
 
     /// Chooses a backend for one request, not one of `exclude`, and counts the request on it.
-    /// When every usable backend is full, waits for a place until `until`.
+    /// When every usable backend is full, waits for a place until `until`, in line behind the
+    /// requests that were waiting before it.
     pub(crate) async fn pick(
         &self,
         exclude: &[Arc<BackendState>],
         until: Instant,
     ) -> Result<InFlightGuard, NoPick> {
-        // The common case takes no lock beyond the set's read lock and registers no waiter.
-        match self.try_pick(exclude) {
-            Err(NoPick::Busy) => self.wait_for_place(exclude, until).await,
-            decided => decided,
-        }
-    }
-
-    async fn wait_for_place(
-        &self,
-        exclude: &[Arc<BackendState>],
-        until: Instant,
-    ) -> Result<InFlightGuard, NoPick> {
-        loop {
-            // Registered before checking, so a place freed in between is not missed.
-            let released = self.signals.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
+        // The common case takes no lock beyond the set's read lock and joins no line.
+        if self.signals.line.is_empty() {
             match self.try_pick(exclude) {
                 Err(NoPick::Busy) => {}
                 decided => return decided,
             }
-            // Woken at least once per stall period, so that an instance stalling while no new
-            // request arrives is still found (by the next scan).
-            let wake = match self.stall.after {
-                Some(after) => until.min(Instant::now() + after),
-                None => until,
+        }
+        self.wait_in_line(exclude, until).await
+    }
+
+    async fn wait_in_line(
+        &self,
+        exclude: &[Arc<BackendState>],
+        until: Instant,
+    ) -> Result<InFlightGuard, NoPick> {
+        let line = &self.signals.line;
+        let _in_line = line.enter();
+        let mut at_head = false;
+        loop {
+            let scan = || match self.try_pick(exclude) {
+                Err(NoPick::Busy) => None,
+                decided => Some(decided),
             };
-            if tokio::time::timeout_at(wake, released).await.is_err() && wake == until {
-                return self.try_pick(exclude);
+            let mut grant = match line.join(exclude, at_head, scan) {
+                Joined::Now(decided) => return decided,
+                Joined::Waiting(grant) => grant,
+            };
+            loop {
+                // Woken at least once per stall period, so that an instance stalling while no
+                // new request arrives is still found (by the scan).
+                let wake = match self.stall.after {
+                    Some(after) => until.min(Instant::now() + after),
+                    None => until,
+                };
+                match tokio::time::timeout_at(wake, &mut grant).await {
+                    Ok(Ok(Grant::Place(guard))) => return Ok(guard),
+                    // Told to look (or dropped from the line): back at the head if nothing is free.
+                    Ok(Ok(Grant::Rescan) | Err(_)) => break,
+                    Err(_) if wake == until => {
+                        drop(grant);
+                        return self.try_pick(exclude);
+                    }
+                    Err(_) => match self.try_pick(exclude) {
+                        Err(NoPick::Busy) => {}
+                        decided => return decided,
+                    },
+                }
             }
+            at_head = true;
         }
     }
 
@@ -313,6 +342,65 @@ mod tests {
         assert!(!waiter.is_finished());
         drop(held);
         assert!(waiter.await.unwrap(), "the freed place goes to the waiter");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_get_places_oldest_first_and_newcomers_queue_behind() {
+        let pool = Arc::new(test_pool(1, Duration::from_secs(10)));
+        pool.set(backends(&["a"]));
+        let held = pool.pick(&[], far()).await.unwrap();
+        let (served, mut order) = tokio::sync::mpsc::unbounded_channel();
+        for n in 0..3 {
+            let (pool, served) = (Arc::clone(&pool), served.clone());
+            tokio::spawn(async move {
+                let guard = pool.pick(&[], far()).await.unwrap();
+                served.send(n).unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(guard);
+            });
+            // Each is in line before the next comes.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(held);
+        // The freed place went to the oldest waiter at once: a newcomer finds none free and
+        // would queue behind the others.
+        let newcomer = tokio::time::timeout(Duration::ZERO, pool.pick(&[], far())).await;
+        assert!(newcomer.is_err(), "a newcomer took the place of a waiter");
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(order.recv().await.unwrap());
+        }
+        assert_eq!(seen, [0, 1, 2]);
+        // Everyone done: the place is free for the next request at once.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(pool.in_flight("a"), 0);
+        assert!(pool.pick(&[], Instant::now()).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gave_up_does_not_keep_the_place_from_the_next() {
+        let pool = Arc::new(test_pool(1, Duration::from_secs(10)));
+        pool.set(backends(&["a"]));
+        let held = pool.pick(&[], far()).await.unwrap();
+        let impatient = {
+            let pool = Arc::clone(&pool);
+            let until = Instant::now() + Duration::from_millis(100);
+            tokio::spawn(async move { pool.pick(&[], until).await.err() })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let patient = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.pick(&[], far()).await.is_ok() })
+        };
+        assert_eq!(impatient.await.unwrap(), Some(NoPick::Busy));
+        let released = Instant::now();
+        drop(held);
+        assert!(patient.await.unwrap());
+        assert_eq!(
+            Instant::now(),
+            released,
+            "handed over at once, not at a later scan"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -163,6 +163,7 @@ pub(crate) async fn handle<H: Send + 'static>(
         conn,
         max_idle: config.max_idle_per_backend,
         guard,
+        head_at: Instant::now(),
     };
     let body = if body.is_end_stream() {
         // Nothing to stream (204, 304, HEAD, empty): the connection is free now, and hyper
@@ -229,6 +230,7 @@ async fn forward(
     // Each round either takes a kept-alive connection out of circulation or tries an instance
     // not tried yet, so the loop ends anyway; the bound only caps pathological churn.
     for _ in 0..(config.max_idle_per_backend + 8) {
+        let picking = Instant::now();
         let mut guard = proxy
             .pool
             .pick(&unreachable, arrived + config.response_timeout)
@@ -239,6 +241,7 @@ async fn forward(
                 NoPick::Busy => Failure::Busy,
             })?;
         let backend = Arc::clone(guard.backend());
+        let checkout = Instant::now();
 
         let (mut conn, reused) = match backend.take_idle(config.pool_idle_timeout) {
             Some(conn) => (conn, true),
@@ -253,6 +256,7 @@ async fn forward(
             },
         };
 
+        let sending = Instant::now();
         let sent = tokio::select! {
             // The answer first: no coin toss per request, and an answer that is there wins.
             biased;
@@ -271,6 +275,7 @@ async fn forward(
         };
         match sent {
             Ok(response) => {
+                timing(&backend, target, reused, [picking, checkout, sending]);
                 proxy.report(backend.record_answer());
                 guard.answered();
                 return Ok(Answer {
@@ -299,6 +304,34 @@ async fn forward(
         }
     }
     Err(Failure::Broken)
+}
+
+/// A request slower than this to get its response head is logged at debug level with where
+/// its time went; every request is, at trace level.
+pub(crate) const SLOW_HEAD: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Where one answered request's time went: waiting for a place on an instance, taking or
+/// opening a connection to it, and from sending the request to the response head.
+fn timing(
+    backend: &BackendState,
+    target: &Uri,
+    reused: bool,
+    [picking, checkout, sending]: [Instant; 3],
+) {
+    let answered = Instant::now();
+    let total = answered - picking;
+    let slow = total >= SLOW_HEAD;
+    if slow && tracing::enabled!(tracing::Level::DEBUG) || tracing::enabled!(tracing::Level::TRACE)
+    {
+        let wait_us = (checkout - picking).as_micros();
+        let conn_us = (sending - checkout).as_micros();
+        let head_us = (answered - sending).as_micros();
+        if slow {
+            tracing::debug!(instance = %backend.backend.id, path = %target, reused, wait_us, conn_us, head_us, "slow response head");
+        } else {
+            tracing::trace!(instance = %backend.backend.id, path = %target, reused, wait_us, conn_us, head_us, "response head");
+        }
+    }
 }
 
 enum NotAnswered {

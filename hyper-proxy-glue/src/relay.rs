@@ -20,10 +20,16 @@ pub(crate) struct Release {
     pub(crate) conn: Sender,
     pub(crate) max_idle: usize,
     pub(crate) guard: InFlightGuard,
+    /// When the response head arrived.
+    pub(crate) head_at: tokio::time::Instant,
 }
 
 impl Release {
     pub(crate) fn finish(self) {
+        let body = self.head_at.elapsed();
+        if body >= crate::proxy::SLOW_HEAD {
+            tracing::debug!(instance = %self.guard.backend().backend.id, body_us = body.as_micros(), "slow response body");
+        }
         self.guard.backend().put_idle(self.conn, self.max_idle);
         drop(self.guard);
     }

@@ -93,6 +93,11 @@ pub fn config_of(spec: &FrontSpec) -> FrontConfig {
         keep_alive_timeout: Duration::from_millis(spec.keepalive_timeout_ms),
         max_request_body: spec.max_request_body,
         stall_after: spec.stall_after_ms.map(Duration::from_millis),
+        max_in_flight_per_backend: spec
+            .max_in_flight_per_instance
+            .map_or(FrontConfig::default().max_in_flight_per_backend, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX).max(1)
+            }),
         ..FrontConfig::default()
     }
 }
@@ -534,6 +539,20 @@ mod tests {
             clients.len(),
             "connections of the burst were dropped"
         );
+    }
+
+    #[test]
+    fn a_bound_on_requests_per_instance_reaches_the_glue_only_when_set() {
+        let mut spec = FrontSpec::default();
+        assert_eq!(
+            config_of(&spec).max_in_flight_per_backend,
+            FrontConfig::default().max_in_flight_per_backend
+        );
+        spec.max_in_flight_per_instance = Some(4);
+        assert_eq!(config_of(&spec).max_in_flight_per_backend, 4);
+        // Serialized only when set, so that a spec without it reads the same in an older daemon.
+        let json = serde_json::to_string(&FrontSpec::default()).unwrap();
+        assert!(!json.contains("max_in_flight"), "{json}");
     }
 
     #[test]

@@ -106,6 +106,16 @@ pub fn processes(
     Ok(specs)
 }
 
+/// The front's bound on requests per instance when the app's web instances are all its
+/// `wsgi:` entry and its server needs one ([`Server::max_in_flight`]).
+fn wsgi_bound(procfile: &Procfile, server: Server, env: &EnvMap) -> Option<u32> {
+    let mut web = procfile.entries.iter().filter(|e| e.class.is_web());
+    let only_wsgi = web.all(|e| e.class == ProcessClass::Wsgi);
+    (only_wsgi && procfile.get("wsgi").is_some())
+        .then(|| server.max_in_flight(env))
+        .flatten()
+}
+
 /// Everything an activation sends and writes.
 pub struct Activation {
     pub spec: AppSpec,
@@ -177,7 +187,10 @@ pub fn prepare(
     };
     let mut app_settings = settings::app_settings(&env, &mut warnings);
     app_settings.limits = settings::limits(&env)?;
-    let front = plan(root, app, &env, procfile, &src, &mut warnings)?;
+    let mut front = plan(root, app, &env, procfile, &src, &mut warnings)?;
+    if let (Some(spec), Some(runner)) = (front.spec.as_mut(), runner.as_ref()) {
+        spec.max_in_flight_per_instance = wsgi_bound(procfile, runner.server, &env);
+    }
     app_settings.front = front.spec.clone();
     let existing = current_scaling(root, app, log);
     let formation = formation(procfile, &existing);

@@ -179,6 +179,11 @@ pub struct FrontSpec {
     /// The front's stall rule (`PIKU_STALL_TIMEOUT`): an instance holding 8 requests that
     /// finishes none for this long gets no more and is replaced; `None`: the rule is off.
     pub stall_after_ms: Option<u64>,
+    /// At most this many requests in flight on one instance; the rest wait in the front, oldest
+    /// first. Set for servers that pin a thread to each open connection (uWSGI with keep-alive:
+    /// its processes × threads); `None`: the front's own cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_instance: Option<u32>,
 }
 
 impl Default for FrontSpec {
@@ -194,6 +199,7 @@ impl Default for FrontSpec {
             keepalive_timeout_ms: 75_000,
             max_request_body: None,
             stall_after_ms: Some(500),
+            max_in_flight_per_instance: None,
         }
     }
 }

@@ -483,7 +483,10 @@ impl Engine {
         let quieted: Vec<Token> = self
             .pipes
             .values_mut()
-            .filter_map(|pipe| (pipe.pace.tick(now) == Some(Mode::Quiet)).then_some(pipe.token))
+            .filter_map(|pipe| {
+                let serving = pipe.sink.serves_requests();
+                (pipe.pace.tick(now, serving) == Some(Mode::Quiet)).then_some(pipe.token)
+            })
             .collect();
         for token in quieted {
             self.moved(token, Mode::Armed, Mode::Quiet);

@@ -14,6 +14,7 @@
 //! file once it can be written again; waiting for a full disk would stop every app that logs.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,8 @@ pub(super) struct Shared {
     file: Mutex<RotatingFile>,
     /// Signalled (with `state`) after every batch written and every pipe closed.
     progress: Condvar,
+    /// The instance serves HTTP requests: its pipes never go quiet (see `pace`).
+    serves_requests: AtomicBool,
 }
 
 struct State {
@@ -185,6 +188,7 @@ impl LogSink {
                 }),
                 file: Mutex::new(RotatingFile::new(setup.path)),
                 progress: Condvar::new(),
+                serves_requests: AtomicBool::new(false),
             }),
         }
     }
@@ -276,6 +280,13 @@ impl LogSink {
         lock(&self.shared.state).rotation = rotation;
     }
 
+    /// The instance serves HTTP requests (it has a port): its pipes stay armed through
+    /// silences, so that the first burst of requests after one does not wait in its log writes
+    /// for the capture thread's one-second tick.
+    pub fn set_serves_requests(&self, serves: bool) {
+        self.shared.serves_requests.store(serves, Ordering::Relaxed);
+    }
+
     /// Returns when everything the instance's pipes held at the call (as far as the queue's
     /// budget allows) and every note before it has been written, or after [`FLUSH_LIMIT`].
     pub(super) async fn flush(&self) {
@@ -328,6 +339,10 @@ impl LogSink {
 impl Shared {
     pub(super) fn process(&self) -> &str {
         &self.process
+    }
+
+    pub(super) fn serves_requests(&self) -> bool {
+        self.serves_requests.load(Ordering::Relaxed)
     }
 
     /// The capture thread queues whole lines read from a pipe.

@@ -13,6 +13,7 @@ mod bodies;
 mod formation;
 mod load;
 pub mod robust;
+mod subset;
 mod target;
 
 use std::collections::BTreeMap;
@@ -85,6 +86,10 @@ pub fn run(
             formation_reps: 2,
         }
     };
+    let plan = Plan {
+        rounds: subset::rounds().unwrap_or(plan.rounds),
+        ..plan
+    };
     let tmp = tempfile::Builder::new()
         .prefix("piku-bench-wsgi-")
         .tempdir()?;
@@ -115,7 +120,7 @@ fn measure(
     let load_start = loadavg();
     let date = utc_now();
     let src = apps::write_sources(&base.join("src"))?;
-    let targets = Target::all();
+    let targets = subset::targets();
     let mut report = Report {
         date,
         load_start,
@@ -127,7 +132,7 @@ fn measure(
         formation: None,
         notes: Vec::new(),
     };
-    for app in App::ALL {
+    for app in subset::apps() {
         println!(
             "== wsgi: {} — throughput, every target alternating",
             app.label()
@@ -153,11 +158,16 @@ fn measure(
                 .notes
                 .push(format!("{}: throughput failed: {e:#}", app.label())),
         }
-        println!(
-            "== wsgi: {} — memory and start-up, one target at a time",
-            app.label()
-        );
+        if !subset::throughput_only() {
+            println!(
+                "== wsgi: {} — memory and start-up, one target at a time",
+                app.label()
+            );
+        }
         for (i, t) in targets.iter().enumerate() {
+            if subset::throughput_only() {
+                break;
+            }
             let m = measured.entry(i).or_default();
             let dir = base.join(format!("mem-{}-{i}", app.name()));
             if let Err(e) = memory(&dir, supervisor_bin, venv, &src, app, *t, &report.plan, m) {
@@ -175,6 +185,10 @@ fn measure(
             .map(|(i, t)| (*t, measured.remove(&i).unwrap_or_default()))
             .collect();
         report.apps.push((app, list));
+    }
+    if subset::throughput_only() {
+        report.load_end = loadavg();
+        return Ok(report);
     }
     println!("== wsgi: the formation's whole-tree PSS");
     match formation::measure(

@@ -76,6 +76,18 @@ pub const CANDIDATES: [Candidate; 7] = [
     },
 ];
 
+/// Set in a candidate's env: uWSGI as it ran before the front kept connections to it alive
+/// (`--http-socket`, `Connection: close`, no bound in the front); run only when asked for
+/// (`PIKU_BENCH_WSGI_TARGETS`, see `subset.rs`).
+pub const CONNECTION_PER_REQUEST: &str = "PIKU_BENCH_CONNECTION_PER_REQUEST";
+
+/// uWSGI as our default ran it before keep-alive.
+pub const UWSGI_CONNECTION_PER_REQUEST: Candidate = Candidate {
+    label: "uWSGI per instance, a connection per request (before keep-alive)",
+    server: Server::Uwsgi,
+    env: &[(CONNECTION_PER_REQUEST, "1")],
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// piku + uWSGI, as piku configures it, with this `max-requests` (piku's default 1024, or
@@ -277,9 +289,16 @@ impl Stack {
             }
             Target::Ours(c) => {
                 let mut warnings = Vec::new();
-                let command = c
-                    .server
-                    .command(&self.venv, self.app.module(), &env, &mut warnings);
+                let mut command =
+                    c.server
+                        .command(&self.venv, self.app.module(), &env, &mut warnings);
+                // uWSGI as it ran before keep-alive, for comparison: a connection per request,
+                // no bound in the front.
+                let before_keep_alive = env.contains_key(CONNECTION_PER_REQUEST);
+                if before_keep_alive {
+                    command = command.replace("--http11-socket", "--http-socket")
+                        + " --add-header 'Connection: close'";
+                }
                 let mut processes = vec![ProcessSpec {
                     kind: "wsgi".into(),
                     command,
@@ -289,6 +308,9 @@ impl Stack {
                 processes.extend(extra.with.iter().map(process_spec));
                 // The front's timeouts and body limit from the env, as piku-deploy reads them.
                 let settings = piku_model::FrontSettings::from_env(&env).unwrap_or_default();
+                // As piku-deploy sets it for the server (activate.rs).
+                let max_in_flight_per_instance =
+                    c.server.max_in_flight(&env).filter(|_| !before_keep_alive);
                 let spec = AppSpec {
                     app: e.app.clone(),
                     release: "v1".into(),
@@ -304,6 +326,7 @@ impl Stack {
                             keepalive_timeout_ms: settings.keepalive_timeout_secs * 1000,
                             max_request_body: settings.max_request_body(),
                             stall_after_ms: settings.stall_after_ms(),
+                            max_in_flight_per_instance,
                             ..FrontSpec::default()
                         }),
                         ..AppSettings::default()

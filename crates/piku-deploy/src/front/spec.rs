@@ -130,6 +130,8 @@ fn front_spec(
         keepalive_timeout_ms: timeouts.keepalive_timeout_secs * 1000,
         max_request_body: timeouts.max_request_body(),
         stall_after_ms: timeouts.stall_after_ms(),
+        // Set by the activation when the app's WSGI server needs it.
+        max_in_flight_per_instance: None,
     })
 }
 
