@@ -27,7 +27,7 @@ fn flask_app_is_served_by_uwsgi_with_a_worker_and_a_cron_job() {
     let instances = piku.instances(app);
     let (pid, cmdline) = instance_on(&instances, port);
     assert!(
-        cmdline.contains("bin/uwsgi ") && cmdline.contains("--http-socket"),
+        cmdline.contains("bin/uwsgi ") && cmdline.contains("--http11-socket"),
         "the wsgi instance is not uWSGI: {cmdline:?}"
     );
     let venv = piku.ssh(&format!("run {app} -- sh -c 'echo $VIRTUAL_ENV'"));
