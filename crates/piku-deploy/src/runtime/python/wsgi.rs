@@ -20,8 +20,9 @@ use crate::settings::number;
 /// from the `pyuwsgi` wheels (x86_64 and aarch64; nothing to compile on the server).
 ///
 /// Chosen from `piku-bench wsgi` on a 2-core box (BENCHMARKS.md, "Python web apps"; plain
-/// WSGI app through nginx and the front, medians of 3 alternating rounds). The front, not the
-/// server, sets the pace there: uWSGI 9.1k req/s, granian 11.5k, waitress 6.7k, gunicorn
+/// WSGI app through nginx and the front, medians of 3 alternating rounds; the 2026-12-06 06:49
+/// run, every server on a connection per request). The front, not the server, sets the pace
+/// there: uWSGI 9.1k req/s, granian 11.5k, waitress 6.7k, gunicorn
 /// 2.8–4.2k, p99 3.4–3.8 ms for uWSGI and granian. What separates uWSGI and granian is memory
 /// and start-up: the whole tree (daemon + server) is 16.7 MiB with uWSGI against 38.9 with
 /// granian (which always runs a Python supervisor process beside its worker, redundant under
