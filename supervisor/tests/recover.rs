@@ -15,7 +15,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{IoSliceMut, Read, Write};
+use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-use piku_proto::{AppSpec, FrontSpec, InstanceState, Role, TcpFront};
+use piku_proto::{InstanceState, Role};
 
 /// systemd's side of the file descriptor store.
 struct FakeSystemd {
@@ -168,56 +168,6 @@ fn keep(store: &Mutex<Vec<(String, OwnedFd)>>, text: &str, fds: Vec<OwnedFd>) {
     }
 }
 
-/// Two web instances behind a TCP front and a worker printing a numbered line every 100 ms.
-fn app(root: &TestRoot) -> AppSpec {
-    let web = process(
-        "web",
-        format!("{} {}", python(), fixture("httpapp.py")),
-        Role::Web,
-        2,
-    );
-    let ticker = process(
-        "ticker",
-        format!("{} {}", python(), fixture("ticker.py")),
-        Role::Worker,
-        1,
-    );
-    let mut spec = spec("up", &root.scratch(), vec![web, ticker]);
-    spec.settings.front = Some(FrontSpec {
-        unix_socket: Some(root.scratch().join("up.sock")),
-        tcp: Some(TcpFront {
-            bind: "127.0.0.1".into(),
-            port: None,
-        }),
-        health_path: Some("/up".into()),
-        health_deadline_ms: 10_000,
-        drain_ms: 5_000,
-        ..FrontSpec::default()
-    });
-    spec
-}
-
-/// One `GET /` over a fresh connection: the body of a 200, else what went wrong.
-fn get(addr: &str) -> Result<String, String> {
-    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    match response.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
-        _ => Err(format!("answer: {response:?}")),
-    }
-}
-
 /// A request's outcome: when it was sent, how long it took, what went wrong.
 type Outcome = (Instant, Duration, Option<String>);
 
@@ -238,7 +188,7 @@ impl Load {
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let sent = Instant::now();
-                        let failed = get(&addr).err();
+                        let failed = get_once(&addr).err();
                         outcomes
                             .lock()
                             .unwrap()
@@ -279,22 +229,6 @@ impl Load {
     }
 }
 
-/// The numbers of the ticker's lines, in file order.
-fn ticks(root: &TestRoot) -> Vec<u64> {
-    std::fs::read_to_string(root.log_file("up", "ticker.1"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            l.split_once("tick ")?
-                .1
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
 fn pids(daemon: &Daemon) -> Vec<(String, Option<u32>)> {
     daemon
         .status("up")
@@ -332,7 +266,7 @@ fn a_daemon_killed_under_load_comes_back_with_every_app_still_running() {
     let mut daemon = Daemon::start_with(&root, |c| {
         c.env("NOTIFY_SOCKET", &systemd.path);
     });
-    daemon.apply(&app(&root));
+    daemon.apply(&web_and_ticker_app(&root));
     let runs = root.scratch().join("cron-runs");
     daemon.apply(&spec(
         "cr",
@@ -468,7 +402,7 @@ fn a_daemon_killed_under_load_comes_back_with_every_app_still_running() {
 fn without_the_store_a_crash_restarts_the_apps() {
     let root = TestRoot::new();
     let mut daemon = Daemon::start(&root);
-    daemon.apply(&app(&root));
+    daemon.apply(&web_and_ticker_app(&root));
     let old = daemon
         .wait_state("up", "ticker.1", InstanceState::Running)
         .pid

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,39 +18,7 @@ use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
-use piku_proto::{AppSpec, FrontSpec, InstanceState, Role, TcpFront};
-
-/// An app with a TCP front (health checked on `/up`), two web instances and a worker that
-/// prints a numbered line every 100 ms.
-fn app(root: &TestRoot) -> AppSpec {
-    let web = process(
-        "web",
-        format!("{} {}", python(), fixture("httpapp.py")),
-        Role::Web,
-        2,
-    );
-    let ticker = process(
-        "ticker",
-        format!("{} {}", python(), fixture("ticker.py")),
-        Role::Worker,
-        1,
-    );
-    let mut spec = spec("up", &root.scratch(), vec![web, ticker]);
-    spec.env.insert("CONTENT".into(), "v1".into());
-    spec.settings.front = Some(FrontSpec {
-        // As nginx reaches it; the load goes through the TCP port.
-        unix_socket: Some(root.scratch().join("up.sock")),
-        tcp: Some(TcpFront {
-            bind: "127.0.0.1".into(),
-            port: None,
-        }),
-        health_path: Some("/up".into()),
-        health_deadline_ms: 10_000,
-        drain_ms: 5_000,
-        ..FrontSpec::default()
-    });
-    spec
-}
+use piku_proto::{InstanceState, Role};
 
 /// A copy of the daemon's binary, which the test may replace.
 fn copied_binary(root: &TestRoot) -> PathBuf {
@@ -98,15 +65,6 @@ fn front_addr(daemon: &Daemon) -> String {
         .expect("the app has a TCP front")
 }
 
-/// One `GET /` over a fresh connection: the body of a 200, else what went wrong.
-fn get(addr: &str) -> Result<String, String> {
-    let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .map_err(|e| e.to_string())?;
-    get_on(stream)
-}
-
 /// [`get`] through the front's Unix socket.
 fn get_unix(path: &Path) -> Result<String, String> {
     let stream =
@@ -115,22 +73,6 @@ fn get_unix(path: &Path) -> Result<String, String> {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .map_err(|e| e.to_string())?;
     get_on(stream)
-}
-
-fn get_on(mut stream: impl Read + Write) -> Result<String, String> {
-    write!(
-        stream,
-        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    match response.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
-        _ => Err(response),
-    }
 }
 
 /// 4 threads sending requests one after another through the front.
@@ -152,7 +94,7 @@ impl Load {
                 let (served, failures) = (served.clone(), failures.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        match get(&addr) {
+                        match get_once(&addr) {
                             Ok(_) => *served.lock().unwrap() += 1,
                             Err(e) => failures.lock().unwrap().push(e),
                         }
@@ -200,29 +142,13 @@ fn processes(daemon: &Daemon) -> Vec<(String, Option<u32>, u32)> {
         .collect()
 }
 
-/// The numbers of the ticker's lines, in file order.
-fn ticks(root: &TestRoot) -> Vec<u64> {
-    std::fs::read_to_string(root.log_file("up", "ticker.1"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            l.split_once("tick ")?
-                .1
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
 #[test]
 fn ten_upgrades_under_load_fail_no_request_and_restart_nothing() {
     let root = TestRoot::new();
     let exe = copied_binary(&root);
     let daemon = Daemon::start_from(&root, &exe);
     let pid = daemon.pid();
-    daemon.apply(&app(&root));
+    daemon.apply(&web_and_ticker_app(&root));
     daemon.wait_state("up", "ticker.1", InstanceState::Running);
     wait_for("2 backends", Duration::from_secs(20), || {
         (daemon.status("up").front?.backends.len() == 2).then_some(())
@@ -281,7 +207,7 @@ fn a_broken_binary_is_refused_and_the_old_daemon_keeps_serving() {
     let exe = copied_binary(&root);
     let daemon = Daemon::start_from(&root, &exe);
     let pid = daemon.pid();
-    daemon.apply(&app(&root));
+    daemon.apply(&web_and_ticker_app(&root));
     daemon.wait_state("up", "ticker.1", InstanceState::Running);
     wait_for("a backend", Duration::from_secs(20), || {
         (!daemon.status("up").front?.backends.is_empty()).then_some(())
@@ -302,7 +228,7 @@ fn a_broken_binary_is_refused_and_the_old_daemon_keeps_serving() {
             (daemon_lines(&root, "upgrade refused").len() > round).then_some(())
         });
         assert!(alive(pid));
-        get(&addr).expect("the old daemon still serves");
+        get_once(&addr).expect("the old daemon still serves");
         assert_eq!(processes(&daemon), before, "nothing restarted");
     }
     let refusals = daemon_lines(&root, "upgrade refused");

@@ -432,3 +432,78 @@ pub fn ask_port(port: u16) -> String {
     s.read_to_string(&mut out).unwrap();
     out.trim().to_string()
 }
+
+/// The app of the hand-over tests (upgrade, crash recovery): two web instances behind a front
+/// on a TCP port and a Unix socket (health checked on `/up`), and a worker printing a numbered
+/// line every 100 ms.
+pub fn web_and_ticker_app(root: &TestRoot) -> AppSpec {
+    let web = process(
+        "web",
+        format!("{} {}", python(), fixture("httpapp.py")),
+        Role::Web,
+        2,
+    );
+    let ticker = process(
+        "ticker",
+        format!("{} {}", python(), fixture("ticker.py")),
+        Role::Worker,
+        1,
+    );
+    let mut spec = spec("up", &root.scratch(), vec![web, ticker]);
+    spec.env.insert("CONTENT".into(), "v1".into());
+    spec.settings.front = Some(piku_proto::FrontSpec {
+        // As nginx reaches it; the load goes through the TCP port.
+        unix_socket: Some(root.scratch().join("up.sock")),
+        tcp: Some(piku_proto::TcpFront {
+            bind: "127.0.0.1".into(),
+            port: None,
+        }),
+        health_path: Some("/up".into()),
+        health_deadline_ms: 10_000,
+        drain_ms: 5_000,
+        ..piku_proto::FrontSpec::default()
+    });
+    spec
+}
+
+/// The numbers of [`web_and_ticker_app`]'s ticker lines, in file order.
+pub fn ticks(root: &TestRoot) -> Vec<u64> {
+    fs::read_to_string(root.log_file("up", "ticker.1"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split_once("tick ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// One `GET /` over a fresh TCP connection: the body of a 200, else what went wrong.
+pub fn get_once(addr: &str) -> Result<String, String> {
+    let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    get_on(stream)
+}
+
+/// [`get_once`] on a stream already connected.
+pub fn get_on(mut stream: impl std::io::Read + std::io::Write) -> Result<String, String> {
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(format!("answer: {response:?}")),
+    }
+}
