@@ -122,9 +122,12 @@ pub fn store(name: &str, fd: BorrowedFd<'_>) {
     let Some(socket) = socket() else {
         return;
     };
-    stored().insert(name.to_owned());
-    let message = format!("FDSTOREREMOVE=1\nFDNAME={name}\n");
-    let _ = socket.send(message.as_bytes());
+    // systemd keeps every copy stored under a name: one held already is taken out first (a
+    // front's new listener). A new instance's pipes (a fresh pid) skip that send.
+    if !stored().insert(name.to_owned()) {
+        let message = format!("FDSTOREREMOVE=1\nFDNAME={name}\n");
+        let _ = socket.send(message.as_bytes());
+    }
     let message = format!("FDSTORE=1\nFDNAME={name}\n");
     let fds = [fd.as_raw_fd()];
     if let Err(e) = sendmsg::<()>(

@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The fields of `/proc/<pid>/stat` this daemon uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,17 @@ pub fn group_memory_bytes(pgid: u32) -> Option<u64> {
 /// CPU time (user + system) in seconds.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some(stat(pid)?.cpu_ticks as f64 / clock_ticks_per_sec() as f64)
+}
+
+/// How long a process that started `start_ticks` clock ticks after boot has been running.
+pub fn running_for(start_ticks: u64) -> Duration {
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .unwrap_or_default();
+    let started = Duration::from_secs_f64(start_ticks as f64 / clock_ticks_per_sec() as f64);
+    uptime.saturating_sub(started)
 }
 
 /// Whether `pid` still names the process that started at `start_ticks`.

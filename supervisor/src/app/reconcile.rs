@@ -76,7 +76,6 @@ impl App {
                 }
             };
             let sink = ctx.logs.sink(&self.spec.app, &name, rotation);
-            sink.set_serves_requests(want.launch.port.is_some());
             let handle = ctx.launcher.launch(want, grace, sink, after);
             self.instances.insert(id, handle);
         }

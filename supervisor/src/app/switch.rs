@@ -113,7 +113,6 @@ impl Switch {
             config.launch.port = Some(port);
             let name = id.to_string();
             let sink = ctx.logs.sink(&spec.app, &name, rotation);
-            sink.set_serves_requests(true);
             sink.note(&format!(
                 "switch: starting a new {name} (release {}) on port {port} beside the old one",
                 spec.release

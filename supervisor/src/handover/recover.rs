@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::time::Duration;
 
 use super::{Adoption, Inherited, inherited, pidfd};
 use crate::instance::machine::History;
@@ -81,7 +80,7 @@ pub fn install(
                 pid: record.pid,
                 pidfd,
                 history: History::default(),
-                up: up(record.start_ticks),
+                up: procinfo::running_for(record.start_ticks),
                 stdout: Some((stdout, Vec::new())),
                 stderr: Some((stderr, Vec::new())),
                 after_crash: true,
@@ -137,21 +136,4 @@ pub fn install(
         slots,
         names,
     }
-}
-
-/// How long a process that started `start_ticks` after boot has run.
-fn up(start_ticks: u64) -> Duration {
-    // SAFETY: sysconf only reads a system constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let Ok(hz) = u64::try_from(hz) else {
-        return Duration::ZERO;
-    };
-    let uptime = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let started = Duration::from_secs_f64(start_ticks as f64 / hz.max(1) as f64);
-    Duration::try_from_secs_f64(uptime)
-        .unwrap_or_default()
-        .saturating_sub(started)
 }

@@ -159,6 +159,8 @@ impl InstanceHandle {
         running: Arc<Running>,
         after: Option<Done>,
     ) -> InstanceHandle {
+        // An instance with a port serves HTTP: its pipes never go quiet (`logs::pace`).
+        sink.set_serves_requests(config.launch.port.is_some());
         let host = ProcessHost::new(config.clone(), sink.clone(), running);
         let schedule = config
             .schedule
