@@ -61,7 +61,9 @@ live_release() { piku_ssh "releases $1" | grep -q "^\* $2 "; }
 journal_has() {
     local text=$1
     shift
-    host_journal -o cat "$@" | grep -qF -- "$text"
+    # Not `grep -q`: it exits at the first match, journalctl then dies of SIGPIPE while it
+    # still writes (an app's journal under load is long), and pipefail makes that a failure.
+    host_journal -o cat "$@" | grep -F -- "$text" >/dev/null
 }
 
 # GET through the container's nginx by host name: body on stdout.
