@@ -185,11 +185,6 @@ impl BackendState {
         }
     }
 
-    /// Taken out of the front's set (`true`) or back in it.
-    pub(crate) fn set_retired(&self, retired: bool) {
-        self.retired.store(retired, Ordering::Relaxed);
-    }
-
     /// A place freed here may go straight to a waiting request: the instance is in the set,
     /// usable and preferred (a refusing or wedged one is for a waiter's own scan to choose).
     fn may_hand_over(&self) -> bool {
@@ -322,30 +317,47 @@ impl BackendState {
         millis(self.born.elapsed())
     }
 
-    /// The most recently used idle connection that is still open and younger than `max_age`.
-    /// Older or closed ones found on the way are dropped (which closes them).
+    /// The most recently used idle connection that is still open and younger than `max_age`,
+    /// set to check with the kernel that it is still open before the request is written (see
+    /// [`Sender::probe_before_use`]). Older or closed ones found on the way are dropped (which
+    /// closes them).
     pub(crate) fn take_idle(&self, max_age: Duration) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(conn) = idle.pop() {
             if conn.since.elapsed() < max_age && !conn.sender.is_closed() {
+                conn.sender.probe_before_use();
                 return Some(conn.sender);
             }
         }
         None
     }
 
-    /// Keeps `sender` for reuse unless it is closed or `max` connections are already kept.
+    /// Keeps `sender` for reuse unless it is closed, `max` connections are already kept, or
+    /// the backend left the set (it never returns to it: a backend listed again gets a fresh
+    /// state, so its connections would only sit open).
     pub(crate) fn put_idle(&self, sender: Sender, max: usize) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < max {
+        // Read under the lock: a backend retired just now has its idle connections dropped
+        // (`retire`) either after this push or before this read.
+        if idle.len() < max && !self.retired.load(Ordering::Relaxed) {
             idle.push(IdleConn {
                 sender,
                 since: Instant::now(),
             });
         }
+    }
+
+    /// The backend left the front's set, for good (listed again, it gets a fresh state): its
+    /// idle connections are closed at once, and none is kept from now on. The supervisor takes
+    /// an instance out when it exited or is being stopped, so none of them would carry a
+    /// request again.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(idle);
     }
 }
 

@@ -295,7 +295,7 @@ async fn forward(
                     }
                     Some(Cut::Stalled) => Failure::UploadStalled,
                     None => {
-                        tracing::warn!(instance = %backend.backend.id, path = %target, %err, "connection to the instance broke after the request was sent; answered 502, not replayed");
+                        tracing::warn!(instance = %backend.backend.id, path = %target, reused, %err, "connection to the instance broke after the request was sent; answered 502, not replayed");
                         backend.record_failure();
                         Failure::Broken
                     }
