@@ -156,16 +156,25 @@ impl Read for Probed {
         }
         // Pending: the waker is registered, so returning Pending again below is sound.
         let mut byte = [MaybeUninit::<u8>::uninit()];
-        match socket2::SockRef::from(this.io.inner()).peek(&mut byte) {
-            // The instance closed it: the end of stream, which hyper takes for a close.
-            Ok(0) => Poll::Ready(Ok(())),
+        let peeked = socket2::SockRef::from(this.io.inner()).peek(&mut byte);
+        let closed = match peeked {
             // Open, with nothing (or bytes the runtime will report soon) to read.
-            Ok(_) => Poll::Pending,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => Poll::Pending,
+            Ok(1..) => return Poll::Pending,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Poll::Pending;
+            }
+            // The instance closed it: the end of stream, which hyper takes for a close.
+            Ok(0) => Ok(()),
             // Reset: hyper closes the connection.
-            Err(err) => Poll::Ready(Err(err)),
-        }
+            Err(err) => Err(err),
+        };
+        tracing::debug!(result = ?closed, "kept-alive connection found closed by the kernel before the runtime knew");
+        Poll::Ready(closed)
     }
 }
 
