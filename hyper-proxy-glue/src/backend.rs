@@ -96,7 +96,8 @@ pub(crate) struct BackendState {
     /// flight, but not waiting: it does not count toward a stall).
     waiting: AtomicUsize,
     born: Instant,
-    /// Milliseconds after `born` until which the backend is avoided after a refusal; 0 = never.
+    /// Milliseconds after `born` until which the backend is avoided after a refusal or a broken
+    /// connection; 0 = never.
     down_until_ms: AtomicU64,
     wedged: AtomicBool,
     /// Stalled (see [`BackendEvent::Stalled`]): no request goes to it until it answers one.
@@ -153,7 +154,8 @@ impl BackendState {
         self.in_flight() >= self.max_in_flight
     }
 
-    /// Neither recently refusing nor wedged and waiting for its next try.
+    /// Neither recently refusing (or breaking a connection) nor wedged and waiting for its next
+    /// try.
     pub(crate) fn is_healthy(&self) -> bool {
         let now = self.millis_since_born();
         now >= self.down_until_ms.load(Ordering::Relaxed)
@@ -183,11 +185,6 @@ impl BackendState {
             answered: false,
             armed: true,
         }
-    }
-
-    /// Taken out of the front's set (`true`) or back in it.
-    pub(crate) fn set_retired(&self, retired: bool) {
-        self.retired.store(retired, Ordering::Relaxed);
     }
 
     /// A place freed here may go straight to a waiting request: the instance is in the set,
@@ -300,9 +297,14 @@ impl BackendState {
         })
     }
 
-    /// A request's connection broke after the request was sent.
-    pub(crate) fn record_failure(&self) {
+    /// A request's connection broke after the request was sent: usually the instance is dying
+    /// (or its worker crashed). It is avoided for `period` like one that refused a connection:
+    /// the requests it held are lost, but the ones arriving until the supervisor takes it out
+    /// go elsewhere instead of to its closing sockets (least in flight, it would be preferred).
+    pub(crate) fn record_failure(&self, period: Duration) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+        let until = self.millis_since_born() + millis(period);
+        self.down_until_ms.store(until, Ordering::Relaxed);
     }
 
     pub(crate) fn stats(&self) -> BackendStats {
@@ -322,30 +324,47 @@ impl BackendState {
         millis(self.born.elapsed())
     }
 
-    /// The most recently used idle connection that is still open and younger than `max_age`.
-    /// Older or closed ones found on the way are dropped (which closes them).
+    /// The most recently used idle connection that is still open and younger than `max_age`,
+    /// set to check with the kernel that it is still open before the request is written (see
+    /// [`Sender::probe_before_use`]). Older or closed ones found on the way are dropped (which
+    /// closes them).
     pub(crate) fn take_idle(&self, max_age: Duration) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(conn) = idle.pop() {
             if conn.since.elapsed() < max_age && !conn.sender.is_closed() {
+                conn.sender.probe_before_use();
                 return Some(conn.sender);
             }
         }
         None
     }
 
-    /// Keeps `sender` for reuse unless it is closed or `max` connections are already kept.
+    /// Keeps `sender` for reuse unless it is closed, `max` connections are already kept, or
+    /// the backend left the set (it never returns to it: a backend listed again gets a fresh
+    /// state, so its connections would only sit open).
     pub(crate) fn put_idle(&self, sender: Sender, max: usize) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < max {
+        // Read under the lock: a backend retired just now has its idle connections dropped
+        // (`retire`) either after this push or before this read.
+        if idle.len() < max && !self.retired.load(Ordering::Relaxed) {
             idle.push(IdleConn {
                 sender,
                 since: Instant::now(),
             });
         }
+    }
+
+    /// The backend left the front's set, for good (listed again, it gets a fresh state): its
+    /// idle connections are closed at once, and none is kept from now on. The supervisor takes
+    /// an instance out when it exited or is being stopped, so none of them would carry a
+    /// request again.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(idle);
     }
 }
 

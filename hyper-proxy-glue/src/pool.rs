@@ -104,10 +104,9 @@ impl Pool {
             )
             .collect();
         for state in old.iter() {
-            state.set_retired(true);
-        }
-        for state in &states {
-            state.set_retired(false);
+            if !states.iter().any(|kept| Arc::ptr_eq(kept, state)) {
+                state.retire();
+            }
         }
         // The write lock is what makes the switch exact: `pick` counts a request as in flight
         // under the read lock, so once this returns no request can still start on a backend
