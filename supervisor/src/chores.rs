@@ -40,6 +40,7 @@ fn start() -> Option<Sender<Chore>> {
     let started = std::thread::Builder::new()
         .name("piku-chores".into())
         .spawn(move || {
+            crate::handover::leave_signals_to_main_thread();
             while let Ok(chore) = rx.recv() {
                 // A chore that panics must not take the ones after it down with the thread.
                 if catch_unwind(AssertUnwindSafe(chore)).is_err() {

@@ -49,6 +49,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // First of all: a SIGTERM during start-up must not kill us with apps half started (it
     // is acted upon once the apps are restored); nor a SIGUSR2 (its default is to exit).
+    let stop_asked = handover::StopAsked::register()?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -252,7 +253,7 @@ pub async fn run(
             logs,
             running,
             signalled_at_ns,
-            stop_signals: vec![sigterm, sigint],
+            stop_asked,
         };
         // Returns only if no image could be started.
         return upgrade.hand_over().await;

@@ -85,6 +85,7 @@ fn main() -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_start(handover::leave_signals_to_main_thread)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -39,13 +39,13 @@ pub struct Upgrade {
     pub signalled_at_ns: u128,
     /// SIGTERM and SIGINT: one received during the upgrade is raised again for the next
     /// image.
-    pub stop_signals: Vec<tokio::signal::unix::Signal>,
+    pub stop_asked: super::StopAsked,
 }
 
 impl Upgrade {
     /// Freezes everything, writes the handover file and executes the new binary. Returns
     /// only if no image could be started.
-    pub async fn hand_over(mut self) -> anyhow::Result<()> {
+    pub async fn hand_over(self) -> anyhow::Result<()> {
         let frozen = self.apps.freeze(Instant::now() + FREEZE_BOUND).await;
         // Every command has been carried out by now; its answer must reach its client
         // (a deploy would otherwise fail for a change that was made).
@@ -154,12 +154,6 @@ impl Upgrade {
             "handing over to {}",
             self.exe.display()
         );
-        super::exec(
-            &self.path,
-            &self.exe,
-            &handover,
-            &fds,
-            &mut self.stop_signals,
-        )
+        super::exec(&self.path, &self.exe, &handover, &fds, &self.stop_asked)
     }
 }

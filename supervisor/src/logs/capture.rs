@@ -163,7 +163,10 @@ impl Capture {
         };
         std::thread::Builder::new()
             .name("piku-logs".into())
-            .spawn(move || engine.run())?;
+            .spawn(move || {
+                crate::handover::leave_signals_to_main_thread();
+                engine.run()
+            })?;
         Ok(Capture {
             _alive: Arc::new(Alive {
                 inner: Arc::clone(&inner),

@@ -477,7 +477,10 @@ impl Shared {
         let shared = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("piku-log-writer".into())
-            .spawn(move || shared.run_writer_thread());
+            .spawn(move || {
+                crate::handover::leave_signals_to_main_thread();
+                shared.run_writer_thread()
+            });
         if let Err(err) = spawned {
             // Then the capture thread writes, slowly: still nothing lost.
             tracing::warn!(%err, "cannot start a log writer thread");
