@@ -34,30 +34,34 @@ pub(crate) struct Peer {
     pub(crate) trusted: bool,
 }
 
-/// Why a request is refused with 400 before it reaches an instance.
-pub(crate) fn host_problem(version: Version, headers: &HeaderMap) -> Option<&'static str> {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => Some("more than one Host field"),
-        (None, _) if version == Version::HTTP_11 => Some("HTTP/1.1 request without a Host field"),
-        _ => None,
+/// Why a request (whose fields are `seen`) is refused with 400 before it reaches an instance.
+pub(crate) fn host_problem(version: Version, seen: &Seen) -> Option<&'static str> {
+    match seen.hosts {
+        0 if version == Version::HTTP_11 => Some("HTTP/1.1 request without a Host field"),
+        0 | 1 => None,
+        _ => Some("more than one Host field"),
     }
 }
 
 /// True when the client asks to switch protocols (websocket and friends): an `Upgrade` field
 /// and `upgrade` among the `Connection` options.
-pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .is_some_and(|value| !value.is_empty())
+pub(crate) fn wants_upgrade(headers: &HeaderMap, seen: &Seen) -> bool {
+    seen.upgrade
+        && headers
+            .get(header::UPGRADE)
+            .is_some_and(|value| !value.is_empty())
         && connection_options(headers).any(|option| option.eq_ignore_ascii_case("upgrade"))
 }
 
 /// What one pass over a message's field names found. Most messages carry no hop-by-hop field
 /// at all; a pass over their few names costs far less than looking each rule's name up in the
-/// map (a hash per name: about a tenth of the glue's instructions per request went there).
+/// map (a hash per name: about a tenth of the glue's instructions per request went there). A
+/// request's is taken once and serves every check and rewrite of it.
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
+    /// `Host` fields (counted up to 2).
+    hosts: u8,
+    upgrade: bool,
     /// A field [`remove_hop_by_hop`] (or, in a request, [`rewrite_request`]) removes.
     hop_by_hop: bool,
     forwarded_proto: bool,
@@ -65,10 +69,19 @@ struct Seen {
 }
 
 impl Seen {
+    /// A request's fields (as the instance would get them: after the absolute form's authority
+    /// became its `Host`).
+    pub(crate) fn request(headers: &HeaderMap) -> Seen {
+        Seen::scan(headers, true)
+    }
+
     fn scan(headers: &HeaderMap, request: bool) -> Seen {
         let mut seen = Seen::default();
-        for name in headers.keys() {
-            if *name == X_FORWARDED_PROTO {
+        // Every value, not every name: a repeated `Host` counts.
+        for (name, _) in headers {
+            if name == header::HOST {
+                seen.hosts = seen.hosts.saturating_add(1).min(2);
+            } else if *name == X_FORWARDED_PROTO {
                 seen.forwarded_proto = true;
             } else if *name == X_FORWARDED_HOST {
                 seen.forwarded_host = true;
@@ -76,6 +89,7 @@ impl Seen {
                 || request && (name == header::TE || name == header::EXPECT)
             {
                 seen.hop_by_hop = true;
+                seen.upgrade |= name == header::UPGRADE;
             }
         }
         seen
@@ -98,9 +112,8 @@ static HOP_BY_HOP: [&HeaderName; 6] = [
     &header::TRANSFER_ENCODING,
 ];
 
-/// Readies a client request for the backend.
-pub(crate) fn rewrite_request(headers: &mut HeaderMap, upgrade: bool, peer: &Peer) {
-    let seen = Seen::scan(headers, true);
+/// Readies a client request (whose fields are `seen`) for the backend.
+pub(crate) fn rewrite_request(headers: &mut HeaderMap, upgrade: bool, peer: &Peer, seen: &Seen) {
     if seen.hop_by_hop || upgrade {
         remove_hop_by_hop(headers, upgrade);
         // TE is hop-by-hop as well; only requests carry it. `Expect: 100-continue` is answered
@@ -208,6 +221,11 @@ fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
 
+    fn rewrite(map: &mut HeaderMap, upgrade: bool, peer: &Peer) {
+        let seen = Seen::request(map);
+        rewrite_request(map, upgrade, peer, &seen);
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
@@ -237,7 +255,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("x-app", "kept"),
         ]);
-        rewrite_request(&mut map, false, &TCP_PEER);
+        rewrite(&mut map, false, &TCP_PEER);
         for gone in [
             "connection",
             "x-secret",
@@ -264,7 +282,7 @@ mod tests {
         ];
         for gone in fixed.iter().chain(&["te", "expect"]) {
             let mut map = headers(&[("host", "a"), (gone, "x"), ("x-app", "kept")]);
-            rewrite_request(&mut map, false, &TCP_PEER);
+            rewrite(&mut map, false, &TCP_PEER);
             assert!(!map.contains_key(*gone), "{gone} should leave a request");
             assert_eq!(map["x-app"], "kept");
         }
@@ -294,8 +312,8 @@ mod tests {
             ("connection", "keep-alive, Upgrade"),
             ("upgrade", "websocket"),
         ]);
-        assert!(wants_upgrade(&map));
-        rewrite_request(&mut map, true, &TCP_PEER);
+        assert!(wants_upgrade(&map, &Seen::request(&map)));
+        rewrite(&mut map, true, &TCP_PEER);
         assert_eq!(map["connection"], "upgrade");
         assert_eq!(map["upgrade"], "websocket");
     }
@@ -303,7 +321,7 @@ mod tests {
     #[test]
     fn nginx_style_connection_upgrade_without_upgrade_field_is_no_upgrade() {
         let map = headers(&[("connection", "upgrade")]);
-        assert!(!wants_upgrade(&map));
+        assert!(!wants_upgrade(&map, &Seen::request(&map)));
     }
 
     #[test]
@@ -321,7 +339,7 @@ mod tests {
             ("x-forwarded-prefix", "/admin"),
             ("forwarded", "for=1.1.1.1;proto=https"),
         ]);
-        rewrite_request(&mut map, false, &TCP_PEER);
+        rewrite(&mut map, false, &TCP_PEER);
         for (name, value) in [
             ("x-forwarded-for", "10.0.0.7"),
             ("x-real-ip", "10.0.0.7"),
@@ -341,7 +359,7 @@ mod tests {
     #[test]
     fn connection_cannot_strip_host() {
         let mut map = headers(&[("connection", "close, Host"), ("host", "app.example")]);
-        rewrite_request(&mut map, false, &TCP_PEER);
+        rewrite(&mut map, false, &TCP_PEER);
         assert_eq!(map["host"], "app.example");
         assert!(!map.contains_key("connection"));
     }
@@ -349,16 +367,27 @@ mod tests {
     #[test]
     fn host_is_required_once_in_http_1_1() {
         assert_eq!(
-            host_problem(Version::HTTP_11, &headers(&[("host", "a")])),
+            host_problem(Version::HTTP_11, &Seen::request(&headers(&[("host", "a")]))),
             None
         );
-        assert!(host_problem(Version::HTTP_11, &headers(&[])).is_some());
+        assert!(host_problem(Version::HTTP_11, &Seen::request(&headers(&[]))).is_some());
         assert!(
-            host_problem(Version::HTTP_11, &headers(&[("host", "a"), ("host", "b")])).is_some()
+            host_problem(
+                Version::HTTP_11,
+                &Seen::request(&headers(&[("host", "a"), ("host", "b")]))
+            )
+            .is_some()
         );
-        assert_eq!(host_problem(Version::HTTP_10, &headers(&[])), None);
+        assert_eq!(
+            host_problem(Version::HTTP_10, &Seen::request(&headers(&[]))),
+            None
+        );
         assert!(
-            host_problem(Version::HTTP_10, &headers(&[("host", "a"), ("host", "b")])).is_some()
+            host_problem(
+                Version::HTTP_10,
+                &Seen::request(&headers(&[("host", "a"), ("host", "b")]))
+            )
+            .is_some()
         );
     }
 
@@ -376,7 +405,7 @@ mod tests {
             ("x-remote-address", "203.0.113.9"),
             ("x-forwarded-port", "443"),
         ]);
-        rewrite_request(&mut map, false, &nginx);
+        rewrite(&mut map, false, &nginx);
         assert_eq!(map["x-forwarded-proto"], "https");
         assert_eq!(map["x-forwarded-for"], "203.0.113.9");
         assert_eq!(map["x-remote-address"], "203.0.113.9");

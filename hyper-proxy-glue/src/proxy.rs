@@ -114,7 +114,9 @@ pub(crate) async fn handle<H: Send + 'static>(
 ) -> Result<Response<ClientBody>, Infallible> {
     let config = &proxy.config;
     to_origin_form(&mut request);
-    if let Some(problem) = headers::host_problem(request.version(), request.headers()) {
+    // One pass over the fields serves the checks and the rewrite.
+    let seen = headers::Seen::request(request.headers());
+    if let Some(problem) = headers::host_problem(request.version(), &seen) {
         return Ok(failure_response(&Failure::BadRequest(problem)));
     }
     if let Some(limit) = config.max_request_body
@@ -122,8 +124,8 @@ pub(crate) async fn handle<H: Send + 'static>(
     {
         return Ok(failure_response(&Failure::TooLarge(limit)));
     }
-    let wants_upgrade = headers::wants_upgrade(request.headers());
-    headers::rewrite_request(request.headers_mut(), wants_upgrade, &peer);
+    let wants_upgrade = headers::wants_upgrade(request.headers(), &seen);
+    headers::rewrite_request(request.headers_mut(), wants_upgrade, &peer, &seen);
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
 
     let (parts, body) = request.into_parts();
