@@ -5,14 +5,16 @@
 //! cargo run --release -p hyper-proxy-glue --example relay -- 127.0.0.1:8080 4 127.0.0.1:9001 ...
 //! ```
 //!
-//! Arguments: the address to listen on, the most requests in flight per instance, then one
-//! address per instance. `RUST_LOG` picks the log level (e.g. `hyper_proxy_glue=trace`).
+//! Arguments: the address to listen on (`unix:PATH` for a Unix socket, as nginx reaches the
+//! front), the most requests in flight per instance, then one address per instance. `RUST_LOG`
+//! picks the log level (e.g. `hyper_proxy_glue=trace`). For instruction counts per request,
+//! run it under `valgrind --tool=callgrind` and load it with a fixed number of requests.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use hyper_proxy_glue::{Backend, Front, FrontConfig};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -20,11 +22,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let mut args = std::env::args().skip(1);
-    let listen: SocketAddr = args
+    let listen = args
         .next()
-        .context("usage: relay LISTEN MAX_IN_FLIGHT INSTANCE...")?
-        .parse()
-        .context("LISTEN")?;
+        .context("usage: relay LISTEN MAX_IN_FLIGHT INSTANCE...")?;
     let max_in_flight: usize = args
         .next()
         .context("MAX_IN_FLIGHT")?
@@ -37,9 +37,13 @@ fn main() -> Result<()> {
             Ok(Backend::new(format!("web.{}", n + 1), addr))
         })
         .collect::<Result<Vec<_>>>()?;
-    // As the supervisor runs it: two worker threads.
+    // As the supervisor runs it: two worker threads (`RELAY_WORKERS` to try another count).
+    let workers = std::env::var("RELAY_WORKERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()?;
     runtime.block_on(async {
@@ -48,8 +52,16 @@ fn main() -> Result<()> {
             ..FrontConfig::default()
         });
         front.set_backends(backends);
-        let listener = TcpListener::bind(listen).await?;
-        front.serve_tcp(listener).await;
+        match listen.strip_prefix("unix:") {
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+                front.serve_unix(UnixListener::bind(path)?).await;
+            }
+            None => {
+                let listen: SocketAddr = listen.parse().context("LISTEN")?;
+                front.serve_tcp(TcpListener::bind(listen).await?).await;
+            }
+        }
         Ok(())
     })
 }

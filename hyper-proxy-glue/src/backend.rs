@@ -184,6 +184,7 @@ impl BackendState {
             state: Arc::clone(self),
             answered: false,
             armed: true,
+            ended_at: None,
         }
     }
 
@@ -225,8 +226,16 @@ impl BackendState {
     }
 
     fn note_progress(&self) {
-        self.progress_ms
-            .store(self.millis_since_born(), Ordering::Relaxed);
+        self.note_progress_at(Instant::now());
+    }
+
+    /// Progress seen at `now`, a clock read the caller had already made (a request's hot path
+    /// reads the clock once where several of its steps need the time).
+    fn note_progress_at(&self, now: Instant) {
+        self.progress_ms.store(
+            millis(now.saturating_duration_since(self.born)),
+            Ordering::Relaxed,
+        );
     }
 
     /// Marks the backend stalled if at least `min_in_flight` requests on it (or as many as it
@@ -259,10 +268,10 @@ impl BackendState {
         })
     }
 
-    /// The instance sent a response head.
-    pub(crate) fn record_answer(&self) -> Option<BackendEvent> {
+    /// The instance sent a response head (at `now`).
+    pub(crate) fn record_answer(&self, now: Instant) -> Option<BackendEvent> {
         self.answered.fetch_add(1, Ordering::Relaxed);
-        self.note_progress();
+        self.note_progress_at(now);
         if self.stalled.load(Ordering::Relaxed) && self.stalled.swap(false, Ordering::Relaxed) {
             // Requests waiting in the front may go to it again.
             self.signals.line.rescan_all();
@@ -324,14 +333,14 @@ impl BackendState {
         millis(self.born.elapsed())
     }
 
-    /// The most recently used idle connection that is still open and younger than `max_age`,
-    /// set to check with the kernel that it is still open before the request is written (see
-    /// [`Sender::probe_before_use`]). Older or closed ones found on the way are dropped (which
-    /// closes them).
-    pub(crate) fn take_idle(&self, max_age: Duration) -> Option<Sender> {
+    /// The most recently used idle connection that is still open and younger than `max_age`
+    /// at `now`, set to check with the kernel that it is still open before the request is
+    /// written (see [`Sender::probe_before_use`]). Older or closed ones found on the way are
+    /// dropped (which closes them).
+    pub(crate) fn take_idle(&self, max_age: Duration, now: Instant) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() < max_age && !conn.sender.is_closed() {
+            if now.saturating_duration_since(conn.since) < max_age && !conn.sender.is_closed() {
                 conn.sender.probe_before_use();
                 return Some(conn.sender);
             }
@@ -339,10 +348,10 @@ impl BackendState {
         None
     }
 
-    /// Keeps `sender` for reuse unless it is closed, `max` connections are already kept, or
-    /// the backend left the set (it never returns to it: a backend listed again gets a fresh
-    /// state, so its connections would only sit open).
-    pub(crate) fn put_idle(&self, sender: Sender, max: usize) {
+    /// Keeps `sender` (idle from `now` on) for reuse unless it is closed, `max` connections
+    /// are already kept, or the backend left the set (it never returns to it: a backend listed
+    /// again gets a fresh state, so its connections would only sit open).
+    pub(crate) fn put_idle(&self, sender: Sender, max: usize, now: Instant) {
         if sender.is_closed() {
             return;
         }
@@ -350,10 +359,7 @@ impl BackendState {
         // Read under the lock: a backend retired just now has its idle connections dropped
         // (`retire`) either after this push or before this read.
         if idle.len() < max && !self.retired.load(Ordering::Relaxed) {
-            idle.push(IdleConn {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(IdleConn { sender, since: now });
         }
     }
 
@@ -380,6 +386,8 @@ pub(crate) struct InFlightGuard {
     answered: bool,
     /// `false` once [`disarm`](Self::disarm)ed: dropping it then changes nothing.
     armed: bool,
+    /// When the request ended, if the one ending it had read the clock already.
+    ended_at: Option<Instant>,
 }
 
 impl InFlightGuard {
@@ -394,6 +402,11 @@ impl InFlightGuard {
             self.state.waiting.fetch_sub(1, Ordering::AcqRel);
         }
         self.armed = false;
+    }
+
+    /// Releases the place, the request having ended at `now`.
+    pub(crate) fn end_at(mut self, now: Instant) {
+        self.ended_at = Some(now);
     }
 
     /// The instance sent this request's response head.
@@ -412,7 +425,7 @@ impl Drop for InFlightGuard {
         }
         let state = &self.state;
         if self.answered {
-            state.note_progress();
+            state.note_progress_at(self.ended_at.unwrap_or_else(Instant::now));
         } else {
             state.waiting.fetch_sub(1, Ordering::AcqRel);
         }
@@ -474,7 +487,7 @@ mod tests {
         let retry = Duration::from_secs(10);
         assert_eq!(backend.record_timeout(3, retry), None);
         // An answer in between resets the run.
-        assert_eq!(backend.record_answer(), None);
+        assert_eq!(backend.record_answer(Instant::now()), None);
         assert_eq!(backend.record_timeout(3, retry), None);
         assert_eq!(backend.record_timeout(3, retry), None);
         assert_eq!(
@@ -494,7 +507,7 @@ mod tests {
         assert!(!backend.claim_retry(retry), "one try per period");
         assert!(!backend.is_healthy());
         assert_eq!(
-            backend.record_answer(),
+            backend.record_answer(Instant::now()),
             Some(BackendEvent::Recovered { id: "web.1".into() })
         );
         assert!(backend.is_healthy());
@@ -527,7 +540,7 @@ mod tests {
         assert!(backend.is_stalled() && backend.stats().wedged);
         assert_eq!(backend.check_stall(after, 3, retry), None, "reported once");
         assert_eq!(
-            backend.record_answer(),
+            backend.record_answer(Instant::now()),
             Some(BackendEvent::Recovered { id: "web.1".into() })
         );
         assert!(!backend.is_stalled() && backend.is_healthy());

@@ -50,14 +50,15 @@ pin_project! {
     /// stall; a slow consumer that simply polls late is not counted). Optionally reports when
     /// `B` has ended, or was dropped unfinished.
     ///
-    /// The timer is not re-armed on every frame (that would touch the timer wheel per chunk):
-    /// a wait only records when it began, and when the timer fires it is pushed to the real
-    /// deadline if needed.
+    /// The timer is made only when `B` first keeps the reader waiting (most bodies through the
+    /// front are whole when first polled: making one per body cost a clock read and a timer
+    /// per request), and not re-armed on every frame (that would touch the timer wheel per
+    /// chunk): a wait only records when it began, and when the timer fires it is pushed to the
+    /// real deadline if needed.
     pub(crate) struct IdleTimeout<B> {
         #[pin]
         inner: B,
-        #[pin]
-        timer: Sleep,
+        timer: Option<Pin<Box<Sleep>>>,
         waiting_since: Option<Instant>,
         limit: Duration,
         on_end: Option<oneshot::Sender<()>>,
@@ -68,7 +69,7 @@ impl<B> IdleTimeout<B> {
     pub(crate) fn new(inner: B, limit: Duration) -> IdleTimeout<B> {
         IdleTimeout {
             inner,
-            timer: tokio::time::sleep(limit),
+            timer: None,
             waiting_since: None,
             limit,
             on_end: None,
@@ -101,14 +102,17 @@ where
             Poll::Pending => {
                 let since = *this.waiting_since.get_or_insert_with(Instant::now);
                 let deadline = since + *this.limit;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 loop {
-                    ready!(this.timer.as_mut().poll(cx));
+                    ready!(timer.as_mut().poll(cx));
                     if Instant::now() >= deadline {
                         return Poll::Ready(Some(Err(BodyStalled(*this.limit).into())));
                     }
                     // Armed for an earlier wait: re-arm for this one (and poll again so the
                     // timer registers this task's waker).
-                    this.timer.as_mut().reset(deadline);
+                    timer.as_mut().reset(deadline);
                 }
             }
         };

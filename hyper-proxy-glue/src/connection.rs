@@ -7,11 +7,12 @@
 //! is re-armed only when it fires, and a request costs two clock reads.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -64,21 +65,47 @@ where
 
     let config = &proxy.config;
     let mut shutdown = proxy.shutdown.subscribe();
-    let watchdog = tokio::time::sleep(config.header_read_timeout);
-    tokio::pin!(watchdog);
-    loop {
-        tokio::select! {
-            // The connection first: it is what wakes this task nearly every time.
-            biased;
-            result = connection.as_mut() => return ended(result),
-            () = &mut watchdog => match activity.verdict(config) {
-                Verdict::Wait(until) => watchdog.as_mut().reset(until),
-                Verdict::Close(why) => {
-                    tracing::debug!(?peer, "closing client connection: {why}");
-                    return;
+    {
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        let watchdog = tokio::time::sleep(config.header_read_timeout);
+        tokio::pin!(watchdog);
+        // The connection wakes this task several times per request; the watchdog and the stop
+        // signal are polled only when they woke it themselves.
+        let side = Arc::new(SideWake::default());
+        let side_waker = Waker::from(Arc::clone(&side));
+        loop {
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Ended(result));
                 }
-            },
-            () = shutdown.wait() => break,
+                if side.due(cx.waker()) {
+                    let mut side_cx = Context::from_waker(&side_waker);
+                    if watchdog.as_mut().poll(&mut side_cx).is_ready() {
+                        return Poll::Ready(Event::Watchdog);
+                    }
+                    if stop.as_mut().poll(&mut side_cx).is_ready() {
+                        return Poll::Ready(Event::Stop);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Ended(result) => return ended(result),
+                Event::Watchdog => match activity.verdict(config) {
+                    Verdict::Wait(until) => {
+                        watchdog.as_mut().reset(until);
+                        // Polled again next time, so that it waits for `until`.
+                        side.woken.store(true, Ordering::Release);
+                    }
+                    Verdict::Close(why) => {
+                        tracing::debug!(?peer, "closing client connection: {why}");
+                        return;
+                    }
+                },
+                Event::Stop => break,
+            }
         }
     }
     // A connection accepted a moment ago whose first request is still on its way would be
@@ -99,6 +126,62 @@ where
     connection.as_mut().graceful_shutdown();
     if let Err(err) = connection.await {
         tracing::debug!(%err, "client connection ended with an error during shutdown");
+    }
+}
+
+/// What woke the connection's task, as far as [`serve`] is concerned.
+enum Event<E> {
+    Ended(Result<(), E>),
+    Watchdog,
+    Stop,
+}
+
+/// The waker of the futures polled beside the connection: notes that one of them is ready to
+/// be polled, and wakes the connection's task.
+struct SideWake {
+    /// Set by a wake (and at first: nothing has been polled yet).
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Default for SideWake {
+    fn default() -> SideWake {
+        SideWake {
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        }
+    }
+}
+
+impl SideWake {
+    /// Keeps `task` as the waker to wake, then says whether the side futures are due a poll.
+    /// (Kept first: a wake after the check then wakes the task, which polls them.)
+    fn due(&self, task: &Waker) -> bool {
+        {
+            let mut kept = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+            if !kept.as_ref().is_some_and(|kept| kept.will_wake(task)) {
+                *kept = Some(task.clone());
+            }
+        }
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(task) = task {
+            task.wake();
+        }
     }
 }
 

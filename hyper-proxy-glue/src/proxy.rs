@@ -101,6 +101,8 @@ struct Answer {
     response: Response<Incoming>,
     conn: Sender,
     guard: InFlightGuard,
+    /// When its head arrived.
+    at: Instant,
 }
 
 /// Handles one request; `hold` is kept alive by a tunnel if the request becomes one.
@@ -112,7 +114,9 @@ pub(crate) async fn handle<H: Send + 'static>(
 ) -> Result<Response<ClientBody>, Infallible> {
     let config = &proxy.config;
     to_origin_form(&mut request);
-    if let Some(problem) = headers::host_problem(request.version(), request.headers()) {
+    // One pass over the fields serves the checks and the rewrite.
+    let seen = headers::Seen::request(request.headers());
+    if let Some(problem) = headers::host_problem(request.version(), &seen) {
         return Ok(failure_response(&Failure::BadRequest(problem)));
     }
     if let Some(limit) = config.max_request_body
@@ -120,8 +124,8 @@ pub(crate) async fn handle<H: Send + 'static>(
     {
         return Ok(failure_response(&Failure::TooLarge(limit)));
     }
-    let wants_upgrade = headers::wants_upgrade(request.headers());
-    headers::rewrite_request(request.headers_mut(), wants_upgrade, &peer);
+    let wants_upgrade = headers::wants_upgrade(request.headers(), &seen);
+    headers::rewrite_request(request.headers_mut(), wants_upgrade, &peer, &seen);
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
 
     let (parts, body) = request.into_parts();
@@ -134,6 +138,7 @@ pub(crate) async fn handle<H: Send + 'static>(
         mut response,
         conn,
         guard,
+        at,
     } = match forward(&proxy, request, body_sent, &target).await {
         Ok(answer) => answer,
         Err(failure) => return Ok(failure_response(&failure)),
@@ -163,7 +168,7 @@ pub(crate) async fn handle<H: Send + 'static>(
         conn,
         max_idle: config.max_idle_per_backend,
         guard,
-        head_at: Instant::now(),
+        head_at: at,
     };
     let body = if body.is_end_stream() {
         // Nothing to stream (204, 304, HEAD, empty): the connection is free now, and hyper
@@ -229,8 +234,11 @@ async fn forward(
     let mut unreachable: Vec<Arc<BackendState>> = Vec::new();
     // Each round either takes a kept-alive connection out of circulation or tries an instance
     // not tried yet, so the loop ends anyway; the bound only caps pathological churn.
-    for _ in 0..(config.max_idle_per_backend + 8) {
-        let picking = Instant::now();
+    for round in 0..(config.max_idle_per_backend + 8) {
+        // The clock is read once per step, and not again where a step takes no time: the
+        // first pick starts as the request arrives, a kept-alive connection is in hand as soon
+        // as it is taken.
+        let picking = if round == 0 { arrived } else { Instant::now() };
         let mut guard = proxy
             .pool
             .pick(&unreachable, arrived + config.response_timeout)
@@ -243,7 +251,7 @@ async fn forward(
         let backend = Arc::clone(guard.backend());
         let checkout = Instant::now();
 
-        let (mut conn, reused) = match backend.take_idle(config.pool_idle_timeout) {
+        let (mut conn, reused) = match backend.take_idle(config.pool_idle_timeout, checkout) {
             Some(conn) => (conn, true),
             None => match upstream::connect(backend.backend.addr, config.connect_timeout).await {
                 Ok(conn) => (conn, false),
@@ -256,7 +264,7 @@ async fn forward(
             },
         };
 
-        let sending = Instant::now();
+        let sending = if reused { checkout } else { Instant::now() };
         let sent = tokio::select! {
             // The answer first: no coin toss per request, and an answer that is there wins.
             biased;
@@ -275,13 +283,20 @@ async fn forward(
         };
         match sent {
             Ok(response) => {
-                timing(&backend, target, reused, [picking, checkout, sending]);
-                proxy.report(backend.record_answer());
+                let answered = Instant::now();
+                timing(
+                    &backend,
+                    target,
+                    reused,
+                    [picking, checkout, sending, answered],
+                );
+                proxy.report(backend.record_answer(answered));
                 guard.answered();
                 return Ok(Answer {
                     response,
                     conn,
                     guard,
+                    at: answered,
                 });
             }
             Err(NotAnswered::Unsent(unsent)) => {
@@ -316,9 +331,8 @@ fn timing(
     backend: &BackendState,
     target: &Uri,
     reused: bool,
-    [picking, checkout, sending]: [Instant; 3],
+    [picking, checkout, sending, answered]: [Instant; 4],
 ) {
-    let answered = Instant::now();
     let total = answered - picking;
     let slow = total >= SLOW_HEAD;
     if slow && tracing::enabled!(tracing::Level::DEBUG) || tracing::enabled!(tracing::Level::TRACE)

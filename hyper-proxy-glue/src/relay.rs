@@ -26,12 +26,14 @@ pub(crate) struct Release {
 
 impl Release {
     pub(crate) fn finish(self) {
-        let body = self.head_at.elapsed();
+        // One clock read for the log, the idle pool and the instance's progress.
+        let now = tokio::time::Instant::now();
+        let body = now.saturating_duration_since(self.head_at);
         if body >= crate::proxy::SLOW_HEAD {
             tracing::debug!(instance = %self.guard.backend().backend.id, body_us = body.as_micros(), "slow response body");
         }
-        self.guard.backend().put_idle(self.conn, self.max_idle);
-        drop(self.guard);
+        self.guard.backend().put_idle(self.conn, self.max_idle, now);
+        self.guard.end_at(now);
     }
 }
 
