@@ -41,6 +41,10 @@ pub struct Cost {
     /// The supervisor's log capture threads (a part of `supervisor`).
     pub logs: f64,
     pub app: f64,
+    /// Context switches of the supervisor's live threads: each is a wake-up (voluntary) or
+    /// a preemption, the front's largest cost under load (`perf`: a third of its samples in
+    /// the switch itself on a 2-core VM).
+    pub supervisor_switches: u64,
 }
 
 impl AddAssign for Cost {
@@ -51,6 +55,7 @@ impl AddAssign for Cost {
         self.supervisor += o.supervisor;
         self.logs += o.logs;
         self.app += o.app;
+        self.supervisor_switches += o.supervisor_switches;
     }
 }
 
@@ -73,6 +78,7 @@ struct Reading {
     supervisor: f64,
     logs: f64,
     app: f64,
+    supervisor_switches: u64,
 }
 
 impl Reading {
@@ -95,6 +101,10 @@ impl Reading {
             logs: threads_named(probe.supervisor, &LOG_THREADS),
             // What the supervisor reaped ran below it too (an instance that exited).
             app: (below + root.map_or(0, |s| s.child_ticks)) as f64 / tick,
+            supervisor_switches: procfs::threads(probe.supervisor)
+                .iter()
+                .map(|(_, counts)| counts.ctxt)
+                .sum(),
         }
     }
 }
@@ -159,6 +169,9 @@ impl Window {
             supervisor: d(self.start.supervisor, end.supervisor),
             logs: d(self.start.logs, end.logs),
             app: d(self.start.app, end.app),
+            supervisor_switches: end
+                .supervisor_switches
+                .saturating_sub(self.start.supervisor_switches),
         }
     }
 }

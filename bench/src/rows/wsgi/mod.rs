@@ -256,7 +256,8 @@ fn throughput(
                         let us = |part: f64| cost.per_request_us(part).unwrap_or(0.0);
                         println!(
                             "  round {round} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; \
-                             CPU µs/request {:.1} (wrk {:.1}, nginx {:.1}, supervisor {:.1} of which logs {:.1}, app {:.1})",
+                             CPU µs/request {:.1} (wrk {:.1}, nginx {:.1}, supervisor {:.1} of which logs {:.1}, app {:.1}); \
+                             supervisor switches/request {:.2}",
                             e.target.label(),
                             r.rps,
                             r.p50_ms,
@@ -268,6 +269,7 @@ fn throughput(
                             us(cost.supervisor),
                             us(cost.logs),
                             us(cost.app),
+                            cost.supervisor_switches as f64 / r.requests.max(1) as f64,
                         );
                         runs[i].1.push(r);
                         runs[i].2 += cost;
@@ -498,9 +500,9 @@ fn cpu_table(s: &mut String, list: &[(Target, Measured)], cores: usize) {
     );
     let _ = writeln!(
         s,
-        "| target | total | wrk | nginx | supervisor | of which log capture | app server | {cores} cores ÷ total (req/s) |"
+        "| target | total | wrk | nginx | supervisor | of which log capture | app server | {cores} cores ÷ total (req/s) | supervisor context switches / request |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (t, m) in list {
         let c = &m.cost;
         let us = |part: f64| {
@@ -516,9 +518,13 @@ fn cpu_table(s: &mut String, list: &[(Target, Measured)], cores: usize) {
         } else {
             us(c.logs)
         };
+        let switches = match c.requests {
+            0 => "–".into(),
+            n => format!("{:.2}", c.supervisor_switches as f64 / n as f64),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {logs} | {} | {ceiling} |",
+            "| {} | {} | {} | {} | {} | {logs} | {} | {ceiling} | {switches} |",
             t.label(),
             us(c.total()),
             us(c.wrk),
