@@ -43,6 +43,8 @@ pub struct Stat {
     pub ppid: Pid,
     /// utime + stime, in clock ticks.
     pub cpu_ticks: u64,
+    /// cutime + cstime: what its children that it has reaped ran, in clock ticks.
+    pub child_ticks: u64,
     pub start_time: u64,
 }
 
@@ -57,6 +59,7 @@ impl Stat {
             state: f.first()?.chars().next()?,
             ppid: f.get(1)?.parse().ok()?,
             cpu_ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+            child_ticks: f.get(13)?.parse::<u64>().ok()? + f.get(14)?.parse::<u64>().ok()?,
             start_time: f.get(19)?.parse().ok()?,
         })
     }

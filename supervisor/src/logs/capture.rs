@@ -159,6 +159,7 @@ impl Capture {
             buf: vec![0; READ_BYTES].into_boxed_slice(),
             next_tick: Instant::now() + pace::TICK,
             next_hot: Instant::now(),
+            largest_hot_read: 0,
             journal,
         };
         std::thread::Builder::new()
@@ -285,6 +286,8 @@ struct Engine {
     buf: Box<[u8]>,
     next_tick: Instant,
     next_hot: Instant,
+    /// The most one read of a hot pipe gave in this round (sets the next hot tick).
+    largest_hot_read: usize,
     journal: Option<Arc<Journal>>,
 }
 
@@ -333,8 +336,8 @@ impl Engine {
                 }
             }
             let now = Instant::now();
-            if now >= self.next_hot && !self.hot.is_empty() {
-                self.next_hot = now + pace::HOT_TICK;
+            let hot_due = now >= self.next_hot && !self.hot.is_empty();
+            if hot_due {
                 for token in self.hot.clone() {
                     self.mark_ready(token);
                 }
@@ -342,7 +345,11 @@ impl Engine {
             if now >= self.next_tick {
                 self.tick(now);
             }
+            self.largest_hot_read = 0;
             self.read_round(now);
+            if hot_due {
+                self.next_hot = now + pace::hot_tick(self.largest_hot_read);
+            }
             self.settle_dirty();
             if let Some(journal) = &self.journal
                 && journal.behind()
@@ -558,6 +565,9 @@ impl Engine {
         };
         if n == 0 {
             return Outcome::Closed;
+        }
+        if pipe.pace.mode() == Mode::Hot {
+            self.largest_hot_read = self.largest_hot_read.max(n);
         }
         let mut lines = Lines {
             text: Vec::with_capacity(n + n / 8),

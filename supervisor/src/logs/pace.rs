@@ -10,7 +10,9 @@
 //! - **Hot**: a pipe that gives data again within [`HOT_GAP`] of the last read is flooding;
 //!   being woken for every few lines would cost more CPU per line than the writing itself.
 //!   It is read every [`HOT_TICK`] instead (its pipe is enlarged so the writer rarely waits
-//!   meanwhile), and goes back to Armed the first time such a read finds it empty.
+//!   meanwhile), and goes back to Armed the first time such a read finds it empty. While
+//!   the hot pipes give little per read (an HTTP server's line per request: ~1.5 MB/s at
+//!   10k requests a second), they are read every [`CALM_HOT_TICK`] instead ([`hot_tick`]).
 //! - **Quiet**: a pipe silent for [`QUIET_AFTER`] is checked on the one-second tick, with
 //!   every other quiet pipe in the same wake-up: a worker printing a line every few seconds
 //!   costs nothing beyond that tick (the same cadence as supervisord's 1 s poll), at the price
@@ -32,6 +34,30 @@ pub(super) const HOT_GAP: Duration = Duration::from_millis(1);
 /// How often a hot pipe is read; its pipe is enlarged to [`super::capture::HOT_PIPE_BYTES`],
 /// which holds several ticks' worth of the fastest writer, so the writer rarely waits.
 pub(super) const HOT_TICK: Duration = Duration::from_millis(2);
+
+/// How often hot pipes are read while no hot read gave [`BUSY_READ`] bytes or more. Each
+/// wake-up of the capture thread costs ~40 µs of CPU on a small VM (the switch in and out,
+/// epoll, read, stat, write) whatever it reads: at one every [`HOT_TICK`] that was ~2 µs of
+/// the supervisor's CPU per request of a uWSGI serving 9k requests a second (`piku-bench
+/// wsgi`), where a few more milliseconds before a line reaches its file buy nothing.
+pub(super) const CALM_HOT_TICK: Duration = Duration::from_millis(8);
+/// A hot read this large makes the next wait [`HOT_TICK`]. A read below it over the last
+/// tick means a writer below ~4 MB/s (32 KiB in 8 ms); at that rate a [`CALM_HOT_TICK`]
+/// fills a fraction of even an unenlarged 64 KiB pipe, so no writer waits for the longer
+/// tick; a writer speeding up meets the short tick after one read.
+pub(super) const BUSY_READ: usize = 32 * 1024;
+// A writer just below the mark may double its rate and still not fill an unenlarged pipe
+// (64 KiB) within a calm tick.
+const _: () = assert!(2 * BUSY_READ <= 64 * 1024);
+
+/// The wait until hot pipes are read again, from the largest read of one on this tick.
+pub(super) fn hot_tick(largest_read: usize) -> Duration {
+    if largest_read >= BUSY_READ {
+        HOT_TICK
+    } else {
+        CALM_HOT_TICK
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -169,6 +195,16 @@ mod tests {
         assert_eq!(pace.mode(), Mode::Hot);
         assert_eq!(pace.empty(), Some(Mode::Armed), "the flood paused");
         assert_eq!(pace.empty(), None);
+    }
+
+    #[test]
+    fn hot_pipes_that_give_little_are_read_less_often() {
+        // uWSGI at 10k requests a second: ~1.5 MB/s, 12 KB per calm tick.
+        assert_eq!(hot_tick(12_000), CALM_HOT_TICK);
+        assert_eq!(hot_tick(0), CALM_HOT_TICK);
+        // A flood (90 MB/s: 180 KB per short tick) keeps the short tick.
+        assert_eq!(hot_tick(180_000), HOT_TICK);
+        assert_eq!(hot_tick(BUSY_READ), HOT_TICK);
     }
 
     #[test]

@@ -116,7 +116,8 @@ pub(super) struct Shared {
     state: Mutex<State>,
     /// Held by whoever writes: the capture thread, or the sink's writer thread.
     file: Mutex<RotatingFile>,
-    /// Signalled (with `state`) after every batch written and every pipe closed.
+    /// Signalled (with `state`) after every batch written and every pipe closed, when
+    /// `State::waiters` says someone waits.
     progress: Condvar,
     /// The instance serves HTTP requests: its pipes never go quiet (see `pace`).
     serves_requests: AtomicBool,
@@ -151,6 +152,11 @@ struct State {
     last_error: String,
     /// Times the capture thread stopped reading this sink's pipes.
     pauses: u64,
+    /// Threads in [`Shared::wait_until`]. Signalling `progress` is a futex syscall even when
+    /// nobody waits, and a flood writes a batch every couple of milliseconds: with no waiter
+    /// the write skips it. (A waiter counts itself and checks the state under the same lock
+    /// the writer updates it under, so it either sees the batch or is counted before it.)
+    waiters: u32,
     /// Tests: a pause after each batch written, as a slow disk gives.
     #[cfg(test)]
     write_pause: Duration,
@@ -183,6 +189,7 @@ impl LogSink {
                     lost_unnoted: 0,
                     last_error: String::new(),
                     pauses: 0,
+                    waiters: 0,
                     #[cfg(test)]
                     write_pause: Duration::ZERO,
                 }),
@@ -393,14 +400,17 @@ impl Shared {
 
     /// A pipe of this sink reached EOF (`armed`: whether it was in the armed set).
     pub(super) fn pipe_closed(&self, armed: bool) {
-        {
+        let waiters = {
             let mut state = lock(&self.state);
             state.pipes = state.pipes.saturating_sub(1);
             if !armed {
                 state.unarmed_pipes = state.unarmed_pipes.saturating_sub(1);
             }
+            state.waiters
+        };
+        if waiters > 0 {
+            self.progress.notify_all();
         }
-        self.progress.notify_all();
     }
 
     fn enqueue(&self, state: &mut State, chunk: Chunk) {
@@ -561,7 +571,7 @@ impl Shared {
         #[cfg(test)]
         std::thread::sleep(lock(&self.state).write_pause);
         drop(file);
-        {
+        let waiters = {
             let mut state = lock(&self.state);
             state.written += taken;
             if let Some(err) = failure {
@@ -577,9 +587,12 @@ impl Shared {
                 state.lost_unnoted += unnoted + lost;
                 state.last_error = err.to_string();
             }
-        }
+            state.waiters
+        };
         batch.clear();
-        self.progress.notify_all();
+        if waiters > 0 {
+            self.progress.notify_all();
+        }
         started.elapsed()
     }
 
@@ -599,17 +612,22 @@ impl Shared {
     fn wait_until(&self, done: impl Fn(&State) -> bool, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         let mut state = lock(&self.state);
-        while !done(&state) {
+        state.waiters += 1;
+        let met = loop {
+            if done(&state) {
+                break true;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                break false;
             }
             state = self
                 .progress
                 .wait_timeout(state, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
-        }
-        true
+        };
+        state.waiters -= 1;
+        met
     }
 }

@@ -10,6 +10,7 @@
 
 mod apps;
 mod bodies;
+mod cpu;
 mod formation;
 mod load;
 pub mod robust;
@@ -45,6 +46,8 @@ struct Plan {
 #[derive(Default)]
 struct Measured {
     runs: Vec<WrkRun>,
+    /// CPU of every part of the path, summed over the rounds.
+    cost: cpu::Cost,
     pss_mib: Option<f64>,
     extra_pss_mib: Vec<f64>,
     startup_ms: Vec<f64>,
@@ -150,8 +153,10 @@ fn measure(
         ) {
             Ok((runs, notes)) => {
                 report.notes.extend(notes);
-                for (i, r) in runs {
-                    measured.entry(i).or_default().runs = r;
+                for (i, r, cost) in runs {
+                    let m = measured.entry(i).or_default();
+                    m.runs = r;
+                    m.cost = cost;
                 }
             }
             Err(e) => report
@@ -205,7 +210,7 @@ fn measure(
     Ok(report)
 }
 
-type Runs = Vec<(usize, Vec<WrkRun>)>;
+type Runs = Vec<(usize, Vec<WrkRun>, cpu::Cost)>;
 
 /// Every target up at once behind one nginx; `rounds` rounds of one `wrk` per target, the
 /// order rotating each round so that no target always runs first or last.
@@ -231,23 +236,43 @@ fn throughput(
         for (i, e) in stack.entries.iter().enumerate() {
             wrk(e.port, 2, &dir.join(format!("warm-{i}.txt")))?;
         }
-        let mut runs: Runs = (0..targets.len()).map(|i| (i, Vec::new())).collect();
+        let mut runs: Runs = (0..targets.len())
+            .map(|i| (i, Vec::new(), cpu::Cost::default()))
+            .collect();
         for round in 0..plan.rounds {
             for k in 0..targets.len() {
                 let i = (k + round) % targets.len();
                 let e = &stack.entries[i];
                 let out = dir.join(format!("wrk-{round}-{i}.txt"));
+                let window = stack
+                    .nginx_pid()
+                    .zip(stack.root(e))
+                    .map(|(nginx, supervisor)| {
+                        cpu::Window::start(cpu::Probe { nginx, supervisor })
+                    });
                 match wrk(e.port, plan.secs, &out) {
                     Ok(r) => {
+                        let cost = window.map(|w| w.finish(r.requests)).unwrap_or_default();
+                        let us = |part: f64| cost.per_request_us(part).unwrap_or(0.0);
                         println!(
-                            "  round {round} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+                            "  round {round} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}; \
+                             CPU µs/request {:.1} (wrk {:.1}, nginx {:.1}, supervisor {:.1} of which logs {:.1}, app {:.1}); \
+                             supervisor switches/request {:.2}",
                             e.target.label(),
                             r.rps,
                             r.p50_ms,
                             r.p99_ms,
-                            r.errors()
+                            r.errors(),
+                            us(cost.total()),
+                            us(cost.wrk),
+                            us(cost.nginx),
+                            us(cost.supervisor),
+                            us(cost.logs),
+                            us(cost.app),
+                            cost.supervisor_switches as f64 / r.requests.max(1) as f64,
                         );
                         runs[i].1.push(r);
+                        runs[i].2 += cost;
                     }
                     Err(err) => println!("  round {round} {}: {err:#}", e.target.label()),
                 }
@@ -404,6 +429,7 @@ fn render(r: &Report) -> String {
             );
         }
         let _ = writeln!(s);
+        cpu_table(&mut s, list, cores);
     }
     if let Some(f) = &r.formation {
         let (piku, ours) = f.spreads();
@@ -460,6 +486,80 @@ fn render(r: &Report) -> String {
     s
 }
 
+/// Where each target's CPU goes, per request (cpu.rs).
+fn cpu_table(s: &mut String, list: &[(Target, Measured)], cores: usize) {
+    if list.iter().all(|(_, m)| m.cost.requests == 0) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "CPU per request (µs), every round's CPU ÷ its requests (`/proc/<pid>/stat` around each \
+         round). Supervisor: ours' daemon (the front and log capture), piku's emperor; app \
+         server: ours' processes below the daemon, piku's vassals (masters, workers, recycled \
+         ones). Every part shares the {cores} cores, so req/s ≈ {cores} s ÷ total.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| target | total | wrk | nginx | supervisor | of which log capture | app server | {cores} cores ÷ total (req/s) | supervisor context switches / request |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (t, m) in list {
+        let c = &m.cost;
+        let us = |part: f64| {
+            c.per_request_us(part)
+                .map_or("–".into(), |v| format!("{v:.1}"))
+        };
+        let ceiling = c
+            .per_request_us(c.total())
+            .filter(|v| *v > 0.0)
+            .map_or("–".into(), |v| format!("{:.0}", cores as f64 * 1e6 / v));
+        let logs = if t.is_piku() {
+            "–".into()
+        } else {
+            us(c.logs)
+        };
+        let switches = match c.requests {
+            0 => "–".into(),
+            n => format!("{:.2}", c.supervisor_switches as f64 / n as f64),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {logs} | {} | {ceiling} | {switches} |",
+            t.label(),
+            us(c.total()),
+            us(c.wrk),
+            us(c.nginx),
+            us(c.supervisor),
+            us(c.app),
+        );
+    }
+    let _ = writeln!(s);
+}
+
+/// What ours would have to shed to serve `goal` × the reference's req/s on the same cores,
+/// if req/s is cores ÷ the CPU of a request: the total must fall to the reference's ÷ `goal`.
+fn cpu_model(reference: &cpu::Cost, ours: &cpu::Cost, goal: f64) -> Option<String> {
+    let p = reference.per_request_us(reference.total())?;
+    let o = ours.per_request_us(ours.total())?;
+    let us = |part: f64| ours.per_request_us(part).unwrap_or(0.0);
+    let budget = p / goal;
+    let fixed = us(ours.wrk) + us(ours.nginx);
+    let server = us(ours.supervisor) + us(ours.app);
+    Some(format!(
+        "CPU model: a request costs ours {o:.1} µs, the reference {p:.1} µs ({:.2}× by CPU); \
+         {goal}× its req/s needs ≤ {budget:.1} µs, a cut of {:.1} µs ({:.0} %). wrk and nginx \
+         take {fixed:.1} µs of ours, so the supervisor (now {:.1}, log capture {:.1}) and the \
+         app server (now {:.1}) together would have to fit in {:.1} µs (now {server:.1}).",
+        p / o,
+        o - budget,
+        (o - budget) / o * 100.0,
+        us(ours.supervisor),
+        us(ours.logs),
+        us(ours.app),
+        budget - fixed,
+    ))
+}
+
 /// The issue's goals, each with its figure and whether this run met it.
 fn goals(r: &Report) -> Vec<String> {
     let mut out = Vec::new();
@@ -488,6 +588,9 @@ fn goals(r: &Report) -> Vec<String> {
                 "… with p99 no worse: {op:.2} ms vs {pp:.2} ms — {}.",
                 if op <= pp { "met" } else { "not met" }
             ));
+            if let Some(model) = cpu_model(&p.cost, &o.cost, 1.5) {
+                out.push(format!("… {model}"));
+            }
         }
     }
     if let Some(f) = &r.formation

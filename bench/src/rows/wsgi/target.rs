@@ -373,6 +373,11 @@ impl Stack {
         }
     }
 
+    /// nginx's master process.
+    pub fn nginx_pid(&self) -> Option<Pid> {
+        self.nginx.as_ref().map(|n| n.child.id() as Pid)
+    }
+
     /// Records every process of every supervisor (for cleanup).
     pub fn sweep(&mut self) {
         if let Some(o) = self.ours.as_mut() {
