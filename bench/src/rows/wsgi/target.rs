@@ -38,17 +38,11 @@ pub struct Candidate {
 }
 
 /// Every candidate, the default first.
-pub const CANDIDATES: [Candidate; 8] = [
+pub const CANDIDATES: [Candidate; 7] = [
     Candidate {
         label: "uWSGI per instance (our defaults)",
         server: Server::Uwsgi,
         env: &[],
-    },
-    // The default before the workers adapted to the load (one worker, no master).
-    Candidate {
-        label: "uWSGI per instance, 1 process",
-        server: Server::Uwsgi,
-        env: &[("UWSGI_PROCESSES", "1")],
     },
     Candidate {
         label: "uWSGI per instance, 2 processes",

@@ -61,74 +61,34 @@ const GUNICORN_ACCESS_LOG: &str =
 const UWSGI_LOG_FORMAT: &str = "%(addr) - %(user) [%(ltime)] \"%(method) %(uri) %(proto)\" \
      %(status) %(size) \"%(referer)\" \"%(uagent)\" %(msecs)ms";
 
-/// Worker processes per instance when `UWSGI_PROCESSES` is unset, on a box with `cpus` cores, for
-/// granian and gunicorn (uWSGI adapts instead: [`uwsgi_workers`]).
+/// Worker processes per instance when `UWSGI_PROCESSES` is unset, on a box with `cpus` cores.
 ///
 /// One per two cores, at least one: a worker keeps about one core busy (the GIL), and nginx
 /// and the supervisor's front take the other on the small boxes piku is for (2–4 cores,
-/// 0.5–2 GiB), where a second worker per instance costs a second copy of the app's memory.
-/// `ps:scale wsgi=N` adds instances, each with its own worker.
+/// 0.5–2 GiB), where a second worker per instance costs a master process and a second copy of
+/// the app's memory. `ps:scale wsgi=N` adds instances, each with its own worker.
+///
+/// What one worker leaves on the table, and why not more (2 cores, 2026-12-06): an app that
+/// keeps Python busy gets one core, the benchmark's Flask page 643 req/s against 1056 with
+/// `UWSGI_PROCESSES=2` (BENCHMARKS.md, "Python web apps"; the plain app is paced by the front
+/// and gains nothing). Copy-on-write does not make the second worker cheap: Python's reference
+/// counts unshare the forked worker's pages as it serves, so the Flask tree (uWSGI alone) is
+/// 28.7 MiB with one worker and no master, 41.4 idle with a master and two, 58.9 once both
+/// have served (plain app: 10.3, 15.2, 18.2). uWSGI's cheaper (`--cheaper 1`, up to one worker
+/// per core) would start with one, but its master costs 2.2 MiB (plain) to 5.6 (Flask) on
+/// every instance, its busyness algorithm forks the second worker after one second of four
+/// requests in flight (so most apps would soon run two), connections beyond one worker's
+/// threads wait in the listen queue for that fork (about a second), and it cannot take a
+/// threaded worker back: a cheaped worker's threads each serve one more request, and one
+/// holding a kept-alive connection then stops reading it without closing it, so the front's
+/// next request on it hangs until the worker dies (uWSGI 2.0.30: a request on such a
+/// connection timed out after 5 s; the worker lingers up to its 60 s reload mercy). An app
+/// that wants the cores sets `UWSGI_PROCESSES`; one that is only sometimes busy is better
+/// served by more instances started and drained by the supervisor, whose front can take an
+/// instance out of the pool before stopping it.
 pub fn default_workers(cpus: usize) -> u32 {
     u32::try_from((cpus / 2).max(1)).unwrap_or(1)
 }
-
-/// uWSGI's workers on a box with `cpus` cores: the `UWSGI_PROCESSES` the app set, else one to
-/// start with and up to one per core once it is busy.
-///
-/// One uWSGI process serves Python on one core (the GIL): the benchmark's Flask page got 643
-/// req/s from one worker against 1056 from two on 2 cores (BENCHMARKS.md, "Python web apps").
-/// But a second worker is a second copy of the app — Python's reference counts unshare the
-/// forked worker's pages as it serves — plus a master process to fork it: the Flask tree is
-/// 29 MiB with one worker and no master, 41 MiB idle with a master and two, 58 MiB once both
-/// have served (uWSGI alone, 2026-12-06). Most apps on a 512 MB board are idle most of the
-/// time, so they get one worker and a master (34 MiB for Flask, 12.5 against 10.3 for the plain
-/// app), and uWSGI's `busyness` cheaper forks the next worker from the master when the workers
-/// were busy more than half of the last second, or at once when connections wait unaccepted
-/// (more than one in the listen queue: the front may hold processes × threads of them, and a
-/// worker's threads stay with theirs).
-///
-/// A worker once forked stays: uWSGI 2.0 cannot take a threaded worker back safely. It marks
-/// the worker cheaped and lets each thread serve one more request, and a thread that had a
-/// kept-alive connection stops reading it without closing it, so the front's next request on
-/// that connection hangs until the worker dies (all its threads done, or the 60 s reload
-/// mercy); tried with 2.0.30: a request on such a connection timed out after 5 s. So the
-/// multipliers that pace cheaping are set past any uptime.
-pub fn uwsgi_workers(env: &EnvMap, cpus: usize, set: u32) -> UwsgiWorkers {
-    if env.contains_key("UWSGI_PROCESSES") || cpus < 2 {
-        // The app asked for N: N from the start, as piku does.
-        UwsgiWorkers::Fixed(set)
-    } else {
-        UwsgiWorkers::Adaptive {
-            most: u32::try_from(cpus).unwrap_or(u32::MAX),
-        }
-    }
-}
-
-/// How many uWSGI workers an instance runs: see [`uwsgi_workers`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UwsgiWorkers {
-    Fixed(u32),
-    /// One at first, up to `most` as the load asks for them.
-    Adaptive {
-        most: u32,
-    },
-}
-
-impl UwsgiWorkers {
-    /// The most workers it may run.
-    pub fn most(self) -> u32 {
-        match self {
-            UwsgiWorkers::Fixed(n) => n,
-            UwsgiWorkers::Adaptive { most } => most,
-        }
-    }
-}
-
-/// The busyness cheaper's line for a busy second when every worker already runs.
-const ALL_WORKERS_RUNNING: &str = "already started maximum number of workers";
-
-/// Past any uptime: seconds × this never pass (cheaping is unsafe, see [`uwsgi_workers`]).
-const NEVER_CHEAP_MULTIPLIER: u64 = 1_000_000_000;
 
 /// Threads per worker when `UWSGI_THREADS` is unset: piku's 4, so an app that waits on a
 /// database or an API keeps serving others meanwhile.
@@ -258,9 +218,7 @@ impl Server {
             Server::Uwsgi => {
                 // Warnings about the knobs are given once, with the command line.
                 let t = Tuning::from_env(env, cpus, &mut Vec::new());
-                // The most workers it may fork: the front may keep all their threads busy.
-                let workers = uwsgi_workers(env, cpus, t.workers).most();
-                Some(workers.saturating_mul(t.threads))
+                Some(t.workers.saturating_mul(t.threads))
             }
             Server::Granian | Server::Gunicorn | Server::Waitress => None,
         }
@@ -355,11 +313,9 @@ impl Server {
             // --die-on-term: uWSGI reloads on SIGTERM, the signal the supervisor stops with.
             // --need-app: an app that does not import exits (and fails the deploy) instead of
             // answering every request with an error.
-            // A master only where one is needed: several workers (or the chance of more), or
-            // recycling them.
+            // A master only where one is needed: several workers, or recycling them.
             Server::Uwsgi => {
-                let workers = uwsgi_workers(env, cpus, t.workers);
-                let master = workers.most() > 1 || t.max_requests.is_some();
+                let master = t.workers > 1 || t.max_requests.is_some();
                 let mut cmd = exe;
                 if master {
                     cmd.push_str(" --master");
@@ -367,24 +323,8 @@ impl Server {
                 cmd.push_str(&format!(
                     " --die-on-term --need-app --http11-socket \"$BIND_ADDRESS:$PORT\" \
                      --processes {} --threads {} --enable-threads",
-                    workers.most(),
-                    t.threads
+                    t.workers, t.threads
                 ));
-                if let UwsgiWorkers::Adaptive { .. } = workers {
-                    // One worker at first; every second, another when the workers were busy
-                    // more than half of it (running time ÷ wall time, the default 50 %) or when
-                    // more than one connection waits in the listen queue; none taken back.
-                    // Once all are running, the busyness check logs so every busy second:
-                    // drained from the app's log.
-                    cmd.push_str(&format!(
-                        " --cheaper 1 --cheaper-algo busyness --cheaper-overload 1 \
-                         --cheaper-busyness-backlog-alert 1 \
-                         --cheaper-busyness-multiplier {NEVER_CHEAP_MULTIPLIER} \
-                         --cheaper-busyness-backlog-multiplier {NEVER_CHEAP_MULTIPLIER} \
-                         --log-drain {}",
-                        quote(ALL_WORKERS_RUNNING)
-                    ));
-                }
                 if let Some(n) = t.max_requests {
                     cmd.push_str(&format!(" --max-requests {n}"));
                 }
@@ -432,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn uwsgi_is_the_default_one_worker_then_one_per_core_keeping_connections_alive() {
+    fn uwsgi_is_the_default_one_process_keeping_connections_alive_on_a_small_box() {
         assert_eq!(Server::from_env(&EnvMap::new()).unwrap(), Server::Uwsgi);
         assert_eq!(Server::Uwsgi.package(), "pyuwsgi");
         assert_eq!(Server::Granian.package(), "granian");
@@ -443,57 +383,25 @@ mod tests {
         let joined = argv.join(" ");
         assert!(
             joined.starts_with(
-                "/p/deps/x/bin/uwsgi --master --die-on-term --need-app --http11-socket \
-                 $BIND_ADDRESS:$PORT --processes 2 --threads 4 --enable-threads \
-                 --cheaper 1 --cheaper-algo busyness --cheaper-overload 1 \
-                 --cheaper-busyness-backlog-alert 1 --cheaper-busyness-multiplier 1000000000 \
-                 --cheaper-busyness-backlog-multiplier 1000000000 \
-                 --log-drain already started maximum number of workers "
+                "/p/deps/x/bin/uwsgi --die-on-term --need-app --http11-socket $BIND_ADDRESS:$PORT \
+                 --processes 1 --threads 4 --enable-threads"
             ),
             "{cmd}"
         );
-        assert!(!cmd.contains("max-requests"), "{cmd}");
-        assert_eq!(argv[argv.len() - 2..], ["--module", "app:app"]);
-        // Up to one worker per core.
-        let (cmd, _) = command(Server::Uwsgi, &[], 8);
-        assert!(cmd.contains(" --processes 8 "), "{cmd}");
-        assert!(cmd.contains(" --cheaper 1 "), "{cmd}");
-        // One core: one worker, no master to fork more.
-        let (cmd, _) = command(Server::Uwsgi, &[], 1);
         assert!(
-            cmd.starts_with("/p/deps/x/bin/uwsgi --die-on-term ")
-                && cmd.contains(" --processes 1 ")
-                && !cmd.contains("--cheaper"),
+            !cmd.contains("--master") && !cmd.contains("max-requests"),
             "{cmd}"
         );
-    }
-
-    #[test]
-    fn uwsgi_processes_set_by_the_app_are_all_started() {
+        assert_eq!(argv[argv.len() - 2..], ["--module", "app:app"]);
+        // Several workers get a master to look after them.
         let (cmd, _) = command(Server::Uwsgi, &[("UWSGI_PROCESSES", "2")], 2);
         assert!(cmd.contains("/uwsgi --master --die-on-term"), "{cmd}");
-        assert!(cmd.contains(" --processes 2 "), "{cmd}");
-        assert!(!cmd.contains("--cheaper"), "{cmd}");
-        // One, as asked: no master.
-        let (cmd, _) = command(Server::Uwsgi, &[("UWSGI_PROCESSES", "1")], 8);
-        assert!(
-            cmd.starts_with("/p/deps/x/bin/uwsgi --die-on-term ")
-                && cmd.contains(" --processes 1 ")
-                && !cmd.contains("--cheaper"),
-            "{cmd}"
-        );
     }
 
     #[test]
     fn the_front_sends_uwsgi_no_more_requests_than_it_has_threads() {
-        // Adaptive: as many as the most workers uWSGI may fork have threads.
-        assert_eq!(Server::Uwsgi.max_in_flight_for(&env(&[]), 1), Some(4));
-        assert_eq!(Server::Uwsgi.max_in_flight_for(&env(&[]), 2), Some(8));
-        assert_eq!(Server::Uwsgi.max_in_flight_for(&env(&[]), 8), Some(32));
-        assert_eq!(
-            Server::Uwsgi.max_in_flight_for(&env(&[("UWSGI_PROCESSES", "1")]), 8),
-            Some(4)
-        );
+        assert_eq!(Server::Uwsgi.max_in_flight_for(&env(&[]), 2), Some(4));
+        assert_eq!(Server::Uwsgi.max_in_flight_for(&env(&[]), 8), Some(16));
         let env = env(&[("UWSGI_PROCESSES", "3"), ("UWSGI_THREADS", "2")]);
         assert_eq!(Server::Uwsgi.max_in_flight_for(&env, 2), Some(6));
         for other in [Server::Granian, Server::Gunicorn, Server::Waitress] {
