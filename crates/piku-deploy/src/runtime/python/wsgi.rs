@@ -77,9 +77,10 @@ const UWSGI_LOG_FORMAT: &str = "%(addr) - %(user) [%(ltime)] \"%(method) %(uri) 
 /// have served (plain app: 10.3, 15.2, 18.2). uWSGI's cheaper (`--cheaper 1`, up to one worker
 /// per core) would start with one, but its master costs 2.2 MiB (plain) to 5.6 (Flask) on
 /// every instance, its busyness algorithm forks the second worker after one second of four
-/// requests in flight (so most apps would soon run two), connections beyond one worker's
-/// threads wait in the listen queue for that fork (about a second), and it cannot take a
-/// threaded worker back: a cheaped worker's threads each serve one more request, and one
+/// requests in flight (so most apps would soon run two: the formation, warmed by one
+/// second of load, went from 0.74× piku's PSS to 0.92×, over its 0.8× goal), connections
+/// beyond one worker's threads wait in the listen queue for that fork (about a second), and
+/// it cannot take a threaded worker back: a cheaped worker's threads each serve one more request, and one
 /// holding a kept-alive connection then stops reading it without closing it, so the front's
 /// next request on it hangs until the worker dies (uWSGI 2.0.30: a request on such a
 /// connection timed out after 5 s; the worker lingers up to its 60 s reload mercy). An app
