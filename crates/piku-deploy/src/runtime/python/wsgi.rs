@@ -67,6 +67,26 @@ const UWSGI_LOG_FORMAT: &str = "%(addr) - %(user) [%(ltime)] \"%(method) %(uri) 
 /// and the supervisor's front take the other on the small boxes piku is for (2–4 cores,
 /// 0.5–2 GiB), where a second worker per instance costs a master process and a second copy of
 /// the app's memory. `ps:scale wsgi=N` adds instances, each with its own worker.
+///
+/// What one worker leaves on the table, and why not more (2 cores, 2026-12-06): an app that
+/// keeps Python busy gets one core, the benchmark's Flask page 643 req/s against 1056 with
+/// `UWSGI_PROCESSES=2` (BENCHMARKS.md, "Python web apps"; the plain app is paced by the front
+/// and gains nothing). Copy-on-write does not make the second worker cheap: Python's reference
+/// counts unshare the forked worker's pages as it serves, so the Flask tree (uWSGI alone) is
+/// 28.7 MiB with one worker and no master, 41.4 idle with a master and two, 58.9 once both
+/// have served (plain app: 10.3, 15.2, 18.2). uWSGI's cheaper (`--cheaper 1`, up to one worker
+/// per core) would start with one, but its master costs 2.2 MiB (plain) to 5.6 (Flask) on
+/// every instance, its busyness algorithm forks the second worker after one second of four
+/// requests in flight (so most apps would soon run two: the formation, warmed by one
+/// second of load, went from 0.74× piku's PSS to 0.92×, over its 0.8× goal), connections
+/// beyond one worker's threads wait in the listen queue for that fork (about a second), and
+/// it cannot take a threaded worker back: a cheaped worker's threads each serve one more request, and one
+/// holding a kept-alive connection then stops reading it without closing it, so the front's
+/// next request on it hangs until the worker dies (uWSGI 2.0.30: a request on such a
+/// connection timed out after 5 s; the worker lingers up to its 60 s reload mercy). An app
+/// that wants the cores sets `UWSGI_PROCESSES`; one that is only sometimes busy is better
+/// served by more instances started and drained by the supervisor, whose front can take an
+/// instance out of the pool before stopping it.
 pub fn default_workers(cpus: usize) -> u32 {
     u32::try_from((cpus / 2).max(1)).unwrap_or(1)
 }
