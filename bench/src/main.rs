@@ -173,10 +173,7 @@ fn main() -> Result<()> {
             );
         }
         Cmd::Robust => {
-            let venv = match &cli.common.venv {
-                Some(v) => v.clone(),
-                None => rows::wsgi::default_venv()?,
-            };
+            let venv = wsgi_venv(cli.common.venv.as_deref())?;
             return rows::wsgi::robust::run(
                 &opts.supervisor_bin,
                 &venv,
@@ -186,10 +183,7 @@ fn main() -> Result<()> {
             );
         }
         Cmd::Wsgi => {
-            let venv = match &cli.common.venv {
-                Some(v) => v.clone(),
-                None => rows::wsgi::default_venv()?,
-            };
+            let venv = wsgi_venv(cli.common.venv.as_deref())?;
             return rows::wsgi::run(
                 &opts.supervisor_bin,
                 &venv,
@@ -466,4 +460,15 @@ fn report_failure(res: &mut Results, group: &[Row], kind: Kind, what: &str, e: &
         }
     }
     res.note(format!("{}: {what} failed: {e:#}", kind.label()));
+}
+
+/// The venv the WSGI rows run their servers from, absolute: the apps run in directories of
+/// their own, where a relative path (scripts/bench passes `target/bench-venv`) finds nothing
+/// (every server exited 127).
+fn wsgi_venv(given: Option<&Path>) -> Result<PathBuf> {
+    let venv = match given {
+        Some(v) => v.to_path_buf(),
+        None => rows::wsgi::default_venv()?,
+    };
+    std::path::absolute(&venv).with_context(|| format!("bad --venv {}", venv.display()))
 }
