@@ -157,7 +157,7 @@ impl Daemon {
                 .as_nanos()
         )))
         .unwrap();
-        let child = command
+        command
             .arg("--root")
             .arg(root.root())
             .env("PIKU_LOG", "debug")
@@ -165,9 +165,20 @@ impl Daemon {
             .env("PIKU_TEST_DAEMON_ONLY", "leaked")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start piku-supervisor");
+            .stderr(log);
+        // A binary a test has just copied (`start_from`) can be refused with ETXTBSY for a
+        // moment: a child another test thread forked meanwhile holds the copy's write
+        // descriptor until it executes (close-on-exec closes it only then).
+        let mut tries = 0;
+        let child = loop {
+            match command.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                spawned => break spawned.expect("start piku-supervisor"),
+            }
+        };
         let daemon = Daemon {
             child: Some(child),
             socket: root.socket(),
