@@ -118,6 +118,48 @@ impl Instance {
     }
 }
 
+/// A `GET /hold` the instance keeps unanswered until [`Instance::release`], sent once the
+/// call returns (it has reached the instance).
+async fn hold(front: SocketAddr, instance: &Instance) -> HeldRequest {
+    let mut holding = Client::connect(front).await;
+    let held = tokio::spawn(async move { holding.get("/hold").await });
+    while instance.deliveries("GET /hold") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    held
+}
+
+type HeldRequest = tokio::task::JoinHandle<hyper::Result<(StatusCode, String)>>;
+
+/// Lets the held request go and checks that it got its answer.
+async fn release(instance: &Instance, held: HeldRequest) {
+    instance.release();
+    assert_eq!(
+        held.await.unwrap().unwrap(),
+        (StatusCode::OK, "/hold".into())
+    );
+}
+
+/// Two instances, web.1 and web.2, behind a front with the default settings.
+async fn two_instances() -> (Instance, Instance, RunningFront) {
+    let first = Instance::start();
+    let second = Instance::start();
+    let front = RunningFront::start(
+        FrontConfig::default(),
+        vec![first.backend("web.1"), second.backend("web.2")],
+    )
+    .await;
+    (first, second, front)
+}
+
+/// Waits, off the runtime (the front runs on it), until the connection from `port` has ended.
+async fn until_ended(instance: &Arc<Instance>, what: &'static str, port: u16) {
+    let waiting = Arc::clone(instance);
+    tokio::task::spawn_blocking(move || waiting.wait(what, |seen| seen.ended.contains(&port)))
+        .await
+        .unwrap();
+}
+
 /// One connection: requests one after another until the peer closes.
 fn serve(mut stream: TcpStream, seen: &(Mutex<Seen>, Condvar)) {
     let Ok(peer) = stream.peer_addr() else { return };
@@ -266,11 +308,7 @@ async fn a_connection_closed_before_the_request_is_written_costs_no_request() {
     let front = RunningFront::start(FrontConfig::default(), vec![instance.backend("web.2")]).await;
     // One request held on the instance, so that the front will try an idle instance before
     // it: the dead one, listed below.
-    let mut holding = Client::connect(front.addr).await;
-    let held = tokio::spawn(async move { holding.get("/hold").await });
-    while instance.deliveries("GET /hold") == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let held = hold(front.addr, &instance).await;
     // A kept-alive connection to the instance, idle in the front's pool.
     assert_eq!(
         get(front.addr, "/first").await,
@@ -299,11 +337,7 @@ async fn a_connection_closed_before_the_request_is_written_costs_no_request() {
     let failed: u64 = front.front.backend_stats().iter().map(|s| s.failed).sum();
     assert_eq!(failed, 0, "no request broke on the closed connection");
 
-    instance.release();
-    assert_eq!(
-        held.await.unwrap().unwrap(),
-        (StatusCode::OK, "/hold".into())
-    );
+    release(&instance, held).await;
     front.stop().await;
 }
 
@@ -312,13 +346,7 @@ async fn a_connection_closed_before_the_request_is_written_costs_no_request() {
 /// connection as on a fresh one, even with another instance ready.
 #[tokio::test]
 async fn a_post_the_instance_read_before_dying_is_answered_502_and_never_sent_again() {
-    let first = Instance::start();
-    let second = Instance::start();
-    let front = RunningFront::start(
-        FrontConfig::default(),
-        vec![first.backend("web.1"), second.backend("web.2")],
-    )
-    .await;
+    let (first, second, front) = two_instances().await;
     let mut client = Client::connect(front.addr).await;
     for round in 1..=4 {
         // Both instances have a kept-alive connection in the front's pool.
@@ -351,42 +379,25 @@ async fn a_post_the_instance_read_before_dying_is_answered_502_and_never_sent_ag
 async fn an_instance_leaving_the_set_has_its_idle_connections_closed_at_once() {
     let instance = Arc::new(Instance::start());
     let front = RunningFront::start(FrontConfig::default(), vec![instance.backend("web.1")]).await;
-    let mut holding = Client::connect(front.addr).await;
-    let held = tokio::spawn(async move { holding.get("/hold").await });
-    while instance.deliveries("GET /hold") == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let held = hold(front.addr, &instance).await;
     let held_port = instance.port_of("GET /hold");
     assert_eq!(get(front.addr, "/first").await.0, StatusCode::OK);
     let idle_port = instance.port_of("GET /first");
 
     front.front.set_backends(Vec::new());
-    let waiting = Arc::clone(&instance);
-    tokio::task::spawn_blocking(move || {
-        waiting.wait("the idle connection to close", |seen| {
-            seen.ended.contains(&idle_port)
-        })
-    })
-    .await
-    .unwrap();
+    until_ended(&instance, "the idle connection to close", idle_port).await;
     assert!(
         instance.with(|seen| !seen.ended.contains(&held_port)),
         "the held request's connection stays open while it runs"
     );
 
-    instance.release();
-    assert_eq!(
-        held.await.unwrap().unwrap(),
-        (StatusCode::OK, "/hold".into())
-    );
-    let waiting = Arc::clone(&instance);
-    tokio::task::spawn_blocking(move || {
-        waiting.wait("the held request's connection to close", |seen| {
-            seen.ended.contains(&held_port)
-        })
-    })
-    .await
-    .unwrap();
+    release(&instance, held).await;
+    until_ended(
+        &instance,
+        "the held request's connection to close",
+        held_port,
+    )
+    .await;
     front.stop().await;
 }
 
@@ -396,13 +407,7 @@ async fn an_instance_leaving_the_set_has_its_idle_connections_closed_at_once() {
 /// sockets before the supervisor takes it out.
 #[tokio::test]
 async fn an_instance_that_broke_a_connection_is_avoided_while_another_is_up() {
-    let first = Instance::start();
-    let second = Instance::start();
-    let front = RunningFront::start(
-        FrontConfig::default(),
-        vec![first.backend("web.1"), second.backend("web.2")],
-    )
-    .await;
+    let (first, second, front) = two_instances().await;
     let answer = raw(
         front.addr,
         "POST /crash HTTP/1.1\r\nhost: app.test\r\ncontent-length: 7\r\nconnection: close\r\n\r\norder=1",
