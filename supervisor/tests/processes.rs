@@ -340,6 +340,43 @@ fn stopping_a_tree_with_a_term_ignoring_grandchild_leaves_nothing() {
     assert_ne!(again.pid, Some(leader));
 }
 
+/// A stop reaches the app as SIGTERM first, and the app gets to exit cleanly within its grace
+/// (the daemon's threads block SIGTERM for themselves: a child inheriting that mask would sit
+/// out every SIGTERM until SIGKILL; `spawn::tests::a_process_starts_with_no_signal_blocked`
+/// checks the mask on both spawn paths, this one runs whichever the host gives).
+#[test]
+fn a_stop_reaches_the_app_as_sigterm() {
+    let root = TestRoot::new();
+    let daemon = root.start();
+    let mut s = spec(
+        "polite",
+        &root.scratch(),
+        vec![process(
+            "worker",
+            format!("{} -u {}", python(), fixture("graceful.py")),
+            Role::Worker,
+            2,
+        )],
+    );
+    s.settings.stop_grace_ms = 3000;
+    daemon.apply(&s);
+    for instance in ["worker.1", "worker.2"] {
+        daemon.wait_state("polite", instance, InstanceState::Running);
+        let log = root.log_file("polite", instance);
+        wait_for("the worker to start", Duration::from_secs(10), || {
+            fs::read_to_string(&log).ok()?.contains("up").then_some(())
+        });
+    }
+    let resp = daemon.call(&Request::Stop {
+        app: "polite".into(),
+    });
+    assert!(matches!(resp, Ok(Response::Done { .. })), "{resp:?}");
+    for instance in ["worker.1", "worker.2"] {
+        let log = fs::read_to_string(root.log_file("polite", instance)).unwrap_or_default();
+        assert!(log.contains("got SIGTERM"), "{instance}: {log}");
+    }
+}
+
 #[test]
 fn apply_restarts_only_the_kinds_that_changed() {
     let root = TestRoot::new();

@@ -222,7 +222,8 @@ pub fn accept_signals() {
 /// Called first on every thread of the daemon but the main one (tokio's, the log and chores
 /// threads): the signals an upgrade holds are taken by the main thread only, the one that
 /// calls execve, so that blocking them there (see [`exec`]) holds them for the whole process.
-/// Children do not inherit this: std's `Command` clears the signal mask in the child.
+/// Children would inherit it (std's `Command` keeps the mask): the spawn clears it in the
+/// child (`spawn::clear_signal_mask_before_exec`, and the clone path's own).
 pub fn leave_signals_to_main_thread() {
     let _ = held_signals().thread_block();
 }

@@ -254,8 +254,9 @@ impl Child<'_> {
         let errno = || unsafe { *libc::__errno_location() };
         // SAFETY: see `exec`.
         unsafe {
-            // As std does: a clean signal mask, and SIGPIPE (which Rust ignores) back to its
-            // default, since an ignored disposition survives exec.
+            // A clean signal mask (the spawning thread's would be inherited: the daemon's
+            // threads block the signals the main thread takes), and SIGPIPE (which Rust
+            // ignores) back to its default, since an ignored disposition survives exec.
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());

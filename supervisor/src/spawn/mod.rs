@@ -185,6 +185,7 @@ fn spawn_command(
         // Stopping is explicit (SIGTERM, grace, SIGKILL to the group); a dropped handle must
         // not kill an app behind our back.
         .kill_on_drop(false);
+    clear_signal_mask_before_exec(&mut cmd);
     if !join.is_empty() {
         join_cgroups_before_exec(&mut cmd, join);
     }
@@ -225,6 +226,23 @@ fn spawn_command(
         stderr,
         exit,
     })
+}
+
+/// Gives the child an empty signal mask. A child inherits the mask of the thread that forked
+/// it, std's `Command` does not reset it, and the daemon's threads block SIGTERM, SIGINT and
+/// SIGUSR2 (only the main thread takes them: `handover::leave_signals_to_main_thread`): an app
+/// started with them blocked would sit out every SIGTERM until the stop's SIGKILL.
+fn clear_signal_mask_before_exec(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
+    // allowed; sigemptyset and sigprocmask work on a stack value, and nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
 }
 
 /// Gives the child the soft file descriptor limit the daemon was started with: programs that
@@ -433,6 +451,38 @@ mod tests {
             "{out}"
         );
         assert_eq!(err, "oops\n");
+    }
+
+    /// A process starts with no signal blocked, whichever daemon thread spawned it (they all
+    /// block the signals the main thread takes), on either path.
+    #[tokio::test]
+    async fn a_process_starts_with_no_signal_blocked() {
+        let cgroup = ScratchCgroup::new("piku-spawn-mask");
+        let placements = [
+            Some(Placement::default()),
+            cgroup.as_ref().map(|c| Placement {
+                born_in: Some(c.0.clone()),
+                ..Placement::default()
+            }),
+        ];
+        let id = InstanceId {
+            kind: "worker".into(),
+            index: 1,
+        };
+        for placement in placements.into_iter().flatten() {
+            let id = id.clone();
+            // A thread of the runtime's (spawning needs its context), as a worker would be.
+            let spawned = tokio::task::spawn_blocking(move || {
+                crate::handover::leave_signals_to_main_thread();
+                spawn(&launch("grep SigBlk /proc/self/status"), &id, &placement)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            let out = read_all(spawned.stdout.unwrap());
+            assert_eq!(out.trim(), "SigBlk:\t0000000000000000", "{out}");
+            assert_eq!(spawned.exit.await, "exit 0");
+        }
     }
 
     /// An exec that fails in the child is the spawn's error, as with std, and leaves no
