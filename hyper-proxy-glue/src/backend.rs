@@ -96,8 +96,7 @@ pub(crate) struct BackendState {
     /// flight, but not waiting: it does not count toward a stall).
     waiting: AtomicUsize,
     born: Instant,
-    /// Milliseconds after `born` until which the backend is avoided after a refusal or a broken
-    /// connection; 0 = never.
+    /// Milliseconds after `born` until which the backend is avoided after a refusal; 0 = never.
     down_until_ms: AtomicU64,
     wedged: AtomicBool,
     /// Stalled (see [`BackendEvent::Stalled`]): no request goes to it until it answers one.
@@ -154,8 +153,7 @@ impl BackendState {
         self.in_flight() >= self.max_in_flight
     }
 
-    /// Neither recently refusing (or breaking a connection) nor wedged and waiting for its next
-    /// try.
+    /// Neither recently refusing nor wedged and waiting for its next try.
     pub(crate) fn is_healthy(&self) -> bool {
         let now = self.millis_since_born();
         now >= self.down_until_ms.load(Ordering::Relaxed)
@@ -306,14 +304,9 @@ impl BackendState {
         })
     }
 
-    /// A request's connection broke after the request was sent: usually the instance is dying
-    /// (or its worker crashed). It is avoided for `period` like one that refused a connection:
-    /// the requests it held are lost, but the ones arriving until the supervisor takes it out
-    /// go elsewhere instead of to its closing sockets (least in flight, it would be preferred).
-    pub(crate) fn record_failure(&self, period: Duration) {
+    /// A request's connection broke after the request was sent.
+    pub(crate) fn record_failure(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        let until = self.millis_since_born() + millis(period);
-        self.down_until_ms.store(until, Ordering::Relaxed);
     }
 
     pub(crate) fn stats(&self) -> BackendStats {

@@ -63,8 +63,8 @@ pub struct FrontConfig {
     /// See [`stall_after`](Self::stall_after). Default 8: twice the threads of piku's default
     /// worker, so a busy instance with a short queue is never taken for a stalled one.
     pub stall_in_flight: usize,
-    /// A backend that refused a connection, or whose connection broke after a request was sent
-    /// on it, is avoided for this long (unless no other is up). Default 2 s.
+    /// A backend that refused a connection is avoided for this long (unless no other is up).
+    /// Default 2 s.
     pub down_after_refusal: Duration,
     /// How long an unused keep-alive connection to an instance is kept for reuse. Default 1 s:
     /// below the keep-alive timeout of every common app server (gunicorn's is 2 s), so the

@@ -310,8 +310,8 @@ async fn forward(
                     }
                     Some(Cut::Stalled) => Failure::UploadStalled,
                     None => {
-                        tracing::warn!(instance = %backend.backend.id, path = %target, reused, err = %ErrorChain(&err), "connection to the instance broke after the request was sent; answered 502, not replayed");
-                        backend.record_failure(config.down_after_refusal);
+                        tracing::warn!(instance = %backend.backend.id, path = %target, reused, %err, "connection to the instance broke after the request was sent; answered 502, not replayed");
+                        backend.record_failure();
                         Failure::Broken
                     }
                 });
@@ -345,22 +345,6 @@ fn timing(
         } else {
             tracing::trace!(instance = %backend.backend.id, path = %target, reused, wait_us, conn_us, head_us, "response head");
         }
-    }
-}
-
-/// An error with its causes, `: `-separated: hyper's own text ("connection error") does not say
-/// whether the instance reset the connection or closed it.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(err) = cause {
-            write!(f, ": {err}")?;
-            cause = err.source();
-        }
-        Ok(())
     }
 }
 

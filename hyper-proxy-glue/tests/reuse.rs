@@ -400,30 +400,3 @@ async fn an_instance_leaving_the_set_has_its_idle_connections_closed_at_once() {
     .await;
     front.stop().await;
 }
-
-/// An instance whose connection broke after a request was sent (it is dying, here: it closed
-/// the connection of the request it read) gets no new request while another instance can take
-/// them: a crash costs the requests it held, not the ones that would follow into its closing
-/// sockets before the supervisor takes it out.
-#[tokio::test]
-async fn an_instance_that_broke_a_connection_is_avoided_while_another_is_up() {
-    let (first, second, front) = two_instances().await;
-    let answer = raw(
-        front.addr,
-        "POST /crash HTTP/1.1\r\nhost: app.test\r\ncontent-length: 7\r\nconnection: close\r\n\r\norder=1",
-    )
-    .await;
-    assert_eq!(status_of(&answer), 502, "{answer}");
-    let (broken, other) = if first.deliveries("POST /crash") == 1 {
-        (&first, &second)
-    } else {
-        (&second, &first)
-    };
-    let mut client = Client::connect(front.addr).await;
-    for _ in 0..10 {
-        assert_eq!(client.get("/after").await.unwrap().0, StatusCode::OK);
-    }
-    assert_eq!(broken.deliveries("GET /after"), 0);
-    assert_eq!(other.deliveries("GET /after"), 10);
-    front.stop().await;
-}
