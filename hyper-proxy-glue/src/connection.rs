@@ -10,12 +10,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -141,14 +142,14 @@ enum Event<E> {
 struct SideWake {
     /// Set by a wake (and at first: nothing has been polled yet).
     woken: AtomicBool,
-    task: Mutex<Option<Waker>>,
+    task: AtomicWaker,
 }
 
 impl Default for SideWake {
     fn default() -> SideWake {
         SideWake {
             woken: AtomicBool::new(true),
-            task: Mutex::new(None),
+            task: AtomicWaker::new(),
         }
     }
 }
@@ -157,12 +158,7 @@ impl SideWake {
     /// Keeps `task` as the waker to wake, then says whether the side futures are due a poll.
     /// (Kept first: a wake after the check then wakes the task, which polls them.)
     fn due(&self, task: &Waker) -> bool {
-        {
-            let mut kept = self.task.lock().unwrap_or_else(PoisonError::into_inner);
-            if !kept.as_ref().is_some_and(|kept| kept.will_wake(task)) {
-                *kept = Some(task.clone());
-            }
-        }
+        self.task.register(task);
         self.woken.swap(false, Ordering::AcqRel)
     }
 }
@@ -174,14 +170,7 @@ impl Wake for SideWake {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(task) = task {
-            task.wake();
-        }
+        self.task.wake();
     }
 }
 
