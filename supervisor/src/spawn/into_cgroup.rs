@@ -257,9 +257,7 @@ impl Child<'_> {
             // A clean signal mask (the spawning thread's would be inherited: the daemon's
             // threads block the signals the main thread takes), and SIGPIPE (which Rust
             // ignores) back to its default, since an ignored disposition survives exec.
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            super::clear_signal_mask();
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             if libc::setpgid(0, 0) != 0 {
                 return errno();

@@ -233,15 +233,24 @@ fn spawn_command(
 /// SIGUSR2 (only the main thread takes them: `handover::leave_signals_to_main_thread`): an app
 /// started with them blocked would sit out every SIGTERM until the stop's SIGKILL.
 fn clear_signal_mask_before_exec(cmd: &mut Command) {
-    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
-    // allowed; sigemptyset and sigprocmask work on a stack value, and nothing is allocated.
+    // SAFETY: the closure runs in the forked child, where `clear_signal_mask` is allowed.
     unsafe {
         cmd.pre_exec(|| {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            clear_signal_mask();
             Ok(())
         });
+    }
+}
+
+/// Empties this thread's signal mask; both spawn paths call it in the child before exec.
+/// Async-signal-safe: sigemptyset and sigprocmask on a stack value, nothing allocated.
+fn clear_signal_mask() {
+    // SAFETY: `set` is a valid sigset_t on the stack, initialised by sigemptyset before
+    // sigprocmask reads it; the old mask is not asked for (null).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
 }
 
